@@ -1,0 +1,82 @@
+'use strict'
+// Shared by the jest suites: temp FlowForge projects and real child processes.
+const fs = require('node:fs')
+const os = require('node:os')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+
+const PACKAGE_ROOT = path.resolve(__dirname, '..')
+const FIXTURES = path.join(__dirname, 'fixtures')
+
+/** A fresh temp dir holding `.flowforge/`, readable by every user (for the unprivileged tests). */
+function makeProject(prefix = 'ffl-test-') {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  fs.chmodSync(dir, 0o755)
+  fs.mkdirSync(path.join(dir, '.flowforge'))
+  return dir
+}
+
+/**
+ * Runs `node fixtures/<name>.js args…` and resolves with its exit, stdout and stderr.
+ * `onLine(line, child)` sees each stdout line as it arrives.
+ */
+function runFixture(name, args = [], { cwd, env, uid, gid, onLine } = {}) {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [path.join(FIXTURES, `${name}.js`), ...args.map(String)], {
+      cwd,
+      env: { ...process.env, ...env },
+      uid,
+      gid,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    })
+    let stdout = ''
+    let stderr = ''
+    let pending = ''
+    child.stdout.on('data', (chunk) => {
+      stdout += chunk
+      pending += chunk
+      let nl
+      while ((nl = pending.indexOf('\n')) >= 0) {
+        const line = pending.slice(0, nl)
+        pending = pending.slice(nl + 1)
+        if (onLine) onLine(line, child)
+      }
+    })
+    child.stderr.on('data', (chunk) => (stderr += chunk))
+    child.on('error', reject)
+    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr, pid: child.pid }))
+  })
+}
+
+/** Starts a fixture and resolves once it printed `marker`, with the child and its exit promise. */
+function startFixture(name, args, marker, options = {}) {
+  return new Promise((resolve, reject) => {
+    let child
+    const exited = runFixture(name, args, {
+      ...options,
+      onLine: (line, c) => {
+        child = c
+        if (line.includes(marker)) resolve({ child, exited, line })
+      },
+    })
+    exited.then((result) => {
+      if (!child || child.exitCode !== null || child.signalCode !== null) {
+        reject(new Error(`${name} ended before printing ${marker}: ${JSON.stringify(result)}`))
+      }
+    }, reject)
+  })
+}
+
+const NOBODY = { uid: 65534, gid: 65534 }
+
+/**
+ * Errors made by the native core belong to Node's main realm, not to jest's sandbox, so
+ * `instanceof Error` would be false there: check that it is a real Error of the right kind.
+ */
+function expectError(err, Kind, code) {
+  expect(require('node:util').types.isNativeError(err)).toBe(true)
+  expect(err.name).toBe(Kind.name)
+  if (code !== undefined) expect(err.code).toBe(code)
+}
+
+module.exports = { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, expectError }

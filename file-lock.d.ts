@@ -1,0 +1,76 @@
+// flowforge-lock/file-lock: drop-in for FlowForge's scripts/utils/file-lock.js.
+
+export interface LockOptions {
+  /** ms to wait; 0 = one try; Infinity = wait for ever. Default 30000. */
+  timeout?: number
+  /** ms without heartbeat after which another host's record is stale. Default 30000. */
+  staleThreshold?: number
+}
+
+export interface InspectOptions {
+  staleThreshold?: number
+}
+
+/** A lock record as written by flowforge-lock (or read from a legacy FlowForge lock), judged. */
+export interface LockInfo {
+  lockId: string | null
+  pid: number | null
+  hostname: string | null
+  username: string | null
+  /** Legacy name of `username`. */
+  holder: string | null
+  uid: number | null
+  /** The holder process's start time, ms since the epoch. */
+  processStart: number | null
+  file: string | null
+  acquiredAt: number | null
+  /** Legacy name of `acquiredAt`. */
+  timestamp: number | null
+  heartbeat: number | null
+  lockFile: string
+  state: 'held' | 'stale'
+  staleReason: string | null
+  /** Why the record could not be read, when it could not. */
+  unreadable: string | null
+  heldForMs: number | null
+  heartbeatAgeMs: number | null
+  heldByThisProcess: boolean
+}
+
+export interface CleanupEntry extends Partial<LockInfo> {
+  lockFile: string
+  reason: string
+}
+
+export interface CleanupReport {
+  root: string
+  removed: CleanupEntry[]
+  kept: CleanupEntry[]
+}
+
+export interface CleanupOptions {
+  /** Project root; default: found from the cwd (or FLOWFORGE_ROOT_OVERRIDE). */
+  root?: string
+  staleThreshold?: number
+  /** Report what would be removed, remove nothing. */
+  dryRun?: boolean
+}
+
+export interface ListedLock extends Partial<LockInfo> {
+  lockFile: string
+  state: 'held' | 'stale' | 'unsafe'
+  code?: string
+}
+
+/** Resolves to the lockId. Rejects with `ELOCKTIMEOUT`, `ELOCKDEADLOCK`, `ELOCKDIRUNSAFE`, `ELOCKSYMLINK`, … */
+export function acquireLock(filePath: string, timeout?: number | LockOptions): Promise<string>
+/** true: released; false: nothing to release. Rejects with `ELOCKMISMATCH` for a wrong lockId. */
+export function releaseLock(filePath: string, lockId: string): Promise<boolean>
+export function isLocked(filePath: string, options?: InspectOptions): Promise<boolean>
+export function getLockInfo(filePath: string, options?: InspectOptions): Promise<LockInfo | null>
+export function cleanupStaleLocks(options?: CleanupOptions): Promise<CleanupReport>
+export function listLocks(options?: { root?: string; staleThreshold?: number }): ListedLock[]
+
+export const DEFAULT_TIMEOUT: number
+export const HEARTBEAT_INTERVAL: number
+export const STALE_THRESHOLD: number

@@ -1,0 +1,85 @@
+'use strict'
+// flowforge-lock/file-lock: drop-in for FlowForge's scripts/utils/file-lock.js.
+// The low-level lock: acquire, release, inspect, clean up. All the work happens in the Rust
+// core (native.js); this module checks arguments and shapes the promises.
+
+const native = require('./native.js')
+const { checkString, checkMs, checkObject } = require('./lib/args.js')
+const { installExitCleanup } = require('./lib/exit-cleanup.js')
+
+const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
+const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
+const STALE_THRESHOLD = native.STALE_THRESHOLD
+
+/** `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000 })`. */
+function lockOptions(timeoutOrOptions) {
+  if (typeof timeoutOrOptions === 'object' && timeoutOrOptions !== null) {
+    return {
+      timeout: checkMs('options.timeout', timeoutOrOptions.timeout, DEFAULT_TIMEOUT),
+      staleThreshold: checkMs('options.staleThreshold', timeoutOrOptions.staleThreshold, STALE_THRESHOLD, false),
+    }
+  }
+  return { timeout: checkMs('timeout', timeoutOrOptions, DEFAULT_TIMEOUT), staleThreshold: STALE_THRESHOLD }
+}
+
+async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
+  checkString('filePath', filePath)
+  const options = lockOptions(timeout)
+  installExitCleanup()
+  // An uncontended lock is taken right here; only a wait goes to a worker thread.
+  const lockId = native.tryAcquire(filePath, options.staleThreshold)
+  if (lockId !== null) return lockId
+  const wait = Number.isFinite(options.timeout) ? options.timeout : null
+  return native.acquire(filePath, wait, options.staleThreshold)
+}
+
+async function releaseLock(filePath, lockId) {
+  checkString('filePath', filePath)
+  checkString('lockId', lockId)
+  return native.release(filePath, lockId)
+}
+
+async function isLocked(filePath, options) {
+  checkString('filePath', filePath)
+  const { staleThreshold } = checkObject('options', options)
+  return native.isLocked(filePath, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
+}
+
+async function getLockInfo(filePath, options) {
+  checkString('filePath', filePath)
+  const { staleThreshold } = checkObject('options', options)
+  return native.getLockInfo(filePath, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
+}
+
+/**
+ * Removes the stale lock files of the project found from the cwd (or `options.root`):
+ * resolves to `{ root, removed: [...], kept: [...] }`, each entry with its reason.
+ */
+async function cleanupStaleLocks(options) {
+  const { root, staleThreshold, dryRun } = checkObject('options', options)
+  if (root !== undefined) checkString('options.root', root)
+  return native.cleanupStaleLocks(
+    root,
+    checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false),
+    Boolean(dryRun),
+  )
+}
+
+/** Every lock file of a project, judged: for status displays. */
+function listLocks(options) {
+  const { root, staleThreshold } = checkObject('options', options)
+  if (root !== undefined) checkString('options.root', root)
+  return native.listLocks(root, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
+}
+
+module.exports = {
+  acquireLock,
+  releaseLock,
+  isLocked,
+  getLockInfo,
+  cleanupStaleLocks,
+  listLocks,
+  DEFAULT_TIMEOUT,
+  HEARTBEAT_INTERVAL,
+  STALE_THRESHOLD,
+}

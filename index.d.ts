@@ -1,0 +1,2 @@
+// flowforge-lock: every public function of the package.
+export * from './file-lock'

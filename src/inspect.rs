@@ -1,0 +1,226 @@
+//! Looking at locks from outside: is a file locked, by whom, is that holder stale; the list of
+//! every lock under a project; and removing the stale ones (`cleanupStaleLocks`).
+//! Nothing here ever takes a live lock away from its holder.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::error::{LockError, Result};
+use crate::identity::{self, now_ms};
+use crate::lock_table;
+use crate::os_lock::{self, KernelLock, Probe};
+use crate::paths::{self, LOCK_SUFFIX};
+use crate::record::Contents;
+use crate::staleness::{self, Verdict};
+
+/// One lock file, judged.
+#[derive(Debug)]
+pub struct LockView {
+  pub lock_file: PathBuf,
+  pub contents: Contents,
+  pub verdict: Verdict,
+}
+
+impl LockView {
+  pub fn is_held(&self) -> bool {
+    self.verdict == Verdict::Live
+  }
+
+  /// The record's fields plus `lockFile`, `state` (`held`/`stale`), `staleReason`,
+  /// `heldForMs`, `heartbeatAgeMs` and `heldByThisProcess`.
+  pub fn to_json(&self) -> Value {
+    let now = now_ms();
+    let mut out = match &self.contents {
+      Contents::Record(record) => record.to_json(),
+      _ => json!({}),
+    };
+    let (acquired_at, heartbeat) = match &self.contents {
+      Contents::Record(r) => (r.acquired_at, r.heartbeat),
+      _ => (None, None),
+    };
+    let here = lock_table::held_here(&self.lock_file);
+    let fields = json!({
+      "lockFile": self.lock_file.to_string_lossy(),
+      "state": if self.is_held() { "held" } else { "stale" },
+      "staleReason": match &self.verdict { Verdict::Stale(why) => Some(why.as_str()), Verdict::Live => None },
+      "unreadable": match &self.contents { Contents::Unreadable(why) => Some(why.as_str()), _ => None },
+      "heldForMs": here.as_ref().map(|(_, age)| age.as_millis() as u64)
+        .or_else(|| acquired_at.map(|t| now.saturating_sub(t))),
+      "heartbeatAgeMs": heartbeat.map(|t| now.saturating_sub(t)),
+      "heldByThisProcess": here.is_some(),
+    });
+    if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
+      out.extend(fields);
+    }
+    out
+  }
+}
+
+/// The lock protecting a lock path, or `None` when there is no lock file at all.
+pub fn inspect(lock_path: &Path, stale_after: Duration) -> Result<Option<LockView>> {
+  let (contents, kernel_held) = match os_lock::probe(lock_path)? {
+    Probe::Absent => return Ok(None),
+    Probe::Held(contents) => (contents, true),
+    Probe::Free(contents) => (contents, false),
+  };
+  let verdict = staleness::judge(
+    &contents,
+    kernel_held,
+    identity::current(),
+    now_ms(),
+    stale_after.as_millis() as u64,
+  );
+  Ok(Some(LockView {
+    lock_file: lock_path.to_path_buf(),
+    contents,
+    verdict,
+  }))
+}
+
+/// Every lock file under the project root, sorted by name. A lock file that cannot even be
+/// looked at (a planted symlink, say) is listed with the reason.
+pub fn list(
+  root: &Path,
+  stale_after: Duration,
+) -> Result<Vec<std::result::Result<LockView, (PathBuf, LockError)>>> {
+  Ok(
+    lock_files(root)?
+      .into_iter()
+      .filter_map(|path| match inspect(&path, stale_after) {
+        Ok(Some(view)) => Some(Ok(view)),
+        Ok(None) => None,
+        Err(e) => Some(Err((path, e))),
+      })
+      .collect(),
+  )
+}
+
+fn lock_files(root: &Path) -> Result<Vec<PathBuf>> {
+  let dir = paths::lock_dir_of(root);
+  let entries = match fs::read_dir(&dir) {
+    Ok(entries) => entries,
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+    Err(e) => return Err(LockError::io(&e, "Cannot list the lock directory", &dir)),
+  };
+  let mut files: Vec<PathBuf> = entries
+    .flatten()
+    .map(|e| e.path())
+    .filter(|p| p.to_string_lossy().ends_with(LOCK_SUFFIX))
+    .collect();
+  files.sort();
+  Ok(files)
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct CleanupReport {
+  pub removed: Vec<Value>,
+  pub kept: Vec<Value>,
+}
+
+/// Removes every stale lock file under `root` (or, with `dry_run`, only says which it would).
+/// A lock file is removed only while we hold its kernel lock, so a holder arriving meanwhile
+/// is never cut off.
+pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<CleanupReport> {
+  let mut report = CleanupReport::default();
+  let now = now_ms();
+  for path in lock_files(root)? {
+    let entry = |reason: &str, contents: Option<&Contents>| {
+      let mut value = match contents {
+        Some(Contents::Record(r)) => r.to_json(),
+        _ => json!({}),
+      };
+      value["lockFile"] = json!(path.to_string_lossy());
+      value["reason"] = json!(reason);
+      value
+    };
+    let kernel = match KernelLock::try_acquire_existing(&path) {
+      Ok(Some(kernel)) => kernel,
+      Ok(None) => {
+        report
+          .kept
+          .push(entry("held: its kernel lock is taken", None));
+        continue;
+      }
+      Err(e) => {
+        report
+          .kept
+          .push(entry(&format!("not inspected: {}", e.message), None));
+        continue;
+      }
+    };
+    let contents = kernel.read();
+    match staleness::judge(
+      &contents,
+      false,
+      identity::current(),
+      now,
+      stale_after.as_millis() as u64,
+    ) {
+      Verdict::Live => {
+        report
+          .kept
+          .push(entry("held: its record is live", Some(&contents)));
+        kernel.release(false);
+      }
+      Verdict::Stale(why) => {
+        report.removed.push(entry(&why, Some(&contents)));
+        kernel.release(!dry_run);
+      }
+    }
+  }
+  Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::record::LockRecord;
+  use crate::test_support::temp_dir;
+
+  #[test]
+  fn cleanup_removes_dead_and_keeps_live_foreign_records() {
+    let root = temp_dir("inspect");
+    let locks = paths::lock_dir_of(&root);
+    fs::create_dir_all(&locks).unwrap();
+    let me = identity::current();
+    let mut dead = LockRecord::new_for(me, "dead", "/x/tasks.json", now_ms());
+    dead.pid = Some(i64::from(i32::MAX));
+    fs::write(locks.join("tasks.json.lock"), dead.to_bytes(0)).unwrap();
+    let mut foreign = LockRecord::new_for(me, "far", "/x/current.json", now_ms());
+    foreign.hostname = Some("another-host".into());
+    fs::write(locks.join("current.json.lock"), foreign.to_bytes(0)).unwrap();
+    fs::write(locks.join("junk.json.lock"), b"\x00\x01 not json").unwrap();
+
+    let dry = cleanup(&root, Duration::from_secs(30), true).unwrap();
+    assert_eq!(dry.removed.len(), 2);
+    assert!(locks.join("tasks.json.lock").exists());
+
+    let report = cleanup(&root, Duration::from_secs(30), false).unwrap();
+    assert_eq!(report.removed.len(), 2, "{report:?}");
+    assert_eq!(report.kept.len(), 1);
+    assert_eq!(report.kept[0]["lockId"], "far");
+    assert!(!locks.join("tasks.json.lock").exists());
+    assert!(!locks.join("junk.json.lock").exists());
+    assert!(locks.join("current.json.lock").exists());
+  }
+
+  #[test]
+  fn a_held_kernel_lock_is_reported_held() {
+    let root = temp_dir("inspect");
+    let locks = paths::lock_dir_of(&root);
+    fs::create_dir_all(&locks).unwrap();
+    let path = locks.join("tasks.json.lock");
+    let kernel = KernelLock::try_acquire(&path).unwrap().unwrap();
+    let view = inspect(&path, Duration::from_secs(30)).unwrap().unwrap();
+    assert!(view.is_held());
+    let report = cleanup(&root, Duration::from_secs(30), false).unwrap();
+    assert_eq!(report.kept.len(), 1);
+    assert!(path.exists());
+    kernel.release(true);
+    assert!(inspect(&path, Duration::from_secs(30)).unwrap().is_none());
+  }
+}

@@ -1,0 +1,217 @@
+//! flowforge-lock's native core, exported to Node through napi-rs.
+//!
+//! This file is only the export surface: it converts arguments and results, and turns a
+//! [`LockError`] into a JS `Error` carrying its `code`. The logic lives in one module per
+//! concept, listed below.
+
+#![deny(clippy::all)]
+
+pub mod error;
+pub mod heartbeat;
+pub mod identity;
+pub mod inspect;
+pub mod lock_table;
+pub mod metrics;
+pub mod os_lock;
+pub mod paths;
+pub mod record;
+pub mod staleness;
+pub mod store;
+#[cfg(test)]
+mod test_support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use napi::bindgen_prelude::*;
+use napi::{Env, JsError};
+use napi_derive::napi;
+use serde_json::Value;
+
+use error::LockError;
+use lock_table::{AcquireOptions, Start};
+
+#[napi]
+pub const DEFAULT_TIMEOUT: u32 = lock_table::DEFAULT_TIMEOUT_MS as u32;
+#[napi]
+pub const HEARTBEAT_INTERVAL: u32 = heartbeat::DEFAULT_INTERVAL_MS as u32;
+#[napi]
+pub const STALE_THRESHOLD: u32 = lock_table::DEFAULT_STALE_MS as u32;
+
+/// A JS `Error` whose `code` is the core's code.
+fn js_error(env: &Env, err: LockError) -> napi::Error {
+  let js = JsError::from(napi::Error::new(err.code, err.message)).into_unknown(*env);
+  napi::Error::from(js)
+}
+
+fn stale_after(stale_ms: Option<f64>) -> Duration {
+  Duration::from_millis(stale_ms.map_or(lock_table::DEFAULT_STALE_MS, |ms| ms as u64))
+}
+
+fn options(timeout_ms: Option<f64>, stale_ms: Option<f64>) -> AcquireOptions {
+  AcquireOptions {
+    timeout: timeout_ms
+      .filter(|ms| ms.is_finite())
+      .map(|ms| Duration::from_millis(ms as u64)),
+    stale_after: stale_after(stale_ms),
+  }
+}
+
+/// One non-blocking try: the lockId, or `null` when the lock is taken.
+#[napi]
+pub fn try_acquire(env: Env, file: String, stale_ms: Option<f64>) -> Result<Option<String>> {
+  let opts = options(Some(0.0), stale_ms);
+  lock_table::prepare(&file)
+    .and_then(|target| lock_table::try_acquire(&target, &opts))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever.
+#[napi(ts_return_type = "Promise<string>")]
+pub fn acquire<'env>(
+  env: &'env Env,
+  file: String,
+  timeout_ms: Option<f64>,
+  stale_ms: Option<f64>,
+) -> Result<PromiseRaw<'env, String>> {
+  let opts = options(timeout_ms, stale_ms);
+  let start = lock_table::prepare(&file)
+    .and_then(|target| lock_table::start_acquire(target, opts))
+    .map_err(|e| js_error(env, e))?;
+  env.spawn_future_with_callback(
+    async move {
+      Ok(match start {
+        Start::Acquired(lock_id) => Ok(lock_id),
+        Start::Queued(ticket) => ticket.wait().await,
+      })
+    },
+    |env, result| result.map_err(|e| js_error(env, e)),
+  )
+}
+
+/// Releases a lock this process holds: `true` if released, `false` if there was nothing to
+/// release; a wrong lockId throws `ELOCKMISMATCH`.
+#[napi]
+pub fn release(env: Env, file: String, lock_id: String) -> Result<bool> {
+  lock_table::prepare(&file)
+    .and_then(|target| lock_table::release(&target, &lock_id))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Releases every lock this process holds (exit handlers); returns how many.
+#[napi]
+pub fn release_all() -> u32 {
+  lock_table::release_all() as u32
+}
+
+#[napi]
+pub fn is_locked(env: Env, file: String, stale_ms: Option<f64>) -> Result<bool> {
+  lock_table::prepare(&file)
+    .and_then(|target| inspect::inspect(&target.lock_path, stale_after(stale_ms)))
+    .map(|view| view.is_some_and(|v| v.is_held()))
+    .map_err(|e| js_error(&env, e))
+}
+
+#[napi(ts_return_type = "Record<string, unknown> | null")]
+pub fn get_lock_info(env: Env, file: String, stale_ms: Option<f64>) -> Result<Option<Value>> {
+  lock_table::prepare(&file)
+    .and_then(|target| inspect::inspect(&target.lock_path, stale_after(stale_ms)))
+    .map(|view| view.map(|v| v.to_json()))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Every lock under the project root (`root` or the one found from the cwd).
+#[napi(ts_return_type = "Array<Record<string, unknown>>")]
+pub fn list_locks(env: Env, root: Option<String>, stale_ms: Option<f64>) -> Result<Vec<Value>> {
+  let root = paths::root_for_dir(root.as_deref()).map_err(|e| js_error(&env, e))?;
+  let views = inspect::list(&root, stale_after(stale_ms)).map_err(|e| js_error(&env, e))?;
+  Ok(
+    views
+      .into_iter()
+      .map(|view| match view {
+        Ok(view) => view.to_json(),
+        Err((path, e)) => serde_json::json!({
+          "lockFile": path.to_string_lossy(), "state": "unsafe", "staleReason": e.message, "code": e.code,
+        }),
+      })
+      .collect(),
+  )
+}
+
+#[napi(
+  ts_return_type = "{ root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }"
+)]
+pub fn cleanup_stale_locks(
+  env: Env,
+  root: Option<String>,
+  stale_ms: Option<f64>,
+  dry_run: Option<bool>,
+) -> Result<Value> {
+  let root = paths::root_for_dir(root.as_deref()).map_err(|e| js_error(&env, e))?;
+  let report = inspect::cleanup(&root, stale_after(stale_ms), dry_run.unwrap_or(false))
+    .map_err(|e| js_error(&env, e))?;
+  Ok(
+    serde_json::json!({ "root": root.to_string_lossy(), "removed": report.removed, "kept": report.kept }),
+  )
+}
+
+/// The text of a protected file, `null` when it does not exist.
+#[napi]
+pub fn read_text(env: Env, file: String) -> Result<Option<String>> {
+  lock_table::prepare(&file)
+    .and_then(|target| store::read_text(&target.file))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Always throws: the `EJSONPARSE` error for `text`, read from `file`, that JSON.parse refused.
+#[napi]
+pub fn throw_json_parse_error(env: Env, file: String, text: String, reason: String) -> Result<()> {
+  Err(js_error(
+    &env,
+    store::json_parse_error(Path::new(&file), &text, &reason),
+  ))
+}
+
+/// Atomically replaces the file, under the lock `lockId`, which must still be ours.
+#[napi(ts_return_type = "Promise<void>")]
+pub fn write_text_atomic<'env>(
+  env: &'env Env,
+  file: String,
+  lock_id: String,
+  text: String,
+) -> Result<PromiseRaw<'env, ()>> {
+  let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
+  env.spawn_future_with_callback(
+    async move {
+      let written = tokio::task::spawn_blocking(move || {
+        store::write_atomic(&target.file, &text, || {
+          lock_table::verify_held(&target, &lock_id)
+        })
+      })
+      .await
+      .unwrap_or_else(|e| {
+        Err(LockError::new(
+          "ELOCKINTERNAL",
+          format!("the write task failed: {e}"),
+        ))
+      });
+      Ok(written)
+    },
+    |env, result| result.map_err(|e| js_error(env, e)),
+  )
+}
+
+#[napi(ts_return_type = "Record<string, unknown>")]
+pub fn get_lock_metrics() -> Value {
+  serde_json::to_value(metrics::snapshot()).unwrap_or(Value::Null)
+}
+
+#[napi]
+pub fn reset_lock_metrics() {
+  metrics::reset();
+}
+
+#[napi]
+pub fn set_heartbeat_interval(ms: f64) {
+  heartbeat::set_interval(Duration::from_millis(ms as u64));
+}

@@ -1,0 +1,497 @@
+//! This process's locks: which lock files it holds, and who in it waits for which, first come
+//! first served. An uncontended acquire takes the kernel lock right here, without a thread hop;
+//! when the lock is taken, the waiter joins its lock file's queue, and one thread per lock file
+//! waits in the kernel (a blocking flock) on behalf of the whole queue, so a release in any
+//! process hands over within the kernel's wake-up time and waiting burns no CPU.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::error::{LockError, Result};
+use crate::heartbeat;
+use crate::identity::{self, now_ms};
+use crate::metrics;
+use crate::os_lock::{self, KernelLock, Probe};
+use crate::paths::{self, Target};
+use crate::record::{self, Contents, LockRecord};
+use crate::staleness::{self, Verdict};
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+pub const DEFAULT_STALE_MS: u64 = 30_000;
+/// How often a waiter looks again at a lock that only a record protects (another host's, or
+/// a legacy one): no kernel wake-up comes for those.
+const RECORD_POLL: Duration = Duration::from_millis(25);
+
+#[derive(Debug, Clone, Copy)]
+pub struct AcquireOptions {
+  /// `None` waits for ever; zero means a single try.
+  pub timeout: Option<Duration>,
+  pub stale_after: Duration,
+}
+
+impl Default for AcquireOptions {
+  fn default() -> Self {
+    AcquireOptions {
+      timeout: Some(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
+      stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+    }
+  }
+}
+
+pub(crate) struct Held {
+  pub lock_id: String,
+  pub target: PathBuf,
+  pub kernel: KernelLock,
+  pub record: LockRecord,
+  pub since: Instant,
+  /// Set when the lock file was removed or replaced under us: the lock no longer excludes.
+  pub lost: bool,
+}
+
+struct Waiter {
+  id: u64,
+  target: PathBuf,
+  stale_after: Duration,
+  enqueued: Instant,
+  grant: oneshot::Sender<Result<String>>,
+}
+
+#[derive(Default)]
+struct Entry {
+  held: Option<Held>,
+  queue: VecDeque<Waiter>,
+  kernel_waiter_running: bool,
+}
+
+type Table = HashMap<PathBuf, Entry>;
+
+fn table() -> MutexGuard<'static, Table> {
+  static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+  // Nothing panics while holding it; if something did, the table is still consistent.
+  TABLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A kernel lock made ours, with our record written in it.
+struct Won {
+  lock_id: String,
+  record: LockRecord,
+  kernel: KernelLock,
+}
+
+/// Makes a freshly obtained kernel lock ours: writes our record over whatever was left.
+/// `Ok(None)` when what was left is a record the kernel lock does not cover (another host's,
+/// or a legacy one) that is still live: we must respect it and wait.
+fn claim(mut kernel: KernelLock, target: &Path, stale_after: Duration) -> Result<Option<Won>> {
+  let previous = kernel.read();
+  let me = identity::current();
+  let now = now_ms();
+  let recovered = match staleness::judge(&previous, false, me, now, stale_after.as_millis() as u64)
+  {
+    Verdict::Live => {
+      kernel.release(false);
+      return Ok(None);
+    }
+    Verdict::Stale(_) => previous != Contents::Empty,
+  };
+  if !kernel.is_writable() {
+    // Another user's stale lock file that we may not write: replace it with our own.
+    let path = kernel.path().to_path_buf();
+    kernel.release(true);
+    return match KernelLock::try_acquire(&path)? {
+      Some(fresh) if fresh.is_writable() => claim(fresh, target, stale_after),
+      Some(fresh) => {
+        fresh.release(false);
+        Err(LockError::io(
+          &std::io::Error::from_raw_os_error(libc::EACCES),
+          "Cannot write the lock file",
+          &path,
+        ))
+      }
+      None => Ok(None),
+    };
+  }
+  let lock_id = record::new_lock_id();
+  let record = LockRecord::new_for(me, &lock_id, &target.to_string_lossy(), now);
+  if let Err(e) = kernel.write_record(&record, false) {
+    kernel.release(true);
+    return Err(e);
+  }
+  if recovered {
+    metrics::stale_recovered(&target.to_string_lossy());
+  }
+  Ok(Some(Won {
+    lock_id,
+    record,
+    kernel,
+  }))
+}
+
+fn install(entry: &mut Entry, target: &Path, won: Won) {
+  entry.held = Some(Held {
+    lock_id: won.lock_id,
+    target: target.to_path_buf(),
+    kernel: won.kernel,
+    record: won.record,
+    since: Instant::now(),
+    lost: false,
+  });
+  heartbeat::ensure_running();
+}
+
+/// Resolves the caller's path and makes sure its lock directory is usable.
+pub fn prepare(file: &str) -> Result<Target> {
+  let target = paths::resolve(file)?;
+  paths::ensure_lock_dir(target.lock_path.parent().expect("lock paths have a parent"))?;
+  Ok(target)
+}
+
+/// The uncontended path: one non-blocking try, right on the caller's thread.
+/// `Ok(None)` means somebody holds the lock (or others in this process are queued for it).
+pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
+  let mut table = table();
+  let entry = table.entry(target.lock_path.clone()).or_default();
+  if let Some(held) = &entry.held {
+    if held.target != target.file {
+      return Err(deadlock_error(target, &held.target));
+    }
+    return Ok(None);
+  }
+  if !entry.queue.is_empty() {
+    return Ok(None);
+  }
+  let Some(kernel) = KernelLock::try_acquire(&target.lock_path)? else {
+    return Ok(None);
+  };
+  match claim(kernel, &target.file, options.stale_after)? {
+    Some(won) => {
+      let lock_id = won.lock_id.clone();
+      install(entry, &target.file, won);
+      metrics::acquired(&target.file.to_string_lossy(), Duration::ZERO, false);
+      Ok(Some(lock_id))
+    }
+    None => Ok(None),
+  }
+}
+
+/// A place in a lock file's queue; [`Ticket::wait`] resolves when the lock is granted.
+pub struct Ticket {
+  target: Target,
+  timeout: Option<Duration>,
+  started: Instant,
+  waiter_id: u64,
+  granted: oneshot::Receiver<Result<String>>,
+}
+
+pub enum Start {
+  Acquired(String),
+  Queued(Ticket),
+}
+
+/// Takes the lock if it is free, else joins its queue. Called on the caller's thread, so the
+/// queue order is the order of the calls: first come, first served.
+pub fn start_acquire(target: Target, options: AcquireOptions) -> Result<Start> {
+  let started = Instant::now();
+  if let Some(lock_id) = try_acquire(&target, &options)? {
+    return Ok(Start::Acquired(lock_id));
+  }
+  if options.timeout == Some(Duration::ZERO) {
+    metrics::timed_out(&target.file.to_string_lossy());
+    return Err(timeout_error(&target, Duration::ZERO));
+  }
+  static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
+  let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
+  let (grant, granted) = oneshot::channel();
+  let mut table = table();
+  let entry = table.entry(target.lock_path.clone()).or_default();
+  if !entry.kernel_waiter_running {
+    let lock_path = target.lock_path.clone();
+    std::thread::Builder::new()
+      .name("flowforge-lock-wait".into())
+      .spawn(move || wait_in_kernel(lock_path))
+      .map_err(|e| LockError::io(&e, "Cannot start a waiting thread for", &target.lock_path))?;
+    entry.kernel_waiter_running = true;
+  }
+  entry.queue.push_back(Waiter {
+    id: waiter_id,
+    target: target.file.clone(),
+    stale_after: options.stale_after,
+    enqueued: started,
+    grant,
+  });
+  Ok(Start::Queued(Ticket {
+    target,
+    timeout: options.timeout,
+    started,
+    waiter_id,
+    granted,
+  }))
+}
+
+impl Ticket {
+  /// Waits for the grant until the timeout.
+  pub async fn wait(mut self) -> Result<String> {
+    let outcome = match self.timeout {
+      None => Some((&mut self.granted).await),
+      Some(timeout) => tokio::time::timeout(
+        timeout.saturating_sub(self.started.elapsed()),
+        &mut self.granted,
+      )
+      .await
+      .ok(),
+    };
+    match outcome {
+      Some(Ok(result)) => result,
+      Some(Err(_)) => Err(LockError::new("ELOCKINTERNAL", "the lock waiter went away")),
+      None => self.give_up(),
+    }
+  }
+
+  /// Timed out, unless the grant raced the deadline: whoever removes the waiter decides.
+  fn give_up(mut self) -> Result<String> {
+    let mut table = table();
+    if let Some(entry) = table.get_mut(&self.target.lock_path) {
+      let before = entry.queue.len();
+      entry.queue.retain(|w| w.id != self.waiter_id);
+      if entry.queue.len() < before {
+        drop(table);
+        metrics::timed_out(&self.target.file.to_string_lossy());
+        return Err(timeout_error(
+          &self.target,
+          self.timeout.unwrap_or_default(),
+        ));
+      }
+    }
+    drop(table);
+    self
+      .granted
+      .try_recv()
+      .unwrap_or_else(|_| Err(LockError::new("ELOCKINTERNAL", "the lock grant was lost")))
+  }
+}
+
+/// The body of the per-lock-file waiting thread: blocks in the kernel for the lock, hands it to
+/// the first waiter still queued, and ends when nobody waits any more.
+fn wait_in_kernel(lock_path: PathBuf) {
+  loop {
+    {
+      let mut table = table();
+      let entry = table.entry(lock_path.clone()).or_default();
+      if entry.queue.is_empty() {
+        entry.kernel_waiter_running = false;
+        if entry.held.is_none() {
+          table.remove(&lock_path);
+        }
+        return;
+      }
+    }
+    let kernel = match KernelLock::acquire_blocking(&lock_path) {
+      Ok(kernel) => kernel,
+      Err(e) => {
+        fail_all_waiters(&lock_path, &e);
+        continue;
+      }
+    };
+    let mut table = table();
+    let entry = table.entry(lock_path.clone()).or_default();
+    let Some(waiter) = entry.queue.pop_front() else {
+      drop(table);
+      kernel.release(true);
+      continue;
+    };
+    match claim(kernel, &waiter.target, waiter.stale_after) {
+      Ok(Some(won)) => {
+        let target = waiter.target.to_string_lossy().into_owned();
+        let lock_id = won.lock_id.clone();
+        install(entry, &waiter.target, won);
+        if waiter.grant.send(Ok(lock_id)).is_ok() {
+          metrics::acquired(&target, waiter.enqueued.elapsed(), true);
+        } else if let Some(held) = entry.held.take() {
+          // The waiter's promise is gone (its runtime shut down): nobody will release it.
+          held.kernel.release(true);
+        }
+      }
+      Ok(None) => {
+        entry.queue.push_front(waiter);
+        drop(table);
+        std::thread::sleep(RECORD_POLL);
+      }
+      Err(e) => {
+        let _ = waiter.grant.send(Err(e));
+      }
+    }
+  }
+}
+
+fn fail_all_waiters(lock_path: &Path, error: &LockError) {
+  let mut table = table();
+  if let Some(entry) = table.get_mut(lock_path) {
+    for waiter in entry.queue.drain(..) {
+      let _ = waiter.grant.send(Err(error.clone()));
+    }
+  }
+}
+
+/// Releases a lock this process holds. `Ok(false)`: nothing to release (already released).
+pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
+  let mut table = table();
+  let Some(entry) = table.get_mut(&target.lock_path) else {
+    drop(table);
+    return release_not_held(target, lock_id);
+  };
+  match &entry.held {
+    Some(held) if held.lock_id == lock_id => {
+      let held = entry.held.take().expect("checked above");
+      if entry.queue.is_empty() && !entry.kernel_waiter_running {
+        table.remove(&target.lock_path);
+      }
+      drop(table);
+      metrics::released(&held.target.to_string_lossy(), held.since.elapsed());
+      held.kernel.release(true);
+      Ok(true)
+    }
+    Some(held) => Err(LockError::new(
+      "ELOCKMISMATCH",
+      format!(
+        "Lock on {} was not released: lockId {lock_id} does not match the current holder's (this process holds it for {} under another lockId). Pass the lockId that acquireLock returned.",
+        target.file.display(),
+        held.target.display()
+      ),
+    )),
+    None => {
+      drop(table);
+      release_not_held(target, lock_id)
+    }
+  }
+}
+
+fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
+  match os_lock::probe(&target.lock_path)? {
+    Probe::Held(Contents::Record(record)) => Err(LockError::new(
+      "ELOCKMISMATCH",
+      format!(
+        "Lock on {} was not released: it is held by {}, not under lockId {lock_id}. Only the holder can release it.",
+        target.file.display(),
+        describe_record(&record)
+      ),
+    )),
+    _ => Ok(false),
+  }
+}
+
+/// Releases everything this process holds (process exit).
+pub fn release_all() -> usize {
+  let held: Vec<Held> = table().values_mut().filter_map(|e| e.held.take()).collect();
+  let count = held.len();
+  for h in held {
+    h.kernel.release(true);
+  }
+  count
+}
+
+/// Confirms, right before a write, that we still hold the lock: same lock file on disk, our
+/// record in it. A lock evicted while its holder stalled must not write.
+pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
+  let table = table();
+  let held = table
+    .get(&target.lock_path)
+    .and_then(|e| e.held.as_ref())
+    .filter(|h| h.lock_id == lock_id);
+  let lost = |why: &str| {
+    LockError::new(
+      "ELOCKLOST",
+      format!(
+        "The lock on {} was lost before the write ({why}); the file was not changed. Retry the update.",
+        target.file.display()
+      ),
+    )
+  };
+  let Some(held) = held else {
+    return Err(lost("this process no longer holds it"));
+  };
+  if held.lost || !held.kernel.still_at_path() {
+    return Err(lost("its lock file was removed or replaced"));
+  }
+  match held.kernel.read() {
+    Contents::Record(r) if r.lock_id.as_deref() == Some(lock_id) => Ok(()),
+    Contents::Record(r) => Err(lost(&format!("{} took it over", describe_record(&r)))),
+    _ => Err(lost("its record was overwritten")),
+  }
+}
+
+/// Visits every lock this process holds (the heartbeat).
+pub(crate) fn for_each_held(mut visit: impl FnMut(&mut Held)) {
+  for entry in table().values_mut() {
+    if let Some(held) = entry.held.as_mut() {
+      visit(held);
+    }
+  }
+}
+
+/// The held lock's age if this process holds it: for status reports.
+pub fn held_here(lock_path: &Path) -> Option<(String, Duration)> {
+  table()
+    .get(lock_path)
+    .and_then(|e| e.held.as_ref())
+    .map(|h| (h.lock_id.clone(), h.since.elapsed()))
+}
+
+fn deadlock_error(target: &Target, held_for: &Path) -> LockError {
+  LockError::new(
+    "ELOCKDEADLOCK",
+    format!(
+      "This process already holds the lock {} for {}, and {} shares that lock (same file name). Waiting for it would wait on ourselves: release the first lock before taking the second.",
+      target.lock_path.display(),
+      held_for.display(),
+      target.file.display()
+    ),
+  )
+}
+
+fn timeout_error(target: &Target, waited: Duration) -> LockError {
+  let holder = match held_here(&target.lock_path) {
+    Some((_, age)) => format!(
+      "held by this process (pid {}) for {:.1} s",
+      identity::current().pid,
+      age.as_secs_f64()
+    ),
+    None => match os_lock::probe(&target.lock_path) {
+      Ok(Probe::Held(Contents::Record(r)) | Probe::Free(Contents::Record(r))) => {
+        format!("held by {}", describe_record(&r))
+      }
+      _ => "held by an unknown process".to_string(),
+    },
+  };
+  LockError::new(
+    "ELOCKTIMEOUT",
+    format!(
+      "Lock acquisition timeout after {} ms for {}: {holder}. Retry later, raise the timeout, or inspect it with `npx flowforge-lock status`.",
+      waited.as_millis(),
+      target.file.display()
+    ),
+  )
+}
+
+/// "pid 42 (user alice on host devbox) for 3.2 s"
+pub fn describe_record(record: &LockRecord) -> String {
+  let mut text = format!(
+    "pid {}",
+    record.pid.map_or("?".to_string(), |p| p.to_string())
+  );
+  text.push_str(&format!(
+    " (user {} on host {})",
+    record.username.as_deref().unwrap_or("?"),
+    record.hostname.as_deref().unwrap_or("? (legacy lock)")
+  ));
+  if let Some(since) = record.acquired_at {
+    text.push_str(&format!(
+      " for {:.1} s",
+      now_ms().saturating_sub(since) as f64 / 1000.0
+    ));
+  }
+  text
+}

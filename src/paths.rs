@@ -1,0 +1,231 @@
+//! Where a target file's lock lives, and whether that place is safe to use.
+//!
+//! A target `…/x/tasks.json` is locked through `<root>/.flowforge/.locks/tasks.json.lock`,
+//! where `<root>` is `FLOWFORGE_ROOT_OVERRIDE` when set, else the nearest ancestor of the
+//! target holding a `.flowforge/` directory, else the current directory.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use crate::error::{LockError, Result};
+
+pub const ROOT_OVERRIDE_ENV: &str = "FLOWFORGE_ROOT_OVERRIDE";
+const DATA_DIR: &str = ".flowforge";
+const LOCK_DIR: &str = ".locks";
+pub const LOCK_SUFFIX: &str = ".lock";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+  /// The target file, absolute and normalised (it need not exist).
+  pub file: PathBuf,
+  pub root: PathBuf,
+  pub lock_path: PathBuf,
+}
+
+/// Checks a caller's path and works out its lock file (without touching the disk beyond
+/// a few `stat`s).
+pub fn resolve(file: &str) -> Result<Target> {
+  if file.is_empty() {
+    return Err(LockError::invalid_value(
+      "The file path must be a non-empty string. Received ''",
+    ));
+  }
+  if file.contains('\0') {
+    return Err(LockError::invalid_value(format!(
+      "The file path must not contain null bytes. Received {file:?}"
+    )));
+  }
+  let cwd = current_dir()?;
+  let absolute = normalize(&cwd.join(file));
+  let Some(name) = absolute.file_name() else {
+    return Err(LockError::invalid_value(format!(
+      "The file path {file:?} does not name a file"
+    )));
+  };
+  if absolute.is_dir() {
+    return Err(LockError::new(
+      "EISDIR",
+      format!(
+        "{} is a directory; a lock protects a file. Pass the path of a file inside it.",
+        absolute.display()
+      ),
+    ));
+  }
+  let root = match root_override(&cwd) {
+    Some(root) => root,
+    None => find_root(&absolute).unwrap_or(cwd),
+  };
+  let mut lock_name = name.to_os_string();
+  lock_name.push(LOCK_SUFFIX);
+  let lock_path = lock_dir_of(&root).join(lock_name);
+  Ok(Target {
+    file: absolute,
+    root,
+    lock_path,
+  })
+}
+
+/// The project root for commands given no file: the override, else the nearest ancestor of
+/// `start` holding `.flowforge/`, else `start` itself.
+pub fn root_for_dir(start: Option<&str>) -> Result<PathBuf> {
+  let cwd = current_dir()?;
+  if start.is_none() {
+    if let Some(root) = root_override(&cwd) {
+      return Ok(root);
+    }
+  }
+  let dir = normalize(&cwd.join(start.unwrap_or(".")));
+  Ok(
+    dir
+      .ancestors()
+      .find(|a| a.join(DATA_DIR).is_dir())
+      .map(Path::to_path_buf)
+      .unwrap_or(dir),
+  )
+}
+
+pub fn lock_dir_of(root: &Path) -> PathBuf {
+  root.join(DATA_DIR).join(LOCK_DIR)
+}
+
+/// Creates the lock directory if needed (never world-writable), and refuses one that others
+/// could tamper with: world-writable without the sticky bit.
+pub fn ensure_lock_dir(lock_dir: &Path) -> Result<()> {
+  match fs::metadata(lock_dir) {
+    Ok(meta) => check_lock_dir(lock_dir, &meta),
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => fs::DirBuilder::new()
+      .recursive(true)
+      .mode(0o755)
+      .create(lock_dir)
+      .map_err(|e| LockError::io(&e, "Cannot create the lock directory", lock_dir))
+      .and_then(|_| {
+        let meta = fs::metadata(lock_dir)
+          .map_err(|e| LockError::io(&e, "Cannot read the lock directory", lock_dir))?;
+        check_lock_dir(lock_dir, &meta)
+      }),
+    Err(e) => Err(LockError::io(
+      &e,
+      "Cannot read the lock directory",
+      lock_dir,
+    )),
+  }
+}
+
+pub fn check_lock_dir(lock_dir: &Path, meta: &fs::Metadata) -> Result<()> {
+  if !meta.is_dir() {
+    return Err(LockError::new(
+      "ENOTDIR",
+      format!(
+        "The lock directory {} is not a directory. Move that file away so the lock directory can be created.",
+        lock_dir.display()
+      ),
+    ));
+  }
+  let mode = meta.permissions().mode();
+  if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+    return Err(LockError::new(
+      "ELOCKDIRUNSAFE",
+      format!(
+        "The lock directory {} is world-writable without the sticky bit (mode {:o}), so any user could replace lock files. Run `chmod o-w {}` (or `chmod +t` for a shared directory).",
+        lock_dir.display(),
+        mode & 0o7777,
+        lock_dir.display()
+      ),
+    ));
+  }
+  Ok(())
+}
+
+fn current_dir() -> Result<PathBuf> {
+  std::env::current_dir()
+    .map_err(|e| LockError::io(&e, "Cannot read the current directory", Path::new(".")))
+}
+
+fn root_override(cwd: &Path) -> Option<PathBuf> {
+  let value = std::env::var_os(ROOT_OVERRIDE_ENV).filter(|v| !v.is_empty())?;
+  Some(normalize(&cwd.join(value)))
+}
+
+fn find_root(file: &Path) -> Option<PathBuf> {
+  file
+    .parent()?
+    .ancestors()
+    .find(|a| a.join(DATA_DIR).is_dir())
+    .map(Path::to_path_buf)
+}
+
+/// Removes `.` and resolves `..` lexically, so one file has one spelling.
+fn normalize(path: &Path) -> PathBuf {
+  let mut out = PathBuf::new();
+  for component in path.components() {
+    match component {
+      Component::CurDir => {}
+      Component::ParentDir => {
+        out.pop();
+      }
+      other => out.push(other),
+    }
+  }
+  out
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+
+  fn temp_project() -> PathBuf {
+    let dir = crate::test_support::temp_dir("paths");
+    fs::create_dir_all(dir.join(".flowforge/billing")).unwrap();
+    dir
+  }
+
+  #[test]
+  fn lock_files_are_named_by_basename_under_the_nearest_root() {
+    let dir = temp_project();
+    let target = resolve(
+      dir
+        .join(".flowforge/billing/time-tracking.json")
+        .to_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(target.root, dir);
+    assert_eq!(
+      target.lock_path,
+      dir.join(".flowforge/.locks/time-tracking.json.lock")
+    );
+    let dotted = resolve(
+      dir
+        .join(".flowforge/billing/../tasks.json")
+        .to_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(dotted.file, dir.join(".flowforge/tasks.json"));
+  }
+
+  #[test]
+  fn bad_paths_are_rejected_with_codes() {
+    assert_eq!(resolve("").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
+    assert_eq!(resolve("a\0b").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
+    assert_eq!(resolve("/").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
+    let dir = temp_project();
+    assert_eq!(resolve(dir.to_str().unwrap()).unwrap_err().code, "EISDIR");
+  }
+
+  #[test]
+  fn world_writable_lock_dirs_need_the_sticky_bit() {
+    let dir = temp_project();
+    let locks = lock_dir_of(&dir);
+    ensure_lock_dir(&locks).unwrap();
+    assert_eq!(
+      fs::metadata(&locks).unwrap().permissions().mode() & 0o002,
+      0
+    );
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o777)).unwrap();
+    assert_eq!(ensure_lock_dir(&locks).unwrap_err().code, "ELOCKDIRUNSAFE");
+    fs::set_permissions(&locks, fs::Permissions::from_mode(0o1777)).unwrap();
+    ensure_lock_dir(&locks).unwrap();
+  }
+}
