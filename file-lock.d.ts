@@ -56,8 +56,9 @@ export interface CleanupOptions {
   dryRun?: boolean
 }
 
-export interface ListedLock extends Partial<LockInfo> {
+export interface ListedLock extends Partial<Omit<LockInfo, 'state'>> {
   lockFile: string
+  /** `unsafe`: the lock file could not be inspected (a symlink, …); `code` and `staleReason` say why. */
   state: 'held' | 'stale' | 'unsafe'
   code?: string
 }
@@ -70,6 +71,8 @@ export function isLocked(filePath: string, options?: InspectOptions): Promise<bo
 export function getLockInfo(filePath: string, options?: InspectOptions): Promise<LockInfo | null>
 export function cleanupStaleLocks(options?: CleanupOptions): Promise<CleanupReport>
 export function listLocks(options?: { root?: string; staleThreshold?: number }): ListedLock[]
+
+export { updateWithLock } from './lib/update'
 
 export const DEFAULT_TIMEOUT: number
 export const HEARTBEAT_INTERVAL: number

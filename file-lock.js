@@ -4,8 +4,9 @@
 // core (native.js); this module checks arguments and shapes the promises.
 
 const native = require('./native.js')
-const { checkString, checkMs, checkObject } = require('./lib/args.js')
+const { checkString, checkMs, checkObject, codedError } = require('./lib/args.js')
 const { installExitCleanup } = require('./lib/exit-cleanup.js')
+const { heldInContext } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
@@ -25,6 +26,13 @@ function lockOptions(timeoutOrOptions) {
 async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
   const options = lockOptions(timeout)
+  if (heldInContext(filePath) !== undefined) {
+    throw codedError(
+      Error,
+      'ELOCKDEADLOCK',
+      `acquireLock(${filePath}) inside withLock/updateWithLock of the same file would wait on itself. Do the work inside the outer callback instead.`,
+    )
+  }
   installExitCleanup()
   // An uncontended lock is taken right here; only a wait goes to a worker thread.
   const lockId = native.tryAcquire(filePath, options.staleThreshold)
@@ -72,6 +80,12 @@ function listLocks(options) {
   return native.listLocks(root, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
 }
 
+/** FlowForge's session scripts look for updateWithLock here too (see file-lock-integration). */
+function updateWithLock(filePath, updater, options) {
+  // Required on use: lib/update.js itself builds on this module.
+  return require('./lib/update.js').updateWithLock(filePath, updater, options)
+}
+
 module.exports = {
   acquireLock,
   releaseLock,
@@ -79,6 +93,7 @@ module.exports = {
   getLockInfo,
   cleanupStaleLocks,
   listLocks,
+  updateWithLock,
   DEFAULT_TIMEOUT,
   HEARTBEAT_INTERVAL,
   STALE_THRESHOLD,

@@ -27,6 +27,9 @@ export declare function isLocked(file: string, staleMs?: number | undefined | nu
 /** Every lock under the project root (`root` or the one found from the cwd). */
 export declare function listLocks(root?: string | undefined | null, staleMs?: number | undefined | null): Array<Record<string, unknown>>
 
+/** The project root for `start` (default: the cwd): see `paths::root_for_dir`. */
+export declare function projectRoot(start?: string | undefined | null): string
+
 /** The text of a protected file, `null` when it does not exist. */
 export declare function readText(file: string): string | null
 

@@ -843,6 +843,7 @@ module.exports.getLockMetrics = nativeBinding.getLockMetrics
 module.exports.HEARTBEAT_INTERVAL = nativeBinding.HEARTBEAT_INTERVAL
 module.exports.isLocked = nativeBinding.isLocked
 module.exports.listLocks = nativeBinding.listLocks
+module.exports.projectRoot = nativeBinding.projectRoot
 module.exports.readText = nativeBinding.readText
 module.exports.release = nativeBinding.release
 module.exports.releaseAll = nativeBinding.releaseAll

@@ -4,7 +4,7 @@ const os = require('node:os')
 const path = require('node:path')
 const fileLock = require('../file-lock')
 const { acquireLock, releaseLock, isLocked, getLockInfo, cleanupStaleLocks } = fileLock
-const { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, expectError } = require('./helpers')
+const { makeProject, runFixture, startFixture, NOBODY, expectError, linkPackage } = require('./helpers')
 const native = require('../native.js')
 
 const lockPathOf = (root, name) => path.join(root, '.flowforge', '.locks', `${name}.lock`)
@@ -231,8 +231,7 @@ describe('staleness', () => {
     fs.writeFileSync(lockPathOf(root, 'corrupt.json'), '{"pid": 12')
     const { child, exited } = await startFixture('hold-lock', [path.join(root, '.flowforge', 'tasks.json')], 'LOCKED')
     // As installed in a FlowForge checkout: node_modules/flowforge-lock.
-    fs.mkdirSync(path.join(root, 'node_modules'))
-    fs.symlinkSync(PACKAGE_ROOT, path.join(root, 'node_modules', 'flowforge-lock'))
+    linkPackage(root)
     const { spawnSync } = require('node:child_process')
     const run = spawnSync(
       process.execPath,

@@ -69,6 +69,12 @@ function startFixture(name, args, marker, options = {}) {
 
 const NOBODY = { uid: 65534, gid: 65534 }
 
+/** Makes `require('flowforge-lock/…')` work in `root`, as an install in a FlowForge checkout would. */
+function linkPackage(root) {
+  fs.mkdirSync(path.join(root, 'node_modules'), { recursive: true })
+  fs.symlinkSync(PACKAGE_ROOT, path.join(root, 'node_modules', 'flowforge-lock'))
+}
+
 /**
  * Errors made by the native core belong to Node's main realm, not to jest's sandbox, so
  * `instanceof Error` would be false there: check that it is a real Error of the right kind.
@@ -79,4 +85,4 @@ function expectError(err, Kind, code) {
   if (code !== undefined) expect(err.code).toBe(code)
 }
 
-module.exports = { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, expectError }
+module.exports = { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, expectError, linkPackage }

@@ -155,10 +155,18 @@ pub fn cleanup_stale_locks(
   )
 }
 
+/// The project root for `start` (default: the cwd): see `paths::root_for_dir`.
+#[napi]
+pub fn project_root(env: Env, start: Option<String>) -> Result<String> {
+  paths::root_for_dir(start.as_deref())
+    .map(|root| root.to_string_lossy().into_owned())
+    .map_err(|e| js_error(&env, e))
+}
+
 /// The text of a protected file, `null` when it does not exist.
 #[napi]
 pub fn read_text(env: Env, file: String) -> Result<Option<String>> {
-  lock_table::prepare(&file)
+  paths::resolve(&file)
     .and_then(|target| store::read_text(&target.file))
     .map_err(|e| js_error(&env, e))
 }

@@ -66,22 +66,22 @@ pub fn resolve(file: &str) -> Result<Target> {
   })
 }
 
-/// The project root for commands given no file: the override, else the nearest ancestor of
-/// `start` holding `.flowforge/`, else `start` itself.
-pub fn root_for_dir(start: Option<&str>) -> Result<PathBuf> {
+/// The project root for commands given no file: `root` when given, else the override, else the
+/// nearest ancestor of the cwd holding `.flowforge/`, else the cwd.
+pub fn root_for_dir(root: Option<&str>) -> Result<PathBuf> {
   let cwd = current_dir()?;
-  if start.is_none() {
-    if let Some(root) = root_override(&cwd) {
-      return Ok(root);
-    }
+  if let Some(root) = root {
+    return Ok(normalize(&cwd.join(root)));
   }
-  let dir = normalize(&cwd.join(start.unwrap_or(".")));
+  if let Some(root) = root_override(&cwd) {
+    return Ok(root);
+  }
   Ok(
-    dir
+    cwd
       .ancestors()
       .find(|a| a.join(DATA_DIR).is_dir())
       .map(Path::to_path_buf)
-      .unwrap_or(dir),
+      .unwrap_or(cwd),
   )
 }
 

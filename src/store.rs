@@ -8,7 +8,7 @@ use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::de::IgnoredAny;
@@ -87,6 +87,7 @@ pub fn write_atomic(
       ),
     ));
   }
+  ensure_dir(dir)?;
   remove_orphan_temps(&path);
   let temp = temp_path(&path);
   let result = write_temp(&temp, text, existing.as_ref())
@@ -99,6 +100,24 @@ pub fn write_atomic(
   File::open(dir)
     .and_then(|d| d.sync_all())
     .map_err(|e| LockError::io(&e, "Cannot sync the directory of", &path))
+}
+
+/// Creates a missing parent directory (as FlowForge does for `.flowforge/billing/`), durably.
+fn ensure_dir(dir: &Path) -> Result<()> {
+  if dir.is_dir() {
+    return Ok(());
+  }
+  fs::DirBuilder::new()
+    .recursive(true)
+    .mode(0o755)
+    .create(dir)
+    .map_err(|e| LockError::io(&e, "Cannot create the directory", dir))?;
+  if let Some(parent) = dir.parent() {
+    File::open(parent)
+      .and_then(|d| d.sync_all())
+      .map_err(|e| LockError::io(&e, "Cannot sync the directory", parent))?;
+  }
+  Ok(())
 }
 
 fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata>) -> Result<()> {
@@ -250,6 +269,13 @@ mod tests {
     let file = temp_dir("store").join("latin1.json");
     fs::write(&file, b"{\"a\":\"\xe9\"}").unwrap();
     assert_eq!(read_text(&file).unwrap_err().code, "EJSONPARSE");
+  }
+
+  #[test]
+  fn missing_parent_directories_are_created() {
+    let path = temp_dir("store").join("billing").join("time-tracking.json");
+    write_atomic(&path, "{}", || Ok(())).unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), "{}");
   }
 
   #[test]

@@ -1,0 +1,88 @@
+'use strict'
+// flowforge-lock/FileLockManager: drop-in for FlowForge's scripts/utils/FileLockManager.js.
+// An object wrapper: withLock(file, fn) runs fn under the file's lock and always releases.
+// A nested withLock (or updateWithLock) on a file that the same async context already holds
+// re-enters: fn runs at once under the outer lock (AsyncLocalStorage tracks what a context holds).
+
+const native = require('./native.js')
+const { acquireLock, releaseLock, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('./file-lock.js')
+const { updateWithLock } = require('./lib/update.js')
+const { heldInContext, runHolding } = require('./lib/context.js')
+const { checkString, checkFunction, checkObject, checkMs } = require('./lib/args.js')
+const { installExitCleanup } = require('./lib/exit-cleanup.js')
+
+class FileLockManager {
+  constructor(options) {
+    const { timeout, staleThreshold } = checkObject('options', options)
+    this.config = {
+      timeout: checkMs('options.timeout', timeout, DEFAULT_TIMEOUT),
+      staleThreshold: checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false),
+    }
+    /** lockId -> file, for every lock this manager acquired and has not released. */
+    this.held = new Map()
+    installExitCleanup()
+  }
+
+  lockOptions(options) {
+    const { timeout, staleThreshold } = checkObject('options', options)
+    return {
+      timeout: checkMs('options.timeout', timeout, this.config.timeout),
+      staleThreshold: checkMs('options.staleThreshold', staleThreshold, this.config.staleThreshold, false),
+    }
+  }
+
+  async acquire(filePath, options) {
+    const lockId = await acquireLock(filePath, this.lockOptions(options))
+    this.held.set(lockId, filePath)
+    return lockId
+  }
+
+  /** Releases `lockId`, or without one, every lock this manager holds on `filePath`. */
+  async release(filePath, lockId) {
+    checkString('filePath', filePath)
+    if (lockId !== undefined) {
+      this.held.delete(lockId)
+      return releaseLock(filePath, lockId)
+    }
+    let released = false
+    for (const [id, file] of this.held) {
+      if (file !== filePath) continue
+      this.held.delete(id)
+      released = (await releaseLock(file, id)) || released
+    }
+    return released
+  }
+
+  /** Resolves to fn's result; the lock is released whatever fn does. */
+  async withLock(filePath, fn, options) {
+    checkString('filePath', filePath)
+    checkFunction('fn', fn)
+    if (heldInContext(filePath) !== undefined) return fn()
+    const lockId = await this.acquire(filePath, options)
+    try {
+      return await runHolding(filePath, lockId, fn)
+    } finally {
+      await this.release(filePath, lockId)
+    }
+  }
+
+  /** updateWithLock with this manager's timeout. */
+  updateJson(filePath, updater, options) {
+    return updateWithLock(filePath, updater, this.lockOptions(options))
+  }
+
+  async releaseAll() {
+    const held = [...this.held]
+    this.held.clear()
+    const results = await Promise.allSettled(held.map(([id, file]) => releaseLock(file, id)))
+    return results.filter((r) => r.status === 'fulfilled' && r.value).length
+  }
+
+  getMetrics() {
+    return native.getLockMetrics()
+  }
+}
+
+module.exports = FileLockManager
+module.exports.FileLockManager = FileLockManager
+module.exports.default = FileLockManager

@@ -1,0 +1,490 @@
+'use strict'
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawnSync } = require('node:child_process')
+const integration = require('../file-lock-integration')
+const {
+  updateWithLock,
+  updateTaskFile,
+  batchUpdateTasks,
+  startTaskTimer,
+  pauseTaskTimer,
+  resumeTaskTimer,
+  stopTaskTimer,
+  registerSession,
+  touchSession,
+  endSession,
+  cleanupStaleSessions,
+  listSessions,
+  getLockMetrics,
+  resetLockMetrics,
+} = integration
+const FileLockManager = require('../FileLockManager')
+const { acquireLock, releaseLock, isLocked } = require('../file-lock')
+const { makeProject, runFixture, startFixture, NOBODY, expectError, PACKAGE_ROOT } = require('./helpers')
+
+const tasksPath = (root) => path.join(root, '.flowforge', 'tasks.json')
+const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
+const tempFilesIn = (dir) => fs.readdirSync(dir).filter((n) => n.includes('.ffl-'))
+
+describe('updateWithLock', () => {
+  test('passes the parsed content (null when missing), writes what the updater returns, resolves to it', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'current.json')
+    const seen = []
+    const first = await updateWithLock(file, async (current) => {
+      seen.push(current)
+      return { sessionId: 'session-1-2', taskId: '214' }
+    })
+    const second = await updateWithLock(file, (current) => {
+      seen.push(current)
+      return { ...current, pausedAt: 'now' }
+    })
+    expect(seen).toEqual([null, { sessionId: 'session-1-2', taskId: '214' }])
+    expect(first).toEqual({ sessionId: 'session-1-2', taskId: '214' })
+    expect(second).toEqual(read(file))
+    expect(fs.readFileSync(file, 'utf8')).toBe(`${JSON.stringify(second, null, 2)}\n`)
+    expect(tempFilesIn(path.dirname(file))).toEqual([])
+    expect(await isLocked(file)).toBe(false)
+  })
+
+  test("is also exported by file-lock, as FlowForge's session scripts expect", async () => {
+    expect(typeof require('../file-lock').updateWithLock).toBe('function')
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'x.json')
+    await require('../file-lock').updateWithLock(file, async () => ({ ok: true }))
+    expect(read(file)).toEqual({ ok: true })
+  })
+
+  test("keeps the file's mode", async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    fs.chmodSync(file, 0o600)
+    await updateTaskFile({ id: 1 }, { file })
+    expect(fs.statSync(file).mode & 0o777).toBe(0o600)
+  })
+
+  const unchanged = [
+    [
+      'corrupt JSON is never overwritten (EJSONPARSE, names the file and the position)',
+      (file) => fs.writeFileSync(file, '{"tasks": [1, 2,]}'),
+      (file) => updateTaskFile({ id: 1 }, { file }),
+      'EJSONPARSE',
+      /tasks\.json as JSON: .* line 1 column 17/,
+    ],
+    [
+      'a file that is not UTF-8 is refused (EJSONPARSE)',
+      (file) => fs.writeFileSync(file, Buffer.from([0x7b, 0x22, 0xff, 0x22, 0x7d])),
+      (file) => updateTaskFile({ id: 1 }, { file }),
+      'EJSONPARSE',
+      /not UTF-8/,
+    ],
+    [
+      'an updater that throws leaves the file unchanged and its error reaches the caller',
+      (file) => fs.writeFileSync(file, '{"tasks":[]}'),
+      (file) =>
+        updateWithLock(file, () => {
+          const err = new Error('updater failed on purpose')
+          err.code = 'EMYOWN'
+          throw err
+        }),
+      'EMYOWN',
+      /^updater failed on purpose$/,
+    ],
+    [
+      'an updater that returns undefined writes nothing (ERR_INVALID_RETURN_VALUE)',
+      (file) => fs.writeFileSync(file, '{"tasks":[]}'),
+      (file) => updateWithLock(file, () => undefined),
+      'ERR_INVALID_RETURN_VALUE',
+      /returned undefined/,
+    ],
+    [
+      'a tasks file whose "tasks" is not an array is not reshaped (EDATASHAPE)',
+      (file) => fs.writeFileSync(file, '{"tasks":{"1":{}}}'),
+      (file) => updateTaskFile({ id: 1 }, { file }),
+      'EDATASHAPE',
+      /"tasks" is not an array/,
+    ],
+  ]
+  test.each(unchanged)('%s', async (_, setUp, call, code, message) => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    setUp(file)
+    const before = fs.readFileSync(file)
+    const err = await call(file).catch((e) => e)
+    expect(err.code).toBe(code)
+    expect(err.message).toMatch(message)
+    expect(fs.readFileSync(file)).toEqual(before)
+    expect(await isLocked(file)).toBe(false)
+    expect(tempFilesIn(path.dirname(file))).toEqual([])
+  })
+
+  test('a target that is a directory gets EISDIR', async () => {
+    const root = makeProject()
+    fs.mkdirSync(tasksPath(root))
+    const err = await updateTaskFile({ id: 1 }, { file: tasksPath(root) }).catch((e) => e)
+    expectError(err, Error, 'EISDIR')
+    expect(fs.statSync(tasksPath(root)).isDirectory()).toBe(true)
+  })
+
+  test('a timeout gets ELOCKTIMEOUT and leaves the file unchanged', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const holder = await startFixture('hold-lock', [file], 'LOCKED')
+    const err = await updateTaskFile({ id: 1 }, { file, timeout: 200 }).catch((e) => e)
+    expectError(err, Error, 'ELOCKTIMEOUT')
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[]}')
+    holder.child.kill('SIGKILL')
+    await holder.exited
+  })
+
+  test('a lock lost before the write (lock file removed under us) gets ELOCKLOST and the file is untouched', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const err = await updateWithLock(file, (doc) => {
+      // What `rm -rf .flowforge/.locks/*.lock` does to a holder.
+      fs.rmSync(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'))
+      return { ...doc, changed: true }
+    }).catch((e) => e)
+    expectError(err, Error, 'ELOCKLOST')
+    expect(err.message).toContain(file)
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[]}')
+  })
+
+  test('a read-only file is not replaced (EACCES), checked as an unprivileged user', () => {
+    const root = makeProject()
+    fs.chownSync(root, NOBODY.uid, NOBODY.gid)
+    fs.chownSync(path.join(root, '.flowforge'), NOBODY.uid, NOBODY.gid)
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    fs.chownSync(file, NOBODY.uid, NOBODY.gid)
+    fs.chmodSync(file, 0o444)
+    const script = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock-integration'))})
+      .updateTaskFile({ id: 1 }, { file: ${JSON.stringify(file)} })
+      .then(() => console.log('written'), (e) => console.log(process.getuid() + ' ' + e.code + ' ' + e.message))`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
+    expect(run.stdout).toMatch(/^65534 EACCES .*tasks\.json is read-only/)
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[]}')
+    // The same call by the file's owner after `chmod u+w` goes through: the refusal was the mode.
+    fs.chmodSync(file, 0o644)
+    const ok = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
+    expect(ok.stdout).toBe('written\n')
+  })
+})
+
+describe('updateTaskFile and batchUpdateTasks', () => {
+  test('100 concurrent updateTaskFile calls in one process leave 100 tasks', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    await Promise.all(Array.from({ length: 100 }, (_, i) => updateTaskFile({ id: i, status: 'test' }, { file })))
+    expect(read(file).tasks.map((t) => t.id).sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i))
+  })
+
+  test('4 processes x 100 rounds: the shared counter and every upserted task are exact', async () => {
+    const root = makeProject()
+    fs.writeFileSync(tasksPath(root), JSON.stringify({ version: '2.0.0', tasks: [{ id: 'counter', hits: 0 }] }))
+    const results = await Promise.all([0, 1, 2, 3].map((w) => runFixture('integration-worker', [w, 100], { cwd: root })))
+    for (const r of results) expect(r).toMatchObject({ code: 0, stderr: '' })
+    const doc = read(tasksPath(root))
+    expect(doc.tasks.find((t) => t.id === 'counter').hits).toBe(400)
+    expect(doc.tasks).toHaveLength(401)
+  }, 60000)
+
+  test('ids match as strings, existing id types and unknown keys are kept, new numeric ids are numbers', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const original = {
+      version: '2.0.0',
+      lastUpdated: '2025-01-01T00:00:00.000Z',
+      milestones: { 'v1.5.0': { taskIds: [142] } },
+      tasks: [{ id: 142, title: 'Keep', microtasks: ['a'], billing: { rate: 1 } }, { id: 'LIN-456', status: 'ready' }],
+      metadata: { v2_2_0_implementation_order: [142] },
+    }
+    fs.writeFileSync(file, JSON.stringify(original))
+    const merged = await updateTaskFile({ id: '142', status: 'completed' }, { file })
+    expect(merged).toEqual({ id: 142, title: 'Keep', microtasks: ['a'], billing: { rate: 1 }, status: 'completed' })
+    await batchUpdateTasks([{ id: 'LIN-456', status: 'paused' }, { id: '7', title: 'New' }], { file })
+    const doc = read(file)
+    expect(doc.milestones).toEqual(original.milestones)
+    expect(doc.metadata).toEqual(original.metadata)
+    expect(doc.lastUpdated).not.toBe(original.lastUpdated)
+    expect(doc.tasks).toEqual([merged, { id: 'LIN-456', status: 'paused' }, { id: 7, title: 'New' }])
+  })
+
+  test('a batch is all or nothing', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[{"id":1}]}')
+    const err = await batchUpdateTasks([{ id: 2 }, { status: 'no id' }], { file }).catch((e) => e)
+    expect(err.code).toBe('ERR_INVALID_ARG_VALUE')
+    expect(err.message).toContain('updates[1]')
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[{"id":1}]}')
+  })
+
+  test('bad arguments get Node codes', async () => {
+    expect((await updateTaskFile(null).catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
+    expect((await updateTaskFile({ status: 'x' }).catch((e) => e)).code).toBe('ERR_INVALID_ARG_VALUE')
+    expect((await batchUpdateTasks('x').catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
+    expect((await updateWithLock('x.json', 'not a function').catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
+    expect((await updateTaskFile({ id: 1 }, { timeout: -5 }).catch((e) => e)).code).toBe('ERR_OUT_OF_RANGE')
+  })
+})
+
+describe('crash safety', () => {
+  test('SIGKILLing writers at random moments never leaves a torn file, loses an acknowledged update, or strands a temp file', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const dir = path.dirname(file)
+    // A large document makes each write long enough for kills to land mid-write.
+    fs.writeFileSync(file, JSON.stringify({ version: '2.0.0', tasks: [], padding: 'x'.repeat(400000) }))
+    const acked = { a: 0, b: 0 }
+    let kills = 0
+    const KILLS = 40
+    const run = (prefix) =>
+      startFixture('crash-writer', [prefix, acked[prefix] + 1], 'ACK', { cwd: root }).then(({ child, exited }) => {
+        child.stdout.on('data', (chunk) => {
+          for (const m of String(chunk).matchAll(/ACK (\d+)/g)) acked[prefix] = Math.max(acked[prefix], Number(m[1]))
+        })
+        return { child, exited }
+      })
+    while (kills < KILLS) {
+      const writers = await Promise.all([run('a'), run('b')])
+      await new Promise((r) => setTimeout(r, 5 + Math.random() * 60))
+      const victim = writers[kills % 2]
+      const survivorIndex = (kills + 1) % 2
+      victim.child.kill('SIGKILL')
+      await victim.exited
+      kills++
+      const doc = read(file) // must parse, whatever instant the kill hit
+      const present = new Set(doc.tasks.map((t) => t.id))
+      for (const prefix of ['a', 'b']) {
+        for (let seq = 1; seq <= acked[prefix]; seq++) expect(present.has(`${prefix}-${seq}`)).toBe(true)
+      }
+      for (const task of doc.tasks) expect(task).toEqual({ id: task.id, status: 'done', payload: `${task.id}:`.repeat(200) })
+      const survivor = writers[survivorIndex]
+      survivor.child.kill('SIGKILL')
+      await survivor.exited
+      // Resume after what the file holds: an update written but not acknowledged counts as done.
+      const reread = read(file)
+      for (const prefix of ['a', 'b']) {
+        const seqs = reread.tasks.filter((t) => t.id.startsWith(`${prefix}-`)).map((t) => Number(t.id.slice(2)))
+        acked[prefix] = Math.max(acked[prefix], ...seqs, 0)
+      }
+    }
+    // The next write cleans whatever temp file a killed writer left.
+    await updateTaskFile({ id: 'final' }, { file })
+    expect(tempFilesIn(dir)).toEqual([])
+    expect(acked.a + acked.b).toBeGreaterThan(KILLS)
+  }, 120000)
+})
+
+describe('time tracking', () => {
+  const options = (root, extra) => ({ file: path.join(root, '.flowforge', 'billing', 'time-tracking.json'), ...extra })
+
+  test('start, auto-pause of the same instance, pause, resume, stop with hours as FlowForge computes them', async () => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', 'billing'))
+    const opts = options(root, { user: 'alice', instanceId: 'alice@devbox:1:1' })
+    const timeFile = opts.file
+    fs.writeFileSync(
+      timeFile,
+      JSON.stringify({
+        101: { status: 'closed', sessions: [{ start: '2025-09-10T09:00:00Z', end: '2025-09-10T12:00:00Z', duration: 3 }], total_hours: 3 },
+        sessions: { 142: { total_seconds: 60 } }, // another tool's shape: left alone
+      }),
+    )
+    const started = await startTaskTimer(142, opts)
+    expect(started).toMatchObject({ taskId: '142', autoPaused: [] })
+    expect(started.session).toEqual({ start: expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$/), user: 'alice', instance_id: 'alice@devbox:1:1' })
+    expect((await startTaskTimer('142', opts).catch((e) => e)).code).toBe('ESTATE')
+
+    // Another instance's active task is not paused by ours.
+    await startTaskTimer(300, { ...opts, instanceId: 'bob@lap:2:2', user: 'bob' })
+    const second = await startTaskTimer(143, opts)
+    expect(second.autoPaused).toEqual(['142'])
+    let data = read(timeFile)
+    expect(data['142'].status).toBe('paused')
+    expect(data['142'].current_session).toBeUndefined()
+    expect(data['142'].sessions[0]).toMatchObject({ user: 'alice', reason: 'Auto-paused: started task 143', duration: 0 })
+    expect(data['300'].status).toBe('active')
+
+    await pauseTaskTimer(143, 'Lunch', opts)
+    expect((await pauseTaskTimer(143, opts).catch((e) => e)).code).toBe('ESTATE')
+    await resumeTaskTimer(143, opts)
+    // Backdate the running session to check the hours arithmetic.
+    data = read(timeFile)
+    data['143'].current_session.start = new Date(Date.now() - 2.5 * 3600 * 1000).toISOString().replace(/\.\d{3}Z/, 'Z')
+    fs.writeFileSync(timeFile, JSON.stringify(data))
+    const stopped = await stopTaskTimer(143, opts)
+    expect(stopped).toEqual({ taskId: '143', totalHours: 2.5, sessions: 2 })
+    data = read(timeFile)
+    expect(data['143']).toMatchObject({ status: 'closed', total_hours: 2.5, metrics: { total_hours: 2.5, session_count: 2, average_session: 1.25 } })
+    expect(data['143'].sessions.map((s) => s.reason)).toEqual(['Lunch', 'Completed'])
+    expect(data['143'].completed_at).toMatch(/Z$/)
+    expect(data['101']).toEqual({ status: 'closed', sessions: [{ start: '2025-09-10T09:00:00Z', end: '2025-09-10T12:00:00Z', duration: 3 }], total_hours: 3 })
+    expect(data.sessions).toEqual({ 142: { total_seconds: 60 } })
+    expect((await stopTaskTimer(143, opts).catch((e) => e)).code).toBe('ESTATE')
+  })
+
+  test('concurrent starts from 8 instances never leave one instance with two active tasks', async () => {
+    const root = makeProject()
+    const opts = options(root)
+    const starts = []
+    for (let round = 0; round < 5; round++) {
+      for (let instance = 0; instance < 8; instance++) {
+        starts.push(startTaskTimer(`${instance}-${round}`, { ...opts, instanceId: `i${instance}`, user: `u${instance}` }))
+      }
+    }
+    await Promise.all(starts)
+    const data = read(opts.file)
+    for (let instance = 0; instance < 8; instance++) {
+      const active = Object.values(data).filter((e) => e.status === 'active' && e.current_session.instance_id === `i${instance}`)
+      expect(active).toHaveLength(1)
+    }
+  })
+})
+
+describe('work sessions', () => {
+  test('register, touch, end, and cleanup of dead or idle sessions; an array-shaped file stays an array', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'sessions', 'active-sessions.json')
+    fs.mkdirSync(path.dirname(file))
+    const mine = await registerSession({ taskId: '214', branch: 'feature/214' }, { file })
+    expect(mine).toMatchObject({ taskId: '214', pid: process.pid, status: 'active', hostname: require('node:os').hostname() })
+    expect(mine.sessionId).toMatch(/^session-\d+-\d+$/)
+    const dead = spawnSync(process.execPath, ['-e', 'console.log(process.pid)'], { encoding: 'utf8' })
+    await registerSession({ sessionId: 'session-1-1', pid: Number(dead.stdout), taskId: '1' }, { file })
+    await registerSession({ sessionId: 'session-2-2', pid: 1, hostname: 'elsewhere', lastActivity: Math.floor(Date.now() / 1000) - 25 * 3600 }, { file })
+    await registerSession({ sessionId: 'session-3-3', pid: 1, hostname: 'elsewhere', lastActivity: Date.now() }, { file })
+
+    const touched = await touchSession(mine.sessionId, { lastAction: 'commit' }, { file })
+    expect(touched.lastAction).toBe('commit')
+    expect(Date.parse(touched.lastActivity)).toBeGreaterThanOrEqual(Date.parse(mine.lastActivity))
+
+    const { removed, kept } = await cleanupStaleSessions({ file })
+    expect(removed.map((s) => [s.sessionId, s.staleReason])).toEqual([
+      ['session-1-1', `process ${Number(dead.stdout)} is gone`],
+      ['session-2-2', 'no activity for 25 h'],
+    ])
+    expect(kept.map((s) => s.sessionId).sort()).toEqual([mine.sessionId, 'session-3-3'].sort())
+
+    const ended = await endSession(mine.sessionId, { file })
+    expect(ended).toMatchObject({ sessionId: mine.sessionId, status: 'ended' })
+    expect(listSessions({ file }).map((s) => s.sessionId)).toEqual(['session-3-3'])
+    expect((await endSession(mine.sessionId, { file }).catch((e) => e)).code).toBe('ESTATE')
+
+    fs.writeFileSync(file, JSON.stringify({ sessions: [{ sessionId: 'a', pid: 1, hostname: 'x', lastActivity: Date.now() }], custom: 1 }))
+    await registerSession({ sessionId: 'b' }, { file })
+    const doc = read(file)
+    expect(doc.custom).toBe(1)
+    expect(doc.sessions.map((s) => s.sessionId)).toEqual(['a', 'b'])
+  })
+})
+
+describe('FileLockManager', () => {
+  test('is exported as the module and as .FileLockManager, with config.timeout', async () => {
+    expect(require('../FileLockManager').FileLockManager).toBe(FileLockManager)
+    expect(require('flowforge-lock/FileLockManager')).toBe(FileLockManager)
+    const manager = new FileLockManager()
+    expect(manager.config.timeout).toBe(30000)
+    manager.config.timeout = 250
+    const root = makeProject()
+    const file = tasksPath(root)
+    const holder = await startFixture('hold-lock', [file], 'LOCKED')
+    const started = Date.now()
+    const err = await manager.withLock(file, async () => 'never').catch((e) => e)
+    expect(err.code).toBe('ELOCKTIMEOUT')
+    expect(Date.now() - started).toBeLessThan(2000)
+    holder.child.kill('SIGKILL')
+    await holder.exited
+  })
+
+  test('withLock resolves to fn’s result and always releases, also when fn throws', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const manager = new FileLockManager()
+    expect(await manager.withLock(file, async () => 42)).toBe(42)
+    const err = await manager.withLock(file, async () => {
+      throw new Error('boom')
+    }).catch((e) => e)
+    expect(err.message).toBe('boom')
+    expect(await isLocked(file)).toBe(false)
+    expect(manager.held.size).toBe(0)
+  })
+
+  test('a nested withLock or updateWithLock on the same file re-enters; a nested raw acquireLock fails fast', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const manager = new FileLockManager()
+    const result = await manager.withLock(file, async () => {
+      const inner = await manager.withLock(file, async () => 'inner')
+      await updateTaskFile({ id: 1, status: 'nested' }, { file })
+      const raw = await acquireLock(file, 5000).catch((e) => e)
+      return [inner, raw.code]
+    })
+    expect(result).toEqual(['inner', 'ELOCKDEADLOCK'])
+    expect(read(file).tasks).toEqual([{ id: 1, status: 'nested' }])
+    expect(await isLocked(file)).toBe(false)
+  })
+
+  test('unrelated concurrent withLock calls on one file still queue (re-entry is per async context)', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const manager = new FileLockManager()
+    let inside = 0
+    let overlap = 0
+    await Promise.all(
+      Array.from({ length: 20 }, () =>
+        manager.withLock(file, async () => {
+          inside++
+          if (inside > 1) overlap++
+          await new Promise((r) => setTimeout(r, 1))
+          inside--
+        }),
+      ),
+    )
+    expect(overlap).toBe(0)
+  })
+
+  test('acquire/release/releaseAll/getMetrics', async () => {
+    const root = makeProject()
+    const manager = new FileLockManager({ timeout: 1000 })
+    await manager.acquire(tasksPath(root))
+    await manager.acquire(path.join(root, '.flowforge', 'time-tracking.json'))
+    expect(manager.held.size).toBe(2)
+    expect(await manager.releaseAll()).toBe(2)
+    expect(await isLocked(tasksPath(root))).toBe(false)
+    const id = await manager.acquire(tasksPath(root))
+    expect(await manager.release(tasksPath(root))).toBe(true)
+    expect(await releaseLock(tasksPath(root), id)).toBe(false)
+    expect(manager.getMetrics().acquisitions).toBeGreaterThan(0)
+  })
+
+  test('exit handlers are installed once however many managers exist', () => {
+    const before = ['exit', 'SIGINT', 'SIGTERM'].map((e) => process.listenerCount(e))
+    for (let i = 0; i < 5; i++) new FileLockManager()
+    expect(['exit', 'SIGINT', 'SIGTERM'].map((e) => process.listenerCount(e))).toEqual(before)
+  })
+})
+
+describe('metrics', () => {
+  test('cover every lock of the process, overall and per file', async () => {
+    resetLockMetrics()
+    const root = makeProject()
+    const file = tasksPath(root)
+    await Promise.all(Array.from({ length: 10 }, (_, i) => updateTaskFile({ id: i }, { file })))
+    const m = getLockMetrics()
+    expect(m).toMatchObject({ acquisitions: 10, totalTimeouts: 0, staleLocksRecovered: 0 })
+    for (const key of ['averageWaitTime', 'maxWaitTime', 'p50WaitTime', 'p99WaitTime', 'averageHoldTime']) {
+      expect(typeof m[key]).toBe('number')
+    }
+    expect(m.contendedAcquisitions).toBeGreaterThan(0)
+    expect(m.maxWaitTime).toBeGreaterThanOrEqual(m.p99WaitTime)
+    expect(m.files[file].acquisitions).toBe(10)
+    resetLockMetrics()
+    expect(getLockMetrics().acquisitions).toBe(0)
+  })
+})

@@ -1,0 +1,77 @@
+// Compiled by types.test.js with `tsc --noEmit --strict`: every public call, typed as documented.
+import {
+  acquireLock,
+  releaseLock,
+  isLocked,
+  getLockInfo,
+  cleanupStaleLocks,
+  listLocks,
+  updateWithLock,
+  updateTaskFile,
+  batchUpdateTasks,
+  startTaskTimer,
+  pauseTaskTimer,
+  resumeTaskTimer,
+  stopTaskTimer,
+  registerSession,
+  touchSession,
+  endSession,
+  cleanupStaleSessions,
+  listSessions,
+  getLockMetrics,
+  resetLockMetrics,
+  FileLockManager,
+  DEFAULT_TIMEOUT,
+  HEARTBEAT_INTERVAL,
+  STALE_THRESHOLD,
+  LockInfo,
+} from 'flowforge-lock'
+import ManagerFromSubpath = require('flowforge-lock/FileLockManager')
+import * as fileLock from 'flowforge-lock/file-lock'
+import * as integration from 'flowforge-lock/file-lock-integration'
+
+async function main(): Promise<void> {
+  const id: string = await acquireLock('.flowforge/tasks.json', 5000)
+  await acquireLock('x.json', { timeout: 0, staleThreshold: 60000 })
+  const released: boolean = await releaseLock('.flowforge/tasks.json', id)
+  const locked: boolean = await isLocked('x.json', { staleThreshold: 1000 })
+  const info: LockInfo | null = await getLockInfo('x.json')
+  if (info) {
+    const state: 'held' | 'stale' = info.state
+    const pid: number | null = info.pid
+    void state, pid
+  }
+  const report = await cleanupStaleLocks({ dryRun: true })
+  const reasons: string[] = report.removed.map((r) => r.reason)
+  const states = listLocks().map((l) => l.state)
+  const next = await updateWithLock('x.json', async (current: { n?: number } | null) => ({ n: (current?.n ?? 0) + 1 }))
+  const n: number = next.n
+  const task = await updateTaskFile({ id: 142, status: 'completed' }, { timeout: 5000 })
+  await batchUpdateTasks([{ id: 1, status: 'completed' }, { id: '2' }])
+  const started = await startTaskTimer(142, { user: 'alice' })
+  const autoPaused: string[] = started.autoPaused
+  await pauseTaskTimer(142, 'Lunch')
+  await pauseTaskTimer(142, { timeout: 10 })
+  await resumeTaskTimer('142')
+  const stopped = await stopTaskTimer(142)
+  const hours: number = stopped.totalHours
+  const session = await registerSession({ taskId: '214' })
+  await touchSession(session.sessionId, { lastAction: 'x' })
+  await endSession(session.sessionId)
+  const { removed } = await cleanupStaleSessions({ maxAgeMs: 1000 })
+  const sessions = listSessions()
+  const metrics = getLockMetrics()
+  const wait: number = metrics.averageWaitTime + metrics.totalTimeouts + metrics.files['x'].maxWaitTime
+  resetLockMetrics()
+  const manager = new FileLockManager()
+  manager.config.timeout = 10000
+  const value: number = await manager.withLock('custom.json', async () => 42)
+  const other = new ManagerFromSubpath.FileLockManager({ timeout: 1 })
+  const count: number = await other.releaseAll()
+  const constants: number = DEFAULT_TIMEOUT + HEARTBEAT_INTERVAL + STALE_THRESHOLD
+  const sameFn: typeof fileLock.acquireLock = acquireLock
+  const sameUpdate: typeof integration.updateWithLock = fileLock.updateWithLock
+  void released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
+}
+
+void main

@@ -1,0 +1,88 @@
+// flowforge-lock/file-lock-integration: drop-in for FlowForge's scripts/utils/file-lock-integration.js.
+
+export { updateWithLock, UpdateOptions } from './lib/update'
+
+export interface FileOptions {
+  /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever). */
+  timeout?: number
+  staleThreshold?: number
+  /** The file to update instead of the project's default one. */
+  file?: string
+  /** The project root instead of the one found from the cwd. */
+  root?: string
+}
+
+/** A FlowForge task: `id` plus any other keys. */
+export interface Task {
+  id: number | string
+  [key: string]: unknown
+}
+
+/** Upserts by id into tasks[] of .flowforge/tasks.json; resolves to the task as written. */
+export function updateTaskFile(task: Task, options?: FileOptions): Promise<Task>
+/** Many upserts under one lock and one write, all or nothing. */
+export function batchUpdateTasks(updates: Task[], options?: FileOptions): Promise<Task[]>
+
+export interface TimerOptions extends FileOptions {
+  /** Default: $USER. */
+  user?: string
+  /** Default: $CLAUDE_INSTANCE_ID, else user@host:pid:epochSeconds of this process. */
+  instanceId?: string
+}
+
+export interface TimeSession {
+  start: string
+  user: string
+  instance_id: string
+  end?: string
+  /** Hours, 2 decimals. */
+  duration?: number
+  reason?: string
+}
+
+export function startTaskTimer(taskId: string | number, options?: TimerOptions): Promise<{ taskId: string; session: TimeSession; autoPaused: string[] }>
+export function resumeTaskTimer(taskId: string | number, options?: TimerOptions): Promise<{ taskId: string; session: TimeSession; autoPaused: string[] }>
+export function pauseTaskTimer(taskId: string | number, reason?: string | TimerOptions, options?: TimerOptions): Promise<{ taskId: string; session: TimeSession }>
+export function stopTaskTimer(taskId: string | number, reason?: string | TimerOptions, options?: TimerOptions): Promise<{ taskId: string; totalHours: number; sessions: number }>
+
+export interface WorkSession {
+  sessionId: string
+  taskId?: string
+  user?: string
+  instanceId?: string
+  pid?: number
+  hostname?: string
+  status?: string
+  startTime?: string | number
+  lastActivity?: string | number
+  [key: string]: unknown
+}
+
+export function registerSession(session?: Partial<WorkSession>, options?: FileOptions): Promise<WorkSession>
+export function touchSession(sessionId: string, fields?: Record<string, unknown>, options?: FileOptions): Promise<WorkSession>
+export function endSession(sessionId: string, options?: FileOptions & { status?: string }): Promise<WorkSession & { endTime: string }>
+export function cleanupStaleSessions(options?: FileOptions & { maxAgeMs?: number }): Promise<{
+  removed: Array<WorkSession & { staleReason: string }>
+  kept: WorkSession[]
+}>
+export function listSessions(options?: FileOptions): WorkSession[]
+
+/** Times in ms. */
+export interface FileLockMetrics {
+  acquisitions: number
+  contendedAcquisitions: number
+  totalTimeouts: number
+  averageWaitTime: number
+  maxWaitTime: number
+  averageHoldTime: number
+  staleLocksRecovered: number
+}
+
+export interface LockMetrics extends FileLockMetrics {
+  p50WaitTime: number
+  p99WaitTime: number
+  files: Record<string, FileLockMetrics>
+}
+
+export function getLockMetrics(): LockMetrics
+export function resetLockMetrics(): void

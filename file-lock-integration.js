@@ -1,0 +1,37 @@
+'use strict'
+// flowforge-lock/file-lock-integration: drop-in for FlowForge's
+// scripts/utils/file-lock-integration.js. Atomic operations on FlowForge's critical files:
+// tasks (.flowforge/tasks.json), time tracking (.flowforge/billing/time-tracking.json) and
+// work sessions (.flowforge/sessions/active-sessions.json), plus the process's lock metrics.
+
+const native = require('./native.js')
+const { updateWithLock } = require('./lib/update.js')
+const { updateTaskFile, batchUpdateTasks } = require('./lib/tasks.js')
+const { startTaskTimer, pauseTaskTimer, resumeTaskTimer, stopTaskTimer } = require('./lib/time-tracking.js')
+const { registerSession, touchSession, endSession, cleanupStaleSessions, listSessions } = require('./lib/sessions.js')
+
+/** Every lock this process took: averageWaitTime and the other times in ms, per file under `files`. */
+function getLockMetrics() {
+  return native.getLockMetrics()
+}
+
+function resetLockMetrics() {
+  native.resetLockMetrics()
+}
+
+module.exports = {
+  updateWithLock,
+  updateTaskFile,
+  batchUpdateTasks,
+  startTaskTimer,
+  pauseTaskTimer,
+  resumeTaskTimer,
+  stopTaskTimer,
+  registerSession,
+  touchSession,
+  endSession,
+  cleanupStaleSessions,
+  listSessions,
+  getLockMetrics,
+  resetLockMetrics,
+}

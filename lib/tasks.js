@@ -1,0 +1,65 @@
+'use strict'
+// Upserts into tasks[] of .flowforge/tasks.json, keeping every key the caller did not set.
+
+const { changeProjectFile } = require('./update.js')
+const { isPlainObject, shapeError } = require('./project.js')
+const { codedError } = require('./args.js')
+
+function checkTask(task, name) {
+  if (!isPlainObject(task)) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `The "${name}" argument must be a task object with an id.`)
+  }
+  if (task.id === undefined || task.id === null || task.id === '') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The "${name}" argument must have an id (a number or a string such as "142" or "LIN-456").`)
+  }
+}
+
+/** A new document as FlowForge's recovery stub makes it. */
+function newTasksDocument() {
+  return { version: '2.0.0', tasks: [], metadata: { created: new Date().toISOString() } }
+}
+
+/** Ids are compared as strings (FlowForge uses both 142 and "142"); a new numeric id is written as a number. */
+function upsert(filePath, doc, task) {
+  if (!isPlainObject(doc)) throw shapeError(filePath, 'the document is not a JSON object')
+  if (doc.tasks === undefined) doc.tasks = []
+  if (!Array.isArray(doc.tasks)) throw shapeError(filePath, '"tasks" is not an array')
+  const index = doc.tasks.findIndex((t) => isPlainObject(t) && String(t.id) === String(task.id))
+  if (index >= 0) {
+    doc.tasks[index] = { ...doc.tasks[index], ...task, id: doc.tasks[index].id }
+    return doc.tasks[index]
+  }
+  const id = typeof task.id === 'string' && /^[1-9]\d{0,15}$/.test(task.id) ? Number(task.id) : task.id
+  const created = { ...task, id }
+  doc.tasks.push(created)
+  return created
+}
+
+function touch(doc) {
+  if (typeof doc.lastUpdated === 'string') doc.lastUpdated = new Date().toISOString()
+}
+
+/** Upsert one task by id; resolves to the task as written. */
+async function updateTaskFile(task, options) {
+  checkTask(task, 'task')
+  return changeProjectFile('tasks', options, newTasksDocument, (doc, file) => {
+    const written = upsert(file, doc, task)
+    touch(doc)
+    return written
+  })
+}
+
+/** Many upserts under one lock and one write: all of them, or (on any error) none. */
+async function batchUpdateTasks(updates, options) {
+  if (!Array.isArray(updates)) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'The "updates" argument must be an array of task objects.')
+  }
+  updates.forEach((task, i) => checkTask(task, `updates[${i}]`))
+  return changeProjectFile('tasks', options, newTasksDocument, (doc, file) => {
+    const written = updates.map((task) => upsert(file, doc, task))
+    touch(doc)
+    return written
+  })
+}
+
+module.exports = { updateTaskFile, batchUpdateTasks }
