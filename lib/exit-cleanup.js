@@ -7,10 +7,15 @@ const native = require('../native.js')
 
 const INSTALLED = Symbol.for('flowforge-lock.exit-cleanup')
 
-function installExitCleanup() {
+/**
+ * `signals: false` leaves SIGINT/SIGTERM to the caller (the CLI's `exec` forwards them to its
+ * child and releases only once the child has ended).
+ */
+function installExitCleanup({ signals = true } = {}) {
   if (process[INSTALLED]) return
   process[INSTALLED] = true
   process.on('exit', () => native.releaseAll())
+  if (!signals) return
   for (const signal of ['SIGINT', 'SIGTERM']) {
     const onSignal = () => {
       native.releaseAll()

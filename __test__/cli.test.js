@@ -1,0 +1,196 @@
+'use strict'
+// The flowforge-lock command, run as a real process against real lock files.
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+const { acquireLock, isLocked } = require('../file-lock')
+const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
+
+/** Starts the command: { child, done } where done resolves to { status, signal, stdout, stderr }. */
+function startCli(args, { cwd, input } = {}) {
+  const child = spawn(process.execPath, [BIN, ...args], { cwd })
+  let stdout = ''
+  let stderr = ''
+  child.stdout.on('data', (c) => (stdout += c))
+  child.stderr.on('data', (c) => (stderr += c))
+  child.stdin.end(input ?? '')
+  const done = new Promise((resolve) => child.on('close', (status, signal) => resolve({ status, signal, stdout, stderr })))
+  return { child, done }
+}
+
+const cli = (args, options) => startCli(args, options).done
+
+describe('exec', () => {
+  test('holds the lock while the command runs: a Node acquireLock times out meanwhile', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const marker = path.join(root, 'inside')
+    const running = cli(['exec', file, '--', 'sh', '-c', `touch ${marker}; sleep 1`])
+    while (!fs.existsSync(marker)) await new Promise((r) => setTimeout(r, 10))
+    expect(await isLocked(file)).toBe(true)
+    const err = await acquireLock(file, 200).catch((e) => e)
+    expect(err.code).toBe('ELOCKTIMEOUT')
+    expect((await running).status).toBe(0)
+    expect(await isLocked(file)).toBe(false)
+  })
+
+  test('waits for a Node holder, and exits 75 naming the holder on timeout', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const holder = await startFixture('hold-lock', [file], 'LOCKED')
+    const timedOut = await cli(['exec', '--timeout', '300', file, '--', 'true'])
+    expect(timedOut.status).toBe(75)
+    expect(timedOut.stderr).toContain('timeout')
+    expect(timedOut.stderr).toContain(`pid ${holder.child.pid}`)
+    expect(timedOut.stderr).toContain('[ELOCKTIMEOUT]')
+    const waiting = cli(['exec', '--timeout', '10000', file, '--', 'sh', '-c', 'echo got it'])
+    await new Promise((r) => setTimeout(r, 200))
+    holder.child.kill('SIGKILL')
+    const got = await waiting
+    expect(got).toMatchObject({ status: 0, stdout: 'got it\n' })
+    await holder.exited
+  })
+
+  test("exits with the command's status, passes stdin/stdout/stderr, and 127 for a missing command", async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const run = await cli(['exec', file, '--', 'sh', '-c', 'cat; echo err >&2; exit 7'], { input: 'piped in\n' })
+    expect(run).toMatchObject({ status: 7, stdout: 'piped in\n', stderr: 'err\n' })
+    expect((await cli(['exec', file, '--', 'no-such-command-xyz'])).status).toBe(127)
+    expect(await isLocked(file)).toBe(false)
+  })
+
+  test('forwards SIGTERM to the command and releases only after it ended', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const log = path.join(root, 'log')
+    const script = `trap 'echo got TERM >> ${log}; sleep 0.3; echo done >> ${log}; exit 0' TERM; echo ready >> ${log}; while true; do sleep 0.05; done`
+    const { child, done } = startCli(['exec', file, '--', 'sh', '-c', script])
+    while (!fs.existsSync(log)) await new Promise((r) => setTimeout(r, 10))
+    child.kill('SIGTERM')
+    await new Promise((r) => setTimeout(r, 100))
+    expect(await isLocked(file)).toBe(true) // the command is still cleaning up
+    const result = await done
+    expect(fs.readFileSync(log, 'utf8')).toBe('ready\ngot TERM\ndone\n')
+    expect(result.status).toBe(0)
+    expect(await isLocked(file)).toBe(false)
+  })
+
+  test('shell writers through exec and Node writers through acquireLock exclude each other: exact count', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'counter.json')
+    fs.writeFileSync(file, JSON.stringify({ count: 0 }))
+    const shellIncrement = `n=$(sed 's/[^0-9]//g' ${file}); sleep 0.001; echo "{\\"count\\":$((n+1))}" > ${file}`
+    const shellWriter = () =>
+      new Promise((resolve) => {
+        const loop = `for i in $(seq 1 25); do node ${BIN} exec ${file} -- sh -c '${shellIncrement}' || exit 1; done`
+        spawn('sh', ['-c', loop], { stdio: 'inherit' }).on('close', resolve)
+      })
+    const codes = await Promise.all([shellWriter(), shellWriter(), runFixture('counter-worker', [file, 50, 'lock']), runFixture('counter-worker', [file, 50, 'lock'])])
+    expect(codes.map((c) => (typeof c === 'number' ? c : c.code))).toEqual([0, 0, 0, 0])
+    expect(JSON.parse(fs.readFileSync(file, 'utf8')).count).toBe(150)
+  }, 60000)
+})
+
+describe('update', () => {
+  test('writes the JSON from stdin atomically under the lock', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'sessions', 'current.json')
+    const run = await cli(['update', file], { input: '{"sessionId":"session-1-2","pausedAt":"2025-09-16T10:35:00.000Z"}' })
+    expect(run).toMatchObject({ status: 0, stderr: '' })
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ sessionId: 'session-1-2', pausedAt: '2025-09-16T10:35:00.000Z' })
+  })
+
+  test('invalid JSON on stdin exits 65 and leaves the file byte for byte', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const original = Buffer.from('{ "tasks": [ {"id": 1} ] }\n  ')
+    fs.writeFileSync(file, original)
+    const run = await cli(['update', file], { input: '{"tasks": [' })
+    expect(run.status).toBe(65)
+    expect(run.stderr).toContain('not valid JSON')
+    expect(fs.readFileSync(file)).toEqual(original)
+  })
+
+  test('a corrupt target is not overwritten either (65, EJSONPARSE)', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    fs.writeFileSync(file, '{oops')
+    const run = await cli(['update', file], { input: '{}' })
+    expect(run.status).toBe(65)
+    expect(run.stderr).toContain('[EJSONPARSE]')
+    expect(fs.readFileSync(file, 'utf8')).toBe('{oops')
+  })
+})
+
+describe('status and cleanup', () => {
+  test('show a held, a free and a SIGKILLed (stale) lock; cleanup removes the stale one; --json parses', async () => {
+    const root = makeProject()
+    const tasks = path.join(root, '.flowforge', 'tasks.json')
+    const sessions = path.join(root, '.flowforge', 'sessions', 'active-sessions.json')
+    const held = await startFixture('hold-lock', [tasks], 'LOCKED')
+    const killed = await startFixture('hold-lock', [sessions], 'LOCKED')
+    killed.child.kill('SIGKILL')
+    await killed.exited
+
+    const table = await cli(['status', root])
+    expect(table.status).toBe(0)
+    const lines = table.stdout.split('\n')
+    expect(lines.find((l) => l.startsWith('.flowforge/tasks.json'))).toMatch(new RegExp(`held\\s+${held.child.pid}\\s`))
+    expect(lines.find((l) => l.startsWith('.flowforge/billing/time-tracking.json'))).toMatch(/free/)
+    expect(lines.find((l) => l.startsWith('.flowforge/sessions/active-sessions.json'))).toMatch(new RegExp(`stale\\s+${killed.child.pid}\\s.*process ${killed.child.pid} is gone`))
+    expect(table.stdout).not.toContain('\x1b[') // no colours when not on a terminal
+
+    const json = JSON.parse((await cli(['status', '--json'], { cwd: path.join(root, '.flowforge') })).stdout)
+    expect(json.root).toBe(root)
+    expect(json.locks.map((l) => l.state).sort()).toEqual(['free', 'held', 'stale'])
+
+    const dry = JSON.parse((await cli(['cleanup', '--dry-run', '--json', root])).stdout)
+    expect(dry.removed).toHaveLength(1)
+    expect(fs.existsSync(path.join(root, '.flowforge', '.locks', 'active-sessions.json.lock'))).toBe(true)
+    const cleaned = await cli(['cleanup', root])
+    expect(cleaned.stdout).toMatch(/removed\s+active-sessions\.json\.lock: process \d+ is gone/)
+    expect(cleaned.stdout).toMatch(/kept\s+tasks\.json\.lock/)
+    expect(fs.existsSync(path.join(root, '.flowforge', '.locks', 'active-sessions.json.lock'))).toBe(false)
+    held.child.kill('SIGKILL')
+    await held.exited
+  })
+
+  test('doctor passes on a healthy project and flags a world-writable lock dir (exit 78)', async () => {
+    const root = makeProject()
+    const ok = await cli(['doctor', root])
+    expect(ok.status).toBe(0)
+    expect(ok.stdout).toMatch(/kernel locks on this file system .* are seen by other processes/)
+    fs.chmodSync(path.join(root, '.flowforge', '.locks'), 0o777)
+    const bad = await cli(['doctor', root])
+    expect(bad.status).toBe(78)
+    expect(bad.stdout).toMatch(/FIX .*world-writable without the sticky bit/)
+    expect(bad.stdout).toContain('chmod o-w')
+  })
+})
+
+describe('usage', () => {
+  test.each([
+    [['frobnicate'], /unknown command 'frobnicate'/],
+    [['exec', 'f.json'], /exec takes FILE, then --/],
+    [['exec', '--timeout', 'soon', 'f.json', '--', 'true'], /--timeout takes milliseconds/],
+    [['status', '--bogus'], /Unknown option '--bogus'/],
+    [['update'], /update takes exactly one FILE/],
+  ])('%j exits 64 with a message and the usage', async (args, message) => {
+    const run = await cli(args)
+    expect(run.status).toBe(64)
+    expect(run.stderr).toMatch(message)
+    expect(run.stderr).toContain('Usage: flowforge-lock')
+  })
+
+  test('--help for every command and --version', async () => {
+    for (const command of ['exec', 'update', 'status', 'cleanup', 'doctor']) {
+      const run = await cli([command, '--help'])
+      expect(run.status).toBe(0)
+      expect(run.stdout).toMatch(new RegExp(`^Usage: flowforge-lock ${command}`))
+    }
+    expect((await cli(['--version'])).stdout).toBe(`${require('../package.json').version}\n`)
+  })
+})

@@ -1,0 +1,107 @@
+'use strict'
+// flowforge-lock doctor: is this project's lock directory safe, and do kernel locks work there?
+// It refuses to pretend: if another process cannot see a kernel lock taken here, locking on
+// this file system excludes nobody, and doctor says so.
+
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawnSync } = require('node:child_process')
+const native = require('../../native.js')
+const { acquireLock, releaseLock, cleanupStaleLocks } = require('../../file-lock.js')
+const { paint } = require('./format.js')
+const { EXIT } = require('./exit-codes.js')
+
+/** statfs magic numbers of the file systems people keep projects on. */
+const FS_TYPES = {
+  0xef53: 'ext4/ext3',
+  0x58465342: 'xfs',
+  0x9123683e: 'btrfs',
+  0x01021994: 'tmpfs',
+  0x794c7630: 'overlayfs',
+  0x6969: 'nfs',
+  0xff534d42: 'cifs/smb',
+  0xfe534d42: 'smb2',
+  0x65735546: 'fuse',
+  0x01021997: '9p',
+  0x2fc12fc1: 'zfs',
+  0x1badface: 'bfs',
+  0x4d44: 'vfat',
+  0x5346544e: 'ntfs',
+  0x6a656a63: 'virtiofs',
+}
+
+/** Whether a separate process sees `file` as locked (it looks through the kernel lock). */
+function seenLockedByAnotherProcess(file) {
+  const script = `process.stdout.write(String(require(${JSON.stringify(path.resolve(__dirname, '../../native.js'))}).isLocked(${JSON.stringify(file)})))`
+  const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+  return run.stdout === 'true'
+}
+
+async function checkKernelLocks(dataDir) {
+  const probe = path.join(dataDir, `.doctor-probe-${process.pid}`)
+  const lockId = await acquireLock(probe, 0)
+  const whileHeld = seenLockedByAnotherProcess(probe)
+  await releaseLock(probe, lockId)
+  const afterRelease = seenLockedByAnotherProcess(probe)
+  return whileHeld && !afterRelease
+}
+
+async function doctor(root) {
+  const projectRoot = native.projectRoot(root)
+  const dataDir = path.join(projectRoot, '.flowforge')
+  const lockDir = path.join(dataDir, '.locks')
+  const results = []
+  const check = (ok, what, fix) => results.push({ ok, what, fix })
+
+  if (!fs.existsSync(dataDir)) {
+    check(false, `no .flowforge/ directory in ${projectRoot}`, 'run doctor inside a FlowForge project, or pass its ROOT')
+    return report(results)
+  }
+  const lockStat = fs.statSync(lockDir, { throwIfNoEntry: false })
+  if (!lockStat) {
+    let creatable = true
+    try {
+      fs.accessSync(dataDir, fs.constants.W_OK)
+    } catch {
+      creatable = false
+    }
+    check(creatable, `${lockDir} does not exist yet; it ${creatable ? 'will be' : 'cannot be'} created on the first lock`, `make ${dataDir} writable for this user`)
+  } else if (!lockStat.isDirectory()) {
+    check(false, `${lockDir} is not a directory`, `move that file away: mv ${lockDir} ${lockDir}.bak`)
+  } else {
+    const mode = lockStat.mode & 0o7777
+    const unsafe = (mode & 0o002) !== 0 && (mode & 0o1000) === 0
+    check(!unsafe, `${lockDir} has mode ${mode.toString(8)}${unsafe ? ': world-writable without the sticky bit' : ''}`, `chmod o-w ${lockDir}   (or chmod +t for a shared directory)`)
+    const sameFs = lockStat.dev === fs.statSync(dataDir).dev
+    check(sameFs, `lock directory and data ${sameFs ? 'are' : 'are not'} on the same file system`, `make ${lockDir} a plain directory inside ${dataDir}, not a mount or a link elsewhere`)
+  }
+  const type = fs.statfsSync(lockStat?.isDirectory() ? lockDir : dataDir).type
+  const fsName = FS_TYPES[type] ?? `unknown (statfs type 0x${type.toString(16)})`
+  try {
+    const works = await checkKernelLocks(dataDir)
+    check(
+      works,
+      `kernel locks on this file system (${fsName}) ${works ? 'are seen by other processes' : 'are NOT seen by other processes: locking here excludes nobody'}`,
+      'keep the project on a local file system, or mount the network file system with lock support (NFSv4, or NFSv3 with lockd)',
+    )
+  } catch (err) {
+    check(false, `could not take a test lock: ${err.message}`, 'fix the error above')
+  }
+  if (results.every((r) => r.ok)) {
+    const stale = (await cleanupStaleLocks({ root: projectRoot, dryRun: true })).removed.length
+    if (stale > 0) check(true, `${stale} stale lock file(s) present (harmless: the next acquirer takes them over)`, null)
+  }
+  return report(results)
+}
+
+function report(results) {
+  for (const { ok, what, fix } of results) {
+    process.stdout.write(`${ok ? paint('green', 'ok  ') : paint('red', 'FIX ')} ${what}\n`)
+    if (!ok && fix) process.stdout.write(`     -> ${fix}\n`)
+  }
+  const problems = results.filter((r) => !r.ok).length
+  process.stdout.write(problems ? `${problems} problem(s) to fix.\n` : 'All good.\n')
+  return problems ? EXIT.CONFIG : EXIT.OK
+}
+
+module.exports = { doctor }

@@ -1,0 +1,37 @@
+'use strict'
+// flowforge-lock exec: hold a file's lock while a command runs, like flock(1).
+
+const { spawn } = require('node:child_process')
+const { acquireLock, releaseLock } = require('../../file-lock.js')
+const { installExitCleanup } = require('../exit-cleanup.js')
+const { EXIT } = require('./exit-codes.js')
+
+const FORWARDED = ['SIGINT', 'SIGTERM']
+
+async function exec(file, [command, ...args], { timeout }) {
+  // Signals are ours to forward while the command runs; the lock goes when it has ended.
+  installExitCleanup({ signals: false })
+  const lockId = await acquireLock(file, timeout)
+  const child = spawn(command, args, { stdio: 'inherit' })
+  const forward = (signal) => child.kill(signal)
+  for (const signal of FORWARDED) process.on(signal, forward)
+  const outcome = await new Promise((resolve) => {
+    child.on('error', (error) => resolve({ error }))
+    child.on('exit', (code, signal) => resolve({ code, signal }))
+  })
+  for (const signal of FORWARDED) process.removeListener(signal, forward)
+  await releaseLock(file, lockId)
+  if (outcome.error) {
+    process.stderr.write(`flowforge-lock: cannot run ${command}: ${outcome.error.message}\n`)
+    // The shell's conventions: 127 not found, 126 found but not runnable.
+    return outcome.error.code === 'ENOENT' ? 127 : 126
+  }
+  if (outcome.signal) {
+    // Die by the same signal, so our caller sees what the command did.
+    process.kill(process.pid, outcome.signal)
+    return EXIT.SOFTWARE
+  }
+  return outcome.code
+}
+
+module.exports = { exec }

@@ -1,0 +1,64 @@
+'use strict'
+// flowforge-lock status: every lock of a project, judged, as a table or as JSON.
+
+const path = require('node:path')
+const native = require('../../native.js')
+const { listLocks } = require('../../file-lock.js')
+const { duration, table } = require('./format.js')
+const { EXIT } = require('./exit-codes.js')
+
+/** FlowForge's critical files, listed as free when they have no lock file. */
+const CRITICAL = ['tasks.json', 'billing/time-tracking.json', 'sessions/active-sessions.json']
+
+function rowsOf(root) {
+  const locks = listLocks(root === undefined ? undefined : { root })
+  const projectRoot = native.projectRoot(root)
+  const rows = locks.map((lock) => ({
+    file: lock.file ?? path.basename(lock.lockFile, '.lock'),
+    lockFile: lock.lockFile,
+    state: lock.state,
+    reason: lock.staleReason ?? null,
+    pid: lock.pid ?? null,
+    user: lock.username ?? null,
+    host: lock.hostname ?? null,
+    heldForMs: lock.heldForMs ?? null,
+    heartbeatAgeMs: lock.heartbeatAgeMs ?? null,
+  }))
+  const taken = new Set(locks.map((lock) => path.basename(lock.lockFile)))
+  for (const relative of CRITICAL) {
+    const file = path.join(projectRoot, '.flowforge', relative)
+    const lockFile = path.join(projectRoot, '.flowforge', '.locks', `${path.basename(relative)}.lock`)
+    if (!taken.has(path.basename(lockFile))) {
+      rows.push({ file, lockFile, state: 'free', reason: null, pid: null, user: null, host: null, heldForMs: null, heartbeatAgeMs: null })
+    }
+  }
+  return { root: projectRoot, rows }
+}
+
+const STATE_COLOUR = { held: 'yellow', free: 'green', stale: 'red', unsafe: 'red' }
+
+function status(root, { json }) {
+  const { root: projectRoot, rows } = rowsOf(root)
+  if (json) {
+    process.stdout.write(`${JSON.stringify({ root: projectRoot, locks: rows }, null, 2)}\n`)
+    return EXIT.OK
+  }
+  const shown = (file) => (file.startsWith(projectRoot + path.sep) ? path.relative(projectRoot, file) : file)
+  const cells = rows.map((r) => [
+    shown(r.file),
+    r.state,
+    r.pid === null ? '-' : String(r.pid),
+    r.user ?? '-',
+    r.host ?? '-',
+    r.state === 'free' ? '-' : duration(r.heldForMs),
+    duration(r.heartbeatAgeMs),
+    r.reason ?? '',
+  ])
+  process.stdout.write(`Locks of ${projectRoot}\n`)
+  process.stdout.write(
+    `${table(['FILE', 'STATE', 'PID', 'USER', 'HOST', 'HELD FOR', 'HEARTBEAT', 'WHY STALE'], cells, (row, i) => (i === 1 ? STATE_COLOUR[row[1]] : null))}\n`,
+  )
+  return EXIT.OK
+}
+
+module.exports = { status }
