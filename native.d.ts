@@ -9,7 +9,10 @@
  */
 export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-wasip1'
 
-/** Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. */
+/**
+ * Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
+ * settled straight from the thread that decided it (no async runtime in between).
+ */
 export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null): Promise<string>
 
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }

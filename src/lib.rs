@@ -6,6 +6,7 @@
 
 #![deny(clippy::all)]
 
+pub mod deadlines;
 pub mod error;
 pub mod heartbeat;
 pub mod identity;
@@ -29,7 +30,7 @@ use napi_derive::napi;
 use serde_json::Value;
 
 use error::LockError;
-use lock_table::{AcquireOptions, Start};
+use lock_table::AcquireOptions;
 
 #[napi]
 pub const DEFAULT_TIMEOUT: u32 = lock_table::DEFAULT_TIMEOUT_MS as u32;
@@ -66,27 +67,25 @@ pub fn try_acquire(env: Env, file: String, stale_ms: Option<f64>) -> Result<Opti
     .map_err(|e| js_error(&env, e))
 }
 
-/// Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever.
+type LockIdResolver = Box<dyn FnOnce(Env) -> Result<String> + Send>;
+
+/// Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
+/// settled straight from the thread that decided it (no async runtime in between).
 #[napi(ts_return_type = "Promise<string>")]
 pub fn acquire<'env>(
   env: &'env Env,
   file: String,
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
-) -> Result<PromiseRaw<'env, String>> {
+) -> Result<Object<'env>> {
   let opts = options(timeout_ms, stale_ms);
-  let start = lock_table::prepare(&file)
-    .and_then(|target| lock_table::start_acquire(target, opts))
-    .map_err(|e| js_error(env, e))?;
-  env.spawn_future_with_callback(
-    async move {
-      Ok(match start {
-        Start::Acquired(lock_id) => Ok(lock_id),
-        Start::Queued(ticket) => ticket.wait().await,
-      })
-    },
-    |env, result| result.map_err(|e| js_error(env, e)),
-  )
+  let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
+  let (deferred, promise) = env.create_deferred::<String, LockIdResolver>()?;
+  let complete: lock_table::Completion = Box::new(move |outcome| {
+    deferred.resolve(Box::new(move |env| outcome.map_err(|e| js_error(&env, e))))
+  });
+  lock_table::acquire(target, opts, complete);
+  Ok(promise)
 }
 
 /// Releases a lock this process holds: `true` if released, `false` if there was nothing to

@@ -10,8 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
+use crate::deadlines;
 use crate::error::{LockError, Result};
 use crate::heartbeat;
 use crate::identity::{self, now_ms};
@@ -58,7 +57,7 @@ struct Waiter {
   target: PathBuf,
   stale_after: Duration,
   enqueued: Instant,
-  grant: oneshot::Sender<Result<String>>,
+  complete: Completion,
 }
 
 #[derive(Default)]
@@ -178,42 +177,47 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
   }
 }
 
-/// A place in a lock file's queue; [`Ticket::wait`] resolves when the lock is granted.
-pub struct Ticket {
-  target: Target,
-  timeout: Option<Duration>,
-  started: Instant,
-  waiter_id: u64,
-  granted: oneshot::Receiver<Result<String>>,
-}
+/// Called exactly once with a queued waiter's outcome, from the thread that decided it.
+pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 
-pub enum Start {
-  Acquired(String),
-  Queued(Ticket),
-}
-
-/// Takes the lock if it is free, else joins its queue. Called on the caller's thread, so the
-/// queue order is the order of the calls: first come, first served.
-pub fn start_acquire(target: Target, options: AcquireOptions) -> Result<Start> {
+/// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
+/// (`ELOCKTIMEOUT` at the deadline, `ELOCKDEADLOCK`, …) once decided, possibly right away.
+/// Called on the caller's thread, so the queue order is the order of the calls: first come,
+/// first served.
+pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
-  if let Some(lock_id) = try_acquire(&target, &options)? {
-    return Ok(Start::Acquired(lock_id));
+  match try_acquire(&target, &options) {
+    Ok(Some(lock_id)) => return complete(Ok(lock_id)),
+    Ok(None) => {}
+    Err(e) => return complete(Err(e)),
   }
   if options.timeout == Some(Duration::ZERO) {
     metrics::timed_out(&target.file.to_string_lossy());
-    return Err(timeout_error(&target, Duration::ZERO));
+    return complete(Err(timeout_error(&target, Duration::ZERO)));
+  }
+  if let Err(why) = options
+    .timeout
+    .map_or(Ok(()), |_| deadlines::ensure_running())
+  {
+    return complete(Err(LockError::new("ELOCKINTERNAL", why)));
   }
   static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
   let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
-  let (grant, granted) = oneshot::channel();
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
   if !entry.kernel_waiter_running {
     let lock_path = target.lock_path.clone();
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
       .name("flowforge-lock-wait".into())
-      .spawn(move || wait_in_kernel(lock_path))
-      .map_err(|e| LockError::io(&e, "Cannot start a waiting thread for", &target.lock_path))?;
+      .spawn(move || wait_in_kernel(lock_path));
+    if let Err(e) = spawned {
+      drop(table);
+      return complete(Err(LockError::io(
+        &e,
+        "Cannot start a waiting thread for",
+        &target.lock_path,
+      )));
+    }
     entry.kernel_waiter_running = true;
   }
   entry.queue.push_back(Waiter {
@@ -221,56 +225,32 @@ pub fn start_acquire(target: Target, options: AcquireOptions) -> Result<Start> {
     target: target.file.clone(),
     stale_after: options.stale_after,
     enqueued: started,
-    grant,
+    complete,
   });
-  Ok(Start::Queued(Ticket {
-    target,
-    timeout: options.timeout,
-    started,
-    waiter_id,
-    granted,
-  }))
+  drop(table);
+  if let Some(timeout) = options.timeout {
+    deadlines::add(started + timeout, move || {
+      give_up(&target, waiter_id, timeout)
+    });
+  }
 }
 
-impl Ticket {
-  /// Waits for the grant until the timeout.
-  pub async fn wait(mut self) -> Result<String> {
-    let outcome = match self.timeout {
-      None => Some((&mut self.granted).await),
-      Some(timeout) => tokio::time::timeout(
-        timeout.saturating_sub(self.started.elapsed()),
-        &mut self.granted,
-      )
-      .await
-      .ok(),
-    };
-    match outcome {
-      Some(Ok(result)) => result,
-      Some(Err(_)) => Err(LockError::new("ELOCKINTERNAL", "the lock waiter went away")),
-      None => self.give_up(),
-    }
-  }
-
-  /// Timed out, unless the grant raced the deadline: whoever removes the waiter decides.
-  fn give_up(mut self) -> Result<String> {
+/// At a waiter's deadline: if it is still queued, it leaves with `ELOCKTIMEOUT`; if it was
+/// granted meanwhile, nothing happens.
+fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
+  let waiter = {
     let mut table = table();
-    if let Some(entry) = table.get_mut(&self.target.lock_path) {
-      let before = entry.queue.len();
-      entry.queue.retain(|w| w.id != self.waiter_id);
-      if entry.queue.len() < before {
-        drop(table);
-        metrics::timed_out(&self.target.file.to_string_lossy());
-        return Err(timeout_error(
-          &self.target,
-          self.timeout.unwrap_or_default(),
-        ));
-      }
-    }
-    drop(table);
-    self
-      .granted
-      .try_recv()
-      .unwrap_or_else(|_| Err(LockError::new("ELOCKINTERNAL", "the lock grant was lost")))
+    let Some(entry) = table.get_mut(&target.lock_path) else {
+      return;
+    };
+    let Some(index) = entry.queue.iter().position(|w| w.id == waiter_id) else {
+      return;
+    };
+    entry.queue.remove(index)
+  };
+  if let Some(waiter) = waiter {
+    metrics::timed_out(&target.file.to_string_lossy());
+    (waiter.complete)(Err(timeout_error(target, timeout)));
   }
 }
 
@@ -296,43 +276,47 @@ fn wait_in_kernel(lock_path: PathBuf) {
         continue;
       }
     };
+    // The first waiter stays queued until it is served, so its deadline can always find it.
     let mut table = table();
     let entry = table.entry(lock_path.clone()).or_default();
-    let Some(waiter) = entry.queue.pop_front() else {
+    let Some((target, stale_after)) = entry
+      .queue
+      .front()
+      .map(|w| (w.target.clone(), w.stale_after))
+    else {
       drop(table);
       kernel.release(true);
       continue;
     };
-    match claim(kernel, &waiter.target, waiter.stale_after) {
+    match claim(kernel, &target, stale_after) {
       Ok(Some(won)) => {
-        let target = waiter.target.to_string_lossy().into_owned();
+        let waiter = entry.queue.pop_front().expect("checked above");
         let lock_id = won.lock_id.clone();
-        install(entry, &waiter.target, won);
-        if waiter.grant.send(Ok(lock_id)).is_ok() {
-          metrics::acquired(&target, waiter.enqueued.elapsed(), true);
-        } else if let Some(held) = entry.held.take() {
-          // The waiter's promise is gone (its runtime shut down): nobody will release it.
-          held.kernel.release(true);
-        }
+        install(entry, &target, won);
+        drop(table);
+        metrics::acquired(&target.to_string_lossy(), waiter.enqueued.elapsed(), true);
+        (waiter.complete)(Ok(lock_id));
       }
       Ok(None) => {
-        entry.queue.push_front(waiter);
         drop(table);
         std::thread::sleep(RECORD_POLL);
       }
       Err(e) => {
-        let _ = waiter.grant.send(Err(e));
+        let waiter = entry.queue.pop_front().expect("checked above");
+        drop(table);
+        (waiter.complete)(Err(e));
       }
     }
   }
 }
 
 fn fail_all_waiters(lock_path: &Path, error: &LockError) {
-  let mut table = table();
-  if let Some(entry) = table.get_mut(lock_path) {
-    for waiter in entry.queue.drain(..) {
-      let _ = waiter.grant.send(Err(error.clone()));
-    }
+  let waiters: Vec<Waiter> = match table().get_mut(lock_path) {
+    Some(entry) => entry.queue.drain(..).collect(),
+    None => Vec::new(),
+  };
+  for waiter in waiters {
+    (waiter.complete)(Err(error.clone()));
   }
 }
 

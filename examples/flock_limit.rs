@@ -1,0 +1,94 @@
+//! The physical limit for `npm run bench` (cargo build --release --example flock_limit): the same scenarios as a raw flock(2) loop with no
+//! library in between (std's File::lock, which is flock on Unix). Prints one JSON line.
+//!
+//!   flock_limit cycle <lockfile> <n>             A: lock+unlock of one open file, per-cycle µs
+//!   flock_limit counter <lockfile> <data> <n>    B: n read-increment-write cycles, waits in µs
+//!   flock_limit pingpong <lockfile> <rounds>     C: hold 1-10 ms, release, wait 1 ms; [acquired, released] µs
+
+use std::fs::{self, File, OpenOptions};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+fn open(path: &str) -> File {
+  OpenOptions::new()
+    .read(true)
+    .write(true)
+    .create(true)
+    .truncate(false)
+    .open(path)
+    .expect("open lock file")
+}
+
+fn wall_us() -> u128 {
+  SystemTime::now()
+    .duration_since(UNIX_EPOCH)
+    .unwrap()
+    .as_micros()
+}
+
+/// A small xorshift: hold times need variety, not cryptography.
+fn next_random(state: &mut u64) -> u64 {
+  *state ^= *state << 13;
+  *state ^= *state >> 7;
+  *state ^= *state << 17;
+  *state
+}
+
+fn main() {
+  let args: Vec<String> = std::env::args().collect();
+  let arg = |i: usize| args.get(i).expect("missing argument").as_str();
+  match arg(1) {
+    "cycle" => {
+      let file = open(arg(2));
+      let n: usize = arg(3).parse().unwrap();
+      let mut cycles = Vec::with_capacity(n);
+      for _ in 0..n {
+        let start = Instant::now();
+        file.lock().unwrap();
+        file.unlock().unwrap();
+        cycles.push(start.elapsed().as_nanos() as f64 / 1000.0);
+      }
+      println!("{{\"cyclesUs\":{cycles:?}}}");
+    }
+    "counter" => {
+      let file = open(arg(2));
+      let data = arg(3);
+      let n: usize = arg(4).parse().unwrap();
+      let mut waits = Vec::with_capacity(n);
+      for _ in 0..n {
+        let start = Instant::now();
+        file.lock().unwrap();
+        waits.push(start.elapsed().as_nanos() as f64 / 1000.0);
+        let text = fs::read_to_string(data).unwrap();
+        let count: u64 = text
+          .trim_start_matches("{\"count\":")
+          .trim_end_matches('}')
+          .parse()
+          .unwrap();
+        fs::write(data, format!("{{\"count\":{}}}", count + 1)).unwrap();
+        file.unlock().unwrap();
+      }
+      println!("{{\"waitsUs\":{waits:?}}}");
+    }
+    "pingpong" => {
+      let file = open(arg(2));
+      let rounds: usize = arg(3).parse().unwrap();
+      let mut seed = u64::from(std::process::id()) | 1;
+      let mut events = Vec::with_capacity(rounds);
+      for _ in 0..rounds {
+        file.lock().unwrap();
+        let acquired = wall_us();
+        std::thread::sleep(Duration::from_micros(1000 + next_random(&mut seed) % 9000));
+        let released = wall_us();
+        file.unlock().unwrap();
+        events.push(format!("[{acquired},{released}]"));
+        std::thread::sleep(Duration::from_millis(1));
+      }
+      println!(
+        "{{\"pid\":{},\"events\":[{}]}}",
+        std::process::id(),
+        events.join(",")
+      );
+    }
+    other => panic!("unknown mode {other}"),
+  }
+}
