@@ -79,9 +79,9 @@ async function main() {
 
 main().then(
   (result) => {
-    process.stdout.write(`${JSON.stringify(result)}\n`)
-    // proper-lockfile keeps timers for its mtime updates; do not wait for them.
-    process.exit(0)
+    // Exit once the output is flushed (a pipe takes it in pieces): proper-lockfile keeps
+    // timers for its mtime updates, which would otherwise keep the process alive.
+    process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0))
   },
   (err) => {
     console.error(err)

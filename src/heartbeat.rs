@@ -52,12 +52,12 @@ pub fn beat() {
     if held.lost {
       return;
     }
-    if !held.kernel.still_at_path() {
+    if !held.lock.still_at_path() {
       held.lost = true;
       return;
     }
     held.record.heartbeat = Some(now_ms());
-    if let Ok(file) = held.kernel.duplicate() {
+    if let Ok(file) = held.lock.duplicate() {
       writes.push((file, held.record.to_bytes(0)));
     }
   });

@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use crate::error::{LockError, Result};
 use crate::identity::{self, now_ms};
 use crate::lock_table;
-use crate::os_lock::{self, KernelLock, Probe};
+use crate::os_lock::{self, LockFile, Probe};
 use crate::paths::{self, LOCK_SUFFIX};
 use crate::record::Contents;
 use crate::staleness::{self, Verdict};
@@ -30,6 +30,14 @@ impl LockView {
     self.verdict == Verdict::Live
   }
 
+  pub fn state(&self) -> &'static str {
+    match self.verdict {
+      Verdict::Live => "held",
+      Verdict::Free => "free",
+      Verdict::Stale(_) => "stale",
+    }
+  }
+
   /// The record's fields plus `lockFile`, `state` (`held`/`stale`), `staleReason`,
   /// `heldForMs`, `heartbeatAgeMs` and `heldByThisProcess`.
   pub fn to_json(&self) -> Value {
@@ -45,8 +53,8 @@ impl LockView {
     let here = lock_table::held_here(&self.lock_file);
     let fields = json!({
       "lockFile": self.lock_file.to_string_lossy(),
-      "state": if self.is_held() { "held" } else { "stale" },
-      "staleReason": match &self.verdict { Verdict::Stale(why) => Some(why.as_str()), Verdict::Live => None },
+      "state": self.state(),
+      "staleReason": match &self.verdict { Verdict::Stale(why) => Some(why.as_str()), _ => None },
       "unreadable": match &self.contents { Contents::Unreadable(why) => Some(why.as_str()), _ => None },
       "heldForMs": here.as_ref().map(|(_, age)| age.as_millis() as u64)
         .or_else(|| acquired_at.map(|t| now.saturating_sub(t))),
@@ -79,6 +87,16 @@ pub fn inspect(lock_path: &Path, stale_after: Duration) -> Result<Option<LockVie
     contents,
     verdict,
   }))
+}
+
+/// `getLockInfo`: the lock's view as JSON, or `None` when there is no lock (no lock file, or a
+/// released one).
+pub fn lock_info(lock_path: &Path, stale_after: Duration) -> Result<Option<Value>> {
+  Ok(
+    inspect(lock_path, stale_after)?
+      .filter(|view| view.verdict != Verdict::Free)
+      .map(|view| view.to_json()),
+  )
 }
 
 /// Every lock file under the project root, sorted by name. A lock file that cannot even be
@@ -137,8 +155,8 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
       value["reason"] = json!(reason);
       value
     };
-    let kernel = match KernelLock::try_acquire_existing(&path) {
-      Ok(Some(kernel)) => kernel,
+    let lock = match LockFile::try_acquire_existing(&path) {
+      Ok(Some(lock)) => lock,
       Ok(None) => {
         report
           .kept
@@ -152,24 +170,34 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
         continue;
       }
     };
-    let contents = kernel.read();
-    match staleness::judge(
+    let contents = lock.read();
+    let verdict = staleness::judge(
       &contents,
       false,
       identity::current(),
       now,
       stale_after.as_millis() as u64,
-    ) {
+    );
+    let removed = match verdict {
       Verdict::Live => {
         report
           .kept
           .push(entry("held: its record is live", Some(&contents)));
-        kernel.release(false);
+        false
+      }
+      Verdict::Free => {
+        report
+          .removed
+          .push(entry("free: released, nobody uses it", None));
+        true
       }
       Verdict::Stale(why) => {
         report.removed.push(entry(&why, Some(&contents)));
-        kernel.release(!dry_run);
+        true
       }
+    };
+    if removed && !dry_run {
+      lock.remove();
     }
   }
   Ok(report)
@@ -178,6 +206,7 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
 #[cfg(test)]
 mod tests {
   use super::*;
+  use crate::os_lock::TryLock;
   use crate::record::LockRecord;
   use crate::test_support::temp_dir;
 
@@ -214,13 +243,27 @@ mod tests {
     let locks = paths::lock_dir_of(&root);
     fs::create_dir_all(&locks).unwrap();
     let path = locks.join("tasks.json.lock");
-    let kernel = KernelLock::try_acquire(&path).unwrap().unwrap();
+    let TryLock::Locked(lock) = LockFile::try_acquire(&path, None).unwrap() else {
+      panic!("busy")
+    };
     let view = inspect(&path, Duration::from_secs(30)).unwrap().unwrap();
     assert!(view.is_held());
     let report = cleanup(&root, Duration::from_secs(30), false).unwrap();
     assert_eq!(report.kept.len(), 1);
     assert!(path.exists());
-    kernel.release(true);
-    assert!(inspect(&path, Duration::from_secs(30)).unwrap().is_none());
+    lock.unlock();
+    assert_eq!(
+      inspect(&path, Duration::from_secs(30))
+        .unwrap()
+        .unwrap()
+        .verdict,
+      Verdict::Free
+    );
+    let report = cleanup(&root, Duration::from_secs(30), false).unwrap();
+    assert_eq!(
+      report.removed[0]["reason"],
+      "free: released, nobody uses it"
+    );
+    assert!(!path.exists());
   }
 }

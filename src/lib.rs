@@ -114,8 +114,7 @@ pub fn is_locked(env: Env, file: String, stale_ms: Option<f64>) -> Result<bool> 
 #[napi(ts_return_type = "Record<string, unknown> | null")]
 pub fn get_lock_info(env: Env, file: String, stale_ms: Option<f64>) -> Result<Option<Value>> {
   lock_table::prepare(&file)
-    .and_then(|target| inspect::inspect(&target.lock_path, stale_after(stale_ms)))
-    .map(|view| view.map(|v| v.to_json()))
+    .and_then(|target| inspect::lock_info(&target.lock_path, stale_after(stale_ms)))
     .map_err(|e| js_error(&env, e))
 }
 

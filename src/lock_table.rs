@@ -1,8 +1,9 @@
 //! This process's locks: which lock files it holds, and who in it waits for which, first come
-//! first served. An uncontended acquire takes the kernel lock right here, without a thread hop;
-//! when the lock is taken, the waiter joins its lock file's queue, and one thread per lock file
-//! waits in the kernel (a blocking flock) on behalf of the whole queue, so a release in any
-//! process hands over within the kernel's wake-up time and waiting burns no CPU.
+//! first served. An uncontended acquire takes the kernel lock right here, without a thread hop,
+//! on a handle kept open from the previous hold; when the lock is taken, the waiter joins its
+//! lock file's queue, and one thread per lock file waits in the kernel (a blocking flock) on
+//! behalf of the whole queue, so a release in any process hands over within the kernel's
+//! wake-up time and waiting burns no CPU.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use crate::error::{LockError, Result};
 use crate::heartbeat;
 use crate::identity::{self, now_ms};
 use crate::metrics;
-use crate::os_lock::{self, KernelLock, Probe};
+use crate::os_lock::{self, LockFile, Probe, TryLock};
 use crate::paths::{self, Target};
 use crate::record::{self, Contents, LockRecord};
 use crate::staleness::{self, Verdict};
@@ -45,7 +46,7 @@ impl Default for AcquireOptions {
 pub(crate) struct Held {
   pub lock_id: String,
   pub target: PathBuf,
-  pub kernel: KernelLock,
+  pub lock: LockFile,
   pub record: LockRecord,
   pub since: Instant,
   /// Set when the lock file was removed or replaced under us: the lock no longer excludes.
@@ -63,6 +64,8 @@ struct Waiter {
 #[derive(Default)]
 struct Entry {
   held: Option<Held>,
+  /// The handle of the last hold, unlocked, kept for the next uncontended acquire.
+  idle: Option<LockFile>,
   queue: VecDeque<Waiter>,
   kernel_waiter_running: bool,
 }
@@ -79,62 +82,68 @@ fn table() -> MutexGuard<'static, Table> {
 struct Won {
   lock_id: String,
   record: LockRecord,
-  kernel: KernelLock,
+  lock: LockFile,
 }
 
-/// Makes a freshly obtained kernel lock ours: writes our record over whatever was left.
-/// `Ok(None)` when what was left is a record the kernel lock does not cover (another host's,
-/// or a legacy one) that is still live: we must respect it and wait.
-fn claim(mut kernel: KernelLock, target: &Path, stale_after: Duration) -> Result<Option<Won>> {
-  let previous = kernel.read();
+enum Claim {
+  Won(Box<Won>),
+  /// What was left is a record the kernel lock does not cover (another host's, or a legacy
+  /// one) that is still live: we must respect it and wait. The handle is unlocked.
+  Respected(LockFile),
+}
+
+/// Makes a freshly locked lock file ours: writes our record over whatever was left.
+fn claim(mut lock: LockFile, target: &Path, stale_after: Duration) -> Result<Claim> {
+  let previous = lock.read();
   let me = identity::current();
   let now = now_ms();
   let recovered = match staleness::judge(&previous, false, me, now, stale_after.as_millis() as u64)
   {
     Verdict::Live => {
-      kernel.release(false);
-      return Ok(None);
+      lock.unlock();
+      return Ok(Claim::Respected(lock));
     }
-    Verdict::Stale(_) => previous != Contents::Empty,
+    Verdict::Free => false,
+    Verdict::Stale(_) => true,
   };
-  if !kernel.is_writable() {
+  if !lock.is_writable() {
     // Another user's stale lock file that we may not write: replace it with our own.
-    let path = kernel.path().to_path_buf();
-    kernel.release(true);
-    return match KernelLock::try_acquire(&path)? {
-      Some(fresh) if fresh.is_writable() => claim(fresh, target, stale_after),
-      Some(fresh) => {
-        fresh.release(false);
+    let path = lock.path().to_path_buf();
+    lock.remove();
+    return match LockFile::try_acquire(&path, None)? {
+      TryLock::Locked(fresh) if fresh.is_writable() => claim(fresh, target, stale_after),
+      TryLock::Locked(fresh) | TryLock::Busy(fresh) if !fresh.is_writable() => {
+        fresh.unlock();
         Err(LockError::io(
           &std::io::Error::from_raw_os_error(libc::EACCES),
-          "Cannot write the lock file",
+          "Cannot write the lock file (owned by another user, in a directory that keeps it)",
           &path,
         ))
       }
-      None => Ok(None),
+      TryLock::Locked(fresh) | TryLock::Busy(fresh) => Ok(Claim::Respected(fresh)),
     };
   }
   let lock_id = record::new_lock_id();
   let record = LockRecord::new_for(me, &lock_id, &target.to_string_lossy(), now);
-  if let Err(e) = kernel.write_record(&record, false) {
-    kernel.release(true);
+  if let Err(e) = lock.write_record(&record) {
+    lock.unlock();
     return Err(e);
   }
   if recovered {
     metrics::stale_recovered(&target.to_string_lossy());
   }
-  Ok(Some(Won {
+  Ok(Claim::Won(Box::new(Won {
     lock_id,
     record,
-    kernel,
-  }))
+    lock,
+  })))
 }
 
 fn install(entry: &mut Entry, target: &Path, won: Won) {
   entry.held = Some(Held {
     lock_id: won.lock_id,
     target: target.to_path_buf(),
-    kernel: won.kernel,
+    lock: won.lock,
     record: won.record,
     since: Instant::now(),
     lost: false,
@@ -163,17 +172,25 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
   if !entry.queue.is_empty() {
     return Ok(None);
   }
-  let Some(kernel) = KernelLock::try_acquire(&target.lock_path)? else {
-    return Ok(None);
+  let lock = match LockFile::try_acquire(&target.lock_path, entry.idle.take())? {
+    TryLock::Locked(lock) => lock,
+    TryLock::Busy(lock) => {
+      entry.idle = Some(lock);
+      return Ok(None);
+    }
   };
-  match claim(kernel, &target.file, options.stale_after)? {
-    Some(won) => {
+  match claim(lock, &target.file, options.stale_after)? {
+    Claim::Won(won) => {
       let lock_id = won.lock_id.clone();
-      install(entry, &target.file, won);
+      install(entry, &target.file, *won);
+      drop(table);
       metrics::acquired(&target.file.to_string_lossy(), Duration::ZERO, false);
       Ok(Some(lock_id))
     }
-    None => Ok(None),
+    Claim::Respected(lock) => {
+      entry.idle = Some(lock);
+      Ok(None)
+    }
   }
 }
 
@@ -269,8 +286,8 @@ fn wait_in_kernel(lock_path: PathBuf) {
         return;
       }
     }
-    let kernel = match KernelLock::acquire_blocking(&lock_path) {
-      Ok(kernel) => kernel,
+    let lock = match LockFile::acquire_blocking(&lock_path) {
+      Ok(lock) => lock,
       Err(e) => {
         fail_all_waiters(&lock_path, &e);
         continue;
@@ -284,20 +301,21 @@ fn wait_in_kernel(lock_path: PathBuf) {
       .front()
       .map(|w| (w.target.clone(), w.stale_after))
     else {
+      // Everyone who waited gave up meanwhile: the lock goes back as we found it.
       drop(table);
-      kernel.release(true);
+      lock.unlock();
       continue;
     };
-    match claim(kernel, &target, stale_after) {
-      Ok(Some(won)) => {
+    match claim(lock, &target, stale_after) {
+      Ok(Claim::Won(won)) => {
         let waiter = entry.queue.pop_front().expect("checked above");
         let lock_id = won.lock_id.clone();
-        install(entry, &target, won);
+        install(entry, &target, *won);
         drop(table);
         metrics::acquired(&target.to_string_lossy(), waiter.enqueued.elapsed(), true);
         (waiter.complete)(Ok(lock_id));
       }
-      Ok(None) => {
+      Ok(Claim::Respected(_)) => {
         drop(table);
         std::thread::sleep(RECORD_POLL);
       }
@@ -330,12 +348,8 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
   match &entry.held {
     Some(held) if held.lock_id == lock_id => {
       let held = entry.held.take().expect("checked above");
-      if entry.queue.is_empty() && !entry.kernel_waiter_running {
-        table.remove(&target.lock_path);
-      }
-      drop(table);
       metrics::released(&held.target.to_string_lossy(), held.since.elapsed());
-      held.kernel.release(true);
+      entry.idle = give_up_hold(held);
       Ok(true)
     }
     Some(held) => Err(LockError::new(
@@ -353,6 +367,25 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
   }
 }
 
+/// Empties our record and unlocks; the handle comes back for reuse unless the lock was lost
+/// (then the file at the path, if any, is someone else's and we leave it alone).
+fn give_up_hold(held: Held) -> Option<LockFile> {
+  let Held {
+    mut lock,
+    lock_id,
+    lost,
+    ..
+  } = held;
+  if lost || !lock.still_at_path() {
+    return None;
+  }
+  if lock.record_mentions(&lock_id) {
+    lock.clear();
+  }
+  lock.unlock();
+  Some(lock)
+}
+
 fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
   match os_lock::probe(&target.lock_path)? {
     Probe::Held(Contents::Record(record)) => Err(LockError::new(
@@ -367,14 +400,29 @@ fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
   }
 }
 
-/// Releases everything this process holds (process exit).
+/// Process exit: releases everything this process holds and removes the lock files it used
+/// that nobody else holds now, so a project's lock directory does not fill up.
 pub fn release_all() -> usize {
-  let held: Vec<Held> = table().values_mut().filter_map(|e| e.held.take()).collect();
-  let count = held.len();
-  for h in held {
-    h.kernel.release(true);
+  let mut released = 0;
+  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
+  for entry in entries {
+    let handle = match entry.held {
+      Some(held) => {
+        released += 1;
+        give_up_hold(held)
+      }
+      None => entry.idle,
+    };
+    if let Some(handle) = handle {
+      let path = handle.path().to_path_buf();
+      if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, Some(handle)) {
+        if lock.read() == Contents::Empty {
+          lock.remove();
+        }
+      }
+    }
   }
-  count
+  released
 }
 
 /// Confirms, right before a write, that we still hold the lock: same lock file on disk, our
@@ -397,10 +445,10 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   let Some(held) = held else {
     return Err(lost("this process no longer holds it"));
   };
-  if held.lost || !held.kernel.still_at_path() {
+  if held.lost || !held.lock.still_at_path() {
     return Err(lost("its lock file was removed or replaced"));
   }
-  match held.kernel.read() {
+  match held.lock.read() {
     Contents::Record(r) if r.lock_id.as_deref() == Some(lock_id) => Ok(()),
     Contents::Record(r) => Err(lost(&format!("{} took it over", describe_record(&r)))),
     _ => Err(lost("its record was overwritten")),

@@ -1,8 +1,9 @@
 //! The kernel lock (flock via std's `File::lock`/`try_lock`) held on a lock file for the whole
 //! hold, so a holder that dies, even by SIGKILL, releases at once. It also owns the lock
-//! file's life: opened without following symlinks, removed on release while still locked,
-//! and re-checked after every lock (a waiter may have locked an inode that its holder had just
-//! unlinked: then it must start again on the new file).
+//! file's life: opened without following symlinks, kept (emptied) on release so the next
+//! acquirer reuses it, and re-checked after every lock: whoever removes a lock file does so
+//! while holding its lock, and a process that then locks the removed inode must notice
+//! (the path names another inode, or none) and start again on the file now at the path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
@@ -13,9 +14,9 @@ use std::time::Duration;
 use crate::error::{LockError, Result};
 use crate::record::{self, Contents, LockRecord, MAX_RECORD_BYTES};
 
-/// An exclusive kernel lock on the file currently at `path`.
+/// An open lock file; locked or not, as the caller tracks.
 #[derive(Debug)]
-pub struct KernelLock {
+pub struct LockFile {
   file: File,
   path: PathBuf,
   dev: u64,
@@ -34,71 +35,96 @@ pub enum Probe {
   Free(Contents),
 }
 
-impl KernelLock {
-  /// Takes the lock if nobody holds it; `Ok(None)` when somebody does.
-  pub fn try_acquire(path: &Path) -> Result<Option<KernelLock>> {
+/// The outcome of one non-blocking try.
+#[derive(Debug)]
+pub enum TryLock {
+  Locked(LockFile),
+  /// Somebody else holds it; the (unlocked) handle is handed back for reuse.
+  Busy(LockFile),
+}
+
+impl LockFile {
+  /// Opens the lock file, creating it if needed.
+  pub fn open(path: &Path) -> Result<LockFile> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).create(true).mode(0o666);
+    let (file, writable) = match open_no_follow(path, &options) {
+      Ok(file) => (file, true),
+      // Another user's lock file we may lock but not write: see `is_writable`.
+      Err(e) if e.code == "EACCES" => (open_no_follow(path, OpenOptions::new().read(true))?, false),
+      Err(e) => return Err(e),
+    };
+    LockFile::from_file(file, path, writable)
+  }
+
+  /// Opens an existing lock file; `None` when there is none.
+  pub fn open_existing(path: &Path) -> Result<Option<LockFile>> {
+    match open_no_follow(path, OpenOptions::new().read(true).write(true)) {
+      Ok(file) => LockFile::from_file(file, path, true).map(Some),
+      Err(e) if e.code == "ENOENT" => Ok(None),
+      Err(e) if e.code == "EACCES" => match open_no_follow(path, OpenOptions::new().read(true)) {
+        Ok(file) => LockFile::from_file(file, path, false).map(Some),
+        Err(e) if e.code == "ENOENT" => Ok(None),
+        Err(e) => Err(e),
+      },
+      Err(e) => Err(e),
+    }
+  }
+
+  fn from_file(file: File, path: &Path, writable: bool) -> Result<LockFile> {
+    let meta = check_plain_file(&file, path)?;
+    Ok(LockFile {
+      file,
+      path: path.to_path_buf(),
+      dev: meta.dev(),
+      ino: meta.ino(),
+      writable,
+      record_len: meta.len() as usize,
+    })
+  }
+
+  /// One non-blocking try with `handle` (or a fresh one), starting again on the file now at
+  /// the path whenever the locked inode turns out to have been removed.
+  pub fn try_acquire(path: &Path, handle: Option<LockFile>) -> Result<TryLock> {
+    let mut handle = handle;
     loop {
-      let (file, writable) = open_lock_file(path, true)?;
-      match file.try_lock() {
-        Ok(()) => {
-          if let Some(lock) = KernelLock::verify(file, path, writable)? {
-            return Ok(Some(lock));
-          }
-        }
-        Err(fs::TryLockError::WouldBlock) => return Ok(None),
+      let lock = match handle.take() {
+        Some(lock) => lock,
+        None => LockFile::open(path)?,
+      };
+      match lock.file.try_lock() {
+        Ok(()) if lock.still_at_path() => return Ok(TryLock::Locked(lock)),
+        Ok(()) => drop(lock),
+        Err(fs::TryLockError::WouldBlock) => return Ok(TryLock::Busy(lock)),
         Err(fs::TryLockError::Error(e)) => return Err(LockError::io(&e, "Cannot lock", path)),
       }
     }
   }
 
-  /// Takes the lock of an existing lock file, if nobody holds it; never creates one.
-  pub fn try_acquire_existing(path: &Path) -> Result<Option<KernelLock>> {
-    let (file, writable) = match open_lock_file(path, false) {
-      Ok(opened) => opened,
-      Err(e) if e.code == "ENOENT" => return Ok(None),
-      Err(e) => return Err(e),
+  /// Takes the lock of an existing lock file if nobody holds it; never creates one.
+  pub fn try_acquire_existing(path: &Path) -> Result<Option<LockFile>> {
+    let Some(lock) = LockFile::open_existing(path)? else {
+      return Ok(None);
     };
-    match file.try_lock() {
-      Ok(()) => KernelLock::verify(file, path, writable),
-      Err(fs::TryLockError::WouldBlock) => Ok(None),
+    match lock.file.try_lock() {
+      Ok(()) if lock.still_at_path() => Ok(Some(lock)),
+      Ok(()) | Err(fs::TryLockError::WouldBlock) => Ok(None),
       Err(fs::TryLockError::Error(e)) => Err(LockError::io(&e, "Cannot lock", path)),
     }
   }
 
-  /// Waits in the kernel until the lock is ours. Only the per-key waiter thread calls this.
-  pub fn acquire_blocking(path: &Path) -> Result<KernelLock> {
+  /// Waits in the kernel until the lock is ours. Only the per-lock-file waiting thread calls
+  /// this, with a handle of its own: a lock belongs to an open file description, so sharing
+  /// one with the fast path would let both believe they hold it.
+  pub fn acquire_blocking(path: &Path) -> Result<LockFile> {
     loop {
-      let (file, writable) = open_lock_file(path, true)?;
-      match file.lock() {
-        Ok(()) => {
-          if let Some(lock) = KernelLock::verify(file, path, writable)? {
-            return Ok(lock);
-          }
-        }
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+      let lock = LockFile::open(path)?;
+      match lock.file.lock() {
+        Ok(()) if lock.still_at_path() => return Ok(lock),
+        Ok(()) => drop(lock),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
         Err(e) => return Err(LockError::io(&e, "Cannot lock", path)),
       }
-    }
-  }
-
-  /// The lock counts only if `path` still names the inode we locked; otherwise its holder
-  /// removed it meanwhile and the caller starts again.
-  fn verify(file: File, path: &Path, writable: bool) -> Result<Option<KernelLock>> {
-    let locked = file
-      .metadata()
-      .map_err(|e| LockError::io(&e, "Cannot stat", path))?;
-    match fs::symlink_metadata(path) {
-      Ok(now) if now.dev() == locked.dev() && now.ino() == locked.ino() => Ok(Some(KernelLock {
-        file,
-        path: path.to_path_buf(),
-        dev: locked.dev(),
-        ino: locked.ino(),
-        writable,
-        record_len: locked.len() as usize,
-      })),
-      Ok(_) => Ok(None),
-      Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-      Err(e) => Err(LockError::io(&e, "Cannot stat", path)),
     }
   }
 
@@ -122,13 +148,17 @@ impl KernelLock {
     self.file.try_clone()
   }
 
+  /// The record, read by the holder (nobody else writes it meanwhile).
   pub fn read(&self) -> Contents {
-    read_stable(&self.file)
+    match read_all(&self.file) {
+      Ok(bytes) => record::parse(&bytes),
+      Err(e) => Contents::Unreadable(format!("cannot read the record: {e}")),
+    }
   }
 
   /// Writes our record over whatever was there. Heartbeats rewrite the same number of bytes,
   /// so a reader sees either the old or the new record.
-  pub fn write_record(&mut self, record: &LockRecord, sync: bool) -> Result<()> {
+  pub fn write_record(&mut self, record: &LockRecord) -> Result<()> {
     let bytes = record.to_bytes(0);
     let io_err = |e: io::Error| LockError::io(&e, "Cannot write the lock record", &self.path);
     self.file.write_all_at(&bytes, 0).map_err(io_err)?;
@@ -136,19 +166,38 @@ impl KernelLock {
       self.file.set_len(bytes.len() as u64).map_err(io_err)?;
     }
     self.record_len = bytes.len();
-    if sync {
-      self.file.sync_data().map_err(io_err)?;
-    }
     Ok(())
   }
 
-  /// Releases the lock; with `remove`, first deletes the lock file while it is still locked,
-  /// so that nobody can lock a file that is about to disappear without noticing.
-  pub fn release(self, remove: bool) {
-    if remove && self.still_at_path() {
+  /// Whether the record on disk still carries `lock_id` (a cheap check on the raw bytes, for
+  /// the release path: no JSON parse).
+  pub fn record_mentions(&self, lock_id: &str) -> bool {
+    let mut buf = vec![0u8; self.record_len.max(1)];
+    match self.file.read_at(&mut buf, 0) {
+      Ok(n) => buf[..n]
+        .windows(lock_id.len())
+        .any(|w| w == lock_id.as_bytes()),
+      Err(_) => false,
+    }
+  }
+
+  /// Blanks the record with spaces (a blank record means free): rewriting the same bytes in
+  /// place costs no block allocation, unlike truncating and growing the file again.
+  pub fn clear(&mut self) {
+    let blank = vec![b' '; self.record_len];
+    let _ = self.file.write_all_at(&blank, 0);
+  }
+
+  /// Gives the kernel lock up and keeps the handle for the next acquire.
+  pub fn unlock(&self) {
+    let _ = self.file.unlock();
+  }
+
+  /// Removes the lock file (the caller holds its lock, so nobody can be using it) and closes.
+  pub fn remove(self) {
+    if self.still_at_path() {
       let _ = fs::remove_file(&self.path);
     }
-    drop(self.file);
   }
 }
 
@@ -166,20 +215,6 @@ pub fn probe(path: &Path) -> Result<Probe> {
     Err(fs::TryLockError::WouldBlock) => Ok(Probe::Held(read_stable(&file))),
     Err(fs::TryLockError::Error(e)) => Err(LockError::io(&e, "Cannot lock", path)),
   }
-}
-
-/// Opens for read and write when we may, else read-only (a lock can be taken on a file we may
-/// only read; see [`KernelLock::is_writable`]).
-fn open_lock_file(path: &Path, create: bool) -> Result<(File, bool)> {
-  let mut options = OpenOptions::new();
-  options.read(true).write(true).create(create).mode(0o666);
-  let (file, writable) = match open_no_follow(path, &options) {
-    Ok(file) => (file, true),
-    Err(e) if e.code == "EACCES" => (open_no_follow(path, OpenOptions::new().read(true))?, false),
-    Err(e) => return Err(e),
-  };
-  check_plain_file(&file, path)?;
-  Ok((file, writable))
 }
 
 fn open_no_follow(path: &Path, options: &OpenOptions) -> Result<File> {
@@ -203,7 +238,7 @@ fn open_no_follow(path: &Path, options: &OpenOptions) -> Result<File> {
 
 /// A lock file must be a plain file with one name: a FIFO, a device or a hard link to some
 /// other file would turn our record writes into writes elsewhere.
-fn check_plain_file(file: &File, path: &Path) -> Result<()> {
+fn check_plain_file(file: &File, path: &Path) -> Result<fs::Metadata> {
   let meta = file
     .metadata()
     .map_err(|e| LockError::io(&e, "Cannot stat", path))?;
@@ -216,7 +251,7 @@ fn check_plain_file(file: &File, path: &Path) -> Result<()> {
       ),
     ));
   }
-  Ok(())
+  Ok(meta)
 }
 
 /// Reads the record until two reads agree, so a reader racing a heartbeat never acts on a
@@ -239,14 +274,14 @@ fn read_stable(file: &File) -> Contents {
 }
 
 fn read_all(file: &File) -> io::Result<Vec<u8>> {
-  let mut buf = vec![0u8; 4096];
+  let mut buf = vec![0u8; 1024];
   let mut len = 0;
   loop {
     if len == buf.len() {
       if buf.len() > MAX_RECORD_BYTES {
         break;
       }
-      buf.resize(buf.len() * 2, 0);
+      buf.resize(buf.len() * 4, 0);
     }
     match file.read_at(&mut buf[len..], len as u64) {
       Ok(0) => break,
@@ -265,46 +300,77 @@ mod tests {
   use crate::identity;
   use crate::test_support::temp_dir;
 
+  fn locked(path: &Path) -> LockFile {
+    match LockFile::try_acquire(path, None).unwrap() {
+      TryLock::Locked(lock) => lock,
+      TryLock::Busy(_) => panic!("{} is busy", path.display()),
+    }
+  }
+
   #[test]
-  fn one_holder_at_a_time_and_release_removes_the_file() {
+  fn one_holder_at_a_time_and_the_file_stays_for_reuse() {
     let path = temp_dir("oslock").join("tasks.json.lock");
-    let first = KernelLock::try_acquire(&path).unwrap().expect("free lock");
-    assert!(KernelLock::try_acquire(&path).unwrap().is_none());
+    let first = locked(&path);
+    assert!(matches!(
+      LockFile::try_acquire(&path, None).unwrap(),
+      TryLock::Busy(_)
+    ));
     assert!(matches!(
       probe(&path).unwrap(),
       Probe::Held(Contents::Empty)
     ));
-    first.release(true);
-    assert!(!path.exists());
-    assert!(matches!(probe(&path).unwrap(), Probe::Absent));
+    first.unlock();
+    assert!(matches!(
+      probe(&path).unwrap(),
+      Probe::Free(Contents::Empty)
+    ));
+    let again = LockFile::try_acquire(&path, Some(first)).unwrap();
+    assert!(matches!(again, TryLock::Locked(_)));
   }
 
   #[test]
-  fn a_waiter_on_an_unlinked_inode_starts_again() {
+  fn a_waiter_on_a_removed_inode_starts_again() {
     let path = temp_dir("oslock").join("race.lock");
-    let holder = KernelLock::try_acquire(&path).unwrap().unwrap();
+    let holder = locked(&path);
     let waiter_path = path.clone();
-    let waiter = std::thread::spawn(move || KernelLock::acquire_blocking(&waiter_path).unwrap());
+    let waiter = std::thread::spawn(move || LockFile::acquire_blocking(&waiter_path).unwrap());
     std::thread::sleep(Duration::from_millis(50));
-    holder.release(true);
+    holder.remove();
     let lock = waiter.join().unwrap();
     assert!(lock.still_at_path());
     assert!(path.exists());
   }
 
   #[test]
-  fn records_round_trip_and_shrink_cleanly() {
+  fn a_cached_handle_of_a_removed_file_is_replaced() {
+    let path = temp_dir("oslock").join("cached.lock");
+    let cached = locked(&path);
+    cached.unlock();
+    let remover = locked(&path);
+    remover.remove();
+    match LockFile::try_acquire(&path, Some(cached)).unwrap() {
+      TryLock::Locked(lock) => assert!(lock.still_at_path()),
+      TryLock::Busy(_) => panic!("nobody holds it"),
+    }
+  }
+
+  #[test]
+  fn records_round_trip_shrink_and_clear() {
     let path = temp_dir("oslock").join("r.lock");
     fs::write(&path, vec![b'x'; 5000]).unwrap();
-    let mut lock = KernelLock::try_acquire(&path).unwrap().unwrap();
+    let mut lock = locked(&path);
     assert!(matches!(lock.read(), Contents::Unreadable(_)));
     let record = LockRecord::new_for(identity::current(), "id1", "/t", 1);
-    lock.write_record(&record, false).unwrap();
+    lock.write_record(&record).unwrap();
     assert_eq!(lock.read(), Contents::Record(record));
     assert_eq!(
       fs::metadata(&path).unwrap().len() as usize % record::RECORD_BLOCK,
       0
     );
+    assert!(lock.record_mentions("id1"));
+    lock.clear();
+    assert_eq!(lock.read(), Contents::Empty);
+    assert!(!lock.record_mentions("id1"));
   }
 
   #[test]
@@ -315,13 +381,13 @@ mod tests {
     let link = dir.join("tasks.json.lock");
     std::os::unix::fs::symlink(&victim, &link).unwrap();
     assert_eq!(
-      KernelLock::try_acquire(&link).unwrap_err().code,
+      LockFile::try_acquire(&link, None).unwrap_err().code,
       "ELOCKSYMLINK"
     );
     let hard = dir.join("time.json.lock");
     fs::hard_link(&victim, &hard).unwrap();
     assert_eq!(
-      KernelLock::try_acquire(&hard).unwrap_err().code,
+      LockFile::try_acquire(&hard, None).unwrap_err().code,
       "ELOCKFILEUNSAFE"
     );
     assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");

@@ -4,9 +4,12 @@
 //! where `<root>` is `FLOWFORGE_ROOT_OVERRIDE` when set, else the nearest ancestor of the
 //! target holding a `.flowforge/` directory, else the current directory.
 
+use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::{LockError, Result};
 
@@ -23,9 +26,39 @@ pub struct Target {
   pub lock_path: PathBuf,
 }
 
+/// How long a resolved path is trusted before its root is looked up again: locking a file in
+/// a loop should not repeat the same `stat`s, and a `.flowforge/` created meanwhile is seen soon.
+const RESOLVE_CACHE_TTL: Duration = Duration::from_secs(1);
+const RESOLVE_CACHE_SIZE: usize = 1024;
+
+type ResolveCache = HashMap<(Option<PathBuf>, String), (Instant, Target)>;
+
 /// Checks a caller's path and works out its lock file (without touching the disk beyond
-/// a few `stat`s).
+/// a few `stat`s, and those at most once a second per path).
 pub fn resolve(file: &str) -> Result<Target> {
+  static CACHE: LazyLock<Mutex<ResolveCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+  // A relative path means something else after a chdir: the cwd is part of the key.
+  let cwd = if Path::new(file).is_absolute() {
+    None
+  } else {
+    Some(current_dir()?)
+  };
+  let key = (cwd, file.to_string());
+  if let Some((at, target)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+    if at.elapsed() < RESOLVE_CACHE_TTL {
+      return Ok(target.clone());
+    }
+  }
+  let target = resolve_uncached(file)?;
+  let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+  if cache.len() >= RESOLVE_CACHE_SIZE {
+    cache.clear();
+  }
+  cache.insert(key, (Instant::now(), target.clone()));
+  Ok(target)
+}
+
+fn resolve_uncached(file: &str) -> Result<Target> {
   if file.is_empty() {
     return Err(LockError::invalid_value(
       "The file path must be a non-empty string. Received ''",

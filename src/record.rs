@@ -119,24 +119,24 @@ impl LockRecord {
   }
 }
 
-/// A fresh 128-bit random lock id, as 32 hex digits.
+/// A fresh 128-bit lock id, as 32 hex digits: SipHash of a counter under keys drawn once per
+/// process from the OS's random source (std's `RandomState`), so ids are unpredictable and never
+/// repeat, and taking a lock costs no extra system call.
 pub fn new_lock_id() -> String {
-  let mut bytes = [0u8; 16];
-  // SAFETY: the buffer is valid for 16 bytes; getentropy allows up to 256.
-  let rc = unsafe { libc::getentropy(bytes.as_mut_ptr().cast(), bytes.len()) };
-  if rc != 0 {
-    // Never seen in practice; SipHash keyed by the std's per-process random keys still gives
-    // ids that do not repeat.
-    use std::hash::{BuildHasher, Hasher};
-    let state = std::collections::hash_map::RandomState::new();
-    for (i, chunk) in bytes.chunks_mut(8).enumerate() {
-      let mut hasher = state.build_hasher();
-      hasher.write_u64(crate::identity::now_ms() ^ i as u64);
-      hasher.write_u32(std::process::id());
-      chunk.copy_from_slice(&hasher.finish().to_le_bytes());
-    }
-  }
-  bytes.iter().map(|b| format!("{b:02x}")).collect()
+  use std::hash::{BuildHasher, Hasher};
+  use std::sync::atomic::{AtomicU64, Ordering};
+  use std::sync::OnceLock;
+  static KEYS: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+  static COUNTER: AtomicU64 = AtomicU64::new(0);
+  let keys = KEYS.get_or_init(std::collections::hash_map::RandomState::new);
+  let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+  let half = |lane: u64| {
+    let mut hasher = keys.build_hasher();
+    hasher.write_u64(n);
+    hasher.write_u64(lane);
+    hasher.finish()
+  };
+  format!("{:016x}{:016x}", half(0), half(1))
 }
 
 pub fn parse(bytes: &[u8]) -> Contents {

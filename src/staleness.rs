@@ -9,6 +9,8 @@ use crate::record::{Contents, LockRecord};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
   Live,
+  /// A released lock file: empty, and nobody holds its kernel lock.
+  Free,
   Stale(String),
 }
 
@@ -25,9 +27,7 @@ pub fn judge(
     return Verdict::Live;
   }
   let record = match contents {
-    Contents::Empty => {
-      return Verdict::Stale("empty lock file and nobody holds its kernel lock".to_string())
-    }
+    Contents::Empty => return Verdict::Free,
     Contents::Unreadable(why) => {
       return Verdict::Stale(format!("{why}, and nobody holds its kernel lock"))
     }
@@ -180,12 +180,12 @@ mod tests {
   }
 
   #[test]
-  fn junk_without_a_holder_is_stale() {
+  fn an_empty_unlocked_file_is_free_and_junk_is_stale() {
     let me = identity::current();
-    assert!(matches!(
+    assert_eq!(
       judge(&Contents::Empty, false, me, NOW, STALE),
-      Verdict::Stale(_)
-    ));
+      Verdict::Free
+    );
     assert!(matches!(
       judge(
         &Contents::Unreadable("garbage".into()),
