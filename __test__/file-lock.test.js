@@ -118,8 +118,9 @@ describe('exclusion between processes', () => {
     const run = async (mode) => {
       const file = path.join(root, '.flowforge', `counter-${mode}.json`)
       fs.writeFileSync(file, JSON.stringify({ count: 0 }))
+      const startAt = Date.now() + 1500
       const results = await Promise.all(
-        Array.from({ length: 8 }, () => runFixture('counter-worker', [file, 200, mode])),
+        Array.from({ length: 8 }, () => runFixture('counter-worker', [file, 200, mode, startAt])),
       )
       for (const r of results) expect(r).toMatchObject({ code: 0, stderr: '' })
       return JSON.parse(fs.readFileSync(file, 'utf8')).count

@@ -233,6 +233,47 @@ describe('updateTaskFile and batchUpdateTasks', () => {
   })
 })
 
+describe('coalescing', () => {
+  test('concurrent updates of one file share one hold and one write; each caller gets its own result or error', async () => {
+    resetLockMetrics()
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, JSON.stringify({ tasks: [], n: 0 }))
+    const calls = Array.from({ length: 20 }, (_, i) =>
+      updateWithLock(file, (doc) => {
+        if (i === 7) {
+          doc.n = -1000 // a failing updater's half-done change must go nowhere
+          throw new Error('updater 7 fails')
+        }
+        doc.n += 1
+        doc.tasks.push(i)
+        return doc
+      }),
+    )
+    const outcomes = await Promise.allSettled(calls)
+    expect(outcomes[7]).toMatchObject({ status: 'rejected', reason: { message: 'updater 7 fails' } })
+    const results = outcomes.filter((o, i) => i !== 7).map((o) => o.value.n)
+    expect(results).toEqual(Array.from({ length: 19 }, (_, i) => i + 1))
+    expect(read(file)).toEqual({ tasks: Array.from({ length: 20 }, (_, i) => i).filter((i) => i !== 7), n: 19 })
+    expect(getLockMetrics().acquisitions).toBe(1)
+  })
+
+  test('a write failure reaches every caller of the batch and changes nothing', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const calls = [1, 2, 3].map((id) =>
+      updateWithLock(file, (doc) => {
+        if (id === 3) fs.rmSync(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'))
+        return { tasks: [...doc.tasks, id] }
+      }),
+    )
+    const outcomes = await Promise.allSettled(calls)
+    expect(outcomes.map((o) => o.reason?.code)).toEqual(['ELOCKLOST', 'ELOCKLOST', 'ELOCKLOST'])
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[]}')
+  })
+})
+
 describe('crash safety', () => {
   test('SIGKILLing writers at random moments never leaves a torn file, loses an acknowledged update, or strands a temp file', async () => {
     const root = makeProject()
@@ -475,7 +516,13 @@ describe('metrics', () => {
     resetLockMetrics()
     const root = makeProject()
     const file = tasksPath(root)
-    await Promise.all(Array.from({ length: 10 }, (_, i) => updateTaskFile({ id: i }, { file })))
+    await Promise.all(
+      Array.from({ length: 10 }, async () => {
+        const lockId = await acquireLock(file)
+        await new Promise((r) => setTimeout(r, 2))
+        await releaseLock(file, lockId)
+      }),
+    )
     const m = getLockMetrics()
     expect(m).toMatchObject({ acquisitions: 10, totalTimeouts: 0, staleLocksRecovered: 0 })
     for (const key of ['averageWaitTime', 'maxWaitTime', 'p50WaitTime', 'p99WaitTime', 'averageHoldTime']) {
@@ -483,6 +530,7 @@ describe('metrics', () => {
     }
     expect(m.contendedAcquisitions).toBeGreaterThan(0)
     expect(m.maxWaitTime).toBeGreaterThanOrEqual(m.p99WaitTime)
+    expect(m.averageHoldTime).toBeGreaterThanOrEqual(2)
     expect(m.files[file].acquisitions).toBe(10)
     resetLockMetrics()
     expect(getLockMetrics().acquisitions).toBe(0)

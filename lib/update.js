@@ -3,6 +3,8 @@
 // write it atomically (temp file, fsync, rename, fsync dir) after checking the lock is still
 // ours, release. A file that does not parse is never overwritten.
 
+const path = require('node:path')
+const { AsyncLocalStorage } = require('node:async_hooks')
 const native = require('../native.js')
 const { acquireLock, releaseLock, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
 const { checkString, checkFunction, checkObject, checkMs, codedError } = require('./args.js')
@@ -47,31 +49,102 @@ function lockOptions(options) {
  * Under the file's lock: `next = await updater(current)` (current is null when the file does
  * not exist), write `next` atomically, resolve to it. An updater that throws leaves the file
  * unchanged and its error reaches the caller as it was.
+ *
+ * Concurrent calls for the same file in this process are coalesced: whoever is waiting when
+ * the lock comes free is served under one hold, one read and one durable write, each updater
+ * seeing the content its predecessors produced. Each caller still gets its own result or its
+ * own error; an updater that fails is skipped (it worked on a copy, so its half-done changes
+ * go nowhere) and does not sink the others.
  */
 async function updateWithLock(filePath, updater, options) {
   checkString('filePath', filePath)
   checkFunction('updater', updater)
   const lockOpts = lockOptions(options)
   const outer = heldInContext(filePath)
-  if (outer !== undefined) return applyUpdate(filePath, outer, updater)
-  const lockId = await acquireLock(filePath, lockOpts)
-  let failed = true
-  try {
-    const result = await runHolding(filePath, lockId, () => applyUpdate(filePath, lockId, updater))
-    failed = false
-    return result
-  } finally {
-    // A failing release must not hide the update's own error.
-    await releaseLock(filePath, lockId).catch((err) => {
-      if (!failed) throw err
-    })
+  if (outer !== undefined) {
+    const next = await updater(readJson(filePath))
+    await native.writeTextAtomic(filePath, outer, serialize(filePath, next))
+    return next
   }
+  const key = path.resolve(filePath)
+  return new Promise((resolve, reject) => {
+    let batch = pending.get(key)
+    if (!batch) {
+      batch = { jobs: [] }
+      pending.set(key, batch)
+      // Start on the next microtask, so calls made in the same tick share the first hold.
+      queueMicrotask(() => runBatches(key, filePath, batch))
+    }
+    batch.jobs.push({
+      updater,
+      resolve,
+      reject,
+      deadline: performance.now() + lockOpts.timeout,
+      staleThreshold: lockOpts.staleThreshold,
+      // Each updater runs in its caller's async context, not in the one that started the batch.
+      inCallerContext: AsyncLocalStorage.snapshot(),
+    })
+  })
 }
 
-async function applyUpdate(filePath, lockId, updater) {
-  const next = await updater(readJson(filePath))
-  await native.writeTextAtomic(filePath, lockId, serialize(filePath, next))
-  return next
+/** Per resolved file path: the updates waiting for the next hold. */
+const pending = new Map()
+
+async function runBatches(key, filePath, batch) {
+  while (batch.jobs.length > 0) {
+    const jobs = batch.jobs.splice(0)
+    const soonest = Math.min(...jobs.map((job) => job.deadline))
+    let lockId
+    try {
+      lockId = await acquireLock(filePath, {
+        timeout: Math.max(0, soonest - performance.now()),
+        staleThreshold: jobs[0].staleThreshold,
+      })
+    } catch (err) {
+      // Those whose deadline has come fail with the error; the others try again.
+      const now = performance.now()
+      for (const job of jobs) {
+        if (err.code !== 'ELOCKTIMEOUT' || job.deadline <= now + 1) job.reject(err)
+        else batch.jobs.unshift(job)
+      }
+      continue
+    }
+    try {
+      await applyBatch(filePath, lockId, jobs)
+    } finally {
+      await releaseLock(filePath, lockId).catch(() => {})
+    }
+  }
+  pending.delete(key)
+}
+
+async function applyBatch(filePath, lockId, jobs) {
+  let current
+  try {
+    current = readJson(filePath)
+  } catch (err) {
+    for (const job of jobs) job.reject(err)
+    return
+  }
+  const done = []
+  for (const job of jobs) {
+    try {
+      const next = await job.inCallerContext(() => runHolding(filePath, lockId, () => job.updater(structuredClone(current))))
+      const text = serialize(filePath, next)
+      done.push({ job, next, text })
+      current = next
+    } catch (err) {
+      job.reject(err)
+    }
+  }
+  if (done.length === 0) return
+  try {
+    await native.writeTextAtomic(filePath, lockId, done[done.length - 1].text)
+  } catch (err) {
+    for (const { job } of done) job.reject(err)
+    return
+  }
+  for (const { job, next } of done) job.resolve(next)
 }
 
 /**

@@ -8,7 +8,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::deadlines;
@@ -72,8 +72,14 @@ struct Entry {
 
 type Table = HashMap<PathBuf, Entry>;
 
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// Signalled when a waiter joins a queue, for the idle waiting threads.
+static WAITER_ADDED: Condvar = Condvar::new();
+/// How long a waiting thread with nobody to wait for stays for the next waiter: spawning a
+/// thread for every contended acquire would cost more than the handoff itself.
+const IDLE_WAITING_THREAD: Duration = Duration::from_secs(10);
+
 fn table() -> MutexGuard<'static, Table> {
-  static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(HashMap::new()));
   // Nothing panics while holding it; if something did, the table is still consistent.
   TABLE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -245,6 +251,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     complete,
   });
   drop(table);
+  WAITER_ADDED.notify_all();
   if let Some(timeout) = options.timeout {
     deadlines::add(started + timeout, move || {
       give_up(&target, waiter_id, timeout)
@@ -272,19 +279,11 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
 }
 
 /// The body of the per-lock-file waiting thread: blocks in the kernel for the lock, hands it to
-/// the first waiter still queued, and ends when nobody waits any more.
+/// the first waiter still queued, and ends when nobody has waited for a while.
 fn wait_in_kernel(lock_path: PathBuf) {
   loop {
-    {
-      let mut table = table();
-      let entry = table.entry(lock_path.clone()).or_default();
-      if entry.queue.is_empty() {
-        entry.kernel_waiter_running = false;
-        if entry.held.is_none() {
-          table.remove(&lock_path);
-        }
-        return;
-      }
+    if !wait_for_waiters(&lock_path) {
+      return;
     }
     let lock = match LockFile::acquire_blocking(&lock_path) {
       Ok(lock) => lock,
@@ -325,6 +324,30 @@ fn wait_in_kernel(lock_path: PathBuf) {
         (waiter.complete)(Err(e));
       }
     }
+  }
+}
+
+/// Sleeps until the lock file's queue has someone in it (true), or gives up after an idle
+/// while (false: the thread is no longer registered and must end).
+fn wait_for_waiters(lock_path: &Path) -> bool {
+  let mut table = table();
+  let idle_since = Instant::now();
+  loop {
+    let entry = table.entry(lock_path.to_path_buf()).or_default();
+    if !entry.queue.is_empty() {
+      return true;
+    }
+    let Some(left) = IDLE_WAITING_THREAD.checked_sub(idle_since.elapsed()) else {
+      entry.kernel_waiter_running = false;
+      if entry.held.is_none() && entry.idle.is_none() {
+        table.remove(lock_path);
+      }
+      return false;
+    };
+    table = WAITER_ADDED
+      .wait_timeout(table, left)
+      .unwrap_or_else(|e| e.into_inner())
+      .0;
   }
 }
 
