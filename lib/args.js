@@ -57,4 +57,14 @@ function checkMs(name, value, fallback, allowInfinity = true) {
   return value
 }
 
-module.exports = { checkString, checkFunction, checkObject, checkMs, codedError }
+/** A value that goes into a JSON file must survive JSON.stringify (no BigInt, no cycles). */
+function checkJson(name, value) {
+  try {
+    JSON.stringify(value)
+  } catch (err) {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The "${name}" argument cannot be written as JSON: ${err.message}`)
+  }
+  return value
+}
+
+module.exports = { checkString, checkFunction, checkObject, checkMs, checkJson, codedError }

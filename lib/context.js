@@ -15,11 +15,19 @@ function heldInContext(filePath) {
   return storage.getStore()?.get(path.resolve(filePath))
 }
 
-/** Runs `fn` in a context that holds `lockId` for `filePath` (plus what the caller held). */
-function runHolding(filePath, lockId, fn) {
-  const held = new Map(storage.getStore())
+/** What the current async context holds, to run work for it later (see runHolding). */
+function heldNow() {
+  return storage.getStore()
+}
+
+/**
+ * Runs `fn` in a context that holds `lockId` for `filePath`, plus what `outer` held (default:
+ * what the current context holds).
+ */
+function runHolding(filePath, lockId, fn, outer = storage.getStore()) {
+  const held = new Map(outer)
   held.set(path.resolve(filePath), lockId)
   return storage.run(held, fn)
 }
 
-module.exports = { heldInContext, runHolding }
+module.exports = { heldInContext, heldNow, runHolding }

@@ -7,7 +7,7 @@
 const os = require('node:os')
 const { changeProjectFile, readJson } = require('./update.js')
 const { projectFile, currentUser, currentInstanceId, isPlainObject, shapeError, stateError } = require('./project.js')
-const { checkObject, checkString, checkMs, codedError } = require('./args.js')
+const { checkObject, checkString, checkMs, checkJson, codedError } = require('./args.js')
 
 const STALE_SESSION_MS = 24 * 3600 * 1000
 
@@ -80,6 +80,7 @@ function withSessions(options, change) {
 /** Adds (or replaces) a session; fills sessionId, user, pid, hostname, instanceId, status and times when absent. */
 function registerSession(session = {}, options) {
   if (!isPlainObject(session)) throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'The "session" argument must be an object.')
+  checkJson('session', session)
   return withSessions(options, (sessions) => {
     const now = new Date().toISOString()
     const stored = {
@@ -94,19 +95,19 @@ function registerSession(session = {}, options) {
       ...session,
     }
     put(sessions, stored)
-    return stored
+    return { ...stored }
   })
 }
 
 /** Marks activity on a session (and merges `fields` into it). */
 function touchSession(sessionId, fields = {}, options) {
   checkString('sessionId', sessionId)
-  checkObject('fields', fields)
+  checkJson('fields', checkObject('fields', fields))
   return withSessions(options, (sessions, file) => {
     const session = find(sessions, sessionId)
     if (!isPlainObject(session)) throw stateError(`No active session ${sessionId} in ${file}.`)
     Object.assign(session, fields, { lastActivity: new Date().toISOString() })
-    return session
+    return { ...session }
   })
 }
 

@@ -3,7 +3,7 @@
 
 const { changeProjectFile } = require('./update.js')
 const { isPlainObject, shapeError } = require('./project.js')
-const { codedError } = require('./args.js')
+const { codedError, checkJson } = require('./args.js')
 
 function checkTask(task, name) {
   if (!isPlainObject(task)) {
@@ -12,6 +12,7 @@ function checkTask(task, name) {
   if (task.id === undefined || task.id === null || task.id === '') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The "${name}" argument must have an id (a number or a string such as "142" or "LIN-456").`)
   }
+  checkJson(name, task)
 }
 
 /** A new document as FlowForge's recovery stub makes it. */

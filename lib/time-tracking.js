@@ -14,7 +14,7 @@ const {
   shapeError,
   stateError,
 } = require('./project.js')
-const { codedError } = require('./args.js')
+const { codedError, checkString } = require('./args.js')
 
 function checkTaskId(taskId) {
   if ((typeof taskId !== 'string' && typeof taskId !== 'number') || String(taskId) === '') {
@@ -50,8 +50,8 @@ function entryOf(data, key, file) {
 
 /** Starts (or, for a paused one, resumes) a task's timer; other active tasks of the same instance are paused. */
 function begin(data, key, file, opts, allowed) {
-  const user = opts.user ?? currentUser()
-  const instanceId = opts.instanceId ?? currentInstanceId()
+  const user = opts.user === undefined ? currentUser() : checkString('options.user', opts.user)
+  const instanceId = opts.instanceId === undefined ? currentInstanceId() : checkString('options.instanceId', opts.instanceId)
   const entry = entryOf(data, key, file)
   const status = entry?.status
   if (!allowed.includes(status)) {
