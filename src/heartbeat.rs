@@ -1,6 +1,7 @@
 //! The heartbeat: one background thread per process refreshes the `heartbeat` of every lock
 //! this process holds, in place, so hosts that cannot see our kernel lock know we are alive.
-//! It also notices a lock file removed or replaced under us and marks that lock lost.
+//! It also notices a lock file removed or replaced under us, or a record taken over, and marks
+//! that lock lost.
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,7 +53,10 @@ pub fn beat() {
     if held.lost {
       return;
     }
-    if !held.lock.still_at_path() {
+    // A record that is no longer ours was taken over (we stalled past the stale threshold, on a
+    // file system whose kernel locks other hosts do not see): the lock is lost, and rewriting
+    // our record would hide that from our own next write.
+    if !held.lock.still_at_path() || !held.lock.record_mentions(&held.lock_id) {
       held.lost = true;
       return;
     }

@@ -8,6 +8,8 @@
 
 pub mod deadlines;
 pub mod error;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod heartbeat;
 pub mod identity;
 pub mod inspect;
@@ -92,7 +94,7 @@ pub fn acquire<'env>(
 /// release; a wrong lockId throws `ELOCKMISMATCH`.
 #[napi]
 pub fn release(env: Env, file: String, lock_id: String) -> Result<bool> {
-  lock_table::prepare(&file)
+  paths::resolve(&file)
     .and_then(|target| lock_table::release(&target, &lock_id))
     .map_err(|e| js_error(&env, e))
 }

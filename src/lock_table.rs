@@ -372,7 +372,7 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
     Some(held) if held.lock_id == lock_id => {
       let held = entry.held.take().expect("checked above");
       metrics::released(&held.target.to_string_lossy(), held.since.elapsed());
-      entry.idle = give_up_hold(held);
+      entry.idle = Some(give_up_hold(held));
       Ok(true)
     }
     Some(held) => Err(LockError::new(
@@ -390,23 +390,19 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
   }
 }
 
-/// Empties our record and unlocks; the handle comes back for reuse unless the lock was lost
-/// (then the file at the path, if any, is someone else's and we leave it alone).
-fn give_up_hold(held: Held) -> Option<LockFile> {
+/// Blanks our record and unlocks; the handle comes back for reuse. Writes go through our own
+/// descriptor, so they only ever touch the inode we locked, even if the path names another
+/// one by now (the next acquire notices that); a record that is no longer ours (taken over
+/// after we stalled) is left alone.
+fn give_up_hold(held: Held) -> LockFile {
   let Held {
-    mut lock,
-    lock_id,
-    lost,
-    ..
+    mut lock, lock_id, ..
   } = held;
-  if lost || !lock.still_at_path() {
-    return None;
-  }
   if lock.record_mentions(&lock_id) {
     lock.clear();
   }
   lock.unlock();
-  Some(lock)
+  lock
 }
 
 fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
@@ -432,7 +428,7 @@ pub fn release_all() -> usize {
     let handle = match entry.held {
       Some(held) => {
         released += 1;
-        give_up_hold(held)
+        Some(give_up_hold(held))
       }
       None => entry.idle,
     };

@@ -14,6 +14,24 @@ use std::time::Duration;
 use crate::error::{LockError, Result};
 use crate::record::{self, Contents, LockRecord, MAX_RECORD_BYTES};
 
+/// Set to `1` in the environment, a process takes no kernel locks at all, as on a network file
+/// system that does not carry them between hosts: only records and heartbeats protect it. For
+/// the torture suite's second-host simulation; never for real use.
+pub const SIMULATE_NO_KERNEL_LOCKS_ENV: &str = "FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS";
+
+fn kernel_locks() -> bool {
+  static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+  *ENABLED.get_or_init(|| std::env::var_os(SIMULATE_NO_KERNEL_LOCKS_ENV).is_none_or(|v| v != "1"))
+}
+
+fn try_lock(file: &File) -> std::result::Result<(), fs::TryLockError> {
+  if kernel_locks() {
+    file.try_lock()
+  } else {
+    Ok(())
+  }
+}
+
 /// An open lock file; locked or not, as the caller tracks.
 #[derive(Debug)]
 pub struct LockFile {
@@ -92,7 +110,7 @@ impl LockFile {
         Some(lock) => lock,
         None => LockFile::open(path)?,
       };
-      match lock.file.try_lock() {
+      match try_lock(&lock.file) {
         Ok(()) if lock.still_at_path() => return Ok(TryLock::Locked(lock)),
         Ok(()) => drop(lock),
         Err(fs::TryLockError::WouldBlock) => return Ok(TryLock::Busy(lock)),
@@ -106,7 +124,7 @@ impl LockFile {
     let Some(lock) = LockFile::open_existing(path)? else {
       return Ok(None);
     };
-    match lock.file.try_lock() {
+    match try_lock(&lock.file) {
       Ok(()) if lock.still_at_path() => Ok(Some(lock)),
       Ok(()) | Err(fs::TryLockError::WouldBlock) => Ok(None),
       Err(fs::TryLockError::Error(e)) => Err(LockError::io(&e, "Cannot lock", path)),
@@ -119,7 +137,11 @@ impl LockFile {
   pub fn acquire_blocking(path: &Path) -> Result<LockFile> {
     loop {
       let lock = LockFile::open(path)?;
-      match lock.file.lock() {
+      match if kernel_locks() {
+        lock.file.lock()
+      } else {
+        Ok(())
+      } {
         Ok(()) if lock.still_at_path() => return Ok(lock),
         Ok(()) => drop(lock),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -190,7 +212,9 @@ impl LockFile {
 
   /// Gives the kernel lock up and keeps the handle for the next acquire.
   pub fn unlock(&self) {
-    let _ = self.file.unlock();
+    if kernel_locks() {
+      let _ = self.file.unlock();
+    }
   }
 
   /// Removes the lock file (the caller holds its lock, so nobody can be using it) and closes.
@@ -283,8 +307,14 @@ fn read_all(file: &File) -> io::Result<Vec<u8>> {
       }
       buf.resize(buf.len() * 4, 0);
     }
+    let want = buf.len() - len;
     match file.read_at(&mut buf[len..], len as u64) {
       Ok(0) => break,
+      // A short read of a regular file means its end: no need to ask again.
+      Ok(n) if n < want => {
+        len += n;
+        break;
+      }
       Ok(n) => len += n,
       Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
       Err(e) => return Err(e),
