@@ -8,31 +8,19 @@ const native = require('./native.js')
 const { acquireLock, releaseLock, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('./file-lock.js')
 const { updateWithLock } = require('./lib/update.js')
 const { heldInContext, runHolding } = require('./lib/context.js')
-const { checkString, checkFunction, checkObject, checkMs } = require('./lib/args.js')
+const { checkString, checkFunction, checkLockOptions } = require('./lib/args.js')
 const { installExitCleanup } = require('./lib/exit-cleanup.js')
 
 class FileLockManager {
   constructor(options) {
-    const { timeout, staleThreshold } = checkObject('options', options)
-    this.config = {
-      timeout: checkMs('options.timeout', timeout, DEFAULT_TIMEOUT),
-      staleThreshold: checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false),
-    }
+    this.config = checkLockOptions(options, { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD })
     /** lockId -> file, for every lock this manager acquired and has not released. */
     this.held = new Map()
     installExitCleanup()
   }
 
-  lockOptions(options) {
-    const { timeout, staleThreshold } = checkObject('options', options)
-    return {
-      timeout: checkMs('options.timeout', timeout, this.config.timeout),
-      staleThreshold: checkMs('options.staleThreshold', staleThreshold, this.config.staleThreshold, false),
-    }
-  }
-
   async acquire(filePath, options) {
-    const lockId = await acquireLock(filePath, this.lockOptions(options))
+    const lockId = await acquireLock(filePath, checkLockOptions(options, this.config))
     this.held.set(lockId, filePath)
     return lockId
   }
@@ -68,7 +56,7 @@ class FileLockManager {
 
   /** updateWithLock with this manager's timeout. */
   updateJson(filePath, updater, options) {
-    return updateWithLock(filePath, updater, this.lockOptions(options))
+    return updateWithLock(filePath, updater, checkLockOptions(options, this.config))
   }
 
   async releaseAll() {

@@ -4,7 +4,7 @@
 // core (native.js); this module checks arguments and shapes the promises.
 
 const native = require('./native.js')
-const { checkString, checkMs, checkObject, codedError } = require('./lib/args.js')
+const { checkString, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
 const { installExitCleanup } = require('./lib/exit-cleanup.js')
 const { heldInContext } = require('./lib/context.js')
 
@@ -12,20 +12,12 @@ const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
 const STALE_THRESHOLD = native.STALE_THRESHOLD
 
-/** `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000 })`. */
-function lockOptions(timeoutOrOptions) {
-  if (typeof timeoutOrOptions === 'object' && timeoutOrOptions !== null) {
-    return {
-      timeout: checkMs('options.timeout', timeoutOrOptions.timeout, DEFAULT_TIMEOUT),
-      staleThreshold: checkMs('options.staleThreshold', timeoutOrOptions.staleThreshold, STALE_THRESHOLD, false),
-    }
-  }
-  return { timeout: checkMs('timeout', timeoutOrOptions, DEFAULT_TIMEOUT), staleThreshold: STALE_THRESHOLD }
-}
+const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 
+/** `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000 })`. */
 async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
-  const options = lockOptions(timeout)
+  const options = checkLockOptions(timeout, DEFAULTS)
   if (heldInContext(filePath) !== undefined) {
     throw codedError(
       Error,

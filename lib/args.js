@@ -57,6 +57,21 @@ function checkMs(name, value, fallback, allowInfinity = true) {
   return value
 }
 
+/**
+ * Lock options as every entry point takes them: a timeout in ms, or `{ timeout, staleThreshold }`;
+ * what is not given comes from `defaults` (the package's, or a FileLockManager's config).
+ */
+function checkLockOptions(timeoutOrOptions, defaults) {
+  if (typeof timeoutOrOptions !== 'object' && timeoutOrOptions !== undefined) {
+    return { timeout: checkMs('timeout', timeoutOrOptions), staleThreshold: defaults.staleThreshold }
+  }
+  const { timeout, staleThreshold } = checkObject('options', timeoutOrOptions)
+  return {
+    timeout: checkMs('options.timeout', timeout, defaults.timeout),
+    staleThreshold: checkMs('options.staleThreshold', staleThreshold, defaults.staleThreshold, false),
+  }
+}
+
 /** A value that goes into a JSON file must survive JSON.stringify (no BigInt, no cycles). */
 function checkJson(name, value) {
   try {
@@ -67,4 +82,4 @@ function checkJson(name, value) {
   return value
 }
 
-module.exports = { checkString, checkFunction, checkObject, checkMs, checkJson, codedError }
+module.exports = { checkString, checkFunction, checkObject, checkMs, checkLockOptions, checkJson, codedError }

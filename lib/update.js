@@ -6,7 +6,7 @@
 const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
-const { checkString, checkFunction, checkObject, checkMs, codedError } = require('./args.js')
+const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
 const { heldInContext, heldNow, runHolding } = require('./context.js')
 const { projectFile } = require('./project.js')
 
@@ -36,13 +36,7 @@ function serialize(filePath, value) {
   return `${text}\n`
 }
 
-function lockOptions(options) {
-  const { timeout, staleThreshold } = checkObject('options', options)
-  return {
-    timeout: checkMs('options.timeout', timeout, DEFAULT_TIMEOUT),
-    staleThreshold: checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false),
-  }
-}
+const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 
 /**
  * Under the file's lock: `next = await updater(current)` (current is null when the file does
@@ -58,7 +52,7 @@ function lockOptions(options) {
 async function updateWithLock(filePath, updater, options) {
   checkString('filePath', filePath)
   checkFunction('updater', updater)
-  return enqueueUpdate(filePath, updater, lockOptions(options), false)
+  return enqueueUpdate(filePath, updater, checkLockOptions(options, DEFAULTS), false)
 }
 
 /**
@@ -181,10 +175,10 @@ async function changeProjectFile(which, options, initial, change) {
       result = change(doc, file, opts)
       return doc
     },
-    lockOptions(opts),
+    checkLockOptions(opts, DEFAULTS),
     true,
   )
   return result
 }
 
-module.exports = { updateWithLock, changeProjectFile, readJson, lockOptions }
+module.exports = { updateWithLock, changeProjectFile, readJson }
