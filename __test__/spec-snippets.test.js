@@ -101,7 +101,7 @@ test('Stale Lock Recovery: cleanupStaleLocks() on startup removes a dead holder'
   const holder = await startFixture('hold-lock', [path.join(root, '.flowforge', 'tasks.json')], 'LOCKED')
   holder.child.kill('SIGKILL')
   await holder.exited
-  expect(fs.readdirSync(path.join(root, '.flowforge', '.locks'))).toEqual(['tasks.json.lock'])
+  expect(fs.readdirSync(path.join(root, '.flowforge', '.locks')).sort()).toEqual(['tasks.json.lock', 'tasks.json.lock.wait'])
   expect((await runSnippet('stale-recovery', root)).stderr).toBe('')
   expect(fs.readdirSync(path.join(root, '.flowforge', '.locks'))).toEqual([])
 })

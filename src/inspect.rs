@@ -16,6 +16,7 @@ use crate::os_lock::{self, LockFile, Probe};
 use crate::paths::{self, LOCK_SUFFIX};
 use crate::record::Contents;
 use crate::staleness::{self, Verdict};
+use crate::waiting_room::WaitingRoom;
 
 /// One lock file, judged.
 #[derive(Debug)]
@@ -198,6 +199,9 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
     };
     if removed && !dry_run {
       lock.remove();
+      if let Some(room) = WaitingRoom::existing(&path) {
+        room.remove_if_empty();
+      }
     }
   }
   Ok(report)

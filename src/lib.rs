@@ -22,6 +22,7 @@ pub mod staleness;
 pub mod store;
 #[cfg(test)]
 mod test_support;
+pub mod waiting_room;
 
 use std::path::Path;
 use std::time::Duration;

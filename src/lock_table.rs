@@ -20,6 +20,7 @@ use crate::os_lock::{self, LockFile, Probe, TryLock};
 use crate::paths::{self, Target};
 use crate::record::{self, Contents, LockRecord};
 use crate::staleness::{self, Verdict};
+use crate::waiting_room::WaitingRoom;
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_STALE_MS: u64 = 30_000;
@@ -66,6 +67,8 @@ struct Entry {
   held: Option<Held>,
   /// The handle of the last hold, unlocked, kept for the next uncontended acquire.
   idle: Option<LockFile>,
+  /// Where the uncontended path looks for waiting processes before taking the lock.
+  room: Option<WaitingRoom>,
   queue: VecDeque<Waiter>,
   kernel_waiter_running: bool,
 }
@@ -178,6 +181,13 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
   if !entry.queue.is_empty() {
     return Ok(None);
   }
+  if entry.room.is_none() {
+    entry.room = WaitingRoom::open(&target.lock_path);
+  }
+  if entry.room.as_ref().is_some_and(WaitingRoom::others_waiting) {
+    // Others are waiting: queue behind them rather than barge in.
+    return Ok(None);
+  }
   let lock = match LockFile::try_acquire(&target.lock_path, entry.idle.take())? {
     TryLock::Locked(lock) => lock,
     TryLock::Busy(lock) => {
@@ -281,11 +291,20 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
 /// The body of the per-lock-file waiting thread: blocks in the kernel for the lock, hands it to
 /// the first waiter still queued, and ends when nobody has waited for a while.
 fn wait_in_kernel(lock_path: PathBuf) {
+  // A room handle of this thread's own: a kernel lock belongs to an open file description.
+  let room = WaitingRoom::open(&lock_path);
   loop {
     if !wait_for_waiters(&lock_path) {
       return;
     }
-    let lock = match LockFile::acquire_blocking(&lock_path) {
+    if let Some(room) = &room {
+      room.enter();
+    }
+    let acquired = LockFile::acquire_blocking(&lock_path);
+    if let Some(room) = &room {
+      room.leave();
+    }
+    let lock = match acquired {
       Ok(lock) => lock,
       Err(e) => {
         fail_all_waiters(&lock_path, &e);
@@ -425,6 +444,9 @@ pub fn release_all() -> usize {
   let mut released = 0;
   let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
   for entry in entries {
+    if let Some(room) = entry.room {
+      room.remove_if_empty();
+    }
     let handle = match entry.held {
       Some(held) => {
         released += 1;

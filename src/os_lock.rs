@@ -19,7 +19,7 @@ use crate::record::{self, Contents, LockRecord, MAX_RECORD_BYTES};
 /// the torture suite's second-host simulation; never for real use.
 pub const SIMULATE_NO_KERNEL_LOCKS_ENV: &str = "FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS";
 
-fn kernel_locks() -> bool {
+pub(crate) fn kernel_locks() -> bool {
   static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
   *ENABLED.get_or_init(|| std::env::var_os(SIMULATE_NO_KERNEL_LOCKS_ENV).is_none_or(|v| v != "1"))
 }
