@@ -258,6 +258,22 @@ describe('coalescing', () => {
     expect(getLockMetrics().acquisitions).toBe(1)
   })
 
+  test('in one batch, each caller keeps its own timeout', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const holder = await startFixture('hold-lock', [file, 700], 'LOCKED')
+    const started = Date.now()
+    const short = updateWithLock(file, (doc) => ({ ...doc, short: true }), { timeout: 200 })
+    const long = updateWithLock(file, (doc) => ({ ...doc, long: true }), { timeout: 5000 })
+    const [shortOutcome, longOutcome] = await Promise.allSettled([short, long])
+    expect(shortOutcome.reason.code).toBe('ELOCKTIMEOUT')
+    expect(longOutcome.value).toEqual({ tasks: [], long: true })
+    expect(Date.now() - started).toBeGreaterThanOrEqual(600)
+    expect(read(file)).toEqual({ tasks: [], long: true })
+    await holder.exited
+  })
+
   test('a write failure reaches every caller of the batch and changes nothing', async () => {
     const root = makeProject()
     const file = tasksPath(root)

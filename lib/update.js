@@ -45,9 +45,9 @@ const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
  *
  * Concurrent calls for the same file in this process are coalesced: whoever is waiting when
  * the lock comes free is served under one hold, one read and one durable write, each updater
- * seeing the content its predecessors produced and the locks its own caller holds. Each caller still gets its own result or its
- * own error; an updater that fails is skipped (it worked on a copy, so its half-done changes
- * go nowhere) and does not sink the others.
+ * seeing the content its predecessors produced and the locks its own caller holds. Each
+ * caller still gets its own result or its own error; an updater that fails is skipped (it
+ * worked on a copy, so its half-done changes go nowhere) and does not sink the others.
  */
 async function updateWithLock(filePath, updater, options) {
   checkString('filePath', filePath)
@@ -102,12 +102,11 @@ async function runBatches(key, filePath, batch) {
         staleThreshold: jobs[0].staleThreshold,
       })
     } catch (err) {
-      // Those whose deadline has come fail with the error; the others try again.
+      // Those whose deadline has come fail with the error; the others try again, first.
       const now = performance.now()
-      for (const job of jobs) {
-        if (err.code !== 'ELOCKTIMEOUT' || job.deadline <= now + 1) job.reject(err)
-        else batch.jobs.unshift(job)
-      }
+      const again = jobs.filter((job) => err.code === 'ELOCKTIMEOUT' && job.deadline > now + 1)
+      for (const job of jobs) if (!again.includes(job)) job.reject(err)
+      batch.jobs.unshift(...again)
       continue
     }
     try {

@@ -35,22 +35,14 @@ pub struct AcquireOptions {
   pub stale_after: Duration,
 }
 
-impl Default for AcquireOptions {
-  fn default() -> Self {
-    AcquireOptions {
-      timeout: Some(Duration::from_millis(DEFAULT_TIMEOUT_MS)),
-      stale_after: Duration::from_millis(DEFAULT_STALE_MS),
-    }
-  }
-}
-
 pub(crate) struct Held {
   pub lock_id: String,
   pub target: PathBuf,
   pub lock: LockFile,
   pub record: LockRecord,
   pub since: Instant,
-  /// Set when the lock file was removed or replaced under us: the lock no longer excludes.
+  /// Set when the lock file was removed or replaced under us, or our record taken over: the
+  /// lock no longer excludes, and a write under it must fail with `ELOCKLOST`.
   pub lost: bool,
 }
 
