@@ -72,6 +72,17 @@ impl State {
   }
 }
 
+impl State {
+  /// The file's counters; the key is allocated only the first time a file is seen, since
+  /// this runs on every acquire.
+  fn file(&mut self, file: &str) -> &mut Counters {
+    if !self.files.contains_key(file) {
+      self.files.insert(file.to_string(), Counters::default());
+    }
+    self.files.get_mut(file).expect("inserted above")
+  }
+}
+
 fn state() -> MutexGuard<'static, State> {
   static STATE: Mutex<State> = Mutex::new(State::new());
   // A panic elsewhere must not turn metrics into a second failure: take the data as it is.
@@ -81,7 +92,7 @@ fn state() -> MutexGuard<'static, State> {
 pub fn acquired(file: &str, wait: Duration, contended: bool) {
   let wait_us = wait.as_micros() as u64;
   let mut state = state();
-  let counters = state.files.entry(file.to_string()).or_default();
+  let counters = state.file(file);
   counters.acquisitions += 1;
   counters.contended += u64::from(contended);
   counters.total_wait_us += wait_us;
@@ -93,22 +104,18 @@ pub fn acquired(file: &str, wait: Duration, contended: bool) {
 }
 
 pub fn timed_out(file: &str) {
-  state().files.entry(file.to_string()).or_default().timeouts += 1;
+  state().file(file).timeouts += 1;
 }
 
 pub fn released(file: &str, held: Duration) {
   let mut state = state();
-  let counters = state.files.entry(file.to_string()).or_default();
+  let counters = state.file(file);
   counters.holds += 1;
   counters.total_hold_us += held.as_micros() as u64;
 }
 
 pub fn stale_recovered(file: &str) {
-  state()
-    .files
-    .entry(file.to_string())
-    .or_default()
-    .stale_recovered += 1;
+  state().file(file).stale_recovered += 1;
 }
 
 pub fn reset() {
