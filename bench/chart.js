@@ -19,8 +19,8 @@ function ratios(results) {
   })
   const pick = (source, key) => Object.fromEntries(Object.entries(source).map(([lib, r]) => [lib, r[key]]))
   return [
-    ['A uncontended cycle, p50', lower(pick(results.A, 'p50Us'))],
-    ['B P=8 contended updates/s', higher(pick(results.B[8], 'updatesPerSec'))],
+    ['A uncontended, p50', lower(pick(results.A, 'p50Us'))],
+    ['B P=8, updates/s', higher(pick(results.B[8], 'updatesPerSec'))],
     ['C handoff, p50', lower(pick(results.C, 'p50Us'))],
     ['D durable upserts/s', higher(pick(results.D, 'updatesPerSec'))],
   ]
@@ -31,8 +31,8 @@ function renderChart(results) {
   const series = Object.keys(COLOURS)
   const barH = 16
   const groupH = series.length * (barH + 4) + 18
-  const left = 190
-  const width = 760
+  const left = 170
+  const width = 800
   const plotW = width - left - 70
   const top = 40
   const height = top + groups.length * groupH + 50
@@ -59,11 +59,12 @@ function renderChart(results) {
       parts.push(`<text x="${x(r[s]) + 4}" y="${y + 12}">${r[s] >= 10 ? Math.round(r[s]) : r[s].toFixed(1)}x</text>`)
     })
   })
-  series.forEach((s, i) => {
-    const lx = left + i * 190
+  let lx = 20
+  for (const s of series) {
     parts.push(`<rect x="${lx}" y="${height - 16}" width="10" height="10" fill="${COLOURS[s]}"/>`)
     parts.push(`<text x="${lx + 14}" y="${height - 7}">${LABELS[s]}</text>`)
-  })
+    lx += 14 + LABELS[s].length * 7 + 24 // about 7 px a character at 12 px
+  }
   parts.push('</svg>')
   return `${parts.join('\n')}\n`
 }
