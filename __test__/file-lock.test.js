@@ -397,6 +397,27 @@ describe('security', () => {
     expect((await getLockInfo(file)).lockId).toBe(lockId)
     await releaseLock(file, lockId)
   })
+  test("another user's stale lock file in a sticky lock dir is not hijacked: clear EACCES (run as nobody)", async () => {
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    fs.mkdirSync(locks)
+    fs.chmodSync(locks, 0o1777)
+    const stale = writeRecord(root, 'tasks.json', { pid: 999999 })
+    fs.chmodSync(lockPathOf(root, 'tasks.json'), 0o644)
+    const before = fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8')
+    const script = `require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))})
+      .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 500)
+      .then(() => console.log('acquired'), (e) => console.log(process.getuid() + ' ' + e.code + ' ' + e.message))`
+    const { spawnSync } = require('node:child_process')
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
+    expect(run.stdout).toMatch(/^65534 EACCES .*tasks\.json\.lock/)
+    expect(run.stdout).toContain('owned by another user')
+    expect(fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8')).toBe(before)
+    expect(JSON.parse(before).lockId).toBe(stale.lockId)
+    // Its owner (root here) takes the stale lock over as usual.
+    const lockId = await acquireLock(path.join(root, '.flowforge', 'tasks.json'), 500)
+    await releaseLock(path.join(root, '.flowforge', 'tasks.json'), lockId)
+  })
 })
 
 describe('bad input', () => {
