@@ -37,8 +37,10 @@ export interface LockInfo {
   heldByThisProcess: boolean
 }
 
-export interface CleanupEntry extends Partial<LockInfo> {
+export interface CleanupEntry extends Partial<Omit<LockInfo, 'state'>> {
   lockFile: string
+  /** Removed: `stale`, or `free` (released, unused); kept: `held`, or `unsafe` (not inspected). */
+  state: 'held' | 'free' | 'stale' | 'unsafe'
   reason: string
 }
 

@@ -149,6 +149,8 @@ describe('status and cleanup', () => {
 
     const dry = JSON.parse((await cli(['cleanup', '--dry-run', '--json', root])).stdout)
     expect(dry.removed).toHaveLength(1)
+    expect(dry.removed[0].state).toBe('stale')
+    expect(dry.kept.map((k) => k.state)).toEqual(['held'])
     expect(fs.existsSync(path.join(root, '.flowforge', '.locks', 'active-sessions.json.lock'))).toBe(true)
     const cleaned = await cli(['cleanup', root])
     expect(cleaned.stdout).toMatch(/removed\s+active-sessions\.json\.lock: process \d+ is gone/)
@@ -163,6 +165,7 @@ describe('status and cleanup', () => {
     const ok = await cli(['doctor', root])
     expect(ok.status).toBe(0)
     expect(ok.stdout).toMatch(/kernel locks on this file system .* are seen by other processes/)
+    expect(ok.stdout).not.toContain('stale lock') // its own test lock is not one
     fs.chmodSync(path.join(root, '.flowforge', '.locks'), 0o777)
     const bad = await cli(['doctor', root])
     expect(bad.status).toBe(78)

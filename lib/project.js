@@ -53,4 +53,4 @@ function stateError(message) {
   return codedError(Error, 'ESTATE', message)
 }
 
-module.exports = { projectFile, isoSeconds, currentUser, currentInstanceId, isPlainObject, shapeError, stateError }
+module.exports = { FILES, projectFile, isoSeconds, currentUser, currentInstanceId, isPlainObject, shapeError, stateError }

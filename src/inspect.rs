@@ -147,12 +147,13 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
   let mut report = CleanupReport::default();
   let now = now_ms();
   for path in lock_files(root)? {
-    let entry = |reason: &str, contents: Option<&Contents>| {
+    let entry = |state: &str, reason: &str, contents: Option<&Contents>| {
       let mut value = match contents {
         Some(Contents::Record(r)) => r.to_json(),
         _ => json!({}),
       };
       value["lockFile"] = json!(path.to_string_lossy());
+      value["state"] = json!(state);
       value["reason"] = json!(reason);
       value
     };
@@ -161,13 +162,15 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
       Ok(None) => {
         report
           .kept
-          .push(entry("held: its kernel lock is taken", None));
+          .push(entry("held", "held: its kernel lock is taken", None));
         continue;
       }
       Err(e) => {
-        report
-          .kept
-          .push(entry(&format!("not inspected: {}", e.message), None));
+        report.kept.push(entry(
+          "unsafe",
+          &format!("not inspected: {}", e.message),
+          None,
+        ));
         continue;
       }
     };
@@ -183,17 +186,17 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
       Verdict::Live => {
         report
           .kept
-          .push(entry("held: its record is live", Some(&contents)));
+          .push(entry("held", "held: its record is live", Some(&contents)));
         false
       }
       Verdict::Free => {
         report
           .removed
-          .push(entry("free: released, nobody uses it", None));
+          .push(entry("free", "free: released, nobody uses it", None));
         true
       }
       Verdict::Stale(why) => {
-        report.removed.push(entry(&why, Some(&contents)));
+        report.removed.push(entry("stale", &why, Some(&contents)));
         true
       }
     };

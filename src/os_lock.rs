@@ -64,8 +64,21 @@ pub enum TryLock {
 impl LockFile {
   /// Opens the lock file, creating it if needed.
   pub fn open(path: &Path) -> Result<LockFile> {
+    LockFile::open_with(path, true)
+  }
+
+  /// Opens an existing lock file; `None` when there is none.
+  pub fn open_existing(path: &Path) -> Result<Option<LockFile>> {
+    match LockFile::open_with(path, false) {
+      Ok(lock) => Ok(Some(lock)),
+      Err(e) if e.code == "ENOENT" => Ok(None),
+      Err(e) => Err(e),
+    }
+  }
+
+  fn open_with(path: &Path, create: bool) -> Result<LockFile> {
     let mut options = OpenOptions::new();
-    options.read(true).write(true).create(true).mode(0o666);
+    options.read(true).write(true).create(create).mode(0o666);
     let (file, writable) = match open_no_follow(path, &options) {
       Ok(file) => (file, true),
       // Another user's lock file we may lock but not write: see `is_writable`.
@@ -73,20 +86,6 @@ impl LockFile {
       Err(e) => return Err(e),
     };
     LockFile::from_file(file, path, writable)
-  }
-
-  /// Opens an existing lock file; `None` when there is none.
-  pub fn open_existing(path: &Path) -> Result<Option<LockFile>> {
-    match open_no_follow(path, OpenOptions::new().read(true).write(true)) {
-      Ok(file) => LockFile::from_file(file, path, true).map(Some),
-      Err(e) if e.code == "ENOENT" => Ok(None),
-      Err(e) if e.code == "EACCES" => match open_no_follow(path, OpenOptions::new().read(true)) {
-        Ok(file) => LockFile::from_file(file, path, false).map(Some),
-        Err(e) if e.code == "ENOENT" => Ok(None),
-        Err(e) => Err(e),
-      },
-      Err(e) => Err(e),
-    }
   }
 
   fn from_file(file: File, path: &Path, writable: bool) -> Result<LockFile> {

@@ -4,11 +4,9 @@
 const path = require('node:path')
 const native = require('../../native.js')
 const { listLocks } = require('../../file-lock.js')
+const { FILES } = require('../project.js')
 const { duration, table } = require('./format.js')
 const { EXIT } = require('./exit-codes.js')
-
-/** FlowForge's critical files, listed as free when they have no lock file. */
-const CRITICAL = ['tasks.json', 'billing/time-tracking.json', 'sessions/active-sessions.json']
 
 function rowsOf(root) {
   const locks = listLocks(root === undefined ? undefined : { root })
@@ -25,8 +23,9 @@ function rowsOf(root) {
     heartbeatAgeMs: lock.heartbeatAgeMs ?? null,
   }))
   const taken = new Set(locks.map((lock) => path.basename(lock.lockFile)))
-  for (const relative of CRITICAL) {
-    const file = path.join(projectRoot, '.flowforge', relative)
+  // FlowForge's critical files are listed as free when they have no lock file.
+  for (const relative of Object.values(FILES)) {
+    const file = path.join(projectRoot, relative)
     const lockFile = path.join(projectRoot, '.flowforge', '.locks', `${path.basename(relative)}.lock`)
     if (!taken.has(path.basename(lockFile))) {
       rows.push({ file, lockFile, state: 'free', reason: null, pid: null, user: null, host: null, heldForMs: null, heartbeatAgeMs: null })
