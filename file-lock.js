@@ -39,37 +39,36 @@ async function releaseLock(filePath, lockId) {
   return native.release(filePath, lockId)
 }
 
+/** The options of the inspecting calls: `{ root, staleThreshold, dryRun }`, checked. */
+function inspectOptions(options) {
+  const { root, staleThreshold, dryRun } = checkObject('options', options)
+  if (root !== undefined) checkString('options.root', root)
+  return { root, staleThreshold: checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false), dryRun: Boolean(dryRun) }
+}
+
 async function isLocked(filePath, options) {
   checkString('filePath', filePath)
-  const { staleThreshold } = checkObject('options', options)
-  return native.isLocked(filePath, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
+  return native.isLocked(filePath, inspectOptions(options).staleThreshold)
 }
 
 async function getLockInfo(filePath, options) {
   checkString('filePath', filePath)
-  const { staleThreshold } = checkObject('options', options)
-  return native.getLockInfo(filePath, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
+  return native.getLockInfo(filePath, inspectOptions(options).staleThreshold)
 }
 
 /**
  * Removes the stale lock files of the project found from the cwd (or `options.root`):
- * resolves to `{ root, removed: [...], kept: [...] }`, each entry with its reason.
+ * resolves to `{ root, removed: [...], kept: [...] }`, each entry with its state and reason.
  */
 async function cleanupStaleLocks(options) {
-  const { root, staleThreshold, dryRun } = checkObject('options', options)
-  if (root !== undefined) checkString('options.root', root)
-  return native.cleanupStaleLocks(
-    root,
-    checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false),
-    Boolean(dryRun),
-  )
+  const { root, staleThreshold, dryRun } = inspectOptions(options)
+  return native.cleanupStaleLocks(root, staleThreshold, dryRun)
 }
 
 /** Every lock file of a project, judged: for status displays. */
 function listLocks(options) {
-  const { root, staleThreshold } = checkObject('options', options)
-  if (root !== undefined) checkString('options.root', root)
-  return native.listLocks(root, checkMs('options.staleThreshold', staleThreshold, STALE_THRESHOLD, false))
+  const { root, staleThreshold } = inspectOptions(options)
+  return native.listLocks(root, staleThreshold)
 }
 
 /** FlowForge's session scripts look for updateWithLock here too (see file-lock-integration). */
