@@ -11,18 +11,14 @@ const nowUs = () => Math.round((performance.timeOrigin + performance.now()) * 10
 const pause = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function bump() {
-  let data
-  for (;;) {
-    try {
-      data = JSON.parse(fs.readFileSync(file, 'utf8'))
-      break
-    } catch {
-      // Without the lock, another process may be half-way through its write: read again.
-    }
-  }
+  const data = JSON.parse(fs.readFileSync(file, 'utf8'))
   await pause(0) // the time real code spends between reading and writing
   data.metadata.demoUpdates += 1
-  fs.writeFileSync(file, JSON.stringify(data, null, 2))
+  // Replaced by rename, so that even the unlocked run never leaves a torn file (overlapping
+  // plain writes can leave invalid JSON for good): the demo counts lost updates only.
+  const temp = `${file}.${process.pid}.tmp`
+  fs.writeFileSync(temp, JSON.stringify(data, null, 2))
+  fs.renameSync(temp, file)
 }
 
 async function main() {
