@@ -41,8 +41,11 @@ pub trait Grant: Send {
   fn fencing_token(&self) -> Option<u64> {
     None
   }
-  /// How often this grant wants [`Grant::refresh`].
-  fn refresh_interval(&self) -> Duration;
+  /// How often this grant wants [`Grant::refresh`]; `None` follows the process's heartbeat
+  /// interval (`HEARTBEAT_INTERVAL`, which tests may shorten).
+  fn refresh_interval(&self) -> Option<Duration> {
+    None
+  }
   /// Heartbeat or lease renewal.
   fn refresh(&mut self) -> Refreshed;
   /// When the holder must count the lock lost by its own clock, if it can expire at all.

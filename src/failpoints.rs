@@ -3,7 +3,8 @@
 //! call fail, or change a value. Compiled in only with the test-only cargo feature `failpoints`
 //! (the `fail` crate); without it `failpoint!` is nothing and `value` is always `None`.
 //!
-//! Set from the environment as the `fail` crate reads it: `FAILPOINTS='store::before_rename=return(stop)'`.
+//! Set from the environment, in the `fail` crate's syntax: `FAILPOINTS='store::before_rename=return(stop)'`
+//! (several separated by `;`), or in-process by tests with `fail::cfg`/`fail::cfg_callback`.
 //! The action `return(stop)` prints `FAILPOINT <name> <pid>` on stderr and stops the process
 //! with SIGSTOP: the test waits for that line, then SIGKILLs or SIGCONTs it. Other arguments
 //! are values read with [`value`] (for example an injected errno, or a boot id).
@@ -22,8 +23,17 @@ fn setup() {
   use std::sync::Once;
   static SETUP: Once = Once::new();
   SETUP.call_once(|| {
-    // The scenario lives as long as the process: failpoints are configured once, from the env.
-    std::mem::forget(fail::FailScenario::setup());
+    // Not `fail::FailScenario`: it holds a global lock for its lifetime, which would keep an
+    // in-process test from configuring failpoints of its own.
+    let Ok(spec) = std::env::var("FAILPOINTS") else {
+      return;
+    };
+    for point in spec.split(';').filter(|p| !p.trim().is_empty()) {
+      let (name, actions) = point.split_once('=').unwrap_or((point, ""));
+      if let Err(e) = fail::cfg(name.trim(), actions.trim()) {
+        eprintln!("flowforge-lock: bad failpoint {point:?}: {e}");
+      }
+    }
   });
 }
 

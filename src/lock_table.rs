@@ -55,8 +55,15 @@ struct Held {
   file: PathBuf,
   since: Instant,
   cell: HoldCell,
-  refresh_every: Duration,
+  /// The grant's own refresh period; `None`: the heartbeat's interval.
+  refresh_every: Option<Duration>,
   next_refresh: Instant,
+}
+
+impl Held {
+  fn refresh_every(&self) -> Duration {
+    self.refresh_every.unwrap_or_else(heartbeat::interval)
+  }
 }
 
 struct Waiter {
@@ -121,7 +128,7 @@ fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
       lost: None,
     })),
     refresh_every,
-    next_refresh: Instant::now() + refresh_every,
+    next_refresh: Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval),
   });
   heartbeat::ensure_running(refresh_due);
   lock_id
@@ -451,6 +458,8 @@ fn refresh_due() -> Option<Instant> {
     let mut due = Vec::new();
     for entry in table.values_mut() {
       if let Some(held) = entry.held.as_mut() {
+        // A shortened interval applies now, not after the period planned before it.
+        held.next_refresh = held.next_refresh.min(now + held.refresh_every());
         if held.next_refresh <= now {
           due.push((held.lock_id.clone(), held.file.clone(), held.cell.clone()));
         }
@@ -487,7 +496,7 @@ fn refresh_due() -> Option<Instant> {
   for entry in table.values_mut() {
     if let Some(held) = entry.held.as_mut() {
       if held.next_refresh <= now {
-        held.next_refresh = now + held.refresh_every;
+        held.next_refresh = now + held.refresh_every();
       }
       next = Some(next.map_or(held.next_refresh, |n| n.min(held.next_refresh)));
     }
@@ -555,5 +564,133 @@ fn describe_info(info: &Value) -> String {
   match record::parse(info.to_string().as_bytes()) {
     Contents::Record(r) => r.describe(),
     _ => "an unknown process".to_string(),
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::test_support::temp_dir;
+  use std::sync::mpsc;
+
+  const WAIT: Duration = Duration::from_secs(30);
+
+  fn project_file(name: &str) -> Target {
+    let dir = temp_dir("table");
+    std::fs::create_dir_all(dir.join(".flowforge")).unwrap();
+    prepare(dir.join(".flowforge").join(name).to_str().unwrap()).unwrap()
+  }
+
+  fn options(timeout: Option<Duration>) -> AcquireOptions {
+    AcquireOptions {
+      timeout,
+      stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+    }
+  }
+
+  /// Queues an acquire whose outcome arrives on the returned channel, labelled.
+  fn queue(
+    target: &Target,
+    timeout: Option<Duration>,
+    label: usize,
+    done: &mpsc::Sender<(usize, Result<String>)>,
+  ) {
+    let done = done.clone();
+    acquire(
+      target.clone(),
+      options(timeout),
+      Box::new(move |outcome| done.send((label, outcome)).unwrap()),
+    );
+  }
+
+  #[test]
+  fn waiters_of_one_process_are_served_in_arrival_order() {
+    let target = project_file("fifo.json");
+    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    for label in 0..5 {
+      queue(&target, None, label, &done);
+    }
+    assert!(release(&target, &first).unwrap());
+    let mut order = Vec::new();
+    for _ in 0..5 {
+      let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+      order.push(label);
+      assert!(release(&target, &outcome.unwrap()).unwrap());
+    }
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+  }
+
+  #[test]
+  fn a_timed_out_waiter_leaves_and_the_next_one_is_served() {
+    let target = project_file("timeout.json");
+    let holder = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue(&target, Some(Duration::from_millis(1)), 0, &done);
+    queue(&target, None, 1, &done);
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 0);
+    let err = outcome.unwrap_err();
+    assert_eq!(err.code, "ELOCKTIMEOUT");
+    assert!(err.message.contains("held by this process"), "{}", err.message);
+    release(&target, &holder).unwrap();
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 1);
+    release(&target, &outcome.unwrap()).unwrap();
+  }
+
+  #[test]
+  fn wrong_ids_do_not_release_and_a_second_release_says_false() {
+    let target = project_file("ids.json");
+    let id = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    assert_eq!(release(&target, "nope").unwrap_err().code, "ELOCKMISMATCH");
+    verify_held(&target, &id).unwrap();
+    assert!(release(&target, &id).unwrap());
+    assert!(!release(&target, &id).unwrap());
+    assert_eq!(verify_held(&target, &id).unwrap_err().code, "ELOCKLOST");
+  }
+
+  #[test]
+  fn files_sharing_a_lock_file_queue_instead_of_failing() {
+    let target = project_file("shared.json");
+    let twin = prepare(
+      target
+        .root
+        .join("elsewhere")
+        .join("shared.json")
+        .to_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(twin.lock_path, target.lock_path);
+    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue(&twin, None, 7, &done);
+    release(&target, &first).unwrap();
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 7);
+    release(&twin, &outcome.unwrap()).unwrap();
+  }
+
+  #[test]
+  fn a_lock_file_replaced_under_a_holder_is_lost_before_any_write() {
+    let target = project_file("replaced.json");
+    let id = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    std::fs::remove_file(&target.lock_path).unwrap();
+    std::fs::write(&target.lock_path, b"").unwrap();
+    let err = verify_held(&target, &id).unwrap_err();
+    assert_eq!(err.code, "ELOCKLOST");
+    assert!(err.message.contains("removed or replaced"), "{}", err.message);
+    release(&target, &id).unwrap();
   }
 }

@@ -7,6 +7,7 @@
 //! uncontended lock costs a handful of system calls; waiting processes sit in the lock's waiting
 //! room (`waiting_room.rs`) so that a releasing process does not barge in ahead of them.
 
+pub mod claim;
 pub mod inspect;
 pub mod os_lock;
 pub mod staleness;
@@ -95,8 +96,31 @@ enum Claim {
   Respected(LockFile),
 }
 
-/// Makes a freshly locked lock file ours: writes our record over whatever was left.
-fn claim(mut lock: LockFile, request: &Request) -> Result<Claim> {
+/// Makes a freshly locked lock file ours, inside a claim (see claim.rs): only one claimer at a
+/// time may judge the record and write its own, even across hosts that share no kernel locks.
+fn claim(lock: LockFile, request: &Request) -> Result<Claim> {
+  let ticket = claim::take(lock.path(), os_lock::kernel_locks(), request.stale_after)?;
+  let Some(ticket) = ticket else {
+    lock.unlock();
+    return Ok(Claim::Respected(lock));
+  };
+  failpoint!("claim::inside");
+  let outcome = claim_record(lock, request);
+  let still_ours = ticket.finish();
+  match outcome {
+    Ok(Claim::Won(grant)) if !still_ours => {
+      // We stalled mid-claim long enough for another host to take the claim over: our record
+      // must not stand beside whatever that claimer decided.
+      grant.lock.clear_if_ours(&grant.lock_id);
+      grant.lock.unlock();
+      Ok(Claim::Respected(grant.lock))
+    }
+    other => other,
+  }
+}
+
+/// Writes our record over whatever was left, unless what was left is a live holder's.
+fn claim_record(mut lock: LockFile, request: &Request) -> Result<Claim> {
   let previous = lock.read_raw();
   let previous_len = previous.as_ref().map_or(0, Vec::len);
   let contents = match previous {
@@ -117,7 +141,6 @@ fn claim(mut lock: LockFile, request: &Request) -> Result<Claim> {
   if !lock.is_writable() {
     return replace_unwritable(lock, request);
   }
-  failpoint!("claim::before_write");
   let lock_id = record::new_lock_id();
   let record = LockRecord::new_for(me, &lock_id, &request.file.to_string_lossy(), now);
   if let Err(e) = lock.write_record(&record, previous_len) {
@@ -139,7 +162,7 @@ fn replace_unwritable(lock: LockFile, request: &Request) -> Result<Claim> {
   let path = lock.path().to_path_buf();
   lock.remove();
   match LockFile::try_acquire(&path, None)? {
-    TryLock::Locked(fresh) if fresh.is_writable() => claim(fresh, request),
+    TryLock::Locked(fresh) if fresh.is_writable() => claim_record(fresh, request),
     TryLock::Locked(fresh) | TryLock::Busy(fresh) if !fresh.is_writable() => {
       fresh.unlock();
       Err(LockError::io(
@@ -159,10 +182,6 @@ impl Grant for FileGrant {
 
   fn record(&self) -> &LockRecord {
     &self.record
-  }
-
-  fn refresh_interval(&self) -> Duration {
-    crate::heartbeat::interval()
   }
 
   /// Rewrites the heartbeat in place. A record that is no longer ours was taken over (we stalled
