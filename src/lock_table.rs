@@ -378,7 +378,8 @@ fn end_hold(held: &Held) {
 }
 
 fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
-  let info = config::backend_for(target)?.lock_info(target, Duration::from_millis(DEFAULT_STALE_MS))?;
+  let info =
+    config::backend_for(target)?.lock_info(target, Duration::from_millis(DEFAULT_STALE_MS))?;
   match info {
     Some(info) if info["state"] == "held" => Err(LockError::new(
       "ELOCKMISMATCH",
@@ -538,7 +539,7 @@ fn timeout_error(target: &Target, waited: Duration) -> LockError {
     .map(|h| h.since.elapsed());
   let holder = match here {
     Some(age) => format!(
-      "held by this process (pid {}) for {:.1} s",
+      "held by this process (pid {}) for {:.1} s. If this call runs under that hold (a lock taken with acquireLock), pass its lockId (updateWithLock(file, fn, {{ lockId }})) or do the work inside FileLockManager.withLock, so it does not wait on itself",
       identity::current().pid,
       age.as_secs_f64()
     ),
@@ -636,7 +637,11 @@ mod tests {
     assert_eq!(label, 0);
     let err = outcome.unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
-    assert!(err.message.contains("held by this process"), "{}", err.message);
+    assert!(
+      err.message.contains("held by this process"),
+      "{}",
+      err.message
+    );
     release(&target, &holder).unwrap();
     let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
     assert_eq!(label, 1);
@@ -690,7 +695,11 @@ mod tests {
     std::fs::write(&target.lock_path, b"").unwrap();
     let err = verify_held(&target, &id).unwrap_err();
     assert_eq!(err.code, "ELOCKLOST");
-    assert!(err.message.contains("removed or replaced"), "{}", err.message);
+    assert!(
+      err.message.contains("removed or replaced"),
+      "{}",
+      err.message
+    );
     release(&target, &id).unwrap();
   }
 }

@@ -116,7 +116,9 @@ pub fn write_atomic(
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
   if let Some(errno) = crate::failpoints::value("store::dir_sync") {
-    return Err(io::Error::from_raw_os_error(errno.parse().unwrap_or(libc::EIO)));
+    return Err(io::Error::from_raw_os_error(
+      errno.parse().unwrap_or(libc::EIO),
+    ));
   }
   File::open(dir).and_then(|d| d.sync_all())
 }
@@ -285,7 +287,10 @@ mod tests {
     let path = dir.join("tasks.json");
     let tag = host_tag();
     let orphan = dir.join(format!(".tasks.json.ffl-{tag}-{}-abcdef.tmp", i32::MAX));
-    let live = dir.join(format!(".tasks.json.ffl-{tag}-{}-abcdef.tmp", std::process::id()));
+    let live = dir.join(format!(
+      ".tasks.json.ffl-{tag}-{}-abcdef.tmp",
+      std::process::id()
+    ));
     let foreign = dir.join(format!(".tasks.json.ffl-0othr0st-{}-abcdef.tmp", i32::MAX));
     let unrelated = dir.join(format!(".other.json.ffl-{tag}-{}-x.tmp", i32::MAX));
     for file in [&orphan, &live, &foreign, &unrelated] {
@@ -319,11 +324,19 @@ mod tests {
     let temps = || {
       fs::read_dir(&dir)
         .unwrap()
-        .filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".tmp"))
+        .filter(|e| {
+          e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")
+        })
         .count()
     };
     assert_eq!(temps(), 1);
-    let lost = write_atomic(&path, "loser's", || Err(LockError::new("ELOCKLOST", "lost")));
+    let lost = write_atomic(&path, "loser's", || {
+      Err(LockError::new("ELOCKLOST", "lost"))
+    });
     assert_eq!(lost.unwrap_err().code, "ELOCKLOST");
     assert_eq!(temps(), 1, "the holder's temp file must survive");
     go.send(()).unwrap();

@@ -36,7 +36,11 @@ pub fn wait_for_blocked_flock(path: &std::path::Path) {
     {
       return;
     }
-    assert!(std::time::Instant::now() < deadline, "no waiter blocked on {}", path.display());
+    assert!(
+      std::time::Instant::now() < deadline,
+      "no waiter blocked on {}",
+      path.display()
+    );
     std::thread::yield_now();
   }
 }

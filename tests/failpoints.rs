@@ -13,8 +13,8 @@ use flowforge_lock::file::os_lock::{LockFile, TryLock};
 use flowforge_lock::heartbeat;
 use flowforge_lock::identity;
 use flowforge_lock::lock_table::{self, AcquireOptions};
-use flowforge_lock::record::{Contents, LockRecord};
 use flowforge_lock::paths::Target;
+use flowforge_lock::record::{Contents, LockRecord};
 use flowforge_lock::store;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -72,7 +72,9 @@ fn a_heartbeat_never_writes_over_the_next_holders_record() {
   let (target, id) = hold(&dir.join(".flowforge/tasks.json"));
   let (reached, resume) = pause_once("heartbeat::before_write");
   heartbeat::set_interval(Duration::from_millis(10));
-  reached.recv_timeout(WAIT).expect("the heartbeat reached its write");
+  reached
+    .recv_timeout(WAIT)
+    .expect("the heartbeat reached its write");
 
   let releasing = target.clone();
   let releaser = std::thread::spawn(move || lock_table::release(&releasing, &id).unwrap());
@@ -148,7 +150,10 @@ fn a_lock_lost_while_held_is_reported() {
   let log = heard.clone();
   let told = Mutex::new(told);
   lock_table::on_lost(move |lock_id, _file, why| {
-    log.lock().unwrap().push((lock_id.to_string(), why.to_string()));
+    log
+      .lock()
+      .unwrap()
+      .push((lock_id.to_string(), why.to_string()));
     let _ = told.lock().unwrap().send(());
   });
   std::fs::remove_file(&target.lock_path).unwrap();

@@ -44,7 +44,11 @@ fn maker_line() -> String {
 /// Takes the claim of `lock_path`, or `Ok(None)` when another claimer has it now.
 /// `kernel_locked`: the caller holds the lock file's kernel lock, so no claimer of this host can
 /// be in the middle of a claim.
-pub fn take(lock_path: &Path, kernel_locked: bool, stale_after: Duration) -> Result<Option<Ticket>> {
+pub fn take(
+  lock_path: &Path,
+  kernel_locked: bool,
+  stale_after: Duration,
+) -> Result<Option<Ticket>> {
   let path = claim_path(lock_path);
   for _ in 0..2 {
     match OpenOptions::new()

@@ -223,8 +223,8 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
 
 #[cfg(test)]
 mod tests {
-  use super::*;
   use super::os_lock::TryLock;
+  use super::*;
   use crate::record::LockRecord;
   use crate::test_support::temp_dir;
 

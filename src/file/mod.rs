@@ -104,7 +104,6 @@ fn claim(lock: LockFile, request: &Request) -> Result<Claim> {
     lock.unlock();
     return Ok(Claim::Respected(lock));
   };
-  failpoint!("claim::inside");
   let outcome = claim_record(lock, request);
   let still_ours = ticket.finish();
   match outcome {
@@ -141,6 +140,8 @@ fn claim_record(mut lock: LockFile, request: &Request) -> Result<Claim> {
   if !lock.is_writable() {
     return replace_unwritable(lock, request);
   }
+  // Between the judgement and the write: where two claimers without claim files both win.
+  failpoint!("claim::judged");
   let lock_id = record::new_lock_id();
   let record = LockRecord::new_for(me, &lock_id, &request.file.to_string_lossy(), now);
   if let Err(e) = lock.write_record(&record, previous_len) {

@@ -228,7 +228,10 @@ impl LockFile {
 }
 
 pub(crate) fn mentions(bytes: &[u8], lock_id: &str) -> bool {
-  !lock_id.is_empty() && bytes.windows(lock_id.len()).any(|w| w == lock_id.as_bytes())
+  !lock_id.is_empty()
+    && bytes
+      .windows(lock_id.len())
+      .any(|w| w == lock_id.as_bytes())
 }
 
 /// Looks at a lock file without keeping any lock: a shared kernel lock taken for an instant
