@@ -17,6 +17,7 @@ pub mod config;
 pub mod deadlines;
 pub mod error;
 pub mod failpoints;
+pub mod fence;
 pub mod file;
 #[cfg(test)]
 mod fuzz_tests;
@@ -34,6 +35,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Env, JsError};
 use napi_derive::napi;
 use serde_json::Value;
@@ -250,4 +252,41 @@ pub fn reset_lock_metrics() {
 #[napi]
 pub fn set_heartbeat_interval(ms: f64) {
   heartbeat::set_interval(Duration::from_millis(ms as u64));
+}
+
+/// Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
+/// not keep the event loop alive.
+#[napi(ts_args_type = "callback: (lockId: string, file: string, reason: string) => void")]
+pub fn on_lock_lost(callback: Function<FnArgs<(String, String, String)>, ()>) -> Result<()> {
+  let listener = callback
+    .build_threadsafe_function::<FnArgs<(String, String, String)>>()
+    .weak::<true>()
+    .callee_handled::<false>()
+    .build()?;
+  lock_table::on_lost(move |lock_id, file, why| {
+    let args = (
+      lock_id.to_string(),
+      file.to_string_lossy().into_owned(),
+      why.to_string(),
+    );
+    listener.call(args.into(), ThreadsafeFunctionCallMode::NonBlocking);
+  });
+  Ok(())
+}
+
+/// Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the
+/// backend, as before a commit).
+#[napi]
+pub fn verify_held(env: Env, file: String, lock_id: String) -> Result<()> {
+  paths::resolve(&file)
+    .and_then(|target| lock_table::verify_held(&target, &lock_id))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// `configure({ backend })`: the lock backend of every project in this process, as a URL
+/// (`"file"`, `"redis://host:6379"`, …); `null` goes back to `FLOWFORGE_LOCK_BACKEND` and the
+/// project's `.flowforge/lock-config.json`.
+#[napi]
+pub fn configure_backend(env: Env, url: Option<String>) -> Result<()> {
+  config::configure(url.as_deref()).map_err(|e| js_error(&env, e))
 }

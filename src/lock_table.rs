@@ -21,6 +21,7 @@ use crate::backend::{Grant, Refreshed, Request};
 use crate::config;
 use crate::deadlines;
 use crate::error::{LockError, Result};
+use crate::fence;
 use crate::heartbeat;
 use crate::identity;
 use crate::metrics;
@@ -420,7 +421,8 @@ pub fn release_all() -> usize {
 }
 
 /// Confirms, right before a write, that we still hold the lock (through the backend), under the
-/// hold's guard. A lock evicted while its holder stalled must not write.
+/// hold's guard, and for backends that issue fencing tokens that no newer holder has committed
+/// (recording ours). A lock evicted while its holder stalled must not write.
 pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   let cell = table()
     .get(&target.lock_path)
@@ -443,9 +445,17 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   if let Some(why) = &hold.lost {
     return Err(lost(why));
   }
-  match &hold.grant {
-    Some(grant) => grant.verify(),
-    None => Err(lost("it was released")),
+  let Some(grant) = &hold.grant else {
+    return Err(lost("it was released"));
+  };
+  // A test-only switch (failpoint) turns the commit check off, to show what it protects.
+  if crate::failpoints::value("commit::skip_check").is_some() {
+    return Ok(());
+  }
+  grant.verify()?;
+  match grant.fencing_token() {
+    Some(token) => fence::check_and_record(target, token),
+    None => Ok(()),
   }
 }
 

@@ -134,8 +134,12 @@ pub fn root_for_dir(root: Option<&str>) -> Result<PathBuf> {
   )
 }
 
+pub fn data_dir_of(root: &Path) -> PathBuf {
+  root.join(DATA_DIR)
+}
+
 pub fn lock_dir_of(root: &Path) -> PathBuf {
-  root.join(DATA_DIR).join(LOCK_DIR)
+  data_dir_of(root).join(LOCK_DIR)
 }
 
 /// Creates the lock directory if needed (never world-writable), and refuses one that others
