@@ -8,6 +8,7 @@
 
 pub mod deadlines;
 pub mod error;
+pub mod etcd;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod heartbeat;
