@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -36,6 +37,9 @@ pub(crate) struct Client {
   members: Vec<Member>,
   /// The member that answered last: tried first.
   current: AtomicUsize,
+  /// Set when a whole round of members failed, cleared by the next answer: lets a waiter whose
+  /// deadline passes say "etcd is unreachable" rather than "the lock is busy".
+  outage: Mutex<Option<LockError>>,
 }
 
 /// A lease and the holder's own deadline for it (start of the last successful grant or
@@ -89,6 +93,7 @@ impl Client {
       config,
       members,
       current: AtomicUsize::new(0),
+      outage: Mutex::new(None),
     })
   }
 
@@ -114,7 +119,10 @@ impl Client {
       let i = self.current.load(Ordering::Relaxed) % n;
       let budget = (deadline - now).min(self.config.request_timeout);
       match tokio::time::timeout(budget, op(self.members[i].channel.clone())).await {
-        Ok(Ok(value)) => return Ok(value),
+        Ok(Ok(value)) => {
+          *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = None;
+          return Ok(value);
+        }
         Ok(Err(status)) if !retriable(&status) => {
           return Err(LockError::new(
             "ELOCKBACKEND",
@@ -134,10 +142,16 @@ impl Client {
         .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
       failures += 1;
       if failures % n == 0 {
+        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.unreachable(what, &errors));
         let pause = ROUND_BACKOFF.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
       }
     }
+  }
+
+  /// The error of the last round in which no member answered, unless one answered since.
+  pub(crate) fn outage(&self) -> Option<LockError> {
+    self.outage.lock().unwrap_or_else(|p| p.into_inner()).clone()
   }
 
   /// Moves on to the next member (after a broken watch stream, which `call` does not see).

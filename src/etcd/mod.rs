@@ -164,7 +164,8 @@ impl EtcdLocks {
     deadline: Option<Instant>,
     wanted: &dyn Fn() -> bool,
   ) -> Result<Option<EtcdGrant>> {
-    let over = || !wanted() || deadline.is_some_and(|d| Instant::now() >= d);
+    let timed_out = || deadline.is_some_and(|d| Instant::now() >= d);
+    let over = || !wanted() || timed_out();
     if over() {
       return Ok(None);
     }
@@ -190,9 +191,20 @@ impl EtcdLocks {
     // still waiting or had just been granted while we decided to leave.
     task.abort();
     let lease = lease_slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+    if let Some(outage) = self.queue.client.outage().filter(|_| timed_out()) {
+      // etcd is out of reach: say so now (the caller's deadline has come) and let the revoke
+      // retry in the background; if it never lands, the lease expires on its own.
+      if let Some(lease) = lease {
+        let queue = Arc::clone(&self.queue);
+        self.runtime.handle.spawn(async move { queue.revoke_later(lease) });
+      }
+      return Err(outage);
+    }
     if let Some(lease) = lease {
       let queue = Arc::clone(&self.queue);
-      self.run(async move { queue.client.revoke(lease, queue.client.op_deadline(None)).await })??;
+      let until = Instant::now() + self.config().request_timeout;
+      // A failure here leaves the key until its lease expires; the caller's answer stands.
+      let _ = self.run(async move { queue.client.revoke(lease, until).await });
     }
     Ok(None)
   }
