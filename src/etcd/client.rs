@@ -15,11 +15,10 @@ use tonic::{Code, Status};
 
 use super::config::EtcdConfig;
 use super::generated::etcdserverpb::{
-  compare, kv_client::KvClient, lease_client::LeaseClient, range_request, request_op,
-  response_op, watch_client::WatchClient, watch_create_request, watch_request, Compare,
-  LeaseGrantRequest, LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest,
-  RangeRequest, RangeResponse, RequestOp, TxnRequest, TxnResponse, WatchCreateRequest,
-  WatchRequest, WatchResponse,
+  compare, kv_client::KvClient, lease_client::LeaseClient, range_request, request_op, response_op,
+  watch_client::WatchClient, watch_create_request, watch_request, Compare, LeaseGrantRequest,
+  LeaseKeepAliveRequest, LeaseRevokeRequest, LeaseTimeToLiveRequest, RangeRequest, RangeResponse,
+  RequestOp, TxnRequest, TxnResponse, WatchCreateRequest, WatchRequest, WatchResponse,
 };
 use super::generated::mvccpb::KeyValue;
 use crate::error::{LockError, Result};
@@ -57,7 +56,8 @@ impl Client {
     let tls = if config.tls {
       let mut tls = ClientTlsConfig::new().with_native_roots();
       if let Some(path) = &config.ca_file {
-        let pem = std::fs::read(path).map_err(|e| LockError::io(&e, "Cannot read the CA file", path))?;
+        let pem =
+          std::fs::read(path).map_err(|e| LockError::io(&e, "Cannot read the CA file", path))?;
         tls = tls.ca_certificate(Certificate::from_pem(pem));
       }
       Some(tls)
@@ -141,8 +141,9 @@ impl Client {
         .current
         .compare_exchange(i, (i + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
       failures += 1;
-      if failures % n == 0 {
-        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) = Some(self.unreachable(what, &errors));
+      if failures.is_multiple_of(n) {
+        *self.outage.lock().unwrap_or_else(|p| p.into_inner()) =
+          Some(self.unreachable(what, &errors));
         let pause = ROUND_BACKOFF.min(deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(pause).await;
       }
@@ -151,7 +152,11 @@ impl Client {
 
   /// The error of the last round in which no member answered, unless one answered since.
   pub(crate) fn outage(&self) -> Option<LockError> {
-    self.outage.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    self
+      .outage
+      .lock()
+      .unwrap_or_else(|p| p.into_inner())
+      .clone()
   }
 
   /// Moves on to the next member (after a broken watch stream, which `call` does not see).
@@ -191,7 +196,12 @@ impl Client {
 
   fn lease_deadline(&self, sent_at: Instant, server_ttl_s: i64) -> Instant {
     let server = Duration::from_secs(server_ttl_s.max(0) as u64);
-    sent_at + self.config.ttl.min(server).saturating_sub(self.config.margin)
+    sent_at
+      + self
+        .config
+        .ttl
+        .min(server)
+        .saturating_sub(self.config.margin)
   }
 
   pub(crate) async fn grant_lease(&self, deadline: Instant) -> Result<Lease> {
@@ -241,7 +251,10 @@ impl Client {
   pub(crate) async fn revoke(&self, lease: i64, deadline: Instant) -> Result<()> {
     self
       .call("revoke a lease", deadline, |ch| async move {
-        match LeaseClient::new(ch).lease_revoke(LeaseRevokeRequest { id: lease }).await {
+        match LeaseClient::new(ch)
+          .lease_revoke(LeaseRevokeRequest { id: lease })
+          .await
+        {
           Ok(_) => Ok(()),
           Err(s) if s.code() == Code::NotFound => Ok(()),
           Err(s) => Err(s),
@@ -251,20 +264,35 @@ impl Client {
   }
 
   /// The lease's remaining TTL as etcd counts it (None if expired or unknown).
-  pub(crate) async fn time_to_live(&self, lease: i64, deadline: Instant) -> Result<Option<Duration>> {
+  pub(crate) async fn time_to_live(
+    &self,
+    lease: i64,
+    deadline: Instant,
+  ) -> Result<Option<Duration>> {
     let ttl = self
       .call("read a lease's TTL", deadline, |ch| async move {
         let req = LeaseTimeToLiveRequest {
           id: lease,
           keys: false,
         };
-        Ok(LeaseClient::new(ch).lease_time_to_live(req).await?.into_inner().ttl)
+        Ok(
+          LeaseClient::new(ch)
+            .lease_time_to_live(req)
+            .await?
+            .into_inner()
+            .ttl,
+        )
       })
       .await?;
     Ok((ttl >= 0).then(|| Duration::from_secs(ttl as u64)))
   }
 
-  pub(crate) async fn txn(&self, what: &str, deadline: Instant, txn: TxnRequest) -> Result<TxnResponse> {
+  pub(crate) async fn txn(
+    &self,
+    what: &str,
+    deadline: Instant,
+    txn: TxnRequest,
+  ) -> Result<TxnResponse> {
     self
       .call(what, deadline, |ch| {
         let txn = txn.clone();
@@ -273,7 +301,12 @@ impl Client {
       .await
   }
 
-  pub(crate) async fn range(&self, what: &str, deadline: Instant, req: RangeRequest) -> Result<RangeResponse> {
+  pub(crate) async fn range(
+    &self,
+    what: &str,
+    deadline: Instant,
+    req: RangeRequest,
+  ) -> Result<RangeResponse> {
     self
       .call(what, deadline, |ch| {
         let req = req.clone();
@@ -293,12 +326,14 @@ impl Client {
     self
       .call("watch the lock queue", deadline, |ch| {
         let create = WatchRequest {
-          request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
-            key: key.to_vec(),
-            start_revision: from_revision,
-            filters: vec![watch_create_request::FilterType::Noput as i32],
-            ..Default::default()
-          })),
+          request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+              key: key.to_vec(),
+              start_revision: from_revision,
+              filters: vec![watch_create_request::FilterType::Noput as i32],
+              ..Default::default()
+            },
+          )),
         };
         async move {
           let (tx, rx) = mpsc::channel(1);
@@ -306,9 +341,10 @@ impl Client {
           let mut request = tonic::Request::new(ReceiverStream::new(rx));
           // etcd's own clients send this: a member cut off from the leader then cancels the
           // watch instead of leaving it silent.
-          request
-            .metadata_mut()
-            .insert("hasleader", tonic::metadata::MetadataValue::from_static("true"));
+          request.metadata_mut().insert(
+            "hasleader",
+            tonic::metadata::MetadataValue::from_static("true"),
+          );
           let stream = WatchClient::new(ch).watch(request).await?.into_inner();
           Ok((tx, stream))
         }

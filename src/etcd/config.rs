@@ -147,7 +147,9 @@ fn parse_endpoint(text: &str) -> std::result::Result<String, String> {
       None => (text.to_string(), None),
     }
   };
-  if host.is_empty() || host.contains(['/', '@', ' ']) || host.contains(':') && !host.starts_with('[')
+  if host.is_empty()
+    || host.contains(['/', '@', ' '])
+    || host.contains(':') && !host.starts_with('[')
   {
     return Err(format!("\"{text}\" is not a host[:port]"));
   }

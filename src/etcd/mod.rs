@@ -90,7 +90,10 @@ struct EngineRuntime {
 impl EngineRuntime {
   fn start() -> Result<EngineRuntime> {
     let failed = |e: std::io::Error| {
-      LockError::new("ELOCKBACKEND", format!("Cannot start the etcd engine's runtime: {e}."))
+      LockError::new(
+        "ELOCKBACKEND",
+        format!("Cannot start the etcd engine's runtime: {e}."),
+      )
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
       .enable_all()
@@ -196,7 +199,10 @@ impl EtcdLocks {
       // retry in the background; if it never lands, the lease expires on its own.
       if let Some(lease) = lease {
         let queue = Arc::clone(&self.queue);
-        self.runtime.handle.spawn(async move { queue.revoke_later(lease) });
+        self
+          .runtime
+          .handle
+          .spawn(async move { queue.revoke_later(lease) });
       }
       return Err(outage);
     }
@@ -265,7 +271,10 @@ impl EtcdLocks {
 
 /// Runs `future` on the engine's runtime and blocks this thread (never the runtime's) until
 /// it is done.
-fn run_on<T: Send + 'static>(runtime: &Handle, future: impl Future<Output = T> + Send + 'static) -> Result<T> {
+fn run_on<T: Send + 'static>(
+  runtime: &Handle,
+  future: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
   let (tx, rx) = mpsc::sync_channel(1);
   runtime.spawn(async move {
     let _ = tx.send(future.await);

@@ -50,7 +50,10 @@ impl Queue {
   /// Grants the first spare lease: proves at connect time that the cluster answers and can
   /// write (a lease grant goes through Raft).
   pub(crate) async fn prime(&self) -> Result<()> {
-    let lease = self.client.grant_lease(self.client.op_deadline(None)).await?;
+    let lease = self
+      .client
+      .grant_lease(self.client.op_deadline(None))
+      .await?;
     *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
     Ok(())
   }
@@ -95,7 +98,14 @@ impl Queue {
     });
   }
 
-  fn grant(&self, dir: &str, key: String, lock_id: &str, token: i64, lease: Lease) -> Result<EtcdGrant> {
+  fn grant(
+    &self,
+    dir: &str,
+    key: String,
+    lock_id: &str,
+    token: i64,
+    lease: Lease,
+  ) -> Result<EtcdGrant> {
     if Instant::now() >= lease.deadline {
       return Err(LockError::new(
         "ELOCKBACKEND",
@@ -117,11 +127,20 @@ impl Queue {
 
   /// One try: holds the lock only if nobody holds it or waits for it (one Txn comparing the
   /// whole prefix empty), else leaves no trace.
-  pub(crate) async fn try_acquire(self: &Arc<Self>, dir: &str, value: Vec<u8>, lock_id: &str) -> Result<Option<EtcdGrant>> {
+  pub(crate) async fn try_acquire(
+    self: &Arc<Self>,
+    dir: &str,
+    value: Vec<u8>,
+    lock_id: &str,
+  ) -> Result<Option<EtcdGrant>> {
     let lease = self.take_lease().await?;
     let key = format!("{dir}{:x}", lease.id);
     let txn = TxnRequest {
-      compare: vec![compare_create(dir.as_bytes(), prefix_end(dir.as_bytes()), 0)],
+      compare: vec![compare_create(
+        dir.as_bytes(),
+        prefix_end(dir.as_bytes()),
+        0,
+      )],
       success: vec![op(request_op::Request::RequestPut(PutRequest {
         key: key.clone().into_bytes(),
         value,
@@ -130,7 +149,11 @@ impl Queue {
       }))],
       failure: vec![],
     };
-    let resp = match self.client.txn("take the lock", self.client.op_deadline(None), txn).await {
+    let resp = match self
+      .client
+      .txn("take the lock", self.client.op_deadline(None), txn)
+      .await
+    {
       Ok(resp) => resp,
       Err(e) => {
         // The put may have landed before the answer was lost: revoking removes it either way.
@@ -168,7 +191,13 @@ impl Queue {
     result
   }
 
-  async fn queue_and_wait(&self, dir: &str, value: Vec<u8>, lock_id: &str, lease: &mut Lease) -> Result<EtcdGrant> {
+  async fn queue_and_wait(
+    &self,
+    dir: &str,
+    value: Vec<u8>,
+    lock_id: &str,
+    lease: &mut Lease,
+  ) -> Result<EtcdGrant> {
     let client = &self.client;
     let key = format!("{dir}{:x}", lease.id);
     let own = key.as_bytes();
@@ -185,9 +214,14 @@ impl Queue {
         })),
         op_range(queue_range(dir.as_bytes(), 1)),
       ],
-      failure: vec![op_range(key_range(own)), op_range(queue_range(dir.as_bytes(), 1))],
+      failure: vec![
+        op_range(key_range(own)),
+        op_range(queue_range(dir.as_bytes(), 1)),
+      ],
     };
-    let resp = client.txn("join the lock queue", client.op_deadline(None), txn).await?;
+    let resp = client
+      .txn("join the lock queue", client.op_deadline(None), txn)
+      .await?;
     let my_rev = if resp.succeeded {
       resp.header.map_or(0, |h| h.revision)
     } else {
@@ -198,18 +232,28 @@ impl Queue {
     if head != Some(my_rev) {
       loop {
         let ahead = client
-          .range("read the lock queue", client.op_deadline(None), predecessor_range(dir.as_bytes(), my_rev))
+          .range(
+            "read the lock queue",
+            client.op_deadline(None),
+            predecessor_range(dir.as_bytes(), my_rev),
+          )
           .await?;
         let Some(pred) = ahead.kvs.first() else { break };
         let from = ahead.header.map_or(0, |h| h.revision) + 1;
-        self.wait_for_delete(dir, &pred.key, from, lease, &mut next_keepalive).await?;
+        self
+          .wait_for_delete(dir, &pred.key, from, lease, &mut next_keepalive)
+          .await?;
       }
     }
     // The wait is over: our key must still be there with our lease, and the lease within the
     // deadline we keep for it. Otherwise our place lapsed while we waited (paused process,
     // etcd out of reach for longer than the ttl), and the lock may have passed over us.
     let mine = client
-      .range("re-read our place in the lock queue", client.op_deadline(None), key_range(own))
+      .range(
+        "re-read our place in the lock queue",
+        client.op_deadline(None),
+        key_range(own),
+      )
       .await?;
     let intact = mine
       .kvs
@@ -284,7 +328,11 @@ impl Queue {
     let deadline = client.op_deadline(None);
     let (alive, mine) = tokio::join!(
       client.keep_alive(grant.lease_id, deadline),
-      client.range("re-read the lock's key", deadline, key_range(grant.key.as_bytes()))
+      client.range(
+        "re-read the lock's key",
+        deadline,
+        key_range(grant.key.as_bytes())
+      )
     );
     match (alive, mine) {
       (Err(e), _) | (_, Err(e)) => (Refreshed::Unknown(e), None),
@@ -331,7 +379,10 @@ impl Queue {
     let until = self
       .client
       .op_deadline(grant.deadline.checked_sub(min_left));
-    let resp = self.client.txn("check the lock before writing", until, txn).await;
+    let resp = self
+      .client
+      .txn("check the lock before writing", until, txn)
+      .await;
     match resp {
       _ if !in_time() => Err(lost(dir, grant.token as i64, &past_deadline(min_left))),
       Err(e) => Err(e),
@@ -349,10 +400,12 @@ impl Queue {
     let key = grant.key.as_bytes();
     let txn = TxnRequest {
       compare: vec![compare_create(key, Vec::new(), grant.token as i64)],
-      success: vec![op(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-        key: key.to_vec(),
-        ..Default::default()
-      }))],
+      success: vec![op(request_op::Request::RequestDeleteRange(
+        DeleteRangeRequest {
+          key: key.to_vec(),
+          ..Default::default()
+        },
+      ))],
       failure: vec![],
     };
     let resp = self
@@ -366,7 +419,11 @@ impl Queue {
   pub(crate) async fn inspect(&self, dir: &str) -> Result<Option<RemoteLock>> {
     let client = &self.client;
     let queue = client
-      .range("read the lock queue", client.op_deadline(None), queue_range(dir.as_bytes(), 0))
+      .range(
+        "read the lock queue",
+        client.op_deadline(None),
+        queue_range(dir.as_bytes(), 0),
+      )
       .await?;
     match queue.kvs.split_first() {
       None => Ok(None),
@@ -377,13 +434,19 @@ impl Queue {
   pub(crate) async fn list(&self, root: &str) -> Result<Vec<RemoteLock>> {
     let client = &self.client;
     let all = client
-      .range("list the locks", client.op_deadline(None), queue_range(root.as_bytes(), 0))
+      .range(
+        "list the locks",
+        client.op_deadline(None),
+        queue_range(root.as_bytes(), 0),
+      )
       .await?;
     // Keys arrive oldest first, so the first key seen under each lock prefix is its holder.
     let mut locks: BTreeMap<String, (KeyValue, usize)> = BTreeMap::new();
     for kv in all.kvs {
       let key = String::from_utf8_lossy(&kv.key);
-      let Some((dir, _)) = key.rsplit_once('/') else { continue };
+      let Some((dir, _)) = key.rsplit_once('/') else {
+        continue;
+      };
       locks
         .entry(format!("{dir}/"))
         .and_modify(|(_, waiters)| *waiters += 1)

@@ -89,8 +89,16 @@ impl EtcdServer {
 
   /// True once `/health` says so; panics with the log if the process died.
   fn healthy(&mut self) -> bool {
-    if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-      panic!("etcd {} exited ({status}) during start-up:\n{}", self.name, self.log());
+    if let Some(status) = self
+      .child
+      .as_mut()
+      .and_then(|c| c.try_wait().ok().flatten())
+    {
+      panic!(
+        "etcd {} exited ({status}) during start-up:\n{}",
+        self.name,
+        self.log()
+      );
     }
     health(self.client_port)
   }
@@ -127,7 +135,10 @@ impl EtcdServer {
       .ok()?;
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     let status = &json.get(0)?["Status"];
-    Some((status["header"]["member_id"].as_u64()?, status["leader"].as_u64()?))
+    Some((
+      status["header"]["member_id"].as_u64()?,
+      status["leader"].as_u64()?,
+    ))
   }
 }
 
@@ -141,8 +152,14 @@ impl Drop for EtcdServer {
 impl EtcdCluster {
   /// Three members, all answering /health (which needs an elected leader).
   pub(crate) fn start() -> EtcdCluster {
-    let mut members: Vec<EtcdServer> = ["m1", "m2", "m3"].iter().map(|n| EtcdServer::new(n)).collect();
-    let cluster: Vec<String> = members.iter().map(|m| format!("{}={}", m.name, m.peer_url())).collect();
+    let mut members: Vec<EtcdServer> = ["m1", "m2", "m3"]
+      .iter()
+      .map(|n| EtcdServer::new(n))
+      .collect();
+    let cluster: Vec<String> = members
+      .iter()
+      .map(|m| format!("{}={}", m.name, m.peer_url()))
+      .collect();
     let token = format!("ff-{}", members[0].client_port);
     for m in &mut members {
       m.spawn(&cluster.join(","), &token);
@@ -170,12 +187,14 @@ impl EtcdCluster {
           .filter_map(EtcdServer::status)
           .collect();
         let leader = statuses.first().map(|s| s.1);
-        found = leader.filter(|l| *l != 0 && statuses.iter().all(|s| s.1 == *l)).and_then(|l| {
-          self
-            .members
-            .iter()
-            .position(|m| m.child.is_some() && m.status().is_some_and(|s| s.0 == l))
-        });
+        found = leader
+          .filter(|l| *l != 0 && statuses.iter().all(|s| s.1 == *l))
+          .and_then(|l| {
+            self
+              .members
+              .iter()
+              .position(|m| m.child.is_some() && m.status().is_some_and(|s| s.0 == l))
+          });
         found.is_some()
       },
       "the etcd members to agree on a leader",

@@ -36,7 +36,12 @@ fn always() -> bool {
 fn revoke(locks: &EtcdLocks, lease: i64) {
   let queue = Arc::clone(&locks.queue);
   locks
-    .run(async move { queue.client.revoke(lease, queue.client.op_deadline(None)).await })
+    .run(async move {
+      queue
+        .client
+        .revoke(lease, queue.client.op_deadline(None))
+        .await
+    })
     .unwrap()
     .unwrap();
 }
@@ -48,7 +53,10 @@ fn queue_leases(locks: &EtcdLocks, prefix: &str) -> Vec<i64> {
   locks
     .run(async move {
       let req = client::queue_range(dir.as_bytes(), 0);
-      queue.client.range("test", queue.client.op_deadline(None), req).await
+      queue
+        .client
+        .range("test", queue.client.op_deadline(None), req)
+        .await
     })
     .unwrap()
     .unwrap()
@@ -80,7 +88,10 @@ fn a_grant_carries_a_rising_token_and_the_holder_record() {
   let seen = b.inspect("/ff/t1").unwrap().expect("held");
   assert_eq!(seen.token, g1.token);
   assert_eq!(seen.holder_key, g1.key);
-  assert_eq!(seen.holder.as_ref().and_then(|r| r.lock_id.clone()), me.lock_id);
+  assert_eq!(
+    seen.holder.as_ref().and_then(|r| r.lock_id.clone()),
+    me.lock_id
+  );
   assert_eq!(seen.holder.as_ref().and_then(|r| r.file.clone()), me.file);
   assert_eq!(seen.waiters, 0);
   assert!(seen.ttl_left.is_some());
@@ -90,8 +101,16 @@ fn a_grant_carries_a_rising_token_and_the_holder_record() {
 
   assert!(a.release(g1.clone()).unwrap());
   assert_eq!(b.inspect("/ff/t1").unwrap(), None);
-  let g2 = b.try_acquire("/ff/t1", &holder("x")).unwrap().expect("free again");
-  assert!(g2.token > g1.token, "tokens rise: {} then {}", g1.token, g2.token);
+  let g2 = b
+    .try_acquire("/ff/t1", &holder("x"))
+    .unwrap()
+    .expect("free again");
+  assert!(
+    g2.token > g1.token,
+    "tokens rise: {} then {}",
+    g1.token,
+    g2.token
+  );
   assert!(!a.release(g1).unwrap(), "a stale grant releases nothing");
   assert!(b.release(g2).unwrap());
 }
@@ -102,7 +121,10 @@ fn waiters_are_served_first_come_first_served() {
   let config = EtcdConfig::new(vec![server.endpoint()]);
   let first = connect(config.clone());
   let shared = Arc::new(connect(config.clone()));
-  let g0 = first.try_acquire("/ff/fifo", &holder("0")).unwrap().unwrap();
+  let g0 = first
+    .try_acquire("/ff/fifo", &holder("0"))
+    .unwrap()
+    .unwrap();
   let order = Arc::new(Mutex::new(Vec::new()));
   let mut threads = Vec::new();
   for i in 0..4 {
@@ -121,7 +143,10 @@ fn waiters_are_served_first_come_first_served() {
       order.lock().unwrap().push((i, g.token));
       assert!(locks.release(g).unwrap());
     }));
-    wait_until(|| waiters(&first, "/ff/fifo") == i + 1, "the waiter to join the queue");
+    wait_until(
+      || waiters(&first, "/ff/fifo") == i + 1,
+      "the waiter to join the queue",
+    );
   }
   assert!(first.release(g0.clone()).unwrap());
   for t in threads {
@@ -129,7 +154,9 @@ fn waiters_are_served_first_come_first_served() {
   }
   let order = order.lock().unwrap().clone();
   assert_eq!(order.iter().map(|o| o.0).collect::<Vec<_>>(), [0, 1, 2, 3]);
-  let tokens: Vec<u64> = std::iter::once(g0.token).chain(order.iter().map(|o| o.1)).collect();
+  let tokens: Vec<u64> = std::iter::once(g0.token)
+    .chain(order.iter().map(|o| o.1))
+    .collect();
   assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
 }
 
@@ -170,7 +197,10 @@ fn an_expired_holder_loses_and_is_replaced() {
     .unwrap()
     .expect("b takes over once a's lease expires");
   assert!(next.token > g.token);
-  assert!(Instant::now() >= g.deadline, "granted only after a's own deadline");
+  assert!(
+    Instant::now() >= g.deadline,
+    "granted only after a's own deadline"
+  );
   assert_eq!(a.verify(&g, Duration::ZERO).unwrap_err().code, "ELOCKLOST");
   assert!(matches!(a.refresh(&mut g), Refreshed::Lost(_)));
   // b, refreshing, keeps it past its first ttl.
@@ -188,7 +218,10 @@ fn a_killed_holder_engine_is_replaced_after_its_lease() {
   let b = connect(fast(vec![server.endpoint()]));
   let token = {
     let a = connect(fast(vec![server.endpoint()]));
-    a.try_acquire("/ff/killed", &holder("a")).unwrap().unwrap().token
+    a.try_acquire("/ff/killed", &holder("a"))
+      .unwrap()
+      .unwrap()
+      .token
     // `a` is dropped without releasing: its keepalives stop, as if the process died.
   };
   let g = b
@@ -204,7 +237,11 @@ fn a_waiter_whose_own_lease_lapsed_fails_after_its_wait() {
   let server = EtcdServer::start();
   // A long refresh: no keepalive happens during the test, so only the post-wait re-read of
   // our own key can notice that our place is gone.
-  let config = EtcdConfig::with_ttl(vec![server.endpoint()], Duration::from_secs(30), Some(Duration::from_secs(25)));
+  let config = EtcdConfig::with_ttl(
+    vec![server.endpoint()],
+    Duration::from_secs(30),
+    Some(Duration::from_secs(25)),
+  );
   let a = connect(config.clone());
   let b = Arc::new(connect(config.clone()));
   let c = Arc::new(connect(config));
@@ -224,7 +261,11 @@ fn a_waiter_whose_own_lease_lapsed_fails_after_its_wait() {
   let err = b_wait.join().unwrap().unwrap_err();
   assert_eq!(err.code, "ELOCKLOST");
   assert!(err.message.contains("lapsed"), "{}", err.message);
-  let gc = c_wait.join().unwrap().unwrap().expect("c, next in line, gets it");
+  let gc = c_wait
+    .join()
+    .unwrap()
+    .unwrap()
+    .expect("c, next in line, gets it");
   assert!(c.release(gc).unwrap());
 }
 
@@ -233,9 +274,16 @@ fn a_wait_ends_at_its_deadline_or_when_no_longer_wanted_and_leaves_no_place() {
   let server = EtcdServer::start();
   let a = connect(EtcdConfig::new(vec![server.endpoint()]));
   let b = connect(EtcdConfig::new(vec![server.endpoint()]));
-  let g = a.try_acquire("/ff/deadline", &holder("a")).unwrap().unwrap();
+  let g = a
+    .try_acquire("/ff/deadline", &holder("a"))
+    .unwrap()
+    .unwrap();
   let deadline = Instant::now() + Duration::from_millis(300);
-  assert_eq!(b.wait_acquire("/ff/deadline", &holder("b"), Some(deadline), &always).unwrap(), None);
+  assert_eq!(
+    b.wait_acquire("/ff/deadline", &holder("b"), Some(deadline), &always)
+      .unwrap(),
+    None
+  );
   assert_eq!(waiters(&a, "/ff/deadline"), 0);
 
   let wanted = AtomicBool::new(true);
@@ -247,7 +295,11 @@ fn a_wait_ends_at_its_deadline_or_when_no_longer_wanted_and_leaves_no_place() {
     }
     wanted.load(Ordering::SeqCst)
   };
-  assert_eq!(b.wait_acquire("/ff/deadline", &holder("b"), None, &until_third_check).unwrap(), None);
+  assert_eq!(
+    b.wait_acquire("/ff/deadline", &holder("b"), None, &until_third_check)
+      .unwrap(),
+    None
+  );
   assert_eq!(waiters(&a, "/ff/deadline"), 0);
   assert!(a.release(g).unwrap());
 }
@@ -256,8 +308,15 @@ fn a_wait_ends_at_its_deadline_or_when_no_longer_wanted_and_leaves_no_place() {
 fn calls_work_from_inside_another_tokio_runtime() {
   let server = EtcdServer::start();
   let locks = connect(EtcdConfig::new(vec![server.endpoint()]));
-  let outer = tokio::runtime::Builder::new_current_thread().build().unwrap();
-  let g = outer.block_on(async { locks.try_acquire("/ff/nested", &holder("n")).unwrap().unwrap() });
+  let outer = tokio::runtime::Builder::new_current_thread()
+    .build()
+    .unwrap();
+  let g = outer.block_on(async {
+    locks
+      .try_acquire("/ff/nested", &holder("n"))
+      .unwrap()
+      .unwrap()
+  });
   assert!(outer.block_on(async { locks.release(g).unwrap() }));
 }
 
@@ -265,7 +324,13 @@ fn calls_work_from_inside_another_tokio_runtime() {
 fn unreachable_endpoints_fail_with_elockbackend_naming_them() {
   // Ports nobody listens on (bound, then released).
   let ports: Vec<u16> = (0..2)
-    .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+    .map(|_| {
+      std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+    })
     .collect();
   let endpoints: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
   let mut config = EtcdConfig::new(endpoints.clone());
@@ -282,15 +347,26 @@ fn unreachable_endpoints_fail_with_elockbackend_naming_them() {
   let mut config = EtcdConfig::new(vec![server.endpoint()]);
   config.timeout = Duration::from_millis(1500);
   let locks = connect(config);
-  let g = locks.try_acquire("/ff/gone", &holder("a")).unwrap().unwrap();
+  let g = locks
+    .try_acquire("/ff/gone", &holder("a"))
+    .unwrap()
+    .unwrap();
   server.kill();
   let err = locks.try_acquire("/ff/gone", &holder("b")).unwrap_err();
   assert_eq!(err.code, "ELOCKBACKEND");
   assert!(err.message.contains(&server.endpoint()), "{}", err.message);
-  assert!(matches!(locks.refresh(&mut g.clone()), Refreshed::Unknown(_)));
-  assert_eq!(locks.verify(&g, Duration::ZERO).unwrap_err().code, "ELOCKBACKEND");
+  assert!(matches!(
+    locks.refresh(&mut g.clone()),
+    Refreshed::Unknown(_)
+  ));
+  assert_eq!(
+    locks.verify(&g, Duration::ZERO).unwrap_err().code,
+    "ELOCKBACKEND"
+  );
   let deadline = Some(Instant::now() + Duration::from_millis(500));
-  let err = locks.wait_acquire("/ff/gone", &holder("c"), deadline, &always).unwrap_err();
+  let err = locks
+    .wait_acquire("/ff/gone", &holder("c"), deadline, &always)
+    .unwrap_err();
   assert_eq!(err.code, "ELOCKBACKEND");
 }
 
@@ -350,11 +426,16 @@ fn three_members_leader_killed_mid_run() {
   }
   let leader = cluster.leader();
   cluster.members[leader].kill();
+  let at_kill = commits.load(Ordering::SeqCst);
   for t in workers {
     t.join().unwrap();
   }
   let done = commits.load(Ordering::SeqCst);
   assert!(done >= TARGET);
+  assert!(
+    at_kill < TARGET,
+    "the leader died mid-run ({at_kill} of {TARGET} done), and work resumed"
+  );
   assert_eq!(*counter.lock().unwrap(), done, "no update lost");
   let mut spans = spans.lock().unwrap().clone();
   spans.sort();
