@@ -17,7 +17,7 @@ cat >"$work/Cargo.toml" <<'TOML'
 [package]
 name = "gen-etcd-proto"
 version = "0.0.0"
-edition = "2021"
+edition = "2024"
 publish = false
 
 [dependencies]

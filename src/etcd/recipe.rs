@@ -59,15 +59,10 @@ impl Queue {
   }
 
   /// A lease for a new attempt: the spare if it still has a full refresh period ahead of its
-  /// deadline, else a fresh grant. Either way a new spare is granted in the background.
+  /// deadline, else a fresh grant. The caller calls `refill` once the lease is in use, or
+  /// `give_back` if it went unused.
   async fn take_lease(self: &Arc<Self>) -> Result<Lease> {
     let spare = self.spare.lock().unwrap_or_else(|p| p.into_inner()).take();
-    let me = Arc::clone(self);
-    tokio::spawn(async move {
-      if let Ok(lease) = me.client.grant_lease(me.client.op_deadline(None)).await {
-        me.give_back(lease);
-      }
-    });
     if let Some(lease) = spare {
       if Instant::now() + self.client.config.refresh < lease.deadline {
         return Ok(lease);
@@ -75,6 +70,16 @@ impl Queue {
       self.revoke_later(lease.id);
     }
     self.client.grant_lease(self.client.op_deadline(None)).await
+  }
+
+  /// Grants the next spare in the background.
+  fn refill(self: &Arc<Self>) {
+    let me = Arc::clone(self);
+    tokio::spawn(async move {
+      if let Ok(lease) = me.client.grant_lease(me.client.op_deadline(None)).await {
+        me.give_back(lease);
+      }
+    });
   }
 
   /// Keeps an unused lease as the spare (revoking the one it replaces).
@@ -165,6 +170,7 @@ impl Queue {
       self.give_back(lease);
       return Ok(None);
     }
+    self.refill();
     let token = resp.header.map_or(0, |h| h.revision);
     let grant = self.grant(dir, key, lock_id, token, lease);
     if grant.is_err() {
@@ -184,6 +190,7 @@ impl Queue {
   ) -> Result<EtcdGrant> {
     let mut lease = self.take_lease().await?;
     *lease_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease.id);
+    self.refill();
     let result = self.queue_and_wait(dir, value, lock_id, &mut lease).await;
     if result.is_err() {
       self.revoke_later(lease.id);

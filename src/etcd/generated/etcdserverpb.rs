@@ -649,42 +649,6 @@ pub struct LeaseTimeToLiveResponse {
   #[prost(bytes = "vec", repeated, tag = "5")]
   pub keys: ::prost::alloc::vec::Vec<::prost::alloc::vec::Vec<u8>>,
 }
-#[allow(clippy::all)]
-#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct StatusRequest {}
-#[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
-pub struct StatusResponse {
-  #[prost(message, optional, tag = "1")]
-  pub header: ::core::option::Option<ResponseHeader>,
-  /// version is the cluster protocol version used by the responding member.
-  #[prost(string, tag = "2")]
-  pub version: ::prost::alloc::string::String,
-  /// dbSize is the size of the backend database physically allocated, in bytes, of the responding member.
-  #[prost(int64, tag = "3")]
-  pub db_size: i64,
-  /// leader is the member ID which the responding member believes is the current leader.
-  #[prost(uint64, tag = "4")]
-  pub leader: u64,
-  /// raftIndex is the current raft committed index of the responding member.
-  #[prost(uint64, tag = "5")]
-  pub raft_index: u64,
-  /// raftTerm is the current raft term of the responding member.
-  #[prost(uint64, tag = "6")]
-  pub raft_term: u64,
-  /// raftAppliedIndex is the current raft applied index of the responding member.
-  #[prost(uint64, tag = "7")]
-  pub raft_applied_index: u64,
-  /// errors contains alarm/health information and status.
-  #[prost(string, repeated, tag = "8")]
-  pub errors: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
-  /// dbSizeInUse is the size of the backend database logically in use, in bytes, of the responding member.
-  #[prost(int64, tag = "9")]
-  pub db_size_in_use: i64,
-  /// isLearner indicates if the member is raft learner.
-  #[prost(bool, tag = "10")]
-  pub is_learner: bool,
-}
 /// Generated client implementations.
 pub mod kv_client {
   #![allow(
@@ -776,40 +740,6 @@ pub mod kv_client {
       req
         .extensions_mut()
         .insert(GrpcMethod::new("etcdserverpb.KV", "Range"));
-      self.inner.unary(req, path, codec).await
-    }
-    pub async fn put(
-      &mut self,
-      request: impl tonic::IntoRequest<super::PutRequest>,
-    ) -> std::result::Result<tonic::Response<super::PutResponse>, tonic::Status> {
-      self
-        .inner
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
-      let codec = tonic_prost::ProstCodec::default();
-      let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Put");
-      let mut req = request.into_request();
-      req
-        .extensions_mut()
-        .insert(GrpcMethod::new("etcdserverpb.KV", "Put"));
-      self.inner.unary(req, path, codec).await
-    }
-    pub async fn delete_range(
-      &mut self,
-      request: impl tonic::IntoRequest<super::DeleteRangeRequest>,
-    ) -> std::result::Result<tonic::Response<super::DeleteRangeResponse>, tonic::Status> {
-      self
-        .inner
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
-      let codec = tonic_prost::ProstCodec::default();
-      let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/DeleteRange");
-      let mut req = request.into_request();
-      req
-        .extensions_mut()
-        .insert(GrpcMethod::new("etcdserverpb.KV", "DeleteRange"));
       self.inner.unary(req, path, codec).await
     }
     pub async fn txn(
@@ -1074,104 +1004,6 @@ pub mod lease_client {
       req
         .extensions_mut()
         .insert(GrpcMethod::new("etcdserverpb.Lease", "LeaseTimeToLive"));
-      self.inner.unary(req, path, codec).await
-    }
-  }
-}
-/// Generated client implementations.
-pub mod maintenance_client {
-  #![allow(
-    unused_variables,
-    dead_code,
-    missing_docs,
-    clippy::wildcard_imports,
-    clippy::let_unit_value
-  )]
-  use tonic::codegen::http::Uri;
-  use tonic::codegen::*;
-  #[derive(Debug, Clone)]
-  pub struct MaintenanceClient<T> {
-    inner: tonic::client::Grpc<T>,
-  }
-  impl<T> MaintenanceClient<T>
-  where
-    T: tonic::client::GrpcService<tonic::body::Body>,
-    T::Error: Into<StdError>,
-    T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
-    <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
-  {
-    pub fn new(inner: T) -> Self {
-      let inner = tonic::client::Grpc::new(inner);
-      Self { inner }
-    }
-    pub fn with_origin(inner: T, origin: Uri) -> Self {
-      let inner = tonic::client::Grpc::with_origin(inner, origin);
-      Self { inner }
-    }
-    pub fn with_interceptor<F>(
-      inner: T,
-      interceptor: F,
-    ) -> MaintenanceClient<InterceptedService<T, F>>
-    where
-      F: tonic::service::Interceptor,
-      T::ResponseBody: Default,
-      T: tonic::codegen::Service<
-        http::Request<tonic::body::Body>,
-        Response = http::Response<
-          <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
-        >,
-      >,
-      <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
-        Into<StdError> + std::marker::Send + std::marker::Sync,
-    {
-      MaintenanceClient::new(InterceptedService::new(inner, interceptor))
-    }
-    /// Compress requests with the given encoding.
-    ///
-    /// This requires the server to support it otherwise it might respond with an
-    /// error.
-    #[must_use]
-    pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
-      self.inner = self.inner.send_compressed(encoding);
-      self
-    }
-    /// Enable decompressing responses.
-    #[must_use]
-    pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
-      self.inner = self.inner.accept_compressed(encoding);
-      self
-    }
-    /// Limits the maximum size of a decoded message.
-    ///
-    /// Default: `4MB`
-    #[must_use]
-    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
-      self.inner = self.inner.max_decoding_message_size(limit);
-      self
-    }
-    /// Limits the maximum size of an encoded message.
-    ///
-    /// Default: `usize::MAX`
-    #[must_use]
-    pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
-      self.inner = self.inner.max_encoding_message_size(limit);
-      self
-    }
-    pub async fn status(
-      &mut self,
-      request: impl tonic::IntoRequest<super::StatusRequest>,
-    ) -> std::result::Result<tonic::Response<super::StatusResponse>, tonic::Status> {
-      self
-        .inner
-        .ready()
-        .await
-        .map_err(|e| tonic::Status::unknown(format!("Service was not ready: {}", e.into())))?;
-      let codec = tonic_prost::ProstCodec::default();
-      let path = http::uri::PathAndQuery::from_static("/etcdserverpb.Maintenance/Status");
-      let mut req = request.into_request();
-      req
-        .extensions_mut()
-        .insert(GrpcMethod::new("etcdserverpb.Maintenance", "Status"));
       self.inner.unary(req, path, codec).await
     }
   }
