@@ -44,17 +44,21 @@ impl EtcdConfig {
     EtcdConfig::with_ttl(endpoints, DEFAULT_TTL, None)
   }
 
-  /// Settings with a given TTL; the refresh defaults to TTL/3 and the margin to TTL/10.
+  /// Settings with a given TTL; the refresh defaults to TTL/3 and the margin to TTL/10. One
+  /// member gets at most half a refresh period (and 2 s) to answer, so that a keepalive can
+  /// fail over to another member well before the lease runs out.
   pub fn with_ttl(endpoints: Vec<String>, ttl: Duration, refresh: Option<Duration>) -> EtcdConfig {
+    let refresh = refresh.unwrap_or(ttl / 3);
+    let per_member = (refresh / 2).min(Duration::from_secs(2));
     EtcdConfig {
       endpoints,
       tls: false,
       ca_file: None,
       ttl,
-      refresh: refresh.unwrap_or(ttl / 3),
+      refresh,
       margin: ttl / 10,
-      connect_timeout: Duration::from_secs(1),
-      request_timeout: Duration::from_secs(2),
+      connect_timeout: per_member,
+      request_timeout: per_member,
       timeout: DEFAULT_TIMEOUT,
     }
   }

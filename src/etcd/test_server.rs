@@ -19,6 +19,8 @@ pub(crate) struct EtcdServer {
   pub(crate) name: String,
   pub(crate) client_port: u16,
   peer_port: u16,
+  /// Plain-HTTP /health for a TLS member (etcd's --listen-metrics-urls).
+  metrics_port: Option<u16>,
   dir: PathBuf,
   child: Option<Child>,
 }
@@ -50,6 +52,7 @@ impl EtcdServer {
       name: name.to_string(),
       client_port: free_port(),
       peer_port: free_port(),
+      metrics_port: None,
       dir: scratch_dir(name),
       child: None,
     }
@@ -64,9 +67,23 @@ impl EtcdServer {
   }
 
   fn spawn(&mut self, initial_cluster: &str, token: &str) {
-    let client_url = format!("http://{}", self.endpoint());
+    let scheme = if self.metrics_port.is_some() {
+      "https"
+    } else {
+      "http"
+    };
+    let client_url = format!("{scheme}://{}", self.endpoint());
     let log = std::fs::File::create(self.dir.join("etcd.log")).expect("create the etcd log");
-    let child = Command::new(ETCD)
+    let mut command = Command::new(ETCD);
+    if let Some(port) = self.metrics_port {
+      command
+        .arg("--cert-file")
+        .arg(self.dir.join("server.pem"))
+        .arg("--key-file")
+        .arg(self.dir.join("server.key"))
+        .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{port}")]);
+    }
+    let child = command
       .args(["--name", &self.name])
       .arg("--data-dir")
       .arg(self.dir.join("data"))
@@ -100,7 +117,7 @@ impl EtcdServer {
         self.log()
       );
     }
-    health(self.client_port)
+    health(self.metrics_port.unwrap_or(self.client_port))
   }
 
   pub(crate) fn log(&self) -> String {
@@ -115,6 +132,47 @@ impl EtcdServer {
     server.spawn(&cluster, &token);
     wait_until(|| server.healthy(), "the etcd member to answer /health");
     server
+  }
+
+  /// A single member serving clients over TLS with a certificate for 127.0.0.1 from a fresh
+  /// test CA; returns the CA's PEM file too.
+  pub(crate) fn start_tls() -> (EtcdServer, PathBuf) {
+    let mut server = EtcdServer::new("tls");
+    server.metrics_port = Some(free_port());
+    let dir = server.dir.clone();
+    std::fs::write(
+      dir.join("ext.cnf"),
+      "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write the cert extensions");
+    let openssl = |args: &str| {
+      let status = Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run openssl");
+      assert!(status.success(), "openssl {args}");
+    };
+    openssl(
+      "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=ff-test-ca",
+    );
+    openssl("req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1");
+    openssl("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile ext.cnf");
+    let cluster = format!("tls={}", server.peer_url());
+    let token = format!("ff-{}", server.client_port);
+    server.spawn(&cluster, &token);
+    wait_until(|| server.healthy(), "the TLS etcd member to answer /health");
+    (server, dir.join("ca.pem"))
+  }
+
+  /// SIGSTOP: a frozen member, whose connections stay open and silent.
+  pub(crate) fn pause(&self) {
+    if let Some(child) = &self.child {
+      // SAFETY: kill(2) on our own child's PID.
+      unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGSTOP) };
+    }
   }
 
   /// SIGKILL, like a crashed or powered-off member.

@@ -370,6 +370,48 @@ fn unreachable_endpoints_fail_with_elockbackend_naming_them() {
   assert_eq!(err.code, "ELOCKBACKEND");
 }
 
+#[test]
+fn etcds_with_a_private_ca_works_and_an_unknown_ca_is_refused() {
+  let (server, ca) = EtcdServer::start_tls();
+  let url = format!("etcds://{}?ca={}", server.endpoint(), ca.display());
+  let locks = connect(EtcdConfig::parse(&url).unwrap());
+  let g = locks.try_acquire("/ff/tls", &holder("t")).unwrap().unwrap();
+  assert!(locks.release(g).unwrap());
+
+  let mut untrusted = EtcdConfig::parse(&format!("etcds://{}", server.endpoint())).unwrap();
+  untrusted.timeout = Duration::from_millis(1500);
+  let err = EtcdLocks::connect(untrusted)
+    .err()
+    .expect("the test CA is not a system root");
+  assert_eq!(err.code, "ELOCKBACKEND");
+  assert!(err.message.contains(&server.endpoint()), "{}", err.message);
+}
+
+/// A waiter whose member freezes (its watch goes silent, nothing is ever delivered) is still
+/// served when the holder releases through another member: the timed re-check fails over.
+#[test]
+fn a_waiter_on_a_frozen_member_is_still_served() {
+  let cluster = EtcdCluster::start();
+  let e = cluster.endpoints();
+  let a = connect(fast(vec![e[1].clone(), e[2].clone()]));
+  let b = Arc::new(connect(fast(vec![
+    e[0].clone(),
+    e[1].clone(),
+    e[2].clone(),
+  ])));
+  let g = a.try_acquire("/ff/frozen", &holder("a")).unwrap().unwrap();
+  let waiter = {
+    let b = Arc::clone(&b);
+    std::thread::spawn(move || b.wait_acquire("/ff/frozen", &holder("b"), soon(), &always))
+  };
+  wait_until(|| waiters(&a, "/ff/frozen") == 1, "b to queue");
+  cluster.members[0].pause();
+  assert!(a.release(g.clone()).unwrap());
+  let next = waiter.join().unwrap().unwrap().expect("b is served");
+  assert!(next.token > g.token);
+  assert!(b.release(next).unwrap());
+}
+
 /// Three workers, each with its own engine on all three members, update a shared counter under
 /// the lock; the leader is SIGKILLed mid-run. Each holder's time as holder ends at its release
 /// or its own deadline, whichever comes first: those spans never overlap, tokens only rise,
