@@ -12,7 +12,6 @@
 
 mod client;
 pub mod config;
-#[allow(dead_code)]
 mod generated;
 mod recipe;
 #[cfg(test)]

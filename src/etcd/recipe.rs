@@ -48,14 +48,48 @@ impl Queue {
   }
 
   /// Grants the first spare lease: proves at connect time that the cluster answers and can
-  /// write (a lease grant goes through Raft).
-  pub(crate) async fn prime(&self) -> Result<()> {
+  /// write (a lease grant goes through Raft). Then keeps the spare alive every refresh period,
+  /// so that an uncontended acquire stays one round trip however long the process idles.
+  pub(crate) async fn prime(self: &Arc<Self>) -> Result<()> {
     let lease = self
       .client
       .grant_lease(self.client.op_deadline(None))
       .await?;
     *self.spare.lock().unwrap_or_else(|p| p.into_inner()) = Some(lease);
+    let engine = Arc::downgrade(self);
+    let period = self.client.config.refresh;
+    tokio::spawn(async move {
+      loop {
+        tokio::time::sleep(period).await;
+        // The engine is gone: stop (its runtime is shutting down anyway).
+        let Some(me) = engine.upgrade() else { return };
+        me.renew_spare().await;
+      }
+    });
     Ok(())
+  }
+
+  #[cfg(test)]
+  pub(crate) fn spare(&self) -> Option<Lease> {
+    *self.spare.lock().unwrap_or_else(|p| p.into_inner())
+  }
+
+  async fn renew_spare(self: &Arc<Self>) {
+    let spare = *self.spare.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(lease) = spare else { return };
+    let renewed = self
+      .client
+      .keep_alive(lease.id, self.client.op_deadline(None))
+      .await;
+    let mut slot = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+    // Only if the spare was not handed out (or replaced) meanwhile.
+    if let Some(current) = slot.as_mut().filter(|s| s.id == lease.id) {
+      match renewed {
+        Ok(Some(deadline)) => current.deadline = current.deadline.max(deadline),
+        Ok(None) => *slot = None, // expired: the next attempt grants a fresh lease
+        Err(_) => {}
+      }
+    }
   }
 
   /// A lease for a new attempt: the spare if it still has a full refresh period ahead of its

@@ -115,6 +115,31 @@ fn a_grant_carries_a_rising_token_and_the_holder_record() {
   assert!(b.release(g2).unwrap());
 }
 
+/// The lease for the next acquire is granted and kept alive ahead of time, so even after idling
+/// longer than a lease an uncontended acquire is the single Txn, on that lease.
+#[test]
+fn an_idle_engine_still_acquires_on_its_kept_alive_spare_lease() {
+  let server = EtcdServer::start();
+  let locks = connect(fast(vec![server.endpoint()]));
+  let spare = locks.queue.spare().expect("granted at connect");
+  let first_deadline = spare.deadline;
+  wait_until(
+    || {
+      locks
+        .queue
+        .spare()
+        .is_some_and(|s| s.deadline > first_deadline + locks.config().ttl)
+    },
+    "the spare lease to be renewed past its first ttl",
+  );
+  let g = locks
+    .try_acquire("/ff/idle", &holder("i"))
+    .unwrap()
+    .unwrap();
+  assert_eq!(g.lease_id, spare.id);
+  assert!(locks.release(g).unwrap());
+}
+
 #[test]
 fn waiters_are_served_first_come_first_served() {
   let server = EtcdServer::start();
