@@ -14,9 +14,10 @@ mod client;
 pub mod config;
 mod generated;
 mod recipe;
-#[cfg(test)]
+// The tests run real etcd processes and signal them: Unix only.
+#[cfg(all(test, unix))]
 mod test_server;
-#[cfg(test)]
+#[cfg(all(test, unix))]
 mod tests;
 
 use std::future::Future;
