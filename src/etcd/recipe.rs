@@ -69,7 +69,7 @@ impl Queue {
     Ok(())
   }
 
-  #[cfg(test)]
+  #[cfg(all(test, unix))]
   pub(crate) fn spare(&self) -> Option<Lease> {
     *self.spare.lock().unwrap_or_else(|p| p.into_inner())
   }
