@@ -16,6 +16,7 @@ pub mod backend;
 pub mod config;
 pub mod deadlines;
 pub mod error;
+pub mod etcd;
 pub mod failpoints;
 pub mod fence;
 pub mod file;
