@@ -27,6 +27,7 @@ pub mod identity;
 pub mod lock_table;
 pub mod metrics;
 pub mod paths;
+pub mod project;
 pub mod record;
 pub mod store;
 #[cfg(test)]
