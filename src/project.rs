@@ -13,34 +13,45 @@ use crate::record::new_lock_id;
 
 const ID_FILE: &str = "project-id";
 
-/// The project's id, made on first use. Several processes making it at once agree: the file is
-/// created with `O_EXCL`, and whoever loses reads the winner's.
+/// The project's id, made on first use. Several processes making it at once agree: each writes
+/// a candidate to a temp file and links it into place (a link fails if the name exists), so the
+/// file is never seen half-written and whoever loses reads the winner's.
 pub fn id(root: &Path) -> Result<String> {
   let lock_dir = paths::lock_dir_of(root);
   paths::ensure_lock_dir(&lock_dir)?;
   let path = lock_dir.join(ID_FILE);
-  for _ in 0..50 {
-    match fs::read_to_string(&path) {
-      Ok(text) if is_id(text.trim()) => return Ok(text.trim().to_string()),
-      // Being written by its maker right now (or damaged: then it stays so, and we say so).
-      Ok(_) => std::thread::yield_now(),
-      Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-        let id = new_lock_id()[..16].to_string();
-        let made = OpenOptions::new()
-          .write(true)
-          .create_new(true)
-          .mode(0o644)
-          .custom_flags(libc::O_NOFOLLOW)
-          .open(&path)
-          .and_then(|mut file| file.write_all(format!("{id}\n").as_bytes()));
-        match made {
-          Ok(()) => return Ok(id),
-          Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-          Err(e) => return Err(LockError::io(&e, "Cannot create the project id", &path)),
-        }
-      }
-      Err(e) => return Err(LockError::io(&e, "Cannot read the project id", &path)),
+  match fs::read_to_string(&path) {
+    Ok(text) => return checked(&path, &text),
+    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+    Err(e) => return Err(LockError::io(&e, "Cannot read the project id", &path)),
+  }
+  let id = new_lock_id()[..16].to_string();
+  let temp = lock_dir.join(format!(".{ID_FILE}.{}.tmp", std::process::id()));
+  let made = OpenOptions::new()
+    .write(true)
+    .create(true)
+    .truncate(true)
+    .mode(0o644)
+    .custom_flags(libc::O_NOFOLLOW)
+    .open(&temp)
+    .and_then(|mut file| file.write_all(format!("{id}\n").as_bytes()))
+    .and_then(|_| fs::hard_link(&temp, &path));
+  let _ = fs::remove_file(&temp);
+  match made {
+    Ok(()) => Ok(id),
+    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+      let text = fs::read_to_string(&path)
+        .map_err(|e| LockError::io(&e, "Cannot read the project id", &path))?;
+      checked(&path, &text)
     }
+    Err(e) => Err(LockError::io(&e, "Cannot create the project id", &path)),
+  }
+}
+
+fn checked(path: &Path, text: &str) -> Result<String> {
+  let id = text.trim();
+  if is_id(id) {
+    return Ok(id.to_string());
   }
   Err(LockError::new(
     "ELOCKCONFIG",
