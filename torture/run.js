@@ -474,7 +474,7 @@ async function fuzzing() {
   })
   const seconds = (performance.now() - started) / 1000
   const passed = /test result: ok\. (\d+) passed/.exec(out.stdout)
-  record(5, `mutational fuzzing from the checked-in corpus, ${iterations} inputs per target`, {
+  record(5, `proptest fuzzing: checked-in corpus mutated and arbitrary bytes, ${iterations} cases per target`, {
     runs: iterations * 2,
     hung: out.signal ? 1 : 0,
     ok: out.status === 0 && passed !== null,
