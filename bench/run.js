@@ -12,6 +12,7 @@ const { execFile, execFileSync } = require('node:child_process')
 const { promisify } = require('node:util')
 const { adapters, version } = require('./adapters.js')
 const { renderChart } = require('./chart.js')
+const { table } = require('../lib/table.js')
 
 const run = promisify(execFile)
 const SMOKE = process.argv.includes('--smoke')
@@ -199,10 +200,7 @@ async function main() {
   for (const r of rows) if (r[1] === 'lost updates' || r[1] === 'max/median wait') r.splice(6, 3, '', '', '')
 
   const headers = ['scenario', 'metric', ff, 'proper-lockfile', 'lockfile', 'flock limit', 'vs proper-lockfile', 'vs lockfile', 'from limit']
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)))
-  const line = (cells) => cells.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd()
-  console.log(line(headers))
-  for (const r of rows) console.log(line(r))
+  console.log(table(headers, rows.map((r) => r.map(String))))
   const e = results.E
   console.log(`\nE: ${COUNTS.coalesce} concurrent updateTaskFile in one process: ${fmt(e.allMs, 1)} ms, one call ${fmt(e.oneMs, 2)} ms: ${fmt(e.ratio, 1)}x one call, ${e.lost} lost`)
   console.log('\nRatios: "vs peer" = how many times better flowforge-lock is; "from limit" = how many times the raw flock loop is ahead.')
