@@ -120,6 +120,7 @@ pub fn prepare(file: &str) -> Result<Target> {
 fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
+  let next_refresh = Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval);
   entry.held = Some(Held {
     lock_id: lock_id.clone(),
     file: file.to_path_buf(),
@@ -129,9 +130,9 @@ fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
       lost: None,
     })),
     refresh_every,
-    next_refresh: Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval),
+    next_refresh,
   });
-  heartbeat::ensure_running(refresh_due);
+  heartbeat::ensure_running(refresh_due, next_refresh);
   lock_id
 }
 
