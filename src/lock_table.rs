@@ -341,14 +341,17 @@ fn fail_waiters(key: &Path, error: &LockError) {
 
 /// Releases a lock this process holds. `Ok(false)`: nothing to release (already released).
 pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
-  let held = {
+  let (held, waiting_thread) = {
     let mut table = table();
     let Some(entry) = table.get_mut(&target.lock_path) else {
       drop(table);
       return release_not_held(target, lock_id);
     };
     match &entry.held {
-      Some(held) if held.lock_id == lock_id => entry.held.take().expect("checked above"),
+      Some(held) if held.lock_id == lock_id => (
+        entry.held.take().expect("checked above"),
+        entry.waiting_thread,
+      ),
       Some(held) => {
         return Err(LockError::new(
           "ELOCKMISMATCH",
@@ -367,7 +370,11 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
   };
   end_hold(&held);
   metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
-  CHANGED.notify_all();
+  // Only a waiting thread listens (one that waits for this process's own holder to end): a
+  // notify costs a system call even with nobody listening, so none on the uncontended path.
+  if waiting_thread {
+    CHANGED.notify_all();
+  }
   Ok(true)
 }
 
