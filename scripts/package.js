@@ -1,0 +1,79 @@
+#!/usr/bin/env node
+'use strict'
+// npm run package: every tarball a user installs, in dist/.
+//   dist/flowforge-lock-<version>.tgz              the main package (JS, types, CLI, and the
+//                                                  Rust sources for the install step's fallback)
+//   dist/flowforge-lock-<platform>-<version>.tgz   the prebuilt binary of this machine's
+//                                                  platform (napi-rs layout: npm/<platform>/)
+// Steps: sync every version to package.json's (scripts/sync-versions.js); build the addon
+// for this platform straight into npm/<platform>/ (cargo's incremental build: seconds when
+// `npm install` built it already; the checkout's own flowforge-lock.*.node and native.js are
+// left alone); `npm pack` both, without lifecycle scripts. Prints the tarballs as JSON on the
+// last line of stdout. Other platforms' packages are built on those platforms: docs/releasing.md.
+
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawnSync } = require('node:child_process')
+const { PACKAGE_ROOT, currentPlatform, declaredPlatforms, localBinaryName, rootPackage } = require('./platform.js')
+const { sync, differences } = require('./sync-versions.js')
+
+const DIST = path.join(PACKAGE_ROOT, 'dist')
+
+function run(command, args, options) {
+  const result = spawnSync(command, args, { stdio: ['ignore', 'pipe', 'inherit'], encoding: 'utf8', ...options })
+  if (result.error) throw result.error
+  if (result.status !== 0) {
+    process.stderr.write(result.stdout || '')
+    throw new Error(`${command} ${args.join(' ')} failed (exit ${result.status ?? result.signal}) in ${options.cwd}`)
+  }
+  return result.stdout
+}
+
+/** `npm pack` of `dir` into dist/: `{ file, size }`. */
+function pack(dir) {
+  const out = run('npm', ['pack', '--json', '--ignore-scripts', '--pack-destination', DIST], { cwd: dir })
+  const [info] = JSON.parse(out)
+  const file = path.join(DIST, info.filename)
+  return { file, size: fs.statSync(file).size, entries: info.entryCount }
+}
+
+function main() {
+  sync()
+  const left = differences()
+  if (left.length) throw new Error(`versions still differ: ${JSON.stringify(left)}`)
+  const pkg = rootPackage()
+  const here = currentPlatform()
+  const platform = declaredPlatforms(pkg).find((p) => p.name === here.name)
+  if (!platform) throw new Error(`this machine (${here.name}, ${here.triple}) is not in package.json napi.targets`)
+
+  const platformDir = path.join(PACKAGE_ROOT, 'npm', platform.name)
+  const binary = path.join(platformDir, localBinaryName(platform.name))
+  fs.rmSync(binary, { force: true })
+  process.stderr.write(`building ${localBinaryName(platform.name)} (release) into npm/${platform.name}/\n`)
+  const napi = path.join(PACKAGE_ROOT, 'node_modules', '@napi-rs', 'cli', 'dist', 'cli.js')
+  run(process.execPath, [napi, 'build', '--platform', '--release', '--no-js', '--output-dir', platformDir], {
+    cwd: PACKAGE_ROOT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+  })
+  if (!fs.existsSync(binary)) throw new Error(`napi build did not write ${binary}`)
+  // --no-js also skips the type definitions, but check nothing else landed next to the binary.
+  for (const name of fs.readdirSync(platformDir)) {
+    if (!['package.json', 'README.md', localBinaryName(platform.name)].includes(name)) fs.rmSync(path.join(platformDir, name), { recursive: true })
+  }
+
+  fs.mkdirSync(DIST, { recursive: true })
+  for (const old of fs.readdirSync(DIST)) if (old.endsWith('.tgz')) fs.rmSync(path.join(DIST, old))
+  const main = pack(PACKAGE_ROOT)
+  const native = pack(platformDir)
+  const kib = (n) => `${(n / 1024).toFixed(1)} KiB`
+  process.stderr.write(`\n${path.relative(PACKAGE_ROOT, main.file)}  ${kib(main.size)}, ${main.entries} files\n`)
+  process.stderr.write(`${path.relative(PACKAGE_ROOT, native.file)}  ${kib(native.size)}, ${native.entries} files\n`)
+  process.stdout.write(`${JSON.stringify({ version: pkg.version, platform: platform.name, main, native })}\n`)
+}
+
+try {
+  main()
+} catch (err) {
+  process.stderr.write(`npm run package: ${err.message}\n`)
+  process.exit(1)
+}
