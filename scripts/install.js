@@ -68,6 +68,16 @@ function fail(lines) {
   process.exit(1)
 }
 
+/** Why this platform's prebuilt package did not do it: missing, or present but not loading. */
+function prebuiltProblem(prebuilt, error) {
+  try {
+    require.resolve(`${prebuilt.packageName}/package.json`, { paths: [PACKAGE_DIR] })
+  } catch {
+    return `  This platform's package, ${prebuilt.packageName}, is not installed (npm installs it as an optional dependency: omitted, or not reachable?).`
+  }
+  return `  This platform's package, ${prebuilt.packageName}, is installed but does not load:\n    ${error}`
+}
+
 function main() {
   if (!PACKAGE_DIR.split(path.sep).includes('node_modules')) return // the library's own checkout
   const first = loads()
@@ -80,15 +90,12 @@ function main() {
   const rustc = versionOf('rustc')
   const minText = MIN_RUST.slice(0, 2).join('.')
   if (!cargo || !rustc || !atLeast(rustc.numbers, MIN_RUST)) {
-    const found = !cargo || !rustc ? 'no Rust toolchain (cargo and rustc) on PATH' : `${rustc.text}, older than ${minText}`
+    const found = !cargo || !rustc ? 'none' : `${rustc.text}, older than ${minText}`
     fail([
-      `flowforge-lock: cannot install: no prebuilt binary loads on this platform, and it cannot be built from source here.`,
-      `  platform:          ${here.name} (${here.triple})`,
-      `  prebuilt binaries: ${platforms.map((p) => p.name).join(', ')}`,
-      prebuilt
-        ? `  the prebuilt package for this platform, ${prebuilt.packageName}, is not installed or did not load:\n    ${first.error}`
-        : `  there is no prebuilt binary for ${here.name}.`,
-      `  building from source needs Rust >= ${minText}: found ${found}.`,
+      `flowforge-lock: cannot install on ${here.name} (${here.triple}): no prebuilt binary loads, and there is no Rust toolchain to build one.`,
+      `  Prebuilt binaries exist for: ${platforms.map((p) => p.name).join(', ')}.`,
+      prebuilt ? prebuiltProblem(prebuilt, first.error) : `  There is none for ${here.name}.`,
+      `  Building from source needs Rust >= ${minText} (cargo and rustc on PATH); found ${found}.`,
       `  Install Rust with:`,
       `    ${RUSTUP}`,
       `  then open a new shell (or run: . "$HOME/.cargo/env") and install flowforge-lock again.`,
