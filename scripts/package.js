@@ -8,14 +8,18 @@
 // Steps: sync every version to package.json's (scripts/sync-versions.js); build the addon
 // for this platform straight into npm/<platform>/ (cargo's incremental build: seconds when
 // `npm install` built it already; the checkout's own flowforge-lock.*.node and native.js are
-// left alone); `npm pack` both, without lifecycle scripts. Prints the tarballs as JSON on the
-// last line of stdout. Other platforms' packages are built on those platforms: docs/releasing.md.
+// left alone); pack the platform package; stage the files `npm pack` would take for the main
+// package in dist/.stage/, add `optionalDependencies` on every platform package at the same
+// version to the staged package.json (napi-rs's pre-publish step; the checkout's package.json
+// does not carry them, or `npm ci` would refuse its lock file), and pack that. No lifecycle
+// scripts run. Prints the tarballs as JSON on the last line of stdout. Other platforms'
+// packages are built on those platforms: docs/releasing.md.
 
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const { PACKAGE_ROOT, currentPlatform, declaredPlatforms, localBinaryName, rootPackage } = require('./platform.js')
-const { sync, differences } = require('./sync-versions.js')
+const { sync, differences, optionalDependencies } = require('./sync-versions.js')
 
 const DIST = path.join(PACKAGE_ROOT, 'dist')
 
@@ -35,6 +39,20 @@ function pack(dir) {
   const [info] = JSON.parse(out)
   const file = path.join(DIST, info.filename)
   return { file, size: fs.statSync(file).size, entries: info.entryCount }
+}
+
+/** A copy of what `npm pack` takes from the checkout, its package.json with optionalDependencies. */
+function stageMain(pkg) {
+  const stage = path.join(DIST, '.stage', pkg.name)
+  fs.rmSync(path.join(DIST, '.stage'), { recursive: true, force: true })
+  const listed = JSON.parse(run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: PACKAGE_ROOT }))[0].files
+  for (const { path: file } of listed) {
+    fs.mkdirSync(path.dirname(path.join(stage, file)), { recursive: true })
+    fs.copyFileSync(path.join(PACKAGE_ROOT, file), path.join(stage, file))
+  }
+  const staged = { ...pkg, optionalDependencies: optionalDependencies(pkg) }
+  fs.writeFileSync(path.join(stage, 'package.json'), `${JSON.stringify(staged, null, 2)}\n`)
+  return stage
 }
 
 function main() {
@@ -63,8 +81,9 @@ function main() {
 
   fs.mkdirSync(DIST, { recursive: true })
   for (const old of fs.readdirSync(DIST)) if (old.endsWith('.tgz')) fs.rmSync(path.join(DIST, old))
-  const main = pack(PACKAGE_ROOT)
   const native = pack(platformDir)
+  const main = pack(stageMain(pkg))
+  fs.rmSync(path.join(DIST, '.stage'), { recursive: true, force: true })
   const kib = (n) => `${(n / 1024).toFixed(1)} KiB`
   process.stderr.write(`\n${path.relative(PACKAGE_ROOT, main.file)}  ${kib(main.size)}, ${main.entries} files\n`)
   process.stderr.write(`${path.relative(PACKAGE_ROOT, native.file)}  ${kib(native.size)}, ${native.entries} files\n`)

@@ -1,24 +1,29 @@
 #!/usr/bin/env node
 'use strict'
 // One version for every package: the root package.json's `version`. This writes it into each
-// npm/<platform>/package.json and into the root's `optionalDependencies` (one entry per
-// platform in `napi.targets`, at exactly that version). `npm version <v>` runs it (the
-// `version` script); `npm run package` runs it before packing. `--check` changes nothing and
-// exits 1 listing what differs (the consumer test runs the same comparison).
+// npm/<platform>/package.json. The main package's `optionalDependencies` (one entry per platform
+// in `napi.targets`, at exactly that version) are written by `npm run package` into the
+// package.json it packs, as napi-rs's pre-publish step does: in the checkout they would name
+// packages the registry does not have yet, and `npm ci` would refuse the lock file.
+// `npm version <v>` runs this (the `version` script); `npm run package` runs it before packing.
+// `--check` changes nothing and exits 1 listing what differs (the consumer test checks the same).
 
 const fs = require('node:fs')
 const path = require('node:path')
 const { PACKAGE_ROOT, declaredPlatforms, rootPackage } = require('./platform.js')
+
+/** The main package's optionalDependencies: every declared platform package at the root version. */
+function optionalDependencies(pkg = rootPackage()) {
+  return Object.fromEntries(declaredPlatforms(pkg).map((p) => [p.packageName, pkg.version]))
+}
 
 /** What should change to make every version the root's: `[{ file, field, is, should }]`. */
 function differences() {
   const pkg = rootPackage()
   const out = []
   const platforms = declaredPlatforms(pkg)
-  const wanted = Object.fromEntries(platforms.map((p) => [p.packageName, pkg.version]))
-  const have = pkg.optionalDependencies || {}
-  if (JSON.stringify(have) !== JSON.stringify(wanted)) {
-    out.push({ file: 'package.json', field: 'optionalDependencies', is: have, should: wanted })
+  if (pkg.optionalDependencies !== undefined) {
+    out.push({ file: 'package.json', field: 'optionalDependencies', is: pkg.optionalDependencies, should: '(absent: npm run package adds them)' })
   }
   const dirs = fs.readdirSync(path.join(PACKAGE_ROOT, 'npm'))
   for (const p of platforms) {
@@ -38,13 +43,10 @@ function differences() {
   return out
 }
 
-/** Rewrites the files so that `differences()` is empty (platform dirs must exist already). */
+/** Rewrites npm/<platform>/package.json so that `differences()` is empty (the dirs must exist). */
 function sync() {
   const pkg = rootPackage()
-  const platforms = declaredPlatforms(pkg)
-  pkg.optionalDependencies = Object.fromEntries(platforms.map((p) => [p.packageName, pkg.version]))
-  fs.writeFileSync(path.join(PACKAGE_ROOT, 'package.json'), `${JSON.stringify(pkg, null, 2)}\n`)
-  for (const p of platforms) {
+  for (const p of declaredPlatforms(pkg)) {
     const file = path.join(PACKAGE_ROOT, 'npm', p.name, 'package.json')
     const sub = JSON.parse(fs.readFileSync(file, 'utf8'))
     sub.version = pkg.version
@@ -60,4 +62,4 @@ if (require.main === module) {
   console.log(`every package at ${rootPackage().version}`)
 }
 
-module.exports = { differences, sync }
+module.exports = { differences, sync, optionalDependencies }
