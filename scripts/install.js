@@ -2,7 +2,7 @@
 'use strict'
 // The package's `install` step, run by npm when a project installs flowforge-lock.
 //
-// 1. In the library's own checkout (not under node_modules/) it does nothing: `prepare`
+// 1. In the library's own checkout (not under node_modules/, or a git work tree) it does nothing: `prepare`
 //    builds the addon there with the napi-rs CLI, once.
 // 2. If a prebuilt binary loads (the platform package npm installed as an optional
 //    dependency, e.g. flowforge-lock-linux-x64-gnu), it does nothing.
@@ -79,7 +79,8 @@ function prebuiltProblem(prebuilt, error) {
 }
 
 function main() {
-  if (!PACKAGE_DIR.split(path.sep).includes('node_modules')) return // the library's own checkout
+  const ownCheckout = !PACKAGE_DIR.split(path.sep).includes('node_modules') || fs.existsSync(path.join(PACKAGE_DIR, '.git'))
+  if (ownCheckout) return
   const first = loads()
   if (first.ok) return
 
