@@ -63,9 +63,10 @@ const atLeast = (v, min) => {
   return true
 }
 
+class InstallError extends Error {}
+/** Ends the install with this message (after any `finally` cleanup) and exit status 1. */
 function fail(lines) {
-  process.stderr.write(`\n${lines.join('\n')}\n\n`)
-  process.exit(1)
+  throw new InstallError(lines.join('\n'))
 }
 
 /** Why this platform's prebuilt package did not do it: missing, or present but not loading. */
@@ -93,7 +94,7 @@ function main() {
   if (!cargo || !rustc || !atLeast(rustc.numbers, MIN_RUST)) {
     const found = !cargo || !rustc ? 'none' : `${rustc.text}, older than ${minText}`
     fail([
-      `flowforge-lock: cannot install on ${here.name} (${here.triple}): no prebuilt binary loads, and there is no Rust toolchain to build one.`,
+      `flowforge-lock: cannot install on ${here.name} (${here.triple}): no prebuilt binary loads, and no Rust toolchain to build one.`,
       `  Prebuilt binaries exist for: ${platforms.map((p) => p.name).join(', ')}.`,
       prebuilt ? prebuiltProblem(prebuilt, first.error) : `  There is none for ${here.name}.`,
       `  Building from source needs Rust >= ${minText} (cargo and rustc on PATH); found ${found}.`,
@@ -134,4 +135,9 @@ function main() {
   say(`flowforge-lock: built ${localBinaryName(here.name)} from source`)
 }
 
-main()
+try {
+  main()
+} catch (err) {
+  process.stderr.write(`\n${err instanceof InstallError ? err.message : `flowforge-lock: cannot install: ${err.stack}`}\n\n`)
+  process.exit(1)
+}
