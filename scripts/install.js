@@ -94,11 +94,11 @@ function main() {
   if (!cargo || !rustc || !atLeast(rustc.numbers, MIN_RUST)) {
     const found = !cargo || !rustc ? 'none' : `${rustc.text}, older than ${minText}`
     fail([
-      `flowforge-lock: cannot install on ${here.name} (${here.triple}): no prebuilt binary loads, and no Rust toolchain to build one.`,
+      `flowforge-lock: cannot install on ${here.name} (${here.triple}): no prebuilt binary loads, and no Rust toolchain >= ${minText} to build one.`,
       `  Prebuilt binaries exist for: ${platforms.map((p) => p.name).join(', ')}.`,
       prebuilt ? prebuiltProblem(prebuilt, first.error) : `  There is none for ${here.name}.`,
       `  Building from source needs Rust >= ${minText} (cargo and rustc on PATH); found ${found}.`,
-      `  Install Rust with:`,
+      `  Install Rust with${cargo && rustc ? ' (or update it: rustup update)' : ''}:`,
       `    ${RUSTUP}`,
       `  then open a new shell (or run: . "$HOME/.cargo/env") and install flowforge-lock again.`,
     ])
