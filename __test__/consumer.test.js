@@ -123,6 +123,16 @@ describe('npm run package', () => {
     }
   })
 
+  test("the main tarball's Cargo.toml is one cargo accepts without the files left out (tests, benches, examples)", () => {
+    const dir = tempDir('ffl-unpacked-')
+    expect(run('tar', ['xzf', packed.main.file, '-C', dir]).status).toBe(0)
+    const got = run('cargo', ['metadata', '--no-deps', '--offline', '--format-version', '1'], { cwd: path.join(dir, 'package') })
+    expect(got.stderr).toBe('')
+    const [crate] = JSON.parse(got.stdout).packages
+    const missing = crate.targets.map((t) => t.src_path).filter((src) => !fs.existsSync(src))
+    expect(missing).toEqual([])
+  })
+
   test('package.json carries repository, keywords, engines, files, an install step and types for every subpath', () => {
     expect(pkg.repository.url).toMatch(/\S/)
     expect(pkg.keywords.length).toBeGreaterThan(0)

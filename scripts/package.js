@@ -41,6 +41,39 @@ function pack(dir) {
   return { file, size: fs.statSync(file).size, entries: info.entryCount }
 }
 
+/**
+ * Cargo.toml without the [[test]], [[bench]] and [[example]] targets whose source files are not
+ * shipped: cargo refuses a manifest that names a missing target file, even for `cargo build`,
+ * and the tarball leaves tests, benches and examples out.
+ */
+function pruneCargoTargets(text, shipped) {
+  const out = []
+  let block = null
+  const flush = () => {
+    if (!block) return
+    // Blank and comment lines at the end belong to what follows: always keep them.
+    let end = block.lines.length
+    while (end > 1 && /^\s*(#.*)?$/.test(block.lines[end - 1])) end--
+    const body = block.lines.slice(0, end).join('\n')
+    const name = /^\s*name\s*=\s*"([^"]+)"/m.exec(body)?.[1]
+    const explicit = /^\s*path\s*=\s*"([^"]+)"/m.exec(body)?.[1]
+    const dir = { test: 'tests', bench: 'benches', example: 'examples' }[block.kind]
+    const candidates = explicit ? [explicit] : [`${dir}/${name}.rs`, `${dir}/${name}/main.rs`]
+    if (candidates.some(shipped)) out.push(...block.lines.slice(0, end))
+    out.push(...block.lines.slice(end))
+    block = null
+  }
+  for (const line of text.split('\n')) {
+    const header = /^\s*\[\[(test|bench|example)\]\]\s*$/.exec(line)
+    if (header || (block && /^\s*\[/.test(line))) flush()
+    if (header) block = { kind: header[1], lines: [line] }
+    else if (block) block.lines.push(line)
+    else out.push(line)
+  }
+  flush()
+  return out.join('\n')
+}
+
 /** A copy of what `npm pack` takes from the checkout, its package.json with optionalDependencies. */
 function stageMain(pkg) {
   const stage = path.join(DIST, '.stage', pkg.name)
@@ -50,6 +83,9 @@ function stageMain(pkg) {
     fs.mkdirSync(path.dirname(path.join(stage, file)), { recursive: true })
     fs.copyFileSync(path.join(PACKAGE_ROOT, file), path.join(stage, file))
   }
+  const cargoToml = path.join(stage, 'Cargo.toml')
+  const shipped = new Set(listed.map((f) => f.path))
+  fs.writeFileSync(cargoToml, pruneCargoTargets(fs.readFileSync(cargoToml, 'utf8'), (file) => shipped.has(file.replace(/^\.\//, ''))))
   const staged = { ...pkg, optionalDependencies: optionalDependencies(pkg) }
   fs.writeFileSync(path.join(stage, 'package.json'), `${JSON.stringify(staged, null, 2)}\n`)
   return stage
@@ -90,9 +126,13 @@ function main() {
   process.stdout.write(`${JSON.stringify({ version: pkg.version, platform: platform.name, main, native })}\n`)
 }
 
-try {
-  main()
-} catch (err) {
-  process.stderr.write(`npm run package: ${err.message}\n`)
-  process.exit(1)
+if (require.main === module) {
+  try {
+    main()
+  } catch (err) {
+    process.stderr.write(`npm run package: ${err.message}\n`)
+    process.exit(1)
+  }
 }
+
+module.exports = { pruneCargoTargets }
