@@ -21,9 +21,11 @@ const SPECIFIERS = Object.keys(pkg.exports)
   .filter((key) => key !== './package.json')
   .map((key) => (key === '.' ? pkg.name : `${pkg.name}/${key.slice(2)}`))
 const TSC = path.join(PACKAGE_ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
-// The source build reuses this target dir between runs (dependencies compile once); the crate
-// itself is compiled from the installed tarball's sources, whose path is new every run.
-const FALLBACK_TARGET_DIR = path.join(PACKAGE_ROOT, 'target', 'consumer-fallback')
+// The source build uses the checkout's target dir, so the dependencies `cargo test --release`
+// compiled (npm test runs it first) are reused; the crate itself is compiled from the installed
+// tarball's sources, whose path is new every run (the test checks cargo's "Compiling" line).
+// Nothing reads what it leaves in target/release/: napi build writes target/<triple>/release/.
+const FALLBACK_TARGET_DIR = path.join(PACKAGE_ROOT, 'target')
 
 const isExecutable = (file) => {
   try {
