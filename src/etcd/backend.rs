@@ -278,3 +278,109 @@ mod tests {
     }
   }
 }
+
+// Against a real etcd member: the seam's calls, the views' shape, and the token floor.
+#[cfg(all(test, unix))]
+mod real_etcd {
+  use std::sync::mpsc;
+
+  use super::super::test_server::{wait_until, EtcdServer};
+  use super::*;
+  use crate::lock_table;
+
+  fn project_file(name: &str) -> Target {
+    let root = crate::test_support::temp_dir("etcd-backend");
+    std::fs::create_dir_all(root.join(".flowforge")).unwrap();
+    lock_table::prepare(&root.join(name).to_string_lossy()).unwrap()
+  }
+
+  fn request(target: &Target) -> Request {
+    Request {
+      file: target.file.clone(),
+      stale_after: Duration::from_secs(30),
+    }
+  }
+
+  #[test]
+  fn grants_views_waits_and_releases_through_the_seam() {
+    let server = EtcdServer::start();
+    let backend = EtcdBackend::connect(&format!("etcd://{}?ttl=2000", server.endpoint())).unwrap();
+    let target = project_file("tasks.json");
+    let held = backend
+      .try_acquire(&target, &request(&target))
+      .unwrap()
+      .expect("free lock");
+    let token = held.fencing_token().unwrap();
+    assert!(token > 0);
+    assert!(held.deadline().unwrap() > Instant::now());
+    held.verify().unwrap();
+    assert!(backend
+      .try_acquire(&target, &request(&target))
+      .unwrap()
+      .is_none());
+
+    let info = backend.lock_info(&target, Duration::ZERO).unwrap().unwrap();
+    assert_eq!(info["fencingToken"], token);
+    assert_eq!(info["backend"], "etcd");
+    assert_eq!(info["state"], "held");
+    assert_eq!(info["lockId"], held.lock_id());
+    assert_eq!(info["file"], target.file.to_string_lossy().as_ref());
+    let prefix = info["lockFile"].as_str().unwrap();
+    assert!(prefix.starts_with(ROOT) && prefix.ends_with("/tasks.json.lock/"));
+    assert_eq!(backend.list(&target.root, Duration::ZERO).unwrap().len(), 1);
+    let report = backend.cleanup(&target.root, Duration::ZERO, false).unwrap();
+    assert_eq!(report["removed"].as_array().unwrap().len(), 0);
+    assert_eq!(report["kept"].as_array().unwrap().len(), 1);
+
+    // A waiter queues behind the holder; the grant's record names whoever heads the queue
+    // when it comes (here another file sharing the lock).
+    let other_file = target.root.join("elsewhere.json");
+    let (tx, rx) = mpsc::channel();
+    std::thread::scope(|scope| {
+      let waiting = scope.spawn(|| {
+        let head = || {
+          Some(Request {
+            file: other_file.clone(),
+            stale_after: Duration::from_secs(30),
+          })
+        };
+        let grant = backend.wait_acquire(&target, &head).unwrap().unwrap();
+        tx.send(()).unwrap();
+        grant
+      });
+      wait_until(
+        || {
+          backend.lock_info(&target, Duration::ZERO).unwrap().unwrap()["queueLength"] == 1
+        },
+        "the waiter to queue in etcd",
+      );
+      assert!(rx.try_recv().is_err());
+      held.release();
+      let next = waiting.join().unwrap();
+      assert!(next.fencing_token().unwrap() > token);
+      assert_eq!(
+        next.record().file.as_deref(),
+        Some(other_file.to_string_lossy().as_ref())
+      );
+      next.release();
+    });
+    assert!(!backend.is_locked(&target, Duration::ZERO).unwrap());
+    // Nobody waits any more: the wait ends without a grant.
+    assert!(backend.wait_acquire(&target, &|| None).unwrap().is_none());
+  }
+
+  #[test]
+  fn a_token_below_the_one_beside_the_data_is_refused() {
+    let server = EtcdServer::start();
+    let backend = EtcdBackend::connect(&format!("etcd://{}?ttl=2000", server.endpoint())).unwrap();
+    let target = project_file("tasks.json");
+    fence::check_and_record(&target, 1 << 40).unwrap();
+    let err = backend
+      .try_acquire(&target, &request(&target))
+      .err()
+      .expect("refused");
+    assert_eq!(err.code, "ELOCKBACKEND");
+    assert!(err.message.contains(".fence"), "{}", err.message);
+    assert!(!backend.is_locked(&target, Duration::ZERO).unwrap());
+  }
+}
