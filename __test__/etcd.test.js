@@ -292,8 +292,12 @@ describe('etcd backend, three-member cluster', () => {
     const workers = [1, 2, 3].map(() => start('etcd-counter', [file, updates, marker], backend(url)))
     await Promise.all(workers.map((w) => w.until(/^READY$/)))
     for (const w of workers) w.send('go')
-    // Mid-run: once every worker has held the lock at least once.
-    await Promise.all(workers.map((w) => w.until(/^TOKEN /)))
+    // Mid-run: once every worker has done a quarter of its updates.
+    await Promise.all(
+      workers.map(async (w) => {
+        for (let i = 0; i < updates / 4; i++) await w.until(/^TOKEN /)
+      }),
+    )
     const leader = await cluster.leader()
     const before = workers.map((w) => tokensOf(w).length)
     await leader.kill()

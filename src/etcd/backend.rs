@@ -77,7 +77,6 @@ impl EtcdBackend {
       record,
     }))
   }
-
 }
 
 /// The key prefix of `target`'s lock.
@@ -113,7 +112,10 @@ fn escape(name: &str) -> String {
 /// `heartbeatAgeMs` is null (`ttlLeftMs` tells how long the lease has left).
 fn view(lock: &RemoteLock) -> Value {
   let now = now_ms();
-  let mut out = lock.holder.as_ref().map_or_else(|| json!({}), LockRecord::to_json);
+  let mut out = lock
+    .holder
+    .as_ref()
+    .map_or_else(|| json!({}), LockRecord::to_json);
   let acquired_at = lock.holder.as_ref().and_then(|r| r.acquired_at);
   let fields = json!({
     "lockFile": lock.prefix,
@@ -328,7 +330,9 @@ mod real_etcd {
     let prefix = info["lockFile"].as_str().unwrap();
     assert!(prefix.starts_with(ROOT) && prefix.ends_with("/tasks.json.lock/"));
     assert_eq!(backend.list(&target.root, Duration::ZERO).unwrap().len(), 1);
-    let report = backend.cleanup(&target.root, Duration::ZERO, false).unwrap();
+    let report = backend
+      .cleanup(&target.root, Duration::ZERO, false)
+      .unwrap();
     assert_eq!(report["removed"].as_array().unwrap().len(), 0);
     assert_eq!(report["kept"].as_array().unwrap().len(), 1);
 
@@ -349,9 +353,7 @@ mod real_etcd {
         grant
       });
       wait_until(
-        || {
-          backend.lock_info(&target, Duration::ZERO).unwrap().unwrap()["queueLength"] == 1
-        },
+        || backend.lock_info(&target, Duration::ZERO).unwrap().unwrap()["queueLength"] == 1,
         "the waiter to queue in etcd",
       );
       assert!(rx.try_recv().is_err());
