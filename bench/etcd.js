@@ -73,7 +73,7 @@ async function lockClient(client, endpoint, file) {
   // etcdctl: the hold is the life of `etcdctl lock <name> <command>`.
   const name = `bench/${path.basename(file)}`
   const run = (command) => {
-    const out = spawnSync(ETCDCTL, ['--endpoints', endpoint, 'lock', name, ...command], {
+    const out = spawnSync(ETCDCTL, ['--endpoints', endpoint, 'lock', name, '--', ...command], {
       env: { ...process.env, ETCDCTL_API: '3' },
       encoding: 'utf8',
     })
