@@ -168,7 +168,7 @@ describe('etcd backend, one member', () => {
       a.child.kill('SIGCONT')
       a.send(`write ${seen + 1}`)
       const outcome = await a.until(/^(WROTE|ERR) /)
-      late.push(outcome.split(' ').slice(0, 2).join(' '))
+      late.push(outcome.startsWith('WROTE') ? 'WROTE' : outcome.split(' ').slice(0, 2).join(' '))
       if (outcome.startsWith('WROTE')) done += 1
       a.send('release')
       await a.until(/^RELEASED /)
