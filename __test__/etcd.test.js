@@ -270,6 +270,7 @@ describe('etcd backend, three-member cluster', () => {
       other.send('acquire 30000')
       proxy.cut()
       const lost = await cutOff.until(/^LOST /)
+      console.log(`etcd: cut-off client says: ${lost}`)
       expect(lost).toMatch(/could not be renewed in time|expired/)
       cutOff.send('verify')
       expect(await cutOff.until(/^(HELD|ERR) /)).toMatch(/^ERR ELOCKLOST /)
