@@ -194,7 +194,7 @@ describe('etcd backend, one member', () => {
     expect(lost).toBeGreaterThan(0)
   }, 600000)
 
-  test('etcd unreachable: ELOCKBACKEND naming the endpoint, within the caller’s timeout', async () => {
+  test('etcd unreachable: ELOCKBACKEND naming the endpoint, after the URL’s timeout (below the caller’s)', async () => {
     const root = makeProject()
     const file = counterFile(root)
     // A port nobody listens on: bound, then closed.
