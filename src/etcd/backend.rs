@@ -189,7 +189,7 @@ impl Backend for EtcdBackend {
   /// The held locks only: etcd keeps nothing of a free lock.
   fn list(&self, root: &Path, _stale_after: Duration) -> Result<Vec<Value>> {
     let locks = self.locks.list(&project_prefix(root)?)?;
-    Ok(locks.iter().map(|lock| view(lock)).collect())
+    Ok(locks.iter().map(view).collect())
   }
 
   /// Removes nothing: every key lives on a lease, and etcd deletes it when the lease runs out.
