@@ -21,9 +21,12 @@ async function exec(file, [command, ...args], { timeout }) {
   const fd = native.inheritableFd(file, lockId)
   const stdio = fd === null ? 'inherit' : ['inherit', 'inherit', 'inherit', fd]
   const env = fd === null ? process.env : { ...process.env, FLOWFORGE_LOCK_FD: String(LOCK_FD) }
-  const child = spawn(command, args, { stdio, env })
-  const forward = (signal) => child.kill(signal)
+  // Forward from before the spawn: a signal in between would otherwise end this wrapper and
+  // leave the command running without anyone to wait for it.
+  let child
+  const forward = (signal) => child?.kill(signal)
   for (const signal of FORWARDED) process.on(signal, forward)
+  child = spawn(command, args, { stdio, env })
   const outcome = await new Promise((resolve) => {
     child.on('error', (error) => resolve({ error }))
     child.on('exit', (code, signal) => resolve({ code, signal }))
