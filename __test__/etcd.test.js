@@ -18,6 +18,13 @@ const HOST_UPDATES = FULL ? 200 : 30
 const FROZEN_ROUNDS = FULL ? 5 : 2
 const canUnshare = process.getuid() === 0 && spawnSync('unshare', ['--uts', 'true']).status === 0
 
+// A failed assertion must not leave children (and their pipes) behind.
+const children = new Set()
+afterEach(() => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  children.clear()
+})
+
 /**
  * Starts `node fixtures/<name>.js args` with `env`; `host` runs it in a UTS namespace of its
  * own under that hostname. `until(re)` resolves with the next stdout line matching `re` (every
@@ -27,6 +34,7 @@ function start(name, args, env, { host } = {}) {
   const node = [process.execPath, path.join(FIXTURES, `${name}.js`), ...args.map(String)]
   const [cmd, ...argv] = host ? ['unshare', '--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', host, ...node] : node
   const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
+  children.add(child)
   const lines = []
   const waiting = []
   let stderr = ''
