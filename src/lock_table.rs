@@ -136,8 +136,17 @@ fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
   lock_id
 }
 
-/// The uncontended path: one try, right on the caller's thread. `Ok(None)` means somebody holds
-/// the lock, or others in this process are queued for it or are taking it.
+/// The uncontended path on the caller's thread: one try where that costs only system calls.
+/// `Ok(None)` means somebody holds the lock, others in this process are queued for it or are
+/// taking it, or the backend is a lock server (whose try is a round trip: see [`acquire`]).
+pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
+  if !config::backend_for(target)?.tries_locally() {
+    return Ok(None);
+  }
+  try_acquire(target, options)
+}
+
+/// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
   let backend = config::backend_for(target)?;
   {
@@ -171,9 +180,42 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 
 /// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
 /// (`ELOCKTIMEOUT` at the deadline, …) once decided, possibly right away. Called on the caller's
-/// thread, so the queue order is the order of the calls: first come, first served.
+/// thread, so the queue order is the order of the calls: first come, first served. For a lock
+/// server the first try (a round trip) runs on a thread of its own, never on Node's event loop.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
+  let local = match config::backend_for(&target) {
+    Ok(backend) => backend.tries_locally(),
+    Err(e) => return complete(Err(e)),
+  };
+  if local {
+    return acquire_from(started, target, options, complete);
+  }
+  // Kept outside the thread's closure, so that a thread that cannot start still settles it.
+  let slot = Arc::new(Mutex::new(Some(complete)));
+  let in_thread = slot.clone();
+  let lock_path = target.lock_path.clone();
+  let spawned = std::thread::Builder::new()
+    .name("flowforge-lock-try".into())
+    .spawn(move || {
+      let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+      if let Some(complete) = taken {
+        acquire_from(started, target, options, complete);
+      }
+    });
+  if let Err(e) = spawned {
+    let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(complete) = taken {
+      complete(Err(LockError::io(
+        &e,
+        "Cannot start a thread to ask the lock server for",
+        &lock_path,
+      )));
+    }
+  }
+}
+
+fn acquire_from(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
   match try_acquire(&target, &options) {
     Ok(Some(lock_id)) => return complete(Ok(lock_id)),
     Ok(None) => {}

@@ -252,6 +252,10 @@ fn lost_error(record: &LockRecord, why: &str) -> LockError {
 }
 
 impl Backend for FileBackend {
+  fn tries_locally(&self) -> bool {
+    true
+  }
+
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
     let (idle, room_says_wait) = {
       let mut slots = self.slots();
