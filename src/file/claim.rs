@@ -64,7 +64,7 @@ fn may_be_shared_between_kernels(dir: &Path) -> bool {
     0x0bd00bd0, // lustre
   ];
   match nix::sys::statfs::statfs(dir) {
-    Ok(stat) => SHARED.contains(&(stat.filesystem_type().0 as i64)),
+    Ok(stat) => SHARED.contains(&stat.filesystem_type().0),
     Err(_) => true,
   }
 }
