@@ -2,6 +2,8 @@
 import {
   acquireLock,
   releaseLock,
+  assertHeld,
+  configure,
   isLocked,
   getLockInfo,
   cleanupStaleLocks,
@@ -33,7 +35,10 @@ import * as integration from 'flowforge-lock/file-lock-integration'
 async function main(): Promise<void> {
   const id: string = await acquireLock('.flowforge/tasks.json', 5000)
   await acquireLock('x.json', { timeout: 0, staleThreshold: 60000 })
+  assertHeld('.flowforge/tasks.json', id)
   const released: boolean = await releaseLock('.flowforge/tasks.json', id)
+  configure({ backend: 'file' })
+  configure({ backend: null })
   const locked: boolean = await isLocked('x.json', { staleThreshold: 1000 })
   const info: LockInfo | null = await getLockInfo('x.json')
   if (info) {
@@ -66,6 +71,7 @@ async function main(): Promise<void> {
   const manager = new FileLockManager()
   manager.config.timeout = 10000
   const value: number = await manager.withLock('custom.json', async () => 42)
+  const aborted: boolean = await manager.withLock('custom.json', (signal: AbortSignal) => signal.aborted)
   const other = new ManagerFromSubpath.FileLockManager({ timeout: 1 })
   const count: number = await other.releaseAll()
   const constants: number = DEFAULT_TIMEOUT + HEARTBEAT_INTERVAL + STALE_THRESHOLD
