@@ -447,9 +447,9 @@ fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
 /// Process exit: releases everything this process holds, settles every queued wait with
 /// `ELOCKCANCELLED`, and lets the backends tidy up. Returns how many locks were released.
 pub fn release_all() -> usize {
-  let entries: Vec<(PathBuf, Entry)> = table().drain().collect();
+  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
   let mut released = 0;
-  for (lock_path, entry) in entries {
+  for entry in entries {
     if let Some(held) = entry.held {
       end_hold(&held);
       released += 1;
@@ -463,7 +463,6 @@ pub fn release_all() -> usize {
         ),
       )));
     }
-    let _ = lock_path;
   }
   CHANGED.notify_all();
   config::tidy_up_at_exit();
