@@ -115,7 +115,7 @@ describe('the version rule', () => {
     // The way out the message gives: delete it, and the file is versioned again from its next commit.
     fs.unlinkSync(sidecar)
     await updateWithLock(file, () => ({ keep: 'again' }))
-    expect(await readJSONVersioned(file)).toEqual({ data: { keep: 'again' }, version: 2, foreignWrite: false })
+    expect(await readJSONVersioned(file)).toEqual({ data: { keep: 'again' }, version: 1, foreignWrite: false })
   })
 })
 

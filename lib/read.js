@@ -74,7 +74,8 @@ function readFresh(file, needVersion) {
     if (err.code !== 'EVERSIONCORRUPT' || needVersion) throw err
     raw = native.readVersioned(file, false)
   }
-  return { key: raw.key, data: parse(file, raw.text), version: raw.version, foreignWrite: raw.foreignWrite }
+  // The core leaves out what it does not have (no file: no text and no key; no version asked).
+  return { key: raw.key ?? null, data: parse(file, raw.text ?? null), version: raw.version ?? null, foreignWrite: raw.foreignWrite }
 }
 
 /** Whether a stat will see the next change of this content (see RACY_MS). */

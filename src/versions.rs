@@ -78,18 +78,18 @@ struct Prev {
   version: u64,
   /// The previous state was a foreign write (or a file never committed by the library).
   foreign: bool,
-  file: Identity,
+  /// `None`: the file did not exist (this commit creates it).
+  file: Option<Identity>,
 }
 
 /// What the sidecar says; on disk followed by `check`, a hash of exactly these fields as
 /// serialised, so a flipped digit (a version, an inode) is refused instead of believed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 struct Sidecar {
   format: u32,
   version: u64,
   file: Identity,
-  prev: Option<Prev>,
+  prev: Prev,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -98,7 +98,7 @@ struct Stored {
   format: u32,
   version: u64,
   file: Identity,
-  prev: Option<Prev>,
+  prev: Prev,
   check: String,
 }
 
@@ -178,19 +178,17 @@ fn parse_sidecar(sidecar: &Path, bytes: &[u8]) -> Result<Sidecar> {
   if parsed.version == 0 {
     return Err(corrupt(sidecar, "version 0 is never committed"));
   }
-  if let Some(prev) = &parsed.prev {
-    if prev.version + 1 != parsed.version {
-      return Err(corrupt(
-        sidecar,
-        "its previous version is not one below its version",
-      ));
-    }
-    if prev.file == parsed.file {
-      return Err(corrupt(
-        sidecar,
-        "its previous and current files are the same",
-      ));
-    }
+  if parsed.prev.version + 1 != parsed.version {
+    return Err(corrupt(
+      sidecar,
+      "its previous version is not one below its version",
+    ));
+  }
+  if parsed.prev.file == Some(parsed.file) {
+    return Err(corrupt(
+      sidecar,
+      "its previous and current files are the same",
+    ));
   }
   Ok(parsed)
 }
@@ -249,17 +247,10 @@ fn judge(file: Option<Identity>, sidecar: Option<&Sidecar>) -> (State, bool) {
       false,
     ),
     (Some(id), Some(s)) if id == s.file => vouched(s.version, false),
-    (Some(id), Some(s)) => match &s.prev {
-      Some(prev) if prev.file == id => vouched(prev.version, prev.foreign),
-      _ => (
-        State {
-          version: s.version + 1,
-          foreign: true,
-        },
-        false,
-      ),
-    },
-    (None, Some(s)) => (
+    (Some(id), Some(s)) if s.prev.file == Some(id) => vouched(s.prev.version, s.prev.foreign),
+    // The commit that creates the file is between its two renames.
+    (None, Some(s)) if s.prev.file.is_none() => vouched(s.prev.version, s.prev.foreign),
+    (_, Some(s)) => (
       State {
         version: s.version + 1,
         foreign: true,
@@ -367,11 +358,11 @@ pub fn record_commit(file: &Path, temp: &Path, existing: Option<&fs::Metadata>) 
     format: FORMAT,
     version: state.version + 1,
     file: next,
-    prev: now.map(|file| Prev {
+    prev: Prev {
       version: state.version,
       foreign: state.foreign,
-      file,
-    }),
+      file: now,
+    },
   };
   let text = to_text(&sidecar);
   let temp_sidecar = store::temp_path(&sidecar_file);
