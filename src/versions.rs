@@ -228,15 +228,7 @@ fn read_sidecar(file: &Path) -> Result<Option<Sidecar>> {
 /// The version of the file whose identity is `file` (`None`: missing), and whether the sidecar
 /// vouches for it (`false`: a foreign write, or a reader that raced a commit).
 fn judge(file: Option<Identity>, sidecar: Option<&Sidecar>) -> (State, bool) {
-  let vouched = |version, foreign| {
-    (
-      State {
-        version,
-        foreign,
-      },
-      true,
-    )
-  };
+  let vouched = |version, foreign| (State { version, foreign }, true);
   match (file, sidecar) {
     (None, None) => vouched(0, false),
     (Some(_), None) => (
@@ -337,10 +329,7 @@ fn read_one_fd(file: &Path) -> Result<Option<(String, Identity)>> {
 fn is_dir(file: &Path) -> LockError {
   LockError::new(
     "EISDIR",
-    format!(
-      "{} is a directory, not a JSON file.",
-      file.display()
-    ),
+    format!("{} is a directory, not a JSON file.", file.display()),
   )
 }
 
