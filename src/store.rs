@@ -1,7 +1,8 @@
 //! The atomic JSON store: reads a protected file as text, and replaces it so that a crash at
 //! any instant leaves either the old or the new content: a unique temp file in the same
 //! directory, fsync, a last check that the lock is still ours, rename over the target, fsync
-//! of the directory. The file's mode (and owner, when we run as root) is kept.
+//! of the directory. The file's mode (and owner, when we run as root) is kept. Right before the
+//! rename, the file's version sidecar is told which inode comes next (versions.rs).
 //!
 //! The protocol is hand-written because it is the design (write-file-atomic, the nearest
 //! package, neither checks a lock before its rename nor syncs the directory after it).
