@@ -483,4 +483,46 @@ mod tests {
       assert_eq!(read(&path, false).unwrap().text.unwrap(), "{}");
     }
   }
+
+  fn a_sidecar() -> Sidecar {
+    let id = |ino| Identity {
+      dev: 2049,
+      ino,
+      size: 4096,
+      mtime_ns: 1_764_000_000_123_456_789,
+    };
+    Sidecar {
+      format: FORMAT,
+      version: 42,
+      file: id(7),
+      prev: Prev {
+        version: 41,
+        foreign: false,
+        file: Some(id(6)),
+      },
+    }
+  }
+
+  proptest::proptest! {
+    /// Any edit of a real sidecar (a byte changed, cut, or inserted) is refused unless it left
+    /// the same content (whitespace): a believed sidecar always says exactly what was written.
+    #[test]
+    fn edited_sidecars_are_refused_or_unchanged(
+      at in 0usize..400,
+      byte in proptest::num::u8::ANY,
+      how in 0u8..3,
+    ) {
+      let good = a_sidecar();
+      let mut bytes = to_text(&good).into_bytes();
+      let at = at % bytes.len();
+      match how {
+        0 => bytes[at] = byte,
+        1 => bytes.truncate(at),
+        _ => bytes.insert(at, byte),
+      }
+      if let Ok(parsed) = parse_sidecar(Path::new("/p/.t.json.flowforge-version"), &bytes) {
+        proptest::prop_assert_eq!(parsed, good);
+      }
+    }
+  }
 }
