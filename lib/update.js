@@ -1,7 +1,9 @@
 'use strict'
 // updateWithLock: read a JSON file under its lock, let the caller compute the new content,
 // write it atomically (temp file, fsync, rename, fsync dir) after checking the lock is still
-// ours, release. A file that does not parse is never overwritten.
+// ours, release. A file that does not parse is never overwritten. `ifVersion` makes it
+// optimistic (EVERSION when the file moved on, see docs/reads.md); updateWithLockSync is the
+// blocking form for scripts.
 
 const path = require('node:path')
 const native = require('../native.js')
