@@ -1,6 +1,7 @@
 // flowforge-lock/file-lock-integration: drop-in for FlowForge's scripts/utils/file-lock-integration.js.
 
 export { updateWithLock, UpdateOptions } from './lib/update'
+import type { UpdateOptions } from './lib/update'
 
 export interface FileOptions {
   /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever). */
@@ -10,7 +11,42 @@ export interface FileOptions {
   file?: string
   /** The project root instead of the one found from the cwd. */
   root?: string
+  /** Write only if the file is still at this version, else reject with `EVERSION` (see UpdateOptions). */
+  ifVersion?: number
 }
+
+export interface ReadOptions {
+  /**
+   * Accept an answer checked at most this many ms ago without even a `stat` (bounded staleness).
+   * Default 0: every read checks the file, so any commit that finished before the call is seen.
+   */
+  maxAgeMs?: number
+  /**
+   * Default true: documents come from the per-process cache and are deeply frozen (copy them,
+   * e.g. with structuredClone, to edit). false: a fresh, mutable parse, no cache.
+   */
+  cache?: boolean
+}
+
+export interface Versioned<T = any> {
+  /** The document, or null when the file does not exist. */
+  data: T | null
+  /** Rises by one with every commit of the library to the file (docs/reads.md). */
+  version: number
+  /** The file was changed outside the library since its last commit: `version` is not vouched for, and `ifVersion` refuses it. */
+  foreignWrite: boolean
+}
+
+/** The parsed file (null when missing), read without a lock: always a whole committed document. */
+export function readJSON<T = any>(filePath: string, options?: ReadOptions): Promise<T | null>
+/** readJSON with the file's version. Rejects with `EVERSIONCORRUPT` when the version sidecar is garbled. */
+export function readJSONVersioned<T = any>(filePath: string, options?: ReadOptions): Promise<Versioned<T>>
+export function readJSONSync<T = any>(filePath: string, options?: ReadOptions): T | null
+/**
+ * updateWithLock for scripts: blocks until the lock is ours (or the timeout), applies the
+ * synchronous updater, writes atomically, releases; returns the new content.
+ */
+export function updateWithLockSync<T = any>(filePath: string, updater: (current: any) => T, options?: UpdateOptions): T
 
 /** A FlowForge task: `id` plus any other keys. */
 export interface Task {

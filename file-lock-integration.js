@@ -2,10 +2,12 @@
 // flowforge-lock/file-lock-integration: drop-in for FlowForge's
 // scripts/utils/file-lock-integration.js. Atomic operations on FlowForge's critical files:
 // tasks (.flowforge/tasks.json), time tracking (.flowforge/billing/time-tracking.json) and
-// work sessions (.flowforge/sessions/active-sessions.json), plus the process's lock metrics.
+// work sessions (.flowforge/sessions/active-sessions.json), plus the process's lock metrics,
+// lock-free versioned reads (lib/read.js) and the synchronous update.
 
 const native = require('./native.js')
-const { updateWithLock } = require('./lib/update.js')
+const { updateWithLock, updateWithLockSync } = require('./lib/update.js')
+const { readJSON, readJSONVersioned, readJSONSync } = require('./lib/read.js')
 const { updateTaskFile, batchUpdateTasks } = require('./lib/tasks.js')
 const { startTaskTimer, pauseTaskTimer, resumeTaskTimer, stopTaskTimer } = require('./lib/time-tracking.js')
 const { registerSession, touchSession, endSession, cleanupStaleSessions, listSessions } = require('./lib/sessions.js')
@@ -21,6 +23,10 @@ function resetLockMetrics() {
 
 module.exports = {
   updateWithLock,
+  updateWithLockSync,
+  readJSON,
+  readJSONVersioned,
+  readJSONSync,
   updateTaskFile,
   batchUpdateTasks,
   startTaskTimer,

@@ -71,6 +71,19 @@ export interface ListedLock extends Partial<Omit<LockInfo, 'state'>> {
 export function acquireLock(filePath: string, timeout?: number | LockOptions): Promise<string>
 /** true: released; false: nothing to release. Rejects with `ELOCKMISMATCH` for a wrong lockId. */
 export function releaseLock(filePath: string, lockId: string): Promise<boolean>
+/**
+ * Blocks this thread until the lock is ours; returns the lockId. Throws `ELOCKTIMEOUT` after
+ * `timeout` ms, and `ELOCKDEADLOCK` at once when this process already holds the lock or waits
+ * for it through the asynchronous API (they need the event loop this call blocks).
+ */
+export function acquireLockSync(filePath: string, timeout?: number | LockOptions): string
+/** true: released; false: nothing to release. Throws `ELOCKMISMATCH` for a wrong lockId. */
+export function releaseLockSync(filePath: string, lockId: string): boolean
+/**
+ * Runs the synchronous `fn` under the lock and returns its result; the lock is released when
+ * `fn` returns or throws. A `fn` that returns a promise throws `ERR_INVALID_RETURN_VALUE`.
+ */
+export function withLockSync<T>(filePath: string, fn: () => T, timeout?: number | LockOptions): T
 export function isLocked(filePath: string, options?: InspectOptions): Promise<boolean>
 export function getLockInfo(filePath: string, options?: InspectOptions): Promise<LockInfo | null>
 export function cleanupStaleLocks(options?: CleanupOptions): Promise<CleanupReport>

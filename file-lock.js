@@ -4,9 +4,9 @@
 // core (native.js); this module checks arguments and shapes the promises.
 
 const native = require('./native.js')
-const { checkString, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
+const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
 const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
-const { heldInContext } = require('./lib/context.js')
+const { heldInContext, runHolding } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
@@ -42,6 +42,54 @@ async function releaseLock(filePath, lockId) {
   const released = native.release(filePath, lockId)
   noteReleased(lockId)
   return released
+}
+
+/**
+ * acquireLock for scripts and CLIs: blocks this thread until the lock is ours, with a real
+ * timeout (ELOCKTIMEOUT). Fails at once with ELOCKDEADLOCK when this process already holds the
+ * lock or waits for it through the asynchronous API: that holder or waiter needs the event loop
+ * this call blocks, so waiting could never end.
+ */
+function acquireLockSync(filePath, timeout = DEFAULT_TIMEOUT) {
+  checkString('filePath', filePath)
+  const options = checkLockOptions(timeout, DEFAULTS)
+  installExitCleanup()
+  const wait = Number.isFinite(options.timeout) ? options.timeout : null
+  const lockId = native.acquireSync(filePath, wait, options.staleThreshold)
+  noteAcquired(filePath, lockId)
+  return lockId
+}
+
+function releaseLockSync(filePath, lockId) {
+  checkString('filePath', filePath)
+  checkString('lockId', lockId)
+  const released = native.release(filePath, lockId)
+  noteReleased(lockId)
+  return released
+}
+
+/**
+ * Runs the synchronous `fn()` under the lock and returns its result; the lock is released when
+ * `fn` returns or throws. Calls of this library inside `fn` on the same lock write under this
+ * hold (updateWithLockSync) instead of waiting on it.
+ */
+function withLockSync(filePath, fn, timeout = DEFAULT_TIMEOUT) {
+  checkFunction('fn', fn)
+  const lockId = acquireLockSync(filePath, timeout)
+  let result
+  try {
+    result = runHolding(filePath, lockId, fn)
+  } finally {
+    releaseLockSync(filePath, lockId)
+  }
+  if (result !== null && (typeof result === 'object' || typeof result === 'function') && typeof result.then === 'function') {
+    throw codedError(
+      TypeError,
+      'ERR_INVALID_RETURN_VALUE',
+      `withLockSync(${filePath}): the callback returned a promise, but the lock was released when it returned, before that work finished. Use withLock (FileLockManager) for asynchronous work.`,
+    )
+  }
+  return result
 }
 
 /**
@@ -107,6 +155,9 @@ function updateWithLock(filePath, updater, options) {
 module.exports = {
   acquireLock,
   releaseLock,
+  acquireLockSync,
+  releaseLockSync,
+  withLockSync,
   assertHeld,
   configure,
   isLocked,

@@ -15,6 +15,14 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null): Promise<string>
 
+/**
+ * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
+ * (`ELOCKTIMEOUT`, enforced by the lock table's deadline thread). Fails at once with
+ * `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
+ * need the event loop this call blocks.
+ */
+export declare function acquireSync(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null): string
+
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
 /**
@@ -24,7 +32,15 @@ export declare function cleanupStaleLocks(root?: string | undefined | null, stal
  */
 export declare function configureBackend(url?: string | undefined | null): void
 
+/** The file's version now (checked under the lock for `ifVersion`). */
+export declare function currentVersion(file: string): FileVersion
+
 export declare const DEFAULT_TIMEOUT: number
+
+export interface FileVersion {
+  version: number
+  foreignWrite: boolean
+}
 
 export declare function getLockInfo(file: string, staleMs?: number | undefined | null): Record<string, unknown> | null
 
@@ -58,6 +74,8 @@ export declare function projectRoot(start?: string | undefined | null): string
 /** The text of a protected file, `null` when it does not exist. */
 export declare function readText(file: string): string | null
 
+export declare function readVersioned(file: string, withVersion: boolean): VersionedText
+
 /**
  * Releases a lock this process holds: `true` if released, `false` if there was nothing to
  * release; a wrong lockId throws `ELOCKMISMATCH`.
@@ -85,5 +103,19 @@ export declare function tryAcquire(file: string, staleMs?: number | undefined | 
  */
 export declare function verifyHeld(file: string, lockId: string): void
 
+/**
+ * A lock-free read (`readJSON`): the text (`null` when the file does not exist), the cache key
+ * of the inode it came from, and with `withVersion` its version (see versions.rs).
+ */
+export interface VersionedText {
+  text?: string
+  key?: string
+  version?: number
+  foreignWrite: boolean
+}
+
 /** Atomically replaces the file, under the lock `lockId`, which must still be ours. */
 export declare function writeTextAtomic(file: string, lockId: string, text: string): Promise<void>
+
+/** `writeTextAtomic` on the calling thread (the synchronous API). */
+export declare function writeTextAtomicSync(file: string, lockId: string, text: string): void

@@ -7,11 +7,18 @@ export interface UpdateOptions {
    * taken, and the write still checks that the hold is ours just before its rename.
    */
   lockId?: string
+  /**
+   * Optimistic update: write only if the file is still at this version (as readJSONVersioned
+   * gave it); otherwise reject with `EVERSION` and change nothing. A file changed outside the
+   * library (`foreignWrite`) is always refused.
+   */
+  ifVersion?: number
 }
 
 /**
  * Under the file's lock: `next = await updater(current)` (null when the file does not exist),
  * write `next` atomically, resolve to it. Rejects with EJSONPARSE, ELOCKTIMEOUT, ELOCKLOST,
- * ENOTDURABLE (written, but the directory sync failed: do not retry blindly), …
+ * ENOTDURABLE (written, but the directory sync failed: do not retry blindly), EVERSION
+ * (`ifVersion` no longer holds), EVERSIONCORRUPT (the version sidecar is garbled), …
  */
 export function updateWithLock<T = any>(filePath: string, updater: (current: any) => T | Promise<T>, options?: UpdateOptions): Promise<T>

@@ -1,11 +1,13 @@
 'use strict'
 // updateWithLock: read a JSON file under its lock, let the caller compute the new content,
 // write it atomically (temp file, fsync, rename, fsync dir) after checking the lock is still
-// ours, release. A file that does not parse is never overwritten.
+// ours, release. A file that does not parse is never overwritten. `ifVersion` makes it
+// optimistic (EVERSION when the file moved on, see docs/reads.md); updateWithLockSync is the
+// blocking form for scripts.
 
 const path = require('node:path')
 const native = require('../native.js')
-const { acquireLock, releaseLock, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
+const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
 const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
 const { heldInContext, heldNow, runHolding } = require('./context.js')
 const { projectFile } = require('./project.js')
@@ -38,6 +40,34 @@ function serialize(filePath, value) {
 
 const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 
+/** `options.ifVersion`: undefined, or a version number as readJSONVersioned gives it. */
+function checkIfVersion(options) {
+  const ifVersion = typeof options === 'object' && options !== null ? options.ifVersion : undefined
+  if (ifVersion !== undefined && !(Number.isSafeInteger(ifVersion) && ifVersion >= 0)) {
+    throw codedError(RangeError, 'ERR_INVALID_ARG_VALUE', `The "options.ifVersion" argument must be a version as readJSONVersioned returns it (an integer >= 0). Received ${String(ifVersion)}`)
+  }
+  return ifVersion
+}
+
+/**
+ * Under the lock: `EVERSION` unless the file is still at `ifVersion` (`moved`: an earlier update
+ * of the same commit has changed it already). A file changed outside the library has no
+ * version the library can vouch for: it is refused too.
+ */
+function versionConflict(filePath, ifVersion, now, moved) {
+  if (!now.foreignWrite && now.version === ifVersion && !moved) return undefined
+  const why = now.foreignWrite
+    ? `it was changed outside flowforge-lock since its last commit (version ${now.version}, not vouched for); update it once without ifVersion to version it again`
+    : moved
+      ? `another update of the same commit changes it first (it will be at version ${now.version + 1})`
+      : `it is at version ${now.version}: somebody committed since you read it`
+  const err = codedError(Error, 'EVERSION', `${filePath} was not updated: ifVersion is ${ifVersion}, but ${why}. Nothing was written; re-read it (readJSONVersioned) and decide again.`)
+  err.expectedVersion = ifVersion
+  err.currentVersion = now.version
+  err.foreignWrite = now.foreignWrite
+  return err
+}
+
 /**
  * Under the file's lock: `next = await updater(current)` (current is null when the file does
  * not exist), write `next` atomically, resolve to it. An updater that throws leaves the file
@@ -53,28 +83,70 @@ async function updateWithLock(filePath, updater, options) {
   checkString('filePath', filePath)
   checkFunction('updater', updater)
   const lockOpts = checkLockOptions(options, DEFAULTS)
+  const ifVersion = checkIfVersion(options)
   const lockId = typeof options === 'object' && options !== null ? options.lockId : undefined
   if (lockId !== undefined) {
     // The caller holds the lock already (a raw acquireLock): write under that hold.
-    return updateUnder(filePath, checkString('options.lockId', lockId), updater)
+    return updateUnder(filePath, checkString('options.lockId', lockId), updater, ifVersion)
   }
-  return enqueueUpdate(filePath, updater, lockOpts, false)
+  return enqueueUpdate(filePath, updater, lockOpts, false, ifVersion)
+}
+
+function checkVersionUnder(filePath, ifVersion) {
+  if (ifVersion === undefined) return
+  const conflict = versionConflict(filePath, ifVersion, native.currentVersion(filePath), false)
+  if (conflict) throw conflict
 }
 
 /** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
-async function updateUnder(filePath, lockId, updater) {
+async function updateUnder(filePath, lockId, updater, ifVersion) {
+  checkVersionUnder(filePath, ifVersion)
   const next = await runHolding(filePath, lockId, () => updater(readJson(filePath)))
   await native.writeTextAtomic(filePath, lockId, serialize(filePath, next))
   return next
+}
+
+const isThenable = (value) => value !== null && (typeof value === 'object' || typeof value === 'function') && typeof value.then === 'function'
+
+/** One synchronous read-modify-write under a hold the caller has. */
+function updateUnderSync(filePath, lockId, updater, ifVersion) {
+  checkVersionUnder(filePath, ifVersion)
+  const next = runHolding(filePath, lockId, () => updater(readJson(filePath)))
+  if (isThenable(next)) {
+    throw codedError(TypeError, 'ERR_INVALID_RETURN_VALUE', `The updater for ${filePath} returned a promise, but updateWithLockSync needs the new content right away; nothing was written. Use updateWithLock for an asynchronous updater.`)
+  }
+  native.writeTextAtomicSync(filePath, lockId, serialize(filePath, next))
+  return next
+}
+
+/**
+ * updateWithLock for scripts and CLIs: blocks this thread until the lock is ours (or the
+ * timeout passes), then reads, applies the synchronous `updater`, writes and releases. Inside a
+ * hold of the same lock (withLockSync, or `{ lockId }`) it writes under that hold.
+ */
+function updateWithLockSync(filePath, updater, options) {
+  checkString('filePath', filePath)
+  checkFunction('updater', updater)
+  const lockOpts = checkLockOptions(options, DEFAULTS)
+  const ifVersion = checkIfVersion(options)
+  const given = typeof options === 'object' && options !== null ? options.lockId : undefined
+  const outer = given !== undefined ? checkString('options.lockId', given) : heldInContext(filePath)
+  if (outer !== undefined) return updateUnderSync(filePath, outer, updater, ifVersion)
+  const lockId = acquireLockSync(filePath, lockOpts)
+  try {
+    return updateUnderSync(filePath, lockId, updater, ifVersion)
+  } finally {
+    releaseLockSync(filePath, lockId)
+  }
 }
 
 /**
  * `inPlace` marks an updater of ours that never leaves changes behind when it throws (it
  * checks before it mutates): it may then edit the batch's document directly, without a copy.
  */
-async function enqueueUpdate(filePath, updater, lockOpts, inPlace) {
+async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
   const outer = heldInContext(filePath)
-  if (outer !== undefined) return updateUnder(filePath, outer, updater)
+  if (outer !== undefined) return updateUnder(filePath, outer, updater, ifVersion)
   const key = path.resolve(filePath)
   return new Promise((resolve, reject) => {
     let batch = pending.get(key)
@@ -87,6 +159,7 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace) {
     batch.jobs.push({
       updater,
       inPlace,
+      ifVersion,
       resolve,
       reject,
       deadline: performance.now() + lockOpts.timeout,
@@ -141,8 +214,14 @@ async function applyBatch(filePath, lockId, jobs) {
   // document close to O(N) instead of O(N x document).
   let text = current === null ? 'null' : undefined
   const done = []
+  let before
   for (const job of jobs) {
     try {
+      if (job.ifVersion !== undefined) {
+        before ??= native.currentVersion(filePath)
+        const conflict = versionConflict(filePath, job.ifVersion, before, done.length > 0)
+        if (conflict) throw conflict
+      }
       let input = current
       if (!job.inPlace) {
         text ??= JSON.stringify(current)
@@ -174,6 +253,7 @@ async function applyBatch(filePath, lockId, jobs) {
  */
 async function changeProjectFile(which, options, initial, change) {
   const opts = checkObject('options', options)
+  const ifVersion = checkIfVersion(opts)
   const file = projectFile(which, opts)
   let result
   await enqueueUpdate(
@@ -185,8 +265,9 @@ async function changeProjectFile(which, options, initial, change) {
     },
     checkLockOptions(opts, DEFAULTS),
     true,
+    ifVersion,
   )
   return result
 }
 
-module.exports = { updateWithLock, changeProjectFile, readJson }
+module.exports = { updateWithLock, updateWithLockSync, changeProjectFile, readJson }

@@ -32,6 +32,7 @@ pub mod record;
 pub mod store;
 #[cfg(test)]
 mod test_support;
+pub mod versions;
 
 use std::path::Path;
 use std::time::Duration;
@@ -291,4 +292,101 @@ pub fn verify_held(env: Env, file: String, lock_id: String) -> Result<()> {
 #[napi]
 pub fn configure_backend(env: Env, url: Option<String>) -> Result<()> {
   config::configure(url.as_deref()).map_err(|e| js_error(&env, e))
+}
+
+/// A lock-free read (`readJSON`): the text (`null` when the file does not exist), the cache key
+/// of the inode it came from, and with `withVersion` its version (see versions.rs).
+#[napi(object)]
+pub struct VersionedText {
+  pub text: Option<String>,
+  pub key: Option<String>,
+  pub version: Option<f64>,
+  pub foreign_write: bool,
+}
+
+#[napi]
+pub fn read_versioned(env: Env, file: String, with_version: bool) -> Result<VersionedText> {
+  let snapshot = paths::resolve(&file)
+    .and_then(|target| versions::read(&target.file, with_version))
+    .map_err(|e| js_error(&env, e))?;
+  Ok(VersionedText {
+    text: snapshot.text,
+    key: snapshot.identity.map(|id| id.key()),
+    version: snapshot.state.map(|s| s.version as f64),
+    foreign_write: snapshot.state.is_some_and(|s| s.foreign),
+  })
+}
+
+#[napi(object)]
+pub struct FileVersion {
+  pub version: f64,
+  pub foreign_write: bool,
+}
+
+/// The file's version now (checked under the lock for `ifVersion`).
+#[napi]
+pub fn current_version(env: Env, file: String) -> Result<FileVersion> {
+  paths::resolve(&file)
+    .and_then(|target| versions::current(&target.file))
+    .map(|s| FileVersion {
+      version: s.version as f64,
+      foreign_write: s.foreign,
+    })
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
+/// (`ELOCKTIMEOUT`, enforced by the lock table's deadline thread). Fails at once with
+/// `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
+/// need the event loop this call blocks.
+#[napi]
+pub fn acquire_sync(
+  env: Env,
+  file: String,
+  timeout_ms: Option<f64>,
+  stale_ms: Option<f64>,
+) -> Result<String> {
+  let opts = options(timeout_ms, stale_ms);
+  let target = lock_table::prepare(&file).map_err(|e| js_error(&env, e))?;
+  if lock_table::busy_here(&target) {
+    return Err(js_error(
+      &env,
+      LockError::new(
+        "ELOCKDEADLOCK",
+        format!(
+          "acquireLockSync({}) would block this thread on a lock that this process holds or is already waiting for (through the asynchronous API); it could never be released. Release it first, or use acquireLock/withLock.",
+          target.file.display()
+        ),
+      ),
+    ));
+  }
+  let (done, outcome) = std::sync::mpsc::channel();
+  lock_table::acquire(
+    target,
+    opts,
+    Box::new(move |result| {
+      let _ = done.send(result);
+    }),
+  );
+  outcome
+    .recv()
+    .unwrap_or_else(|_| {
+      Err(LockError::new(
+        "ELOCKINTERNAL",
+        "the lock table dropped a synchronous wait without an answer",
+      ))
+    })
+    .map_err(|e| js_error(&env, e))
+}
+
+/// `writeTextAtomic` on the calling thread (the synchronous API).
+#[napi]
+pub fn write_text_atomic_sync(env: Env, file: String, lock_id: String, text: String) -> Result<()> {
+  lock_table::prepare(&file)
+    .and_then(|target| {
+      store::write_atomic(&target.file, &text, || {
+        lock_table::verify_held(&target, &lock_id)
+      })
+    })
+    .map_err(|e| js_error(&env, e))
 }

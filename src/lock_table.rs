@@ -268,6 +268,15 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
   }
 }
 
+/// Whether this process holds `target`'s lock or has waiters queued for it: a caller that
+/// blocks its thread until it gets the lock (the synchronous API) would then wait on holders
+/// or waiters whose event loop it is blocking.
+pub fn busy_here(target: &Target) -> bool {
+  table()
+    .get(&target.lock_path)
+    .is_some_and(|e| e.held.is_some() || !e.queue.is_empty())
+}
+
 /// At a waiter's deadline: if it is still queued, it leaves with `ELOCKTIMEOUT`; if it was
 /// granted meanwhile, nothing happens.
 fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {

@@ -1,7 +1,8 @@
 //! The atomic JSON store: reads a protected file as text, and replaces it so that a crash at
 //! any instant leaves either the old or the new content: a unique temp file in the same
 //! directory, fsync, a last check that the lock is still ours, rename over the target, fsync
-//! of the directory. The file's mode (and owner, when we run as root) is kept.
+//! of the directory. The file's mode (and owner, when we run as root) is kept. Right before the
+//! rename, the file's version sidecar is told which inode comes next (versions.rs).
 //!
 //! The protocol is hand-written because it is the design (write-file-atomic, the nearest
 //! package, neither checks a lock before its rename nor syncs the directory after it).
@@ -33,7 +34,12 @@ pub fn read_text(path: &Path) -> Result<Option<String>> {
     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
     Err(e) => return Err(LockError::io(&e, "Cannot read", path)),
   };
-  String::from_utf8(bytes).map(Some).map_err(|e| {
+  utf8_text(path, bytes).map(Some)
+}
+
+/// The bytes read from `path` as text, or the `EJSONPARSE` error saying where they are not UTF-8.
+pub(crate) fn utf8_text(path: &Path, bytes: Vec<u8>) -> Result<String> {
+  String::from_utf8(bytes).map_err(|e| {
     parse_error(
       path,
       &format!(
@@ -101,6 +107,8 @@ pub fn write_atomic(
       failpoint!("store::before_verify");
       still_ours()
     })
+    // The version sidecar names the new inode before the rename publishes it (versions.rs).
+    .and_then(|_| crate::versions::record_commit(&path, &temp, existing.as_ref()))
     .and_then(|_| {
       failpoint!("store::before_rename");
       fs::rename(&temp, &path).map_err(|e| LockError::io(&e, "Cannot replace", &path))
@@ -111,6 +119,7 @@ pub fn write_atomic(
   }
   failpoint!("store::after_rename");
   remove_orphan_temps(&path);
+  remove_orphan_temps(&crate::versions::sidecar_path(&path));
   sync_dir(dir).map_err(|e| not_durable(&e, &path))
 }
 
@@ -151,7 +160,7 @@ fn ensure_dir(dir: &Path) -> Result<()> {
   Ok(())
 }
 
-fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata>) -> Result<()> {
+pub(crate) fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata>) -> Result<()> {
   let mode = existing.map_or(0o666, |m| m.permissions().mode() & 0o7777);
   let mut file = OpenOptions::new()
     .write(true)
@@ -177,7 +186,7 @@ fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata>) -> Resul
 }
 
 /// Writes go to the file a symlink points to, so the link itself survives the rename.
-fn follow_symlink(path: &Path) -> Result<PathBuf> {
+pub(crate) fn follow_symlink(path: &Path) -> Result<PathBuf> {
   match fs::symlink_metadata(path) {
     Ok(meta) if meta.file_type().is_symlink() => fs::canonicalize(path)
       .map_err(|e| LockError::io(&e, "Cannot resolve the symbolic link", path)),
@@ -217,7 +226,7 @@ fn host_tag() -> &'static str {
 }
 
 /// `.<name>.ffl-<host>-<pid>-<unique>.tmp`
-fn temp_path(path: &Path) -> PathBuf {
+pub(crate) fn temp_path(path: &Path) -> PathBuf {
   let unique = &new_lock_id()[..12];
   path.with_file_name(format!(
     "{}{}-{}-{unique}{TEMP_SUFFIX}",

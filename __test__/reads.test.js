@@ -1,0 +1,343 @@
+'use strict'
+// Issue 12: lock-free versioned reads, optimistic updates (ifVersion), the read cache and the
+// synchronous API, with real processes. No sleeps: children say where they are on stdout, and
+// a blocked synchronous waiter is found in /proc/locks. FFL_READS_FULL=1 runs the 100,000-read
+// proof; the default is a smaller count for CI.
+const fs = require('node:fs')
+const path = require('node:path')
+const readline = require('node:readline')
+const { spawn, spawnSync } = require('node:child_process')
+const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, withLockSync, isLocked } = require('../file-lock')
+const lib = require('../file-lock-integration')
+const root = require('..')
+const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+const { untilKernelWaiter } = require('./fixtures/wait-for')
+const { next, fault } = require('./fixtures/reads-doc')
+
+const { readJSON, readJSONVersioned, readJSONSync, updateWithLock, updateWithLockSync, updateTaskFile, batchUpdateTasks } = lib
+const FIXTURES = path.join(__dirname, 'fixtures')
+const FULL = process.env.FFL_READS_FULL === '1'
+const sidecarOf = (file) => path.join(path.dirname(file), `.${path.basename(file)}.flowforge-version`)
+
+/** A child whose stdout lines come as a queue. */
+function child(fixture, args) {
+  const proc = spawn(process.execPath, [path.join(FIXTURES, `${fixture}.js`), ...args.map(String)], { stdio: ['pipe', 'pipe', 'inherit'] })
+  const lines = []
+  const waiting = []
+  readline.createInterface({ input: proc.stdout }).on('line', (line) => {
+    const resolve = waiting.shift()
+    if (resolve) resolve(line)
+    else lines.push(line)
+  })
+  const closed = new Promise((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })))
+  const nextLine = () => (lines.length ? Promise.resolve(lines.shift()) : new Promise((resolve) => waiting.push(resolve)))
+  return { proc, nextLine, closed }
+}
+
+async function commitFromAnotherProcess(file) {
+  const run = await runFixture('reads-sync', ['commit', file])
+  expect(run.stdout).toMatch(/^ACK \d+\n$/)
+}
+
+describe('lock-free reads while 4 processes commit (items 1 and 3)', () => {
+  const commitsEach = FULL ? 250 : 40
+  const minReads = FULL ? 50000 : 1500
+  test(`0 torn or half-applied reads in >= ${2 * minReads} reads; the version rises by one per commit and survives a restart`, async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const stop = path.join(dir, 'stop')
+    const readers = [child('reads-reader', [file, minReads, stop, 'cache']), child('reads-reader', [file, minReads, stop, 'nocache'])]
+    const writers = Array.from({ length: 4 }, () => child('reads-committer', [file, commitsEach]))
+    for (const c of [...readers, ...writers]) expect(await c.nextLine()).toBe('READY')
+    for (const w of writers) w.proc.stdin.write('go\n')
+    for (const w of writers) {
+      let line
+      while ((line = await w.nextLine()).startsWith('ACK ')) {}
+      expect(line).toBe('DONE')
+    }
+    fs.writeFileSync(stop, '')
+    const reports = []
+    for (const r of readers) reports.push(JSON.parse(await r.nextLine()))
+    const total = 4 * commitsEach
+    for (const report of reports) {
+      expect(report.faults).toEqual([])
+      expect(report).toMatchObject({ torn: 0, badVersion: 0, backwards: 0, foreign: 0, lastVersion: total, lastCount: total })
+      expect(report.reads).toBeGreaterThanOrEqual(minReads)
+    }
+    console.log(`reads: ${reports.map((r) => r.reads).join(' + ')} reads beside ${total} commits: 0 torn, versions matched every document`)
+    // A new process (a restart) sees the same version, kept beside the file, not in it.
+    const restarted = await runFixture('reads-sync', ['version', file])
+    expect(JSON.parse(restarted.stdout)).toEqual({ version: total, foreignWrite: false, count: total })
+    expect(Object.keys(JSON.parse(fs.readFileSync(file, 'utf8'))).sort()).toEqual(['copy', 'count', 'items', 'pad'])
+    await updateWithLock(file, next)
+    expect((await readJSONVersioned(file)).version).toBe(total + 1)
+  }, 300000)
+})
+
+describe('the version rule', () => {
+  test('a missing file is version 0; an unversioned or foreign-written file is flagged and counted once', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    expect(await readJSONVersioned(file)).toEqual({ data: null, version: 0, foreignWrite: false })
+    await updateWithLock(file, () => ({ a: 1 }))
+    expect(await readJSONVersioned(file)).toEqual({ data: { a: 1 }, version: 1, foreignWrite: false })
+    // An editor saves the file (a new inode, as most do, or in place): not the library's commit.
+    fs.writeFileSync(`${file}.new`, '{"a":2}')
+    fs.renameSync(`${file}.new`, file)
+    expect(await readJSONVersioned(file)).toEqual({ data: { a: 2 }, version: 2, foreignWrite: true })
+    await updateWithLock(file, (doc) => ({ a: doc.a + 1 }))
+    expect(await readJSONVersioned(file)).toEqual({ data: { a: 3 }, version: 3, foreignWrite: false })
+    const legacy = path.join(dir, '.flowforge', 'legacy.json')
+    fs.writeFileSync(legacy, '[]')
+    expect(await readJSONVersioned(legacy)).toEqual({ data: [], version: 0, foreignWrite: true })
+  })
+
+  test('a garbled or fuzzed sidecar is refused (EVERSIONCORRUPT) by versioned reads and every write, never trusted', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, () => ({ keep: true }))
+    const sidecar = sidecarOf(file)
+    const good = fs.readFileSync(sidecar, 'utf8')
+    const garbage = ['', '{', good.slice(0, -3), good.replace('"version":1', '"version":7'), good.replace('"format":1', '"format":9'), '\u0000'.repeat(100), 'x'.repeat(10000), JSON.stringify({ ...JSON.parse(good), version: -1 })]
+    for (const text of garbage) {
+      fs.writeFileSync(sidecar, text)
+      const read = await readJSONVersioned(file).catch((e) => e)
+      // "version 7" with prev 0 is inconsistent; everything else does not parse.
+      expect(read.code).toBe('EVERSIONCORRUPT')
+      expect(read.message).toContain(sidecar)
+      expect(await readJSON(file, { cache: false })).toEqual({ keep: true })
+      let called = false
+      const write = await updateWithLock(file, () => ((called = true), { keep: false })).catch((e) => e)
+      expect(write.code).toBe('EVERSIONCORRUPT')
+      expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ keep: true })
+      expect(called).toBe(true)
+    }
+    // The way out the message gives: delete it, and the file is versioned again from its next commit.
+    fs.unlinkSync(sidecar)
+    await updateWithLock(file, () => ({ keep: 'again' }))
+    expect(await readJSONVersioned(file)).toEqual({ data: { keep: 'again' }, version: 1, foreignWrite: false })
+  })
+})
+
+describe('optimistic updates: ifVersion (item 2)', () => {
+  test('a file that moved past the version rejects with EVERSION and is not changed', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, next)
+    const seen = await readJSONVersioned(file)
+    await commitFromAnotherProcess(file)
+    let called = false
+    const err = await updateWithLock(file, () => ((called = true), { lost: true }), { ifVersion: seen.version }).catch((e) => e)
+    expect(err.code).toBe('EVERSION')
+    expect(err).toMatchObject({ expectedVersion: 1, currentVersion: 2, foreignWrite: false })
+    expect(err.message).toContain(file)
+    expect(called).toBe(false)
+    expect(JSON.parse(fs.readFileSync(file, 'utf8')).count).toBe(2)
+    const now = await readJSONVersioned(file)
+    expect(await updateWithLock(file, next, { ifVersion: now.version })).toMatchObject({ count: 3 })
+    expect((await readJSONVersioned(file)).version).toBe(3)
+    // Create-only: ifVersion 0 on a file that does not exist yet.
+    const fresh = path.join(dir, '.flowforge', 'fresh.json')
+    await updateWithLock(fresh, () => ({ first: true }), { ifVersion: 0 })
+    expect((await updateWithLock(fresh, () => ({ second: true }), { ifVersion: 0 }).catch((e) => e)).code).toBe('EVERSION')
+  })
+
+  test('two coalesced updates from the same version: the first commits, the second gets EVERSION', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, () => ({ n: 0 }))
+    const { version } = await readJSONVersioned(file)
+    const outcomes = await Promise.allSettled([
+      updateWithLock(file, (doc) => ({ n: doc.n + 1, by: 'a' }), { ifVersion: version }),
+      updateWithLock(file, (doc) => ({ n: doc.n + 1, by: 'b' }), { ifVersion: version }),
+    ])
+    expect(outcomes[0]).toMatchObject({ status: 'fulfilled', value: { n: 1, by: 'a' } })
+    expect(outcomes[1].status).toBe('rejected')
+    expect(outcomes[1].reason.code).toBe('EVERSION')
+    expect(await readJSONVersioned(file)).toMatchObject({ data: { n: 1, by: 'a' }, version: version + 1 })
+  })
+
+  test('a foreign write is refused under ifVersion; updateTaskFile and batchUpdateTasks take ifVersion too', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateTaskFile({ id: 1, title: 'one' }, { file })
+    const v = (await readJSONVersioned(file)).version
+    await batchUpdateTasks([{ id: 2 }, { id: 3 }], { file, ifVersion: v })
+    const stale = await updateTaskFile({ id: 4 }, { file, ifVersion: v }).catch((e) => e)
+    expect(stale.code).toBe('EVERSION')
+    const staleBatch = await batchUpdateTasks([{ id: 5 }], { file, ifVersion: v }).catch((e) => e)
+    expect(staleBatch.code).toBe('EVERSION')
+    expect(JSON.parse(fs.readFileSync(file, 'utf8')).tasks.map((t) => t.id)).toEqual([1, 2, 3])
+    const doc = JSON.parse(fs.readFileSync(file, 'utf8'))
+    fs.writeFileSync(file, JSON.stringify({ ...doc, edited: 'by hand, in place' }))
+    const foreign = await readJSONVersioned(file)
+    expect(foreign.foreignWrite).toBe(true)
+    const refused = await updateTaskFile({ id: 6 }, { file, ifVersion: foreign.version }).catch((e) => e)
+    expect(refused).toMatchObject({ code: 'EVERSION', foreignWrite: true })
+    expect(refused.message).toContain('outside flowforge-lock')
+    const bad = await updateWithLock(file, (d) => d, { ifVersion: 1.5 }).catch((e) => e)
+    expect(bad.code).toBe('ERR_INVALID_ARG_VALUE')
+  })
+})
+
+describe('the read cache (item 3)', () => {
+  test("a re-read of an unchanged file is the cached document; another process's commit is seen by the next read", async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, next)
+    const first = await readJSON(file)
+    expect(await readJSON(file)).toBe(first)
+    expect(readJSONSync(file)).toBe(first)
+    for (let i = 0; i < 5; i++) {
+      await commitFromAnotherProcess(file)
+      const seen = await readJSONVersioned(file)
+      expect(seen.data.count).toBe(i + 2)
+      expect(seen.version).toBe(i + 2)
+      expect(readJSONSync(file).count).toBe(i + 2)
+    }
+    // maxAgeMs: an answer checked that recently is given without a stat, even if stale.
+    const before = readJSONSync(file)
+    await commitFromAnotherProcess(file)
+    expect(readJSONSync(file, { maxAgeMs: 3600000 })).toBe(before)
+    expect(readJSONSync(file, { maxAgeMs: 0 }).count).toBe(before.count + 1)
+  })
+
+  test('cached documents are deeply frozen, so a caller cannot corrupt them; cache: false gives a mutable copy', async () => {
+    'use strict'
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, () => ({ tasks: [{ id: 1, tags: ['a'] }] }))
+    const doc = await readJSON(file)
+    expect(() => {
+      doc.tasks[0].tags.push('evil')
+    }).toThrow(TypeError)
+    expect(() => {
+      doc.tasks[0].id = 2
+    }).toThrow(TypeError)
+    expect(() => {
+      doc.extra = 1
+    }).toThrow(TypeError)
+    expect(await readJSON(file)).toEqual({ tasks: [{ id: 1, tags: ['a'] }] })
+    const { data } = await readJSONVersioned(file)
+    expect(Object.isFrozen(data.tasks[0].tags)).toBe(true)
+    const mine = await readJSON(file, { cache: false })
+    mine.tasks[0].tags.push('mine')
+    expect(await readJSON(file)).toEqual({ tasks: [{ id: 1, tags: ['a'] }] })
+  })
+
+  test('a missing file reads as null, a bad one as EJSONPARSE, and a directory as EISDIR', async () => {
+    const dir = makeProject()
+    expect(await readJSON(path.join(dir, '.flowforge', 'nope.json'))).toBeNull()
+    const bad = path.join(dir, '.flowforge', 'bad.json')
+    fs.writeFileSync(bad, '{"a":')
+    expect((await readJSON(bad).catch((e) => e)).code).toBe('EJSONPARSE')
+    expect((await readJSON(path.join(dir, '.flowforge')).catch((e) => e)).code).toBe('EISDIR')
+    expect(() => readJSONSync(bad, { maxAgeMs: -1 })).toThrow(expect.objectContaining({ code: 'ERR_OUT_OF_RANGE' }))
+  })
+
+  test('a read never waits behind a writer: it returns while another process holds the lock', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, () => ({ v: 1 }))
+    const { child: holder, exited } = await startFixture('hold-lock', [file], 'LOCKED')
+    expect(await isLocked(file)).toBe(true)
+    expect(await readJSON(file, { cache: false })).toEqual({ v: 1 })
+    expect(await readJSONVersioned(file)).toMatchObject({ data: { v: 1 }, version: 1 })
+    holder.kill('SIGKILL')
+    await exited
+  })
+})
+
+describe('the synchronous API (item 5)', () => {
+  test('acquireLockSync/releaseLockSync/withLockSync/updateWithLockSync, from the subpaths and the package root', () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    for (const name of ['acquireLockSync', 'releaseLockSync', 'withLockSync', 'updateWithLockSync', 'readJSON', 'readJSONVersioned', 'readJSONSync']) {
+      expect(typeof root[name]).toBe('function')
+    }
+    const lockId = acquireLockSync(file, 1000)
+    expect(releaseLockSync(file, lockId)).toBe(true)
+    expect(releaseLockSync(file, lockId)).toBe(false)
+    expect(updateWithLockSync(file, () => ({ n: 1 }))).toEqual({ n: 1 })
+    // Inside withLockSync, updateWithLockSync writes under the hold; a nested acquire fails fast.
+    const result = withLockSync(file, () => {
+      updateWithLockSync(file, (doc) => ({ n: doc.n + 1 }))
+      expect(() => acquireLockSync(file, 60000)).toThrow(expect.objectContaining({ code: 'ELOCKDEADLOCK' }))
+      return 'done'
+    })
+    expect(result).toBe('done')
+    expect(readJSONSync(file, { cache: false })).toEqual({ n: 2 })
+    expect(() => updateWithLockSync(file, () => ({ n: 9 }), { ifVersion: 1 })).toThrow(expect.objectContaining({ code: 'EVERSION' }))
+    expect(() => updateWithLockSync(file, async () => ({ n: 9 }))).toThrow(expect.objectContaining({ code: 'ERR_INVALID_RETURN_VALUE' }))
+    expect(() => withLockSync(file, async () => 1)).toThrow(expect.objectContaining({ code: 'ERR_INVALID_RETURN_VALUE' }))
+    expect(readJSONSync(file, { cache: false })).toEqual({ n: 2 })
+    // Every lock was released.
+    releaseLockSync(file, acquireLockSync(file, 0))
+  })
+
+  test('a synchronous wait blocks until another process releases, and times out with ELOCKTIMEOUT', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const lockId = await acquireLock(file)
+    const waiter = child('reads-sync', ['wait', file])
+    expect(await waiter.nextLine()).toBe('WAITING')
+    // The child's waiting thread is in flock(2) on our lock: release, and it gets the lock.
+    await untilKernelWaiter(await require('../file-lock.js').getLockInfo(file).then((i) => i.lockFile), waiter.proc.pid)
+    await releaseLock(file, lockId)
+    expect(await waiter.nextLine()).toMatch(/^GOT \d+$/)
+    expect((await waiter.closed).code).toBe(0)
+    const { child: holder, exited } = await startFixture('hold-lock', [file], 'LOCKED')
+    expect(() => acquireLockSync(file, 50)).toThrow(expect.objectContaining({ code: 'ELOCKTIMEOUT' }))
+    const timedOut = await runFixture('reads-sync', ['timeout', file, 50])
+    expect(timedOut.stdout.trim()).toBe('ERROR ELOCKTIMEOUT')
+    holder.kill('SIGKILL')
+    await exited
+  }, 60000)
+
+  test('mixing sync and async holds of one lock fails fast with ELOCKDEADLOCK instead of hanging', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    // This process holds it (async): a sync acquire could never be served.
+    const lockId = await acquireLock(file)
+    expect(() => acquireLockSync(file, Infinity)).toThrow(expect.objectContaining({ code: 'ELOCKDEADLOCK' }))
+    expect(() => updateWithLockSync(file, () => ({}), { timeout: Infinity })).toThrow(expect.objectContaining({ code: 'ELOCKDEADLOCK' }))
+    await releaseLock(file, lockId)
+    // Another process holds it and an async waiter of this process is queued: the lock would go
+    // to that waiter, whose event loop the sync wait blocks.
+    const { child: holder, exited } = await startFixture('hold-lock', [file], 'LOCKED')
+    const queued = acquireLock(file, 60000)
+    const err = (() => {
+      try {
+        acquireLockSync(file, Infinity)
+      } catch (e) {
+        return e
+      }
+    })()
+    expect(err.code).toBe('ELOCKDEADLOCK')
+    expect(err.message).toContain(file)
+    holder.kill('SIGKILL')
+    await exited
+    await releaseLock(file, await queued)
+  })
+})
+
+test('the declarations of the new calls type-check with tsc --strict', () => {
+  const tsc = path.join(PACKAGE_ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
+  const run = spawnSync(
+    process.execPath,
+    [tsc, '--noEmit', '--strict', '--esModuleInterop', '--module', 'node16', '--moduleResolution', 'node16', '--target', 'es2022', path.join(FIXTURES, 'reads-types.ts')],
+    { encoding: 'utf8', cwd: PACKAGE_ROOT },
+  )
+  expect(run.stdout + run.stderr).toBe('')
+  expect(run.status).toBe(0)
+}, 60000)
+
+// Keeps fault() honest: a torn document (cut anywhere) or a half-applied one is caught.
+test('the torn-read check catches cut and mixed documents', () => {
+  const a = next(next(null))
+  const b = next(a)
+  expect(fault(a)).toBeNull()
+  expect(fault({ ...b, copy: a.copy })).not.toBeNull()
+  expect(fault({ ...a, pad: b.pad })).not.toBeNull()
+  expect(fault({ ...a, items: b.items })).not.toBeNull()
+})
