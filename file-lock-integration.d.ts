@@ -10,6 +10,8 @@ export interface FileOptions {
   file?: string
   /** The project root instead of the one found from the cwd. */
   root?: string
+  /** false: a failure a retry could fix is not kept in .flowforge/.dead-letters/ (default true). */
+  deadLetter?: boolean
 }
 
 /** A FlowForge task: `id` plus any other keys. */
@@ -82,7 +84,49 @@ export interface LockMetrics extends FileLockMetrics {
   p50WaitTime: number
   p99WaitTime: number
   files: Record<string, FileLockMetrics>
+  /** Dead letters this process kept, replayed and dropped since it started (or resetLockMetrics). */
+  deadLetters: { kept: number; replayed: number; dropped: number }
 }
 
 export function getLockMetrics(): LockMetrics
 export function resetLockMetrics(): void
+
+/** An operation kept in .flowforge/.dead-letters/ after a failure a retry can fix. */
+export interface DeadLetter {
+  /** Sorts in call order. */
+  id: string
+  operation: 'updateTaskFile' | 'batchUpdateTasks' | 'startTaskTimer' | 'pauseTaskTimer' | 'resumeTaskTimer' | 'stopTaskTimer' | 'registerSession' | 'touchSession' | 'endSession' | 'writeJson'
+  args: unknown[]
+  /** The data file it changes. */
+  file: string
+  error: { code: string | null; message: string }
+  calledAt: string
+  firstFailedAt: string
+  lastFailedAt: string
+  attempts: number
+  pid: number
+  hostname: string
+  /** Set when an interrupted replay cannot tell whether it was applied: never applied again. */
+  inDoubt?: string
+}
+
+export interface ReplayResult {
+  id: string
+  status: 'replayed' | 'already-applied' | 'failed' | 'skipped' | 'in-doubt'
+  result?: unknown
+  error?: { code: string | null; message: string }
+  reason?: string
+}
+
+/** The project's dead letters (from the cwd, or `root`), oldest call first. */
+export function listDeadLetters(options?: { root?: string }): DeadLetter[]
+/** Applies them in call order, each under its file's lock, at most once; failures stay (attempts + 1). */
+export function replayDeadLetters(options?: { root?: string; id?: string; timeout?: number }): Promise<{
+  dir: string
+  replayed: number
+  failed: number
+  skipped: number
+  results: ReplayResult[]
+}>
+/** Removes one without applying it; returns it. */
+export function dropDeadLetter(id: string, options?: { root?: string }): DeadLetter

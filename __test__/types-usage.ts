@@ -20,6 +20,9 @@ import {
   listSessions,
   getLockMetrics,
   resetLockMetrics,
+  listDeadLetters,
+  replayDeadLetters,
+  dropDeadLetter,
   FileLockManager,
   DEFAULT_TIMEOUT,
   HEARTBEAT_INTERVAL,
@@ -63,6 +66,11 @@ async function main(): Promise<void> {
   const metrics = getLockMetrics()
   const wait: number = metrics.averageWaitTime + metrics.totalTimeouts + metrics.files['x'].maxWaitTime
   resetLockMetrics()
+  const kept: number = metrics.deadLetters.kept + listDeadLetters({ root: '/p' }).length
+  const replay = await replayDeadLetters({ timeout: 1000 })
+  const statuses: string[] = replay.results.map((r) => r.status)
+  const dropped: string = dropDeadLetter('id').operation
+  await updateTaskFile({ id: 1 }, { deadLetter: false })
   const manager = new FileLockManager()
   manager.config.timeout = 10000
   const value: number = await manager.withLock('custom.json', async () => 42)
@@ -71,7 +79,7 @@ async function main(): Promise<void> {
   const constants: number = DEFAULT_TIMEOUT + HEARTBEAT_INTERVAL + STALE_THRESHOLD
   const sameFn: typeof fileLock.acquireLock = acquireLock
   const sameUpdate: typeof integration.updateWithLock = fileLock.updateWithLock
-  void released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
+  void kept, statuses, dropped, released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
 }
 
 void main

@@ -64,7 +64,10 @@ async function updateWithLock(filePath, updater, options) {
 /** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
 async function updateUnder(filePath, lockId, updater) {
   const next = await runHolding(filePath, lockId, () => updater(readJson(filePath)))
-  await native.writeTextAtomic(filePath, lockId, serialize(filePath, next))
+  const text = serialize(filePath, next)
+  // A dead-letter replay journals this commit before it happens (at most once: dead-letters.js).
+  require('./dead-letters.js').beforeCommit(filePath, text)
+  await native.writeTextAtomic(filePath, lockId, text)
   return next
 }
 

@@ -37,6 +37,15 @@ holding .flowforge/. FlowForge's three critical files are listed even without a 
     options: { 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
     details: 'A live lock is never removed: see the staleness rules in the README.',
   },
+  'dead-letters': {
+    usage: 'flowforge-lock dead-letters list|show ID|replay [ID]|drop ID [--json] [--root ROOT]',
+    summary: 'operations that failed for a reason a retry can fix: list, show, replay or drop them',
+    options: { json: { type: 'boolean' }, root: { type: 'string' }, timeout: { type: 'string' } },
+    details: `updateTaskFile, batchUpdateTasks, the timer and session calls and \`update\` keep what they
+were asked to do in .flowforge/.dead-letters/ when the lock timed out or was lost, the disk was
+full, … (not when the call itself was wrong). replay applies them in call order, each under its
+file's lock, at most once; one that fails again stays (attempts + 1) and exits 75.`,
+  },
   doctor: {
     usage: 'flowforge-lock doctor [ROOT]',
     summary: 'check the lock directory and whether kernel locks work on its file system',
@@ -48,7 +57,7 @@ by another process. Exits 0 when all is well, 78 when something must be fixed.`,
 }
 
 function usage() {
-  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}`)
   return `Usage: flowforge-lock <command> [options]
 
 Commands:
@@ -111,6 +120,8 @@ async function run(argv) {
     case 'update':
       if (positionals.length !== 1) throw new UsageError('update takes exactly one FILE')
       return require('./update.js').update(positionals[0], { timeout })
+    case 'dead-letters':
+      return require('./dead-letters.js').deadLetters(positionals, { ...values, timeout })
     case 'status':
     case 'cleanup':
     case 'doctor':

@@ -1,7 +1,7 @@
 'use strict'
 // flowforge-lock update: the JSON on stdin becomes FILE's content, atomically, under its lock.
 
-const { updateWithLock } = require('../update.js')
+const { writeJson } = require('../dead-letters.js')
 const { EXIT } = require('./exit-codes.js')
 
 async function readStdin() {
@@ -19,7 +19,8 @@ async function update(file, { timeout }) {
     process.stderr.write(`flowforge-lock: stdin is not valid JSON (${err.message}); ${file} was not changed.\n`)
     return EXIT.DATAERR
   }
-  await updateWithLock(file, () => content, { timeout })
+  // Kept in the dead-letter queue if the lock times out or the disk is full (replay later).
+  await writeJson(file, content, { timeout })
   return EXIT.OK
 }
 
