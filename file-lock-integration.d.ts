@@ -3,9 +3,11 @@
 export { updateWithLock, UpdateOptions } from './lib/update'
 
 export interface FileOptions {
-  /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever). */
-  timeout?: number
+  /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever; 'adaptive': see LockOptions). */
+  timeout?: number | 'adaptive'
   staleThreshold?: number
+  /** Higher goes first among this process's waiters for the lock (default 0). */
+  priority?: number
   /** The file to update instead of the project's default one. */
   file?: string
   /** The project root instead of the one found from the cwd. */
@@ -83,7 +85,12 @@ export interface FileLockMetrics {
 export interface LockMetrics extends FileLockMetrics {
   p50WaitTime: number
   p99WaitTime: number
-  files: Record<string, FileLockMetrics>
+  files: Record<string, FileLockMetrics & {
+    /** What timeout: 'adaptive' would allow a caller of this file arriving now, in ms. */
+    adaptiveTimeoutMs: number
+  }>
+  /** Wait percentiles of the acquisitions of each priority ("0", "5", "-1", …), in ms. */
+  waitByPriority: Record<string, { acquisitions: number; p50WaitTime: number; p99WaitTime: number; maxWaitTime: number }>
   /** Dead letters this process kept, replayed and dropped since it started (or resetLockMetrics). */
   deadLetters: { kept: number; replayed: number; dropped: number }
 }

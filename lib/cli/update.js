@@ -3,6 +3,8 @@
 
 const { writeJson } = require('../dead-letters.js')
 const { EXIT } = require('./exit-codes.js')
+const { showWaiting } = require('./waiting.js')
+const { DEFAULT_TIMEOUT } = require('../../file-lock.js')
 
 async function readStdin() {
   const chunks = []
@@ -10,7 +12,7 @@ async function readStdin() {
   return Buffer.concat(chunks).toString('utf8')
 }
 
-async function update(file, { timeout }) {
+async function update(file, { timeout, quiet }) {
   const text = await readStdin()
   let content
   try {
@@ -20,7 +22,12 @@ async function update(file, { timeout }) {
     return EXIT.DATAERR
   }
   // Kept in the dead-letter queue if the lock times out or the disk is full (replay later).
-  await writeJson(file, content, { timeout })
+  const stopShowing = showWaiting(file, { timeout: timeout ?? DEFAULT_TIMEOUT, quiet })
+  try {
+    await writeJson(file, content, { timeout })
+  } finally {
+    stopShowing()
+  }
   return EXIT.OK
 }
 
