@@ -56,7 +56,9 @@ test('a timed-out update is kept (0600, atomic, with payload, error, time, attem
   const letterFile = path.join(dirOf(root), `${err.deadLetterId}.json`)
   expect(err.deadLetterFile).toBe(letterFile)
   expect(fs.statSync(letterFile).mode & 0o777).toBe(0o600)
-  expect(fs.readdirSync(dirOf(root))).toEqual([`${err.deadLetterId}.json`])
+  expect(fs.readdirSync(dirOf(root)).sort()).toEqual(['.history', `${err.deadLetterId}.json`])
+  expect(fs.statSync(dirOf(root)).mode & 0o777).toBe(0o700)
+  expect(fs.statSync(path.join(dirOf(root), '.history')).mode & 0o777).toBe(0o600)
   const letter = readJson(letterFile)
   expect(letter).toMatchObject({
     id: err.deadLetterId,
@@ -144,7 +146,7 @@ test('the CLI: update keeps its write; list, show, replay, drop; status --json a
   expect(cli(['dead-letters', 'list']).stdout).toContain('writeJson')
   expect(JSON.parse(cli(['dead-letters', 'show', listed[0].id]).stdout).id).toBe(listed[0].id)
   const status = JSON.parse(cli(['status', '--json']).stdout)
-  expect(status.deadLetters).toEqual({ dir: dirOf(root), pending: 2 })
+  expect(status.deadLetters).toEqual({ dir: dirOf(root), pending: 2, kept: 2, replayed: 0, dropped: 0 })
   expect(cli(['doctor']).stdout).toContain(`2 dead letter(s) in ${dirOf(root)}`)
   expect(cli(['dead-letters', 'drop', listed[1].id]).status).toBe(0)
   expect(cli(['dead-letters', 'show', 'nope']).status).toBe(64)
@@ -152,7 +154,7 @@ test('the CLI: update keeps its write; list, show, replay, drop; status --json a
   expect(replay.status).toBe(0)
   expect(replay.stdout).toContain('1 replayed, 0 failed, 0 skipped.')
   expect(readJson(data)).toEqual({ n: 1 })
-  expect(JSON.parse(cli(['status', '--json']).stdout).deadLetters.pending).toBe(0)
+  expect(JSON.parse(cli(['status', '--json']).stdout).deadLetters).toEqual({ dir: dirOf(root), pending: 0, kept: 2, replayed: 1, dropped: 1 })
 })
 
 describe('at most once, with the replay SIGKILLed inside its locked step', () => {

@@ -19,6 +19,8 @@ const { currentUser, currentInstanceId, isPlainObject } = require('./project.js'
 const DIR = path.join('.flowforge', '.dead-letters')
 /** Where replay notes what it is about to commit (see replayOne). */
 const JOURNAL = '.applied'
+/** One line per letter kept, replayed or dropped, for the project's totals in `status --json`. */
+const HISTORY = '.history'
 
 /**
  * Failures a later retry can fix. Everything else is the caller's to fix and is never kept:
@@ -98,6 +100,18 @@ function removeDurably(file) {
   fsyncDir(path.dirname(file))
 }
 
+/**
+ * Appends `<event> <id> <time>` to the history: one write with O_APPEND, so lines of several
+ * processes never interleave. Best effort: the counts are for people, the letters are the truth.
+ */
+function noteHistory(dir, event, id) {
+  try {
+    fs.appendFileSync(path.join(dir, HISTORY), `${event} ${id} ${new Date().toISOString()}\n`, { mode: 0o600 })
+  } catch {
+    // A history line that could not be written changes no outcome.
+  }
+}
+
 let sequence = 0
 /** Sorts in call order: the call's time, then this process's call counter. */
 function newId(calledAt) {
@@ -162,6 +176,7 @@ function keep(name, spec, raw, err, calledAt, id) {
     }
     writeAtomic(path.join(dir, `${id}.json`), letter)
     counts.kept++
+    noteHistory(dir, 'kept', id)
     err.deadLetterId = id
     err.deadLetterFile = path.join(dir, `${id}.json`)
   } catch (keepErr) {
@@ -213,6 +228,7 @@ function dropDeadLetter(id, options) {
   removeDurably(letterPath(dir, id))
   removeDurably(path.join(dir, JOURNAL, `${id}.json`))
   counts.dropped++
+  noteHistory(dir, 'dropped', id)
   return letter
 }
 
@@ -293,6 +309,7 @@ async function replayOne(dir, letter, lockOptions) {
         removeDurably(file)
         removeDurably(journalFile)
         counts.replayed++
+        noteHistory(dir, 'replayed', letter.id)
         return { id: letter.id, status: 'already-applied' }
       }
       if (now !== mark.before) {
@@ -311,6 +328,7 @@ async function replayOne(dir, letter, lockOptions) {
     removeDurably(file)
     removeDurably(journalFile)
     counts.replayed++
+    noteHistory(dir, 'replayed', letter.id)
     return { id: letter.id, status: 'replayed', result }
   } finally {
     await releaseLock(letter.file, lockId).catch(() => {})
@@ -367,16 +385,20 @@ const writeJson = deadLettered(
   { fileOf: (args) => args[0] },
 )
 
-/** For status/doctor: where the letters are and how many wait. */
+/** For status/doctor: where the letters are, how many wait, and the project's totals so far. */
 function deadLetterSummary(root) {
   const dir = dirOf(root)
-  let pending = 0
+  const summary = { dir, pending: 0, kept: 0, replayed: 0, dropped: 0 }
   try {
-    pending = fs.readdirSync(dir).filter((name) => name.endsWith('.json') && !name.startsWith('.')).length
+    summary.pending = fs.readdirSync(dir).filter((name) => name.endsWith('.json') && !name.startsWith('.')).length
+    for (const line of fs.readFileSync(path.join(dir, HISTORY), 'utf8').split('\n')) {
+      const event = line.split(' ', 1)[0]
+      if (event === 'kept' || event === 'replayed' || event === 'dropped') summary[event]++
+    }
   } catch (err) {
     if (err.code !== 'ENOENT') throw err
   }
-  return { dir, pending }
+  return summary
 }
 
 /** Pins, at call time, what a replay elsewhere would compute otherwise. */
