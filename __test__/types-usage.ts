@@ -67,6 +67,10 @@ async function main(): Promise<void> {
   const wait: number = metrics.averageWaitTime + metrics.totalTimeouts + metrics.files['x'].maxWaitTime
   resetLockMetrics()
   const kept: number = metrics.deadLetters.kept + listDeadLetters({ root: '/p' }).length
+  const adaptive: number = metrics.files['x'].adaptiveTimeoutMs + metrics.waitByPriority['0'].p99WaitTime
+  await releaseLock('x', await acquireLock('x', { timeout: 'adaptive', priority: 2 }))
+  await updateTaskFile({ id: 2 }, { timeout: 'adaptive', priority: -1 })
+  const prioritised = new FileLockManager({ priority: 3, timeout: 'adaptive' }).config.priority
   const replay = await replayDeadLetters({ timeout: 1000 })
   const statuses: string[] = replay.results.map((r) => r.status)
   const dropped: string = dropDeadLetter('id').operation
@@ -79,7 +83,7 @@ async function main(): Promise<void> {
   const constants: number = DEFAULT_TIMEOUT + HEARTBEAT_INTERVAL + STALE_THRESHOLD
   const sameFn: typeof fileLock.acquireLock = acquireLock
   const sameUpdate: typeof integration.updateWithLock = fileLock.updateWithLock
-  void kept, statuses, dropped, released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
+  void adaptive, prioritised, kept, statuses, dropped, released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
 }
 
 void main
