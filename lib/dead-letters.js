@@ -113,10 +113,10 @@ function noteHistory(dir, event, id) {
 }
 
 let sequence = 0
-/** Sorts in call order: the call's time, then this process's call counter. */
-function newId(calledAt) {
+/** Sorts in call order: the call's time, then this process's call counter (`seq`, taken at the call). */
+function newId(calledAt, seq) {
   const stamp = new Date(calledAt).toISOString().replace(/[-:.]/g, '')
-  return `${stamp}-${process.pid}-${String(sequence++).padStart(6, '0')}-${crypto.randomBytes(2).toString('hex')}`
+  return `${stamp}-${process.pid}-${String(seq).padStart(6, '0')}-${crypto.randomBytes(2).toString('hex')}`
 }
 
 /** Options worth replaying: those that choose the file or shape the result (not timeouts, signals). */
@@ -136,18 +136,19 @@ function keptOptions(options) {
  */
 function deadLettered(name, fn, spec) {
   OPERATIONS.set(name, { fn, ...spec })
-  return async function operation(...raw) {
+  const operation = async (...raw) => {
     const calledAt = Date.now()
-    const id = newId(calledAt)
+    const seq = sequence++
     try {
       return await fn(...raw)
     } catch (err) {
       if (err !== null && typeof err === 'object' && RETRYABLE.has(err.code) && replaying.getStore() === undefined) {
-        keep(name, spec, raw, err, calledAt, id)
+        keep(name, spec, raw, err, calledAt, newId(calledAt, seq))
       }
       throw err
     }
   }
+  return Object.defineProperty(operation, 'name', { value: name })
 }
 
 function keep(name, spec, raw, err, calledAt, id) {

@@ -43,7 +43,7 @@ holding .flowforge/. FlowForge's three critical files are listed even without a 
     details: 'A live lock is never removed: see the staleness rules in the README.',
   },
   'dead-letters': {
-    usage: 'flowforge-lock dead-letters list|show ID|replay [ID]|drop ID [--json] [--root ROOT]',
+    usage: 'flowforge-lock dead-letters list|show ID|replay [ID] [--timeout MS]|drop ID [--json] [--root ROOT]',
     summary: 'operations that failed for a reason a retry can fix: list, show, replay or drop them',
     options: { json: { type: 'boolean' }, root: { type: 'string' }, timeout: { type: 'string' } },
     details: `updateTaskFile, batchUpdateTasks, the timer and session calls and \`update\` keep what they
