@@ -257,7 +257,8 @@ pub fn get_lock_metrics() -> Value {
   let mut snapshot = metrics::snapshot();
   for (file, report) in snapshot.files.iter_mut() {
     let ahead = paths::resolve(file).map_or(0, |target| lock_table::ahead(&target, 0.0));
-    report.adaptive_timeout_ms = Some(metrics::adaptive_timeout(file, ahead).as_secs_f64() * 1000.0);
+    report.adaptive_timeout_ms =
+      Some(metrics::adaptive_timeout(file, ahead).as_secs_f64() * 1000.0);
   }
   serde_json::to_value(snapshot).unwrap_or(Value::Null)
 }

@@ -162,7 +162,11 @@ pub fn released(file: &str, held: Duration) {
   let counters = state.file(file);
   counters.holds += 1;
   counters.total_hold_us += held.as_micros() as u64;
-  push_window(&mut counters.recent_holds_us, HOLD_WINDOW, held.as_micros() as u64);
+  push_window(
+    &mut counters.recent_holds_us,
+    HOLD_WINDOW,
+    held.as_micros() as u64,
+  );
 }
 
 /// The 90th percentile of the file's recent holds, `None` before its first release.
