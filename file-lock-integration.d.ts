@@ -119,7 +119,8 @@ export interface DeadLetter {
 
 export interface ReplayResult {
   id: string
-  status: 'replayed' | 'already-applied' | 'failed' | 'skipped' | 'in-doubt'
+  /** 'gone': replayed or dropped by another process meanwhile. */
+  status: 'replayed' | 'already-applied' | 'failed' | 'skipped' | 'in-doubt' | 'gone'
   result?: unknown
   error?: { code: string | null; message: string }
   reason?: string
@@ -135,5 +136,5 @@ export function replayDeadLetters(options?: { root?: string; id?: string; timeou
   skipped: number
   results: ReplayResult[]
 }>
-/** Removes one without applying it; returns it. */
-export function dropDeadLetter(id: string, options?: { root?: string }): DeadLetter
+/** Removes one without applying it (under its file's lock, as replay does); resolves to it. */
+export function dropDeadLetter(id: string, options?: { root?: string }): Promise<DeadLetter>

@@ -206,9 +206,28 @@ describe('at most once, with the replay SIGKILLed inside its locked step', () =>
     expect(again.results).toEqual([expect.objectContaining({ id, status: 'in-doubt' })])
     expect(readJson(files(root).times)['42'].status).toBe('closed')
     expect(ffl.listDeadLetters({ root })[0].inDoubt).toContain('cannot be told')
-    ffl.dropDeadLetter(id, { root })
+    await ffl.dropDeadLetter(id, { root })
     expect(ffl.listDeadLetters({ root })).toEqual([])
   })
+})
+
+test('two replays at once apply each letter once (the letter is read again under the lock)', async () => {
+  const root = project()
+  const h = await holder(files(root).times)
+  for (let i = 0; i < 10; i++) await rejection(ffl.startTaskTimer(`T${i}`, { root, timeout: 0, instanceId: `i${i}` }))
+  await h.end()
+  const ids = ffl.listDeadLetters({ root }).map((l) => l.id)
+  expect(ids).toHaveLength(10)
+  const runs = await Promise.all([runFixture('prio-replay', [root]), runFixture('prio-replay', [root])])
+  const results = runs.flatMap((run) => JSON.parse(run.stdout.replace(/^RESULT /, '')).results)
+  for (const id of ids) {
+    const mine = results.filter((r) => r.id === id).map((r) => r.status)
+    expect(mine.filter((status) => status === 'replayed')).toHaveLength(1)
+    expect(mine.every((status) => status === 'replayed' || status === 'gone')).toBe(true)
+  }
+  const times = readJson(files(root).times)
+  expect(Object.keys(times).sort()).toEqual(Array.from({ length: 10 }, (_, i) => `T${i}`).sort())
+  expect(Object.values(times).every((t) => t.status === 'active' && t.sessions.length === 0)).toBe(true)
 })
 
 test('an outage: every update that timed out while the holders were frozen is replayed, none lost, none twice', async () => {

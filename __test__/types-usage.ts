@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   const prioritised = new FileLockManager({ priority: 3, timeout: 'adaptive' }).config.priority
   const replay = await replayDeadLetters({ timeout: 1000 })
   const statuses: string[] = replay.results.map((r) => r.status)
-  const dropped: string = dropDeadLetter('id').operation
+  const dropped: string = (await dropDeadLetter('id')).operation
   await updateTaskFile({ id: 1 }, { deadLetter: false })
   const manager = new FileLockManager()
   manager.config.timeout = 10000

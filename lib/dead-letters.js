@@ -21,6 +21,8 @@ const DIR = path.join('.flowforge', '.dead-letters')
 const JOURNAL = '.applied'
 /** One line per letter kept, replayed or dropped, for the project's totals in `status --json`. */
 const HISTORY = '.history'
+/** A letter's file name (temp files, the journal and the history never match). */
+const LETTER_NAME = /^[0-9A-Za-z-]+\.json$/
 
 /**
  * Failures a later retry can fix. Everything else is the caller's to fix and is never kept:
@@ -199,7 +201,7 @@ function listDeadLetters(options) {
     throw err
   }
   return names
-    .filter((name) => name.endsWith('.json') && !name.startsWith('.'))
+    .filter((name) => LETTER_NAME.test(name))
     .sort()
     .map((name) => JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8')))
 }
@@ -222,15 +224,26 @@ function showDeadLetter(id, options) {
   return JSON.parse(fs.readFileSync(file, 'utf8'))
 }
 
-/** Removes a letter without applying it; resolves to it. */
-function dropDeadLetter(id, options) {
-  const letter = showDeadLetter(id, options)
+/**
+ * Removes a letter without applying it; resolves to it. Under its data file's lock, as replay
+ * removes letters, so a drop and a replay of the same letter cannot both happen.
+ */
+async function dropDeadLetter(id, options) {
+  const { acquireLock, releaseLock } = require('../file-lock.js')
+  const listed = showDeadLetter(id, options)
   const dir = dirOf(checkObject('options', options).root)
-  removeDurably(letterPath(dir, id))
-  removeDurably(path.join(dir, JOURNAL, `${id}.json`))
-  counts.dropped++
-  noteHistory(dir, 'dropped', id)
-  return letter
+  const lockId = await acquireLock(listed.file)
+  try {
+    const letter = readIfThere(letterPath(dir, id))
+    if (letter === null) throw notFound(dir, id)
+    removeDurably(letterPath(dir, id))
+    removeDurably(path.join(dir, JOURNAL, `${id}.json`))
+    counts.dropped++
+    noteHistory(dir, 'dropped', id)
+    return letter
+  } finally {
+    await releaseLock(listed.file, lockId).catch(() => {})
+  }
 }
 
 const digest = (text) => (text === null ? 'absent' : crypto.createHash('sha256').update(text).digest('hex'))
@@ -289,20 +302,24 @@ function readIfThere(file) {
  *   happened cannot be told, so the letter is not applied and is marked `inDoubt` for a person
  *   to look at (show, then drop or fix). Never applied twice, in every case.
  */
-async function replayOne(dir, letter, lockOptions) {
+async function replayOne(dir, listed, lockOptions) {
   const { acquireLock, releaseLock } = require('../file-lock.js')
-  const op = OPERATIONS.get(letter.operation)
-  const file = path.join(dir, `${letter.id}.json`)
-  const journalFile = path.join(dir, JOURNAL, `${letter.id}.json`)
-  if (letter.inDoubt) return { id: letter.id, status: 'in-doubt', reason: letter.inDoubt }
-  if (op === undefined) return failed(file, letter, codedError(Error, 'ERR_UNKNOWN_OPERATION', `Unknown operation ${letter.operation}`))
+  const file = path.join(dir, `${listed.id}.json`)
+  const journalFile = path.join(dir, JOURNAL, `${listed.id}.json`)
+  if (listed.inDoubt) return { id: listed.id, status: 'in-doubt', reason: listed.inDoubt }
   let lockId
   try {
-    lockId = await acquireLock(letter.file, lockOptions)
+    lockId = await acquireLock(listed.file, lockOptions)
   } catch (err) {
-    return failed(file, letter, err)
+    return failed(file, listed, err)
   }
   try {
+    // Read again under the lock: a replay running beside this one may have applied and
+    // removed it since it was listed (removal happens under this same lock).
+    const letter = readIfThere(file)
+    if (letter === null) return { id: listed.id, status: 'gone', reason: 'replayed or dropped by someone else meanwhile' }
+    const op = OPERATIONS.get(letter.operation)
+    if (op === undefined) return failed(file, letter, codedError(Error, 'ERR_UNKNOWN_OPERATION', `Unknown operation ${letter.operation}`))
     const mark = readIfThere(journalFile)
     if (mark !== null) {
       const now = digest(native.readText(letter.file))
@@ -332,16 +349,31 @@ async function replayOne(dir, letter, lockOptions) {
     noteHistory(dir, 'replayed', letter.id)
     return { id: letter.id, status: 'replayed', result }
   } finally {
-    await releaseLock(letter.file, lockId).catch(() => {})
+    await releaseLock(listed.file, lockId).catch(() => {})
   }
 }
 
+/**
+ * Keeps a letter that failed again, with attempts + 1 and the new error. Without its lock (it
+ * could not be taken) a replay beside this one may have applied and removed it meanwhile: the
+ * letter is first renamed aside, which fails if it is gone, so it is never brought back.
+ */
 function failed(file, letter, err) {
-  letter.attempts += 1
-  letter.lastFailedAt = new Date().toISOString()
-  letter.error = { code: err.code ?? null, message: err.message }
-  writeAtomic(file, letter)
-  return { id: letter.id, status: 'failed', error: letter.error }
+  const error = { code: err.code ?? null, message: err.message }
+  const aside = `${file}.${process.pid}.failing`
+  try {
+    fs.renameSync(file, aside)
+  } catch (renameErr) {
+    if (renameErr.code !== 'ENOENT') throw renameErr
+    return { id: letter.id, status: 'gone', reason: 'replayed or dropped by someone else meanwhile' }
+  }
+  const current = JSON.parse(fs.readFileSync(aside, 'utf8'))
+  current.attempts += 1
+  current.lastFailedAt = new Date().toISOString()
+  current.error = error
+  writeAtomic(file, current)
+  removeDurably(aside)
+  return { id: letter.id, status: 'failed', error }
 }
 
 /**
@@ -372,7 +404,7 @@ async function replayDeadLetters(options) {
       continue
     }
     const outcome = await replayOne(dir, letter, lockOptions)
-    if (outcome.status !== 'replayed' && outcome.status !== 'already-applied') blocked.set(letter.file, letter.id)
+    if (outcome.status === 'failed' || outcome.status === 'in-doubt') blocked.set(letter.file, letter.id)
     results.push(outcome)
   }
   const count = (...statuses) => results.filter((r) => statuses.includes(r.status)).length
@@ -391,7 +423,7 @@ function deadLetterSummary(root) {
   const dir = dirOf(root)
   const summary = { dir, pending: 0, kept: 0, replayed: 0, dropped: 0 }
   try {
-    summary.pending = fs.readdirSync(dir).filter((name) => name.endsWith('.json') && !name.startsWith('.')).length
+    summary.pending = fs.readdirSync(dir).filter((name) => LETTER_NAME.test(name)).length
     for (const line of fs.readFileSync(path.join(dir, HISTORY), 'utf8').split('\n')) {
       const event = line.split(' ', 1)[0]
       if (event === 'kept' || event === 'replayed' || event === 'dropped') summary[event]++

@@ -39,7 +39,7 @@ async function deadLetters([action, id, ...extra], { json, root, timeout }) {
       print(showDeadLetter(id, { root }))
       return EXIT.OK
     case 'drop': {
-      const letter = dropDeadLetter(id, { root })
+      const letter = await dropDeadLetter(id, { root })
       if (json) print(letter)
       else process.stdout.write(`Dropped ${id} (${letter.operation} on ${letter.file}); it was not applied.\n`)
       return EXIT.OK
@@ -49,7 +49,7 @@ async function deadLetters([action, id, ...extra], { json, root, timeout }) {
       if (json) print(outcome)
       else {
         for (const r of outcome.results) {
-          const colour = r.status === 'replayed' || r.status === 'already-applied' ? 'green' : 'red'
+          const colour = r.status === 'failed' || r.status === 'in-doubt' || r.status === 'skipped' ? 'red' : 'green'
           const why = r.error ? `: ${r.error.code} ${r.error.message}` : r.reason ? `: ${r.reason}` : ''
           process.stdout.write(`${paint(colour, r.status.padEnd(15))} ${r.id}${why}\n`)
         }
