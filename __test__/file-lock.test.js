@@ -4,7 +4,7 @@ const os = require('node:os')
 const path = require('node:path')
 const fileLock = require('../file-lock')
 const { acquireLock, releaseLock, isLocked, getLockInfo, cleanupStaleLocks, listLocks } = fileLock
-const { makeProject, runFixture, startFixture, NOBODY, expectError, linkPackage } = require('./helpers')
+const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, linkPackage } = require('./helpers')
 const { untilFile, untilKernelWaiter } = require('./fixtures/wait-for')
 const native = require('../native.js')
 
@@ -394,7 +394,7 @@ describe('security', () => {
     await releaseLock(file, await acquireLock(file, 100))
   })
 
-  test("another user cannot take, release or clean up a live lock (run as nobody)", async () => {
+  testAsNobody("another user cannot take, release or clean up a live lock (run as nobody)", async () => {
     const root = makeProject()
     const locks = path.join(root, '.flowforge', '.locks')
     fs.mkdirSync(locks, { mode: 0o1777 })
@@ -402,7 +402,7 @@ describe('security', () => {
     const file = path.join(root, '.flowforge', 'tasks.json')
     const lockId = await acquireLock(file)
     const script = `
-      const fl = require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))});
+      const fl = require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))});
       (async () => {
         const out = { uid: process.getuid() };
         out.acquire = await fl.acquireLock(${JSON.stringify(file)}, 200).then(() => 'ok', (e) => e.code);
@@ -417,7 +417,7 @@ describe('security', () => {
     expect((await getLockInfo(file)).lockId).toBe(lockId)
     await releaseLock(file, lockId)
   })
-  test("another user's stale lock file in a sticky lock dir is not hijacked: clear EACCES (run as nobody)", async () => {
+  testAsNobody("another user's stale lock file in a sticky lock dir is not hijacked: clear EACCES (run as nobody)", async () => {
     const root = makeProject()
     const locks = path.join(root, '.flowforge', '.locks')
     fs.mkdirSync(locks)
@@ -425,7 +425,7 @@ describe('security', () => {
     const stale = writeRecord(root, 'tasks.json', { pid: 999999 })
     fs.chmodSync(lockPathOf(root, 'tasks.json'), 0o644)
     const before = fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8')
-    const script = `require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))})
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
       .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 500)
       .then(() => console.log('acquired'), (e) => console.log(process.getuid() + ' ' + e.code + ' ' + e.message))`
     const { spawnSync } = require('node:child_process')
@@ -458,9 +458,9 @@ describe('bad input', () => {
     expect(err.message).toMatch(message)
   })
 
-  test('an unwritable project dir gives the OS code and a message naming the lock dir (run as nobody)', async () => {
+  testAsNobody('an unwritable project dir gives the OS code and a message naming the lock dir (run as nobody)', async () => {
     const root = makeProject()
-    const script = `require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))})
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
       .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 100)
       .then(() => console.log('acquired'), (e) => console.log(e.code + ' ' + e.message))`
     const { spawnSync } = require('node:child_process')

@@ -21,7 +21,7 @@ const {
 } = integration
 const FileLockManager = require('../FileLockManager')
 const { acquireLock, releaseLock, isLocked } = require('../file-lock')
-const { makeProject, runFixture, startFixture, NOBODY, expectError, PACKAGE_ROOT } = require('./helpers')
+const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, PACKAGE_ROOT } = require('./helpers')
 
 const tasksPath = (root) => path.join(root, '.flowforge', 'tasks.json')
 const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
@@ -154,7 +154,7 @@ describe('updateWithLock', () => {
     expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[]}')
   })
 
-  test('a read-only file is not replaced (EACCES), checked as an unprivileged user', () => {
+  testAsNobody('a read-only file is not replaced (EACCES), checked as an unprivileged user', () => {
     const root = makeProject()
     fs.chownSync(root, NOBODY.uid, NOBODY.gid)
     fs.chownSync(path.join(root, '.flowforge'), NOBODY.uid, NOBODY.gid)
@@ -162,7 +162,7 @@ describe('updateWithLock', () => {
     fs.writeFileSync(file, '{"tasks":[]}')
     fs.chownSync(file, NOBODY.uid, NOBODY.gid)
     fs.chmodSync(file, 0o444)
-    const script = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock-integration'))})
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock-integration'))})
       .updateTaskFile({ id: 1 }, { file: ${JSON.stringify(file)} })
       .then(() => console.log('written'), (e) => console.log(process.getuid() + ' ' + e.code + ' ' + e.message))`
     const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })

@@ -86,7 +86,7 @@ pub fn try_acquire(
 ) -> Result<Option<String>> {
   let opts = options(Some(0.0), stale_ms, priority);
   lock_table::prepare(&file)
-    .and_then(|target| lock_table::try_acquire(&target, &opts))
+    .and_then(|target| lock_table::try_acquire_here(&target, &opts))
     .map_err(|e| js_error(&env, e))
 }
 
