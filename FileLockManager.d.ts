@@ -3,8 +3,8 @@ import type { LockMetrics } from './file-lock-integration'
 import type { UpdateOptions } from './lib/update'
 
 declare class FileLockManager {
-  constructor(options?: { timeout?: number; staleThreshold?: number })
-  config: { timeout: number; staleThreshold: number }
+  constructor(options?: { timeout?: number | 'adaptive'; staleThreshold?: number; priority?: number })
+  config: { timeout: number | 'adaptive'; staleThreshold: number; priority: number }
   /** lockId -> file of every lock this manager holds. */
   held: Map<string, string>
   acquire(filePath: string, options?: UpdateOptions): Promise<string>

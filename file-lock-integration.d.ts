@@ -4,15 +4,19 @@ export { updateWithLock, UpdateOptions } from './lib/update'
 import type { UpdateOptions } from './lib/update'
 
 export interface FileOptions {
-  /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever). */
-  timeout?: number
+  /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever; 'adaptive': see LockOptions). */
+  timeout?: number | 'adaptive'
   staleThreshold?: number
+  /** Higher goes first among this process's waiters for the lock (default 0). */
+  priority?: number
   /** The file to update instead of the project's default one. */
   file?: string
   /** The project root instead of the one found from the cwd. */
   root?: string
   /** Write only if the file is still at this version, else reject with `EVERSION` (see UpdateOptions). */
   ifVersion?: number
+  /** false: a failure a retry could fix is not kept in .flowforge/.dead-letters/ (default true). */
+  deadLetter?: boolean
 }
 
 export interface ReadOptions {
@@ -117,8 +121,56 @@ export interface FileLockMetrics {
 export interface LockMetrics extends FileLockMetrics {
   p50WaitTime: number
   p99WaitTime: number
-  files: Record<string, FileLockMetrics>
+  files: Record<string, FileLockMetrics & {
+    /** What timeout: 'adaptive' would allow a caller of this file arriving now, in ms. */
+    adaptiveTimeoutMs: number
+  }>
+  /** Wait percentiles of the acquisitions of each priority ("0", "5", "-1", …), in ms. */
+  waitByPriority: Record<string, { acquisitions: number; p50WaitTime: number; p99WaitTime: number; maxWaitTime: number }>
+  /** Dead letters this process kept, replayed and dropped since it started (or resetLockMetrics). */
+  deadLetters: { kept: number; replayed: number; dropped: number }
 }
 
 export function getLockMetrics(): LockMetrics
 export function resetLockMetrics(): void
+
+/** An operation kept in .flowforge/.dead-letters/ after a failure a retry can fix. */
+export interface DeadLetter {
+  /** Sorts in call order. */
+  id: string
+  operation: 'updateTaskFile' | 'batchUpdateTasks' | 'startTaskTimer' | 'pauseTaskTimer' | 'resumeTaskTimer' | 'stopTaskTimer' | 'registerSession' | 'touchSession' | 'endSession' | 'writeJson'
+  args: unknown[]
+  /** The data file it changes. */
+  file: string
+  error: { code: string | null; message: string }
+  calledAt: string
+  firstFailedAt: string
+  lastFailedAt: string
+  attempts: number
+  pid: number
+  hostname: string
+  /** Set when an interrupted replay cannot tell whether it was applied: never applied again. */
+  inDoubt?: string
+}
+
+export interface ReplayResult {
+  id: string
+  /** 'gone': replayed or dropped by another process meanwhile. */
+  status: 'replayed' | 'already-applied' | 'failed' | 'skipped' | 'in-doubt' | 'gone'
+  result?: unknown
+  error?: { code: string | null; message: string }
+  reason?: string
+}
+
+/** The project's dead letters (from the cwd, or `root`), oldest call first. */
+export function listDeadLetters(options?: { root?: string }): DeadLetter[]
+/** Applies them in call order, each under its file's lock, at most once; failures stay (attempts + 1). */
+export function replayDeadLetters(options?: { root?: string; id?: string; timeout?: number }): Promise<{
+  dir: string
+  replayed: number
+  failed: number
+  skipped: number
+  results: ReplayResult[]
+}>
+/** Removes one without applying it (under its file's lock, as replay does); resolves to it. */
+export function dropDeadLetter(id: string, options?: { root?: string }): Promise<DeadLetter>

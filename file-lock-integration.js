@@ -11,14 +11,16 @@ const { readJSON, readJSONVersioned, readJSONSync } = require('./lib/read.js')
 const { updateTaskFile, batchUpdateTasks } = require('./lib/tasks.js')
 const { startTaskTimer, pauseTaskTimer, resumeTaskTimer, stopTaskTimer } = require('./lib/time-tracking.js')
 const { registerSession, touchSession, endSession, cleanupStaleSessions, listSessions } = require('./lib/sessions.js')
+const deadLetters = require('./lib/dead-letters.js')
 
 /** Every lock this process took: averageWaitTime and the other times in ms, per file under `files`. */
 function getLockMetrics() {
-  return native.getLockMetrics()
+  return { ...native.getLockMetrics(), deadLetters: deadLetters.deadLetterCounts() }
 }
 
 function resetLockMetrics() {
   native.resetLockMetrics()
+  deadLetters.resetDeadLetterCounts()
 }
 
 module.exports = {
@@ -40,4 +42,7 @@ module.exports = {
   listSessions,
   getLockMetrics,
   resetLockMetrics,
+  replayDeadLetters: deadLetters.replayDeadLetters,
+  listDeadLetters: deadLetters.listDeadLetters,
+  dropDeadLetter: deadLetters.dropDeadLetter,
 }

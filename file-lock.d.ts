@@ -1,10 +1,19 @@
 // flowforge-lock/file-lock: drop-in for FlowForge's scripts/utils/file-lock.js.
 
 export interface LockOptions {
-  /** ms to wait; 0 = one try; Infinity = wait for ever. Default 30000. */
-  timeout?: number
+  /**
+   * ms to wait; 0 = one try; Infinity = wait for ever. Default 30000. 'adaptive': from this
+   * lock's recent hold times and the queue ahead, between 1 s and 120 s (30 s before any hold
+   * was seen): docs/priorities.md.
+   */
+  timeout?: number | 'adaptive'
   /** ms without heartbeat after which another host's record is stale. Default 30000. */
   staleThreshold?: number
+  /**
+   * Higher goes first among this process's waiters for the lock (default 0); equal priorities
+   * keep arrival order; a waiter gains one level per second waited. Not across processes yet.
+   */
+  priority?: number
 }
 
 export interface InspectOptions {
@@ -68,7 +77,7 @@ export interface ListedLock extends Partial<Omit<LockInfo, 'state'>> {
 }
 
 /** Resolves to the lockId. Rejects with `ELOCKTIMEOUT`, `ELOCKDEADLOCK`, `ELOCKDIRUNSAFE`, `ELOCKSYMLINK`, … */
-export function acquireLock(filePath: string, timeout?: number | LockOptions): Promise<string>
+export function acquireLock(filePath: string, timeout?: number | 'adaptive' | LockOptions): Promise<string>
 /** true: released; false: nothing to release. Rejects with `ELOCKMISMATCH` for a wrong lockId. */
 export function releaseLock(filePath: string, lockId: string): Promise<boolean>
 /**

@@ -14,7 +14,10 @@ const STALE_THRESHOLD = native.STALE_THRESHOLD
 
 const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 
-/** `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000 })`. */
+/**
+ * `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000, priority: 1 })`:
+ * among this process's waiters for the lock, higher priorities go first (docs/priorities.md).
+ */
 async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
   const options = checkLockOptions(timeout, DEFAULTS)
@@ -27,13 +30,22 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   }
   installExitCleanup()
   // An uncontended lock is taken right here; only a wait goes to a worker thread.
-  let lockId = native.tryAcquire(filePath, options.staleThreshold)
+  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority)
   if (lockId === null) {
-    const wait = Number.isFinite(options.timeout) ? options.timeout : null
-    lockId = await native.acquire(filePath, wait, options.staleThreshold)
+    const wait = adaptiveOr(filePath, options)
+    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority)
   }
   noteAcquired(filePath, lockId)
   return lockId
+}
+
+/**
+ * The wait in ms for the core (null: for ever). 'adaptive' is decided now, when the caller joins
+ * the queue: from this lock's recent holds and who is ahead (native adaptiveTimeout).
+ */
+function adaptiveOr(filePath, options) {
+  if (options.timeout === 'adaptive') return native.adaptiveTimeout(filePath, options.priority)
+  return Number.isFinite(options.timeout) ? options.timeout : null
 }
 
 async function releaseLock(filePath, lockId) {
@@ -54,8 +66,7 @@ function acquireLockSync(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
   const options = checkLockOptions(timeout, DEFAULTS)
   installExitCleanup()
-  const wait = Number.isFinite(options.timeout) ? options.timeout : null
-  const lockId = native.acquireSync(filePath, wait, options.staleThreshold)
+  const lockId = native.acquireSync(filePath, adaptiveOr(filePath, options), options.staleThreshold, options.priority)
   noteAcquired(filePath, lockId)
   return lockId
 }

@@ -837,6 +837,7 @@ module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __n
 module.exports = nativeBinding
 module.exports.acquire = nativeBinding.acquire
 module.exports.acquireSync = nativeBinding.acquireSync
+module.exports.adaptiveTimeout = nativeBinding.adaptiveTimeout
 module.exports.cleanupStaleLocks = nativeBinding.cleanupStaleLocks
 module.exports.configureBackend = nativeBinding.configureBackend
 module.exports.currentVersion = nativeBinding.currentVersion

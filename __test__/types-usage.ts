@@ -22,6 +22,9 @@ import {
   listSessions,
   getLockMetrics,
   resetLockMetrics,
+  listDeadLetters,
+  replayDeadLetters,
+  dropDeadLetter,
   FileLockManager,
   DEFAULT_TIMEOUT,
   HEARTBEAT_INTERVAL,
@@ -68,6 +71,15 @@ async function main(): Promise<void> {
   const metrics = getLockMetrics()
   const wait: number = metrics.averageWaitTime + metrics.totalTimeouts + metrics.files['x'].maxWaitTime
   resetLockMetrics()
+  const kept: number = metrics.deadLetters.kept + listDeadLetters({ root: '/p' }).length
+  const adaptive: number = metrics.files['x'].adaptiveTimeoutMs + metrics.waitByPriority['0'].p99WaitTime
+  await releaseLock('x', await acquireLock('x', { timeout: 'adaptive', priority: 2 }))
+  await updateTaskFile({ id: 2 }, { timeout: 'adaptive', priority: -1 })
+  const prioritised = new FileLockManager({ priority: 3, timeout: 'adaptive' }).config.priority
+  const replay = await replayDeadLetters({ timeout: 1000 })
+  const statuses: string[] = replay.results.map((r) => r.status)
+  const dropped: string = (await dropDeadLetter('id')).operation
+  await updateTaskFile({ id: 1 }, { deadLetter: false })
   const manager = new FileLockManager()
   manager.config.timeout = 10000
   const value: number = await manager.withLock('custom.json', async () => 42)
@@ -77,7 +89,7 @@ async function main(): Promise<void> {
   const constants: number = DEFAULT_TIMEOUT + HEARTBEAT_INTERVAL + STALE_THRESHOLD
   const sameFn: typeof fileLock.acquireLock = acquireLock
   const sameUpdate: typeof integration.updateWithLock = fileLock.updateWithLock
-  void released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
+  void adaptive, prioritised, kept, statuses, dropped, released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
 }
 
 void main

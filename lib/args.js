@@ -57,18 +57,35 @@ function checkMs(name, value, fallback, allowInfinity = true) {
   return value
 }
 
+/** A lock priority: a finite number, higher first (docs/priorities.md); `fallback` when undefined. */
+function checkPriority(name, value, fallback) {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `The "${name}" argument must be of type number. ${received(value)}`)
+  }
+  if (!Number.isFinite(value)) {
+    throw codedError(RangeError, 'ERR_OUT_OF_RANGE', `The value of "${name}" is out of range. It must be a finite number (higher goes first, default 0). Received ${value}`)
+  }
+  return value
+}
+
+/** A lock timeout: ms as checkMs takes them, or 'adaptive' (from the lock's holds and queue: docs/priorities.md). */
+const checkTimeout = (name, value, fallback) => (value === 'adaptive' ? value : checkMs(name, value, fallback))
+
 /**
- * Lock options as every entry point takes them: a timeout in ms, or `{ timeout, staleThreshold }`;
- * what is not given comes from `defaults` (the package's, or a FileLockManager's config).
+ * Lock options as every entry point takes them: a timeout in ms (or 'adaptive'), or `{ timeout,
+ * staleThreshold, priority }`; what is not given comes from `defaults` (the package's, or a
+ * FileLockManager's config).
  */
 function checkLockOptions(timeoutOrOptions, defaults) {
   if (typeof timeoutOrOptions !== 'object' && timeoutOrOptions !== undefined) {
-    return { timeout: checkMs('timeout', timeoutOrOptions), staleThreshold: defaults.staleThreshold }
+    return { timeout: checkTimeout('timeout', timeoutOrOptions), staleThreshold: defaults.staleThreshold, priority: defaults.priority ?? 0 }
   }
-  const { timeout, staleThreshold } = checkObject('options', timeoutOrOptions)
+  const { timeout, staleThreshold, priority } = checkObject('options', timeoutOrOptions)
   return {
-    timeout: checkMs('options.timeout', timeout, defaults.timeout),
+    timeout: checkTimeout('options.timeout', timeout, defaults.timeout),
     staleThreshold: checkMs('options.staleThreshold', staleThreshold, defaults.staleThreshold, false),
+    priority: checkPriority('options.priority', priority, defaults.priority ?? 0),
   }
 }
 
@@ -82,4 +99,4 @@ function checkJson(name, value) {
   return value
 }
 
-module.exports = { checkString, checkFunction, checkObject, checkMs, checkLockOptions, checkJson, codedError }
+module.exports = { checkString, checkFunction, checkObject, checkMs, checkPriority, checkLockOptions, checkJson, codedError }

@@ -8,6 +8,7 @@ const os = require('node:os')
 const { changeProjectFile, readJson } = require('./update.js')
 const { projectFile, currentUser, currentInstanceId, isPlainObject, shapeError, stateError } = require('./project.js')
 const { checkObject, checkString, checkMs, checkJson, codedError } = require('./args.js')
+const { deadLettered } = require('./dead-letters.js')
 
 const STALE_SESSION_MS = 24 * 3600 * 1000
 
@@ -175,4 +176,21 @@ function listSessions(options) {
   return doc === null ? [] : entries(sessionsOf(doc, file))
 }
 
-module.exports = { registerSession, touchSession, endSession, cleanupStaleSessions, listSessions }
+// A failure a retry can fix is kept in the dead-letter queue (dead-letters.js). A registered
+// session's generated fields are pinned at call time, so a replay registers the same session.
+function pinSession(args) {
+  const session = { ...(isPlainObject(args[0]) ? args[0] : {}) }
+  session.sessionId ??= `session-${Math.floor(Date.now() / 1000)}-${process.pid}`
+  session.user ??= currentUser()
+  session.instanceId ??= currentInstanceId()
+  session.pid ??= process.pid
+  session.hostname ??= os.hostname()
+  args[0] = session
+}
+module.exports = {
+  registerSession: deadLettered('registerSession', registerSession, { which: 'activeSessions', normalize: ([s, o]) => [s, o], pin: pinSession }),
+  touchSession: deadLettered('touchSession', touchSession, { which: 'activeSessions', normalize: ([id, f, o]) => [id, f ?? {}, o] }),
+  endSession: deadLettered('endSession', endSession, { which: 'activeSessions', normalize: ([id, o]) => [id, o] }),
+  cleanupStaleSessions,
+  listSessions,
+}

@@ -4,6 +4,7 @@
 const { changeProjectFile } = require('./update.js')
 const { isPlainObject, shapeError } = require('./project.js')
 const { codedError, checkJson } = require('./args.js')
+const { deadLettered } = require('./dead-letters.js')
 
 function checkTask(task, name) {
   if (!isPlainObject(task)) {
@@ -63,4 +64,8 @@ async function batchUpdateTasks(updates, options) {
   })
 }
 
-module.exports = { updateTaskFile, batchUpdateTasks }
+// A failure a retry can fix is kept in the dead-letter queue (dead-letters.js).
+module.exports = {
+  updateTaskFile: deadLettered('updateTaskFile', updateTaskFile, { which: 'tasks' }),
+  batchUpdateTasks: deadLettered('batchUpdateTasks', batchUpdateTasks, { which: 'tasks' }),
+}

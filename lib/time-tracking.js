@@ -15,6 +15,7 @@ const {
   stateError,
 } = require('./project.js')
 const { codedError, checkString } = require('./args.js')
+const { deadLettered, pinTimer } = require('./dead-letters.js')
 
 function checkTaskId(taskId) {
   if ((typeof taskId !== 'string' && typeof taskId !== 'number') || String(taskId) === '') {
@@ -128,4 +129,12 @@ function stopTaskTimer(taskId, why, maybeOptions) {
   })
 }
 
-module.exports = { startTaskTimer, pauseTaskTimer, resumeTaskTimer, stopTaskTimer }
+// A failure a retry can fix is kept in the dead-letter queue (dead-letters.js), the arguments in
+// one shape: (taskId, options) or (taskId, reason, options).
+const withReason = ([taskId, why, options]) => [taskId, ...reasonAndOptions(why, options, null)]
+module.exports = {
+  startTaskTimer: deadLettered('startTaskTimer', startTaskTimer, { which: 'timeTracking', normalize: ([id, o]) => [id, o], pin: pinTimer }),
+  pauseTaskTimer: deadLettered('pauseTaskTimer', pauseTaskTimer, { which: 'timeTracking', normalize: withReason }),
+  resumeTaskTimer: deadLettered('resumeTaskTimer', resumeTaskTimer, { which: 'timeTracking', normalize: ([id, o]) => [id, o], pin: pinTimer }),
+  stopTaskTimer: deadLettered('stopTaskTimer', stopTaskTimer, { which: 'timeTracking', normalize: withReason }),
+}

@@ -1,7 +1,9 @@
 export interface UpdateOptions {
-  /** Lock wait in ms (default 30000). */
-  timeout?: number
+  /** Lock wait in ms (default 30000), or 'adaptive' (see LockOptions). */
+  timeout?: number | 'adaptive'
   staleThreshold?: number
+  /** Higher goes first among this process's waiters (see LockOptions). */
+  priority?: number
   /**
    * Write under a hold the caller already has (a lockId from acquireLock): no new lock is
    * taken, and the write still checks that the hold is ours just before its rename.

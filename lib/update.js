@@ -102,7 +102,10 @@ function checkVersionUnder(filePath, ifVersion) {
 async function updateUnder(filePath, lockId, updater, ifVersion) {
   checkVersionUnder(filePath, ifVersion)
   const next = await runHolding(filePath, lockId, () => updater(readJson(filePath)))
-  await native.writeTextAtomic(filePath, lockId, serialize(filePath, next))
+  const text = serialize(filePath, next)
+  // A dead-letter replay journals this commit before it happens (at most once: dead-letters.js).
+  require('./dead-letters.js').beforeCommit(filePath, text)
+  await native.writeTextAtomic(filePath, lockId, text)
   return next
 }
 
@@ -162,8 +165,10 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
       ifVersion,
       resolve,
       reject,
-      deadline: performance.now() + lockOpts.timeout,
+      // 'adaptive' is decided as the caller joins: this lock's recent holds and who is ahead.
+      deadline: performance.now() + (lockOpts.timeout === 'adaptive' ? native.adaptiveTimeout(filePath, lockOpts.priority) : lockOpts.timeout),
       staleThreshold: lockOpts.staleThreshold,
+      priority: lockOpts.priority,
       // Each updater sees the locks its caller holds, not those of whoever started the batch.
       callerHeld: heldNow(),
     })
@@ -175,13 +180,16 @@ const pending = new Map()
 
 async function runBatches(key, filePath, batch) {
   while (batch.jobs.length > 0) {
-    const jobs = batch.jobs.splice(0)
+    // Higher priorities first within the hold too (a stable sort keeps arrival order among equals);
+    // the batch waits with the highest priority among its jobs.
+    const jobs = batch.jobs.splice(0).sort((a, b) => b.priority - a.priority)
     const soonest = Math.min(...jobs.map((job) => job.deadline))
     let lockId
     try {
       lockId = await acquireLock(filePath, {
         timeout: Math.max(0, soonest - performance.now()),
         staleThreshold: jobs[0].staleThreshold,
+        priority: jobs[0].priority,
       })
     } catch (err) {
       // Those whose deadline has come fail with the error; the others try again, first.

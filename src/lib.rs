@@ -63,8 +63,13 @@ fn stale_after(stale_ms: Option<f64>) -> Duration {
   Duration::from_millis(stale_ms.map_or(lock_table::DEFAULT_STALE_MS, |ms| ms as u64))
 }
 
-fn options(timeout_ms: Option<f64>, stale_ms: Option<f64>) -> AcquireOptions {
+fn options(
+  timeout_ms: Option<f64>,
+  stale_ms: Option<f64>,
+  priority: Option<f64>,
+) -> AcquireOptions {
   AcquireOptions {
+    priority: priority.filter(|p| p.is_finite()).unwrap_or(0.0),
     timeout: timeout_ms
       .filter(|ms| ms.is_finite())
       .map(|ms| Duration::from_millis(ms as u64)),
@@ -74,8 +79,13 @@ fn options(timeout_ms: Option<f64>, stale_ms: Option<f64>) -> AcquireOptions {
 
 /// One non-blocking try: the lockId, or `null` when the lock is taken.
 #[napi]
-pub fn try_acquire(env: Env, file: String, stale_ms: Option<f64>) -> Result<Option<String>> {
-  let opts = options(Some(0.0), stale_ms);
+pub fn try_acquire(
+  env: Env,
+  file: String,
+  stale_ms: Option<f64>,
+  priority: Option<f64>,
+) -> Result<Option<String>> {
+  let opts = options(Some(0.0), stale_ms, priority);
   lock_table::prepare(&file)
     .and_then(|target| lock_table::try_acquire_here(&target, &opts))
     .map_err(|e| js_error(&env, e))
@@ -91,8 +101,9 @@ pub fn acquire<'env>(
   file: String,
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
+  priority: Option<f64>,
 ) -> Result<Object<'env>> {
-  let opts = options(timeout_ms, stale_ms);
+  let opts = options(timeout_ms, stale_ms, priority);
   let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
   let (deferred, promise) = env.create_deferred::<String, LockIdResolver>()?;
   let complete: lock_table::Completion = Box::new(move |outcome| {
@@ -244,7 +255,21 @@ pub fn write_text_atomic<'env>(
 
 #[napi(ts_return_type = "Record<string, unknown>")]
 pub fn get_lock_metrics() -> Value {
-  serde_json::to_value(metrics::snapshot()).unwrap_or(Value::Null)
+  let mut snapshot = metrics::snapshot();
+  for (file, report) in snapshot.files.iter_mut() {
+    let ahead = paths::resolve(file).map_or(0, |target| lock_table::ahead(&target, 0.0));
+    report.adaptive_timeout_ms =
+      Some(metrics::adaptive_timeout(file, ahead).as_secs_f64() * 1000.0);
+  }
+  serde_json::to_value(snapshot).unwrap_or(Value::Null)
+}
+
+/// `timeout: 'adaptive'` for a caller of `priority` arriving now: see `metrics::adaptive_timeout`.
+#[napi]
+pub fn adaptive_timeout(env: Env, file: String, priority: Option<f64>) -> Result<f64> {
+  let target = lock_table::prepare(&file).map_err(|e| js_error(&env, e))?;
+  let ahead = lock_table::ahead(&target, priority.unwrap_or(0.0));
+  Ok(metrics::adaptive_timeout(&target.file.to_string_lossy(), ahead).as_secs_f64() * 1000.0)
 }
 
 #[napi]
@@ -345,8 +370,9 @@ pub fn acquire_sync(
   file: String,
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
+  priority: Option<f64>,
 ) -> Result<String> {
-  let opts = options(timeout_ms, stale_ms);
+  let opts = options(timeout_ms, stale_ms, priority);
   let target = lock_table::prepare(&file).map_err(|e| js_error(&env, e))?;
   if lock_table::busy_here(&target) {
     return Err(js_error(

@@ -1,5 +1,6 @@
-//! This process's locks: which locks it holds, and who in it waits for which, first come first
-//! served, whatever the backend. An uncontended acquire asks the backend once, right on the
+//! This process's locks: which locks it holds, and who in it waits for which, highest priority
+//! first and first come first served among equals (with aging: see [`next_waiter`]), whatever
+//! the backend. An uncontended acquire asks the backend once, right on the
 //! caller's thread; when the lock is taken, the waiter joins the lock's queue, and one thread
 //! per lock waits on behalf of the whole queue (in the kernel for the file backend, on the
 //! server for the others), so a release anywhere hands over within one wake-up and waiting
@@ -36,6 +37,8 @@ pub struct AcquireOptions {
   /// `None` waits for ever; zero means a single try.
   pub timeout: Option<Duration>,
   pub stale_after: Duration,
+  /// Higher goes first among this process's waiters for the lock; 0 by default.
+  pub priority: f64,
 }
 
 /// A hold's grant, guarded: `None` once released.
@@ -68,10 +71,49 @@ impl Held {
 }
 
 struct Waiter {
+  /// Arrival order: ties of effective priority go to the lower id.
   id: u64,
   request: Request,
   enqueued: Instant,
+  priority: f64,
   complete: Completion,
+}
+
+/// Aging: a waiter's effective priority rises by one level per this much waiting.
+pub const AGING_STEP: Duration = Duration::from_secs(1);
+
+/// `priority + waited / AGING_STEP`: see [`next_waiter`].
+fn effective_priority(waiter: &Waiter, now: Instant) -> f64 {
+  waiter.priority
+    + now.saturating_duration_since(waiter.enqueued).as_secs_f64() / AGING_STEP.as_secs_f64()
+}
+
+/// The index of the waiter to serve next: the highest effective priority `priority + waited /
+/// AGING_STEP`, ties to the earliest arrival. Among equal priorities the earliest arrival has
+/// waited longest, so the order stays first come, first served. A waiter of priority `p`
+/// outranks every later arrival of priority at most `q` once it has waited `(q - p) x
+/// AGING_STEP`: from then on only the finite set of waiters already ahead of it can pass it, so
+/// a low-priority waiter always finishes.
+fn next_waiter(queue: &VecDeque<Waiter>, now: Instant) -> Option<usize> {
+  let mut best: Option<(usize, f64, u64)> = None;
+  for (index, waiter) in queue.iter().enumerate() {
+    let rank = effective_priority(waiter, now);
+    let better = match best {
+      None => true,
+      Some((_, best_rank, best_id)) => {
+        rank > best_rank || (rank == best_rank && waiter.id < best_id)
+      }
+    };
+    if better {
+      best = Some((index, rank, waiter.id));
+    }
+  }
+  best.map(|(index, _, _)| index)
+}
+
+/// Takes the waiter to serve next out of the queue.
+fn take_next(queue: &mut VecDeque<Waiter>) -> Option<Waiter> {
+  next_waiter(queue, Instant::now()).and_then(|index| queue.remove(index))
 }
 
 #[derive(Default)]
@@ -171,7 +213,12 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
     Err(e) => return Err(e),
   };
   drop(table);
-  metrics::acquired(&target.file.to_string_lossy(), Duration::ZERO, false);
+  metrics::acquired(
+    &target.file.to_string_lossy(),
+    Duration::ZERO,
+    false,
+    options.priority,
+  );
   Ok(Some(lock_id))
 }
 
@@ -180,8 +227,9 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 
 /// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
 /// (`ELOCKTIMEOUT` at the deadline, …) once decided, possibly right away. Called on the caller's
-/// thread, so the queue order is the order of the calls: first come, first served. For a lock
-/// server the first try (a round trip) runs on a thread of its own, never on Node's event loop.
+/// thread, so arrival order is the order of the calls; the queue serves by [`next_waiter`]. For
+/// a lock server the first try (a round trip) runs on a thread of its own, never on Node's event
+/// loop.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
   let local = match config::backend_for(&target) {
@@ -257,6 +305,7 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
       stale_after: options.stale_after,
     },
     enqueued: started,
+    priority: options.priority,
     complete,
   });
   drop(table);
@@ -275,6 +324,23 @@ pub fn busy_here(target: &Target) -> bool {
   table()
     .get(&target.lock_path)
     .is_some_and(|e| e.held.is_some() || !e.queue.is_empty())
+}
+
+/// How many holds a caller of `priority` arriving now would wait for: the current one (or the
+/// claim in progress) plus the queued waiters that would be served before it.
+pub fn ahead(target: &Target, priority: f64) -> usize {
+  let table = table();
+  let Some(entry) = table.get(&target.lock_path) else {
+    return 0;
+  };
+  let now = Instant::now();
+  let holding = usize::from(entry.held.is_some() || entry.claiming);
+  holding
+    + entry
+      .queue
+      .iter()
+      .filter(|w| effective_priority(w, now) >= priority)
+      .count()
 }
 
 /// At a waiter's deadline: if it is still queued, it leaves with `ELOCKTIMEOUT`; if it was
@@ -308,19 +374,21 @@ fn wait_for_lock(target: Target) {
     if !wait_for_waiters(&key, backend.waits_for_local_holder()) {
       return;
     }
-    // The first waiter stays queued until it is served, so its deadline can always find it.
+    // Waiters stay queued until served, so their deadlines can always find them; the one the
+    // backend waits for is whoever would be served now (the grant goes to whoever is then).
     let head = || {
-      table()
-        .get(&key)
-        .and_then(|e| e.queue.front())
-        .map(|w| w.request.clone())
+      table().get(&key).and_then(|e| {
+        next_waiter(&e.queue, Instant::now())
+          .and_then(|i| e.queue.get(i))
+          .map(|w| w.request.clone())
+      })
     };
     let outcome = backend.wait_acquire(&target, &head);
     let mut table = table();
     let entry = table.entry(key.clone()).or_default();
     match outcome {
       Ok(Some(grant)) => {
-        let Some(waiter) = entry.queue.pop_front() else {
+        let Some(waiter) = take_next(&mut entry.queue) else {
           // The last waiter gave up after the backend asked: the lock goes back.
           drop(table);
           grant.release();
@@ -329,12 +397,12 @@ fn wait_for_lock(target: Target) {
         let lock_id = install(entry, &waiter.request.file, grant);
         drop(table);
         let file = waiter.request.file.to_string_lossy();
-        metrics::acquired(&file, waiter.enqueued.elapsed(), true);
+        metrics::acquired(&file, waiter.enqueued.elapsed(), true, waiter.priority);
         (waiter.complete)(Ok(lock_id));
       }
       Ok(None) => {}
       Err(e) => {
-        let waiter = entry.queue.pop_front();
+        let waiter = take_next(&mut entry.queue);
         drop(table);
         if let Some(waiter) = waiter {
           (waiter.complete)(Err(e));
@@ -654,6 +722,7 @@ mod tests {
     AcquireOptions {
       timeout,
       stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+      priority: 0.0,
     }
   }
 
@@ -690,6 +759,79 @@ mod tests {
       assert!(release(&target, &outcome.unwrap()).unwrap());
     }
     assert_eq!(order, [0, 1, 2, 3, 4]);
+  }
+
+  #[test]
+  fn higher_priorities_are_served_first_and_equals_in_arrival_order() {
+    let target = project_file("priority.json");
+    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    let priorities = [0.0, 5.0, 0.0, 10.0, 5.0, -1.0, 10.0];
+    for (label, priority) in priorities.iter().enumerate() {
+      let done = done.clone();
+      acquire(
+        target.clone(),
+        AcquireOptions {
+          priority: *priority,
+          ..options(None)
+        },
+        Box::new(move |outcome| done.send((label, outcome)).unwrap()),
+      );
+    }
+    assert!(release(&target, &first).unwrap());
+    let mut order = Vec::new();
+    for _ in 0..priorities.len() {
+      let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+      order.push(label);
+      assert!(release(&target, &outcome.unwrap()).unwrap());
+    }
+    assert_eq!(order, [3, 6, 1, 4, 0, 2, 5]);
+  }
+
+  fn waiter(id: u64, priority: f64, enqueued: Instant) -> Waiter {
+    Waiter {
+      id,
+      request: Request {
+        file: PathBuf::from("/x"),
+        stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+      },
+      enqueued,
+      priority,
+      complete: Box::new(|_| {}),
+    }
+  }
+
+  /// The serving order of a queue at `now`, by id.
+  fn serving_order(mut queue: VecDeque<Waiter>, now: Instant) -> Vec<u64> {
+    let mut order = Vec::new();
+    while let Some(index) = next_waiter(&queue, now) {
+      order.push(queue.remove(index).unwrap().id);
+    }
+    order
+  }
+
+  #[test]
+  fn a_waiter_ages_past_newer_higher_priorities() {
+    let now = Instant::now() + 100 * AGING_STEP;
+    let ago = |steps: f64| now - AGING_STEP.mul_f64(steps);
+    // Priority 0 waiting 3.5 steps ranks 3.5: above a priority 3 that just came, below one
+    // that came half a step ago with priority 4 (4.5).
+    let queue = VecDeque::from([
+      waiter(0, 0.0, ago(3.5)),
+      waiter(1, 3.0, ago(0.0)),
+      waiter(2, 4.0, ago(0.5)),
+    ]);
+    assert_eq!(serving_order(queue, now), [2, 0, 1]);
+    // Equal priorities: arrival order, even when they came at the same instant.
+    let same = ago(1.0);
+    let queue = VecDeque::from([
+      waiter(5, 2.0, same),
+      waiter(3, 2.0, same),
+      waiter(4, 2.0, ago(2.0)),
+    ]);
+    assert_eq!(serving_order(queue, now), [4, 3, 5]);
   }
 
   #[test]

@@ -1,5 +1,7 @@
 //! Lock metrics of this process: every acquisition, wait, hold, timeout and stale-lock
-//! recovery, overall and per file. Waits keep a window of recent samples for percentiles.
+//! recovery, overall, per file and (waits) per priority. Waits keep a window of recent samples
+//! for percentiles; holds keep a short window per file, from which the adaptive timeout is made
+//! (see [`adaptive_timeout`]).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
@@ -9,10 +11,39 @@ use serde::Serialize;
 
 /// How many recent waits the percentiles are computed over.
 const WAIT_WINDOW: usize = 10_000;
+/// How many recent holds of a file the adaptive timeout looks at.
+const HOLD_WINDOW: usize = 64;
+
+/// The adaptive timeout before any hold of the file was seen: the package's default.
+pub const ADAPTIVE_SEED: Duration = Duration::from_millis(crate::lock_table::DEFAULT_TIMEOUT_MS);
+/// Bounds of the adaptive timeout; the floor is also the slack added to the expected wait.
+pub const ADAPTIVE_FLOOR: Duration = Duration::from_secs(1);
+pub const ADAPTIVE_CEILING: Duration = Duration::from_secs(120);
+/// How many times the expected wait the adaptive timeout allows.
+const ADAPTIVE_MARGIN: u32 = 3;
 
 struct State {
   files: BTreeMap<String, Counters>,
   recent_waits_us: VecDeque<u64>,
+  /// Per priority (as JS prints the number): recent waits and the counts.
+  priorities: BTreeMap<String, PriorityWaits>,
+}
+
+#[derive(Default)]
+struct PriorityWaits {
+  acquisitions: u64,
+  max_wait_us: u64,
+  recent_waits_us: VecDeque<u64>,
+}
+
+/// Waits of the acquisitions made with one priority, in ms.
+#[derive(Serialize, Debug, Clone, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PriorityMetrics {
+  pub acquisitions: u64,
+  pub p50_wait_time: f64,
+  pub p99_wait_time: f64,
+  pub max_wait_time: f64,
 }
 
 #[derive(Default, Clone)]
@@ -25,6 +56,7 @@ struct Counters {
   holds: u64,
   total_hold_us: u64,
   stale_recovered: u64,
+  recent_holds_us: VecDeque<u64>,
 }
 
 impl Counters {
@@ -51,6 +83,10 @@ pub struct FileMetrics {
   pub max_wait_time: f64,
   pub average_hold_time: f64,
   pub stale_locks_recovered: u64,
+  /// What `timeout: 'adaptive'` would allow a caller arriving now (files only; see
+  /// [`adaptive_timeout`]). Filled in by the caller of [`snapshot`], which knows the queues.
+  #[serde(skip_serializing_if = "Option::is_none")]
+  pub adaptive_timeout_ms: Option<f64>,
 }
 
 #[derive(Serialize, Debug, Clone, PartialEq)]
@@ -61,6 +97,8 @@ pub struct Snapshot {
   pub p50_wait_time: f64,
   pub p99_wait_time: f64,
   pub files: BTreeMap<String, FileMetrics>,
+  /// Keyed by priority: "0", "5", "-1", "2.5".
+  pub wait_by_priority: BTreeMap<String, PriorityMetrics>,
 }
 
 impl State {
@@ -68,6 +106,7 @@ impl State {
     State {
       files: BTreeMap::new(),
       recent_waits_us: VecDeque::new(),
+      priorities: BTreeMap::new(),
     }
   }
 }
@@ -89,9 +128,20 @@ fn state() -> MutexGuard<'static, State> {
   STATE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub fn acquired(file: &str, wait: Duration, contended: bool) {
+fn push_window(window: &mut VecDeque<u64>, limit: usize, sample: u64) {
+  if window.len() == limit {
+    window.pop_front();
+  }
+  window.push_back(sample);
+}
+
+pub fn acquired(file: &str, wait: Duration, contended: bool, priority: f64) {
   let wait_us = wait.as_micros() as u64;
   let mut state = state();
+  let by_priority = state.priorities.entry(format!("{priority}")).or_default();
+  by_priority.acquisitions += 1;
+  by_priority.max_wait_us = by_priority.max_wait_us.max(wait_us);
+  push_window(&mut by_priority.recent_waits_us, WAIT_WINDOW, wait_us);
   let counters = state.file(file);
   counters.acquisitions += 1;
   counters.contended += u64::from(contended);
@@ -112,6 +162,37 @@ pub fn released(file: &str, held: Duration) {
   let counters = state.file(file);
   counters.holds += 1;
   counters.total_hold_us += held.as_micros() as u64;
+  push_window(
+    &mut counters.recent_holds_us,
+    HOLD_WINDOW,
+    held.as_micros() as u64,
+  );
+}
+
+/// The 90th percentile of the file's recent holds, `None` before its first release.
+fn typical_hold(counters: &Counters) -> Option<Duration> {
+  let mut holds: Vec<u64> = counters.recent_holds_us.iter().copied().collect();
+  holds.sort_unstable();
+  (!holds.is_empty()).then(|| Duration::from_secs_f64(percentile_ms(&holds, 90.0) / 1000.0))
+}
+
+/// The adaptive timeout of a caller with `ahead` holds to wait for (the current holder plus the
+/// waiters that would be served first): `FLOOR + MARGIN x (ahead + 1) x hold_p90`, clamped to
+/// `[FLOOR, CEILING]`, hold_p90 being the 90th percentile of the file's last 64 holds in this
+/// process. `ahead + 1` counts the caller's own turn, so an idle file still allows a few holds.
+/// Before any hold was seen: the seed, 30 s.
+pub fn adaptive_timeout(file: &str, ahead: usize) -> Duration {
+  let hold = state().files.get(file).and_then(typical_hold);
+  adaptive_formula(hold, ahead)
+}
+
+fn adaptive_formula(hold: Option<Duration>, ahead: usize) -> Duration {
+  let Some(hold) = hold else {
+    return ADAPTIVE_SEED;
+  };
+  let turns = u32::try_from(ahead + 1).unwrap_or(u32::MAX);
+  let expected = hold.saturating_mul(ADAPTIVE_MARGIN).saturating_mul(turns);
+  (ADAPTIVE_FLOOR + expected).min(ADAPTIVE_CEILING)
 }
 
 pub fn stale_recovered(file: &str) {
@@ -139,6 +220,21 @@ pub fn snapshot() -> Snapshot {
       .iter()
       .map(|(f, c)| (f.clone(), report(c)))
       .collect(),
+    wait_by_priority: state
+      .priorities
+      .iter()
+      .map(|(priority, p)| {
+        let mut waits: Vec<u64> = p.recent_waits_us.iter().copied().collect();
+        waits.sort_unstable();
+        let metrics = PriorityMetrics {
+          acquisitions: p.acquisitions,
+          p50_wait_time: percentile_ms(&waits, 50.0),
+          p99_wait_time: percentile_ms(&waits, 99.0),
+          max_wait_time: p.max_wait_us as f64 / 1000.0,
+        };
+        (priority.clone(), metrics)
+      })
+      .collect(),
   }
 }
 
@@ -151,6 +247,7 @@ fn report(c: &Counters) -> FileMetrics {
     max_wait_time: c.max_wait_us as f64 / 1000.0,
     average_hold_time: mean_ms(c.total_hold_us, c.holds),
     stale_locks_recovered: c.stale_recovered,
+    adaptive_timeout_ms: None,
   }
 }
 
@@ -187,8 +284,8 @@ mod tests {
     // Other tests in this binary take locks too, so compare before and after.
     let file = "/metrics-test/tasks.json";
     let before = snapshot();
-    acquired(file, Duration::from_millis(4), true);
-    acquired(file, Duration::from_millis(2), false);
+    acquired(file, Duration::from_millis(4), true, 0.0);
+    acquired(file, Duration::from_millis(2), false, 0.0);
     timed_out(file);
     released(file, Duration::from_millis(10));
     stale_recovered(file);
@@ -202,5 +299,40 @@ mod tests {
     assert_eq!(f.average_hold_time, 10.0);
     assert_eq!(f.stale_locks_recovered, 1);
     assert!(after.totals.acquisitions >= before.totals.acquisitions + 2);
+  }
+
+  #[test]
+  fn waits_are_reported_per_priority() {
+    let file = "/metrics-test/priorities.json";
+    acquired(file, Duration::from_millis(8), true, 7.0);
+    acquired(file, Duration::from_millis(2), true, 7.0);
+    acquired(file, Duration::from_millis(1), true, -2.5);
+    let after = snapshot();
+    let seven = &after.wait_by_priority["7"];
+    assert_eq!(seven.acquisitions, 2);
+    assert_eq!(seven.p50_wait_time, 2.0);
+    assert_eq!(seven.p99_wait_time, 8.0);
+    assert_eq!(seven.max_wait_time, 8.0);
+    assert_eq!(after.wait_by_priority["-2.5"].acquisitions, 1);
+  }
+
+  #[test]
+  fn the_adaptive_timeout_starts_at_the_seed_and_follows_holds_and_queue() {
+    let ms = Duration::from_millis;
+    assert_eq!(adaptive_formula(None, 0), ms(30_000));
+    assert_eq!(adaptive_formula(None, 50), ms(30_000));
+    // Idle file, 100 ms holds: the floor plus 3 x 100 ms.
+    assert_eq!(adaptive_formula(Some(ms(100)), 0), ms(1_300));
+    // Nine ahead: ten turns.
+    assert_eq!(adaptive_formula(Some(ms(100)), 9), ms(4_000));
+    assert_eq!(adaptive_formula(Some(ms(100)), 10_000), ADAPTIVE_CEILING);
+    let file = "/metrics-test/adaptive.json";
+    assert_eq!(adaptive_timeout(file, 3), ADAPTIVE_SEED);
+    for held in [10, 20, 30, 40, 50, 60, 70, 80, 90, 200] {
+      released(file, ms(held));
+    }
+    // p90 of those ten holds is 90 ms.
+    assert_eq!(adaptive_timeout(file, 0), ms(1_270));
+    assert_eq!(adaptive_timeout(file, 4), ms(2_350));
   }
 }

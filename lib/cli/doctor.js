@@ -10,6 +10,7 @@ const native = require('../../native.js')
 const { acquireLock, releaseLock, cleanupStaleLocks } = require('../../file-lock.js')
 const { paint } = require('./format.js')
 const { EXIT } = require('./exit-codes.js')
+const { deadLetterSummary } = require('../dead-letters.js')
 
 /** Linux's statfs magic numbers of the file systems people keep projects on. */
 const FS_TYPES = {
@@ -92,6 +93,9 @@ async function doctor(root) {
     const stale = removed.filter((entry) => entry.state === 'stale').length
     if (stale > 0) check(true, `${stale} stale lock file(s) present (harmless: the next acquirer takes them over)`, null)
   }
+  // Operations kept after a failure a retry can fix are not an error of the set-up: reported, not failed.
+  const { dir, pending } = deadLetterSummary(projectRoot)
+  check(true, `${pending} dead letter(s) in ${dir}${pending > 0 ? ': `flowforge-lock dead-letters list`, then replay or drop them' : ''}`, null)
   return report(results)
 }
 

@@ -10,6 +10,7 @@ const { acquireLock, releaseLock } = require('../../file-lock.js')
 const { installExitCleanup } = require('../exit-cleanup.js')
 const { watchHold } = require('../lost.js')
 const { EXIT } = require('./exit-codes.js')
+const { showWaiting } = require('./waiting.js')
 
 const FORWARDED = ['SIGINT', 'SIGTERM']
 /** How long a command gets to stop after SIGTERM, once the lock is lost, before SIGKILL. */
@@ -17,10 +18,16 @@ const STOP_GRACE_MS = 5000
 /** Where the command finds the inherited lock descriptor. */
 const LOCK_FD = 3
 
-async function exec(file, [command, ...args], { timeout }) {
+async function exec(file, [command, ...args], { timeout, priority, quiet }) {
   // Signals are ours to forward while the command runs; the lock goes when it has ended.
   installExitCleanup({ signals: false })
-  const lockId = await acquireLock(file, timeout)
+  const stopShowing = showWaiting(file, { timeout: timeout ?? native.DEFAULT_TIMEOUT, quiet })
+  let lockId
+  try {
+    lockId = await acquireLock(file, { timeout, priority })
+  } finally {
+    stopShowing()
+  }
   const fd = native.inheritableFd(file, lockId)
   const stdio = fd === null ? 'inherit' : ['inherit', 'inherit', 'inherit', fd]
   const env = fd === null ? process.env : { ...process.env, FLOWFORGE_LOCK_FD: String(LOCK_FD) }

@@ -8,20 +8,25 @@ const { EXIT, exitCodeOf } = require('./exit-codes.js')
 
 const COMMANDS = {
   exec: {
-    usage: 'flowforge-lock exec [--timeout MS] FILE -- COMMAND [ARGS...]',
+    usage: 'flowforge-lock exec [--timeout MS] [--priority N] [--quiet] FILE -- COMMAND [ARGS...]',
     summary: "hold FILE's lock while COMMAND runs; exit with COMMAND's status",
-    options: { timeout: { type: 'string' } },
+    options: { timeout: { type: 'string' }, priority: { type: 'string' }, quiet: { type: 'boolean', short: 'q' } },
     details: `Like flock(1): stdin, stdout and stderr pass through; SIGINT and SIGTERM are forwarded to
 COMMAND and the lock is released after it ends. A Node process using flowforge-lock on the
 same FILE is excluded, and excludes it. On timeout (default 30000 ms) exits 75 and names the
-holder on stderr.`,
+holder on stderr. --priority N (a number, default 0) is passed to acquireLock: it orders the
+waiters of one process; between exec commands (separate processes) the order is still the
+kernel's until cross-process priorities exist (see docs/priorities.md). On a terminal, a wait
+longer than a second shows one line (holder, time held, time left); --quiet hides it.`,
   },
   update: {
-    usage: 'flowforge-lock update [--timeout MS] FILE < new-content.json',
+    usage: 'flowforge-lock update [--timeout MS] [--quiet] FILE < new-content.json',
     summary: 'replace FILE with the JSON on stdin, atomically, under its lock',
-    options: { timeout: { type: 'string' } },
+    options: { timeout: { type: 'string' }, quiet: { type: 'boolean', short: 'q' } },
     details: `The shell counterpart of updateWithLock(). Invalid JSON on stdin: exit 65, FILE untouched.
-The write is atomic and durable (temp file, fsync, rename, fsync of the directory).`,
+The write is atomic and durable (temp file, fsync, rename, fsync of the directory). If the
+lock times out (or the disk is full, …) the content is kept as a dead letter: see dead-letters.
+On a terminal, a wait longer than a second shows one line; --quiet hides it.`,
   },
   status: {
     usage: 'flowforge-lock status [--json] [ROOT]',
@@ -37,6 +42,15 @@ holding .flowforge/. FlowForge's three critical files are listed even without a 
     options: { 'dry-run': { type: 'boolean' }, json: { type: 'boolean' } },
     details: 'A live lock is never removed: see the staleness rules in the README.',
   },
+  'dead-letters': {
+    usage: 'flowforge-lock dead-letters list|show ID|replay [ID] [--timeout MS]|drop ID [--json] [--root ROOT]',
+    summary: 'operations that failed for a reason a retry can fix: list, show, replay or drop them',
+    options: { json: { type: 'boolean' }, root: { type: 'string' }, timeout: { type: 'string' } },
+    details: `updateTaskFile, batchUpdateTasks, the timer and session calls and \`update\` keep what they
+were asked to do in .flowforge/.dead-letters/ when the lock timed out or was lost, the disk was
+full, … (not when the call itself was wrong). replay applies them in call order, each under its
+file's lock, at most once; one that fails again stays (attempts + 1) and exits 75.`,
+  },
   doctor: {
     usage: 'flowforge-lock doctor [ROOT]',
     summary: 'check the lock directory and whether kernel locks work on its file system',
@@ -48,7 +62,7 @@ by another process. Exits 0 when all is well, 78 when something must be fixed.`,
 }
 
 function usage() {
-  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(8)} ${c.summary}`)
+  const lines = Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(12)} ${c.summary}`)
   return `Usage: flowforge-lock <command> [options]
 
 Commands:
@@ -72,6 +86,13 @@ function parseTimeout(text) {
   const ms = Number(text)
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(ms)) throw new UsageError(`--timeout takes milliseconds (a whole number), not '${text}'`)
   return ms
+}
+
+function parsePriority(text) {
+  if (text === undefined) return undefined
+  const n = Number(text)
+  if (text.trim() === '' || !Number.isFinite(n)) throw new UsageError(`--priority takes a number, not '${text}'`)
+  return n
 }
 
 function parse(name, args) {
@@ -107,10 +128,12 @@ async function run(argv) {
   switch (name) {
     case 'exec':
       if (positionals.length !== 1 || rest.length === 0) throw new UsageError('exec takes FILE, then -- and the command to run')
-      return require('./exec.js').exec(positionals[0], rest, { timeout })
+      return require('./exec.js').exec(positionals[0], rest, { timeout, priority: parsePriority(values.priority), quiet: values.quiet })
     case 'update':
       if (positionals.length !== 1) throw new UsageError('update takes exactly one FILE')
-      return require('./update.js').update(positionals[0], { timeout })
+      return require('./update.js').update(positionals[0], { timeout, quiet: values.quiet })
+    case 'dead-letters':
+      return require('./dead-letters.js').deadLetters(positionals, { ...values, timeout })
     case 'status':
     case 'cleanup':
     case 'doctor':

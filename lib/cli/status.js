@@ -8,6 +8,7 @@ const { FILES } = require('../project.js')
 const { duration, paint } = require('./format.js')
 const { table } = require('../table.js')
 const { EXIT } = require('./exit-codes.js')
+const { deadLetterSummary } = require('../dead-letters.js')
 
 function rowsOf(root) {
   const locks = listLocks(root === undefined ? undefined : { root })
@@ -39,8 +40,9 @@ const STATE_COLOUR = { held: 'yellow', free: 'green', stale: 'red', unsafe: 'red
 
 function status(root, { json }) {
   const { root: projectRoot, rows } = rowsOf(root)
+  const deadLetters = deadLetterSummary(projectRoot)
   if (json) {
-    process.stdout.write(`${JSON.stringify({ root: projectRoot, locks: rows }, null, 2)}\n`)
+    process.stdout.write(`${JSON.stringify({ root: projectRoot, locks: rows, deadLetters }, null, 2)}\n`)
     return EXIT.OK
   }
   const shown = (file) => (file.startsWith(projectRoot + path.sep) ? path.relative(projectRoot, file) : file)
@@ -60,6 +62,9 @@ function status(root, { json }) {
       style: (text, row, i) => (row === null ? paint('bold', text) : i === 1 && STATE_COLOUR[row[1]] ? paint(STATE_COLOUR[row[1]], text) : text),
     })}\n`,
   )
+  if (deadLetters.pending > 0) {
+    process.stdout.write(`${paint('yellow', `${deadLetters.pending} dead letter(s)`)} in ${deadLetters.dir}: \`flowforge-lock dead-letters list\`, then replay or drop.\n`)
+  }
   return EXIT.OK
 }
 

@@ -1,0 +1,275 @@
+'use strict'
+// The dead-letter queue (issue 14, item 4): what is kept and what is not, replay in call order
+// under the lock, failures kept with attempts + 1, the CLI, and at most once across a replay
+// SIGKILLed at each instant of its locked step. Holders are real processes; a frozen holder is
+// one stopped with SIGSTOP. No sleeps: timeouts of 0 (one try) and events printed by children.
+const fs = require('node:fs')
+const path = require('node:path')
+const { spawnSync } = require('node:child_process')
+const ffl = require('../index.js')
+const { makeProject, startFixture, runFixture, PACKAGE_ROOT } = require('./helpers')
+
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
+
+function project() {
+  const root = makeProject('ffl-dead-')
+  fs.mkdirSync(path.join(root, '.flowforge', 'billing'))
+  fs.mkdirSync(path.join(root, '.flowforge', 'sessions'))
+  return root
+}
+
+const files = (root) => ({
+  tasks: path.join(root, '.flowforge', 'tasks.json'),
+  times: path.join(root, '.flowforge', 'billing', 'time-tracking.json'),
+  sessions: path.join(root, '.flowforge', 'sessions', 'active-sessions.json'),
+})
+const readJson = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
+const dirOf = (root) => path.join(root, '.flowforge', '.dead-letters')
+
+/** A holder process of `file`'s lock; `stop()` freezes it (SIGSTOP), `end()` kills it. */
+async function holder(file) {
+  const { child, exited } = await startFixture('hold-lock', [file], 'LOCKED')
+  return {
+    stop: () => child.kill('SIGSTOP'),
+    end: async () => {
+      child.kill('SIGKILL')
+      await exited
+    },
+  }
+}
+
+async function rejection(promise) {
+  try {
+    await promise
+  } catch (err) {
+    return err
+  }
+  throw new Error('expected a rejection')
+}
+
+test('a timed-out update is kept (0600, atomic, with payload, error, time, attempts) and the caller gets its error', async () => {
+  const root = project()
+  const h = await holder(files(root).tasks)
+  const err = await rejection(ffl.updateTaskFile({ id: 7, title: 'kept' }, { root, timeout: 0 }))
+  await h.end()
+  expect(err.code).toBe('ELOCKTIMEOUT')
+  const letterFile = path.join(dirOf(root), `${err.deadLetterId}.json`)
+  expect(err.deadLetterFile).toBe(letterFile)
+  expect(fs.statSync(letterFile).mode & 0o777).toBe(0o600)
+  expect(fs.readdirSync(dirOf(root)).sort()).toEqual(['.history', `${err.deadLetterId}.json`])
+  expect(fs.statSync(dirOf(root)).mode & 0o777).toBe(0o700)
+  expect(fs.statSync(path.join(dirOf(root), '.history')).mode & 0o777).toBe(0o600)
+  const letter = readJson(letterFile)
+  expect(letter).toMatchObject({
+    id: err.deadLetterId,
+    operation: 'updateTaskFile',
+    args: [{ id: 7, title: 'kept' }, { root }],
+    file: files(root).tasks,
+    error: { code: 'ELOCKTIMEOUT' },
+    attempts: 1,
+    pid: process.pid,
+  })
+  expect(Date.parse(letter.firstFailedAt)).toBeGreaterThan(0)
+  expect(ffl.listDeadLetters({ root }).map((l) => l.id)).toEqual([err.deadLetterId])
+})
+
+test('caller bugs and deadLetter: false are never kept', async () => {
+  const root = project()
+  const { tasks } = files(root)
+  expect((await rejection(ffl.updateTaskFile({ title: 'no id' }, { root }))).code).toBe('ERR_INVALID_ARG_VALUE')
+  expect((await rejection(ffl.batchUpdateTasks('nope', { root }))).code).toBe('ERR_INVALID_ARG_TYPE')
+  expect((await rejection(ffl.pauseTaskTimer('9', { root }))).code).toBe('ESTATE')
+  expect((await rejection(ffl.touchSession('missing', {}, { root }))).code).toBe('ESTATE')
+  fs.writeFileSync(tasks, '[]')
+  expect((await rejection(ffl.updateTaskFile({ id: 1 }, { root }))).code).toBe('EDATASHAPE')
+  fs.writeFileSync(tasks, '{ not json')
+  expect((await rejection(ffl.updateTaskFile({ id: 1 }, { root }))).code).toBe('EJSONPARSE')
+  fs.rmSync(tasks)
+  const h = await holder(tasks)
+  const err = await rejection(ffl.updateTaskFile({ id: 1 }, { root, timeout: 0, deadLetter: false }))
+  await h.end()
+  expect(err.code).toBe('ELOCKTIMEOUT')
+  expect(err.deadLetterId).toBeUndefined()
+  expect(fs.existsSync(dirOf(root))).toBe(false)
+})
+
+test('replay applies in call order under the lock; a failure stays with attempts + 1 and holds back later letters of its file', async () => {
+  const root = project()
+  const { tasks, times } = files(root)
+  const h = await holder(tasks)
+  const a = await rejection(ffl.updateTaskFile({ id: 1, title: 'first' }, { root, timeout: 0 }))
+  const b = await rejection(ffl.updateTaskFile({ id: 1, title: 'second' }, { root, timeout: 0 }))
+  // Another file's letter is not held back by the tasks' failure.
+  const timerHolder = await holder(times)
+  const c = await rejection(ffl.startTaskTimer('T', { root, timeout: 0 }))
+  await timerHolder.end()
+  const ids = ffl.listDeadLetters({ root }).map((l) => l.id)
+  expect(ids).toEqual([a.deadLetterId, b.deadLetterId, c.deadLetterId])
+
+  const busy = await ffl.replayDeadLetters({ root, timeout: 0 })
+  expect(busy.results.map((r) => [r.id, r.status])).toEqual([
+    [a.deadLetterId, 'failed'],
+    [b.deadLetterId, 'skipped'],
+    [c.deadLetterId, 'replayed'],
+  ])
+  expect(busy.results[0].error.code).toBe('ELOCKTIMEOUT')
+  const kept = ffl.listDeadLetters({ root })
+  expect(kept.map((l) => [l.id, l.attempts])).toEqual([
+    [a.deadLetterId, 2],
+    [b.deadLetterId, 1],
+  ])
+  expect(readJson(times).T.status).toBe('active')
+
+  await h.end()
+  const done = await ffl.replayDeadLetters({ root })
+  expect(done.results.map((r) => r.status)).toEqual(['replayed', 'replayed'])
+  expect(readJson(tasks).tasks).toEqual([{ id: 1, title: 'second' }])
+  expect(ffl.listDeadLetters({ root })).toEqual([])
+  expect(ffl.getLockMetrics().deadLetters).toMatchObject({ kept: expect.any(Number), replayed: expect.any(Number) })
+})
+
+test('the CLI: update keeps its write; list, show, replay, drop; status --json and doctor show the directory', async () => {
+  const root = project()
+  const data = path.join(root, '.flowforge', 'notes.json')
+  const cli = (args, input) => spawnSync(process.execPath, [BIN, ...args], { cwd: root, input, encoding: 'utf8' })
+  const h = await holder(data)
+  const timedOut = cli(['update', '--timeout', '0', data], '{"n":1}')
+  const dropped = cli(['update', '--timeout', '0', data], '{"n":2}')
+  await h.end()
+  expect(timedOut.status).toBe(75)
+  const listed = JSON.parse(cli(['dead-letters', 'list', '--json']).stdout)
+  expect(listed.map((l) => [l.operation, l.args[1]])).toEqual([
+    ['writeJson', { n: 1 }],
+    ['writeJson', { n: 2 }],
+  ])
+  expect(dropped.status).toBe(75)
+  expect(cli(['dead-letters', 'list']).stdout).toContain('writeJson')
+  expect(JSON.parse(cli(['dead-letters', 'show', listed[0].id]).stdout).id).toBe(listed[0].id)
+  const status = JSON.parse(cli(['status', '--json']).stdout)
+  expect(status.deadLetters).toEqual({ dir: dirOf(root), pending: 2, kept: 2, replayed: 0, dropped: 0 })
+  expect(cli(['doctor']).stdout).toContain(`2 dead letter(s) in ${dirOf(root)}`)
+  expect(cli(['dead-letters', 'drop', listed[1].id]).status).toBe(0)
+  expect(cli(['dead-letters', 'show', 'nope']).status).toBe(64)
+  const replay = cli(['dead-letters', 'replay'])
+  expect(replay.status).toBe(0)
+  expect(replay.stdout).toContain('1 replayed, 0 failed, 0 skipped.')
+  expect(readJson(data)).toEqual({ n: 1 })
+  expect(JSON.parse(cli(['status', '--json']).stdout).deadLetters).toEqual({ dir: dirOf(root), pending: 0, kept: 2, replayed: 1, dropped: 1 })
+})
+
+describe('at most once, with the replay SIGKILLed inside its locked step', () => {
+  /** One kept startTaskTimer: applying it twice would fail (the timer is active) or add a session. */
+  async function oneLetter() {
+    const root = project()
+    const h = await holder(files(root).times)
+    const err = await rejection(ffl.startTaskTimer('42', { root, timeout: 0 }))
+    await h.end()
+    return { root, id: err.deadLetterId }
+  }
+
+  async function killedAt(root, instant) {
+    const { child, exited, line } = await startFixture('prio-replay', [root], 'PAUSED', { env: { FLOWFORGE_LOCK_TEST_PAUSE: instant } })
+    child.kill('SIGKILL')
+    await exited
+    return line
+  }
+
+  const replayInChild = async (root) => JSON.parse((await runFixture('prio-replay', [root])).stdout.replace(/^RESULT /, ''))
+
+  test('killed after journalling, before the write: the re-run applies it, once', async () => {
+    const { root, id } = await oneLetter()
+    expect(await killedAt(root, 'dead-letters::after-journal')).toMatch(new RegExp(`^PAUSED ${id} `))
+    expect(fs.existsSync(files(root).times)).toBe(false)
+    const again = await replayInChild(root)
+    expect(again.results).toEqual([expect.objectContaining({ id, status: 'replayed' })])
+    const entry = readJson(files(root).times)['42']
+    expect(entry.status).toBe('active')
+    expect(entry.sessions).toEqual([])
+    expect(fs.readdirSync(dirOf(root)).filter((n) => n.endsWith('.json'))).toEqual([])
+  })
+
+  test('killed after the write, before the letter went: the re-run does not apply it again', async () => {
+    const { root, id } = await oneLetter()
+    await killedAt(root, 'dead-letters::after-commit')
+    const written = fs.readFileSync(files(root).times, 'utf8')
+    const again = await replayInChild(root)
+    expect(again.results).toEqual([{ id, status: 'already-applied' }])
+    expect(fs.readFileSync(files(root).times, 'utf8')).toBe(written)
+    expect(ffl.listDeadLetters({ root })).toEqual([])
+  })
+
+  test('killed after the write, then the file changed: in doubt, never applied again', async () => {
+    const { root, id } = await oneLetter()
+    await killedAt(root, 'dead-letters::after-commit')
+    await ffl.stopTaskTimer('42', { root })
+    const again = await replayInChild(root)
+    expect(again.results).toEqual([expect.objectContaining({ id, status: 'in-doubt' })])
+    expect(readJson(files(root).times)['42'].status).toBe('closed')
+    expect(ffl.listDeadLetters({ root })[0].inDoubt).toContain('cannot be told')
+    await ffl.dropDeadLetter(id, { root })
+    expect(ffl.listDeadLetters({ root })).toEqual([])
+  })
+})
+
+test('two replays at once apply each letter once (the letter is read again under the lock)', async () => {
+  const root = project()
+  const h = await holder(files(root).times)
+  for (let i = 0; i < 10; i++) await rejection(ffl.startTaskTimer(`T${i}`, { root, timeout: 0, instanceId: `i${i}` }))
+  await h.end()
+  const ids = ffl.listDeadLetters({ root }).map((l) => l.id)
+  expect(ids).toHaveLength(10)
+  const runs = await Promise.all([runFixture('prio-replay', [root]), runFixture('prio-replay', [root])])
+  const results = runs.flatMap((run) => JSON.parse(run.stdout.replace(/^RESULT /, '')).results)
+  for (const id of ids) {
+    const mine = results.filter((r) => r.id === id).map((r) => r.status)
+    expect(mine.filter((status) => status === 'replayed')).toHaveLength(1)
+    expect(mine.every((status) => status === 'replayed' || status === 'gone')).toBe(true)
+  }
+  const times = readJson(files(root).times)
+  expect(Object.keys(times).sort()).toEqual(Array.from({ length: 10 }, (_, i) => `T${i}`).sort())
+  expect(Object.values(times).every((t) => t.status === 'active' && t.sessions.length === 0)).toBe(true)
+})
+
+test('an outage: every update that timed out while the holders were frozen is replayed, none lost, none twice', async () => {
+  const root = project()
+  const f = files(root)
+  const holders = await Promise.all([holder(f.tasks), holder(f.times), holder(f.sessions)])
+  for (const h of holders) h.stop()
+  const o = { root, timeout: 0 }
+  const calls = [
+    ...Array.from({ length: 20 }, (_, i) => () => ffl.updateTaskFile({ id: i + 1, title: `task ${i + 1}` }, o)),
+    () => ffl.batchUpdateTasks([{ id: 21 }, { id: 22 }, { id: 1, status: 'done' }], o),
+    () => ffl.startTaskTimer('T1', o),
+    () => ffl.pauseTaskTimer('T1', 'lunch', o),
+    () => ffl.resumeTaskTimer('T1', o),
+    () => ffl.stopTaskTimer('T1', o),
+    () => ffl.registerSession({ sessionId: 's1', taskId: 'T1' }, o),
+    () => ffl.touchSession('s1', { step: 2 }, o),
+    () => ffl.registerSession({ sessionId: 's2' }, o),
+    () => ffl.endSession('s1', o),
+  ]
+  // In call order, each waiting for the previous one's failure, as a script would call them.
+  const codes = []
+  for (const call of calls) codes.push((await rejection(call())).code)
+  expect(new Set(codes)).toEqual(new Set(['ELOCKTIMEOUT']))
+  const kept = ffl.listDeadLetters({ root }).length
+  for (const h of holders) await h.end()
+
+  const first = await ffl.replayDeadLetters({ root })
+  const second = await ffl.replayDeadLetters({ root })
+  const tasks = readJson(f.tasks).tasks
+  const timer = readJson(f.times).T1
+  const sessions = readJson(f.sessions).sessions
+  expect(first.results.map((r) => r.status)).toEqual(calls.map(() => 'replayed'))
+  expect(second.results).toEqual([])
+  expect(tasks.map((t) => t.id)).toEqual(Array.from({ length: 22 }, (_, i) => i + 1))
+  expect(tasks[0]).toEqual({ id: 1, title: 'task 1', status: 'done' })
+  expect(timer.status).toBe('closed')
+  expect(timer.sessions.map((s) => s.reason)).toEqual(['lunch', 'Completed'])
+  expect(Object.keys(sessions)).toEqual(['s2'])
+  console.log(
+    `dead-letter outage figure: ${calls.length} calls timed out behind 3 SIGSTOPped holders, ${kept} kept, ` +
+      `${first.replayed} replayed (0 failed), 2nd replay ${second.results.length}; tasks ${tasks.length}/22, ` +
+      `timer sessions ${timer.sessions.length}/2, sessions left ${Object.keys(sessions)}`,
+  )
+}, 60000)
