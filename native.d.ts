@@ -15,16 +15,16 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null): Promise<string>
 
-/** `timeout: 'adaptive'` for a caller of `priority` arriving now: see `metrics::adaptive_timeout`. */
-export declare function adaptiveTimeout(file: string, priority?: number | undefined | null): number
-
 /**
  * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
  * (`ELOCKTIMEOUT`, enforced by the lock table's deadline thread). Fails at once with
  * `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
  * need the event loop this call blocks.
  */
-export declare function acquireSync(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null): string
+export declare function acquireSync(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null): string
+
+/** `timeout: 'adaptive'` for a caller of `priority` arriving now: see `metrics::adaptive_timeout`. */
+export declare function adaptiveTimeout(file: string, priority?: number | undefined | null): number
 
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
