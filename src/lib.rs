@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod os_lock;
 pub mod paths;
 pub mod record;
+pub mod redis;
 pub mod staleness;
 pub mod store;
 #[cfg(test)]
