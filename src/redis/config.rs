@@ -61,7 +61,11 @@ impl RedisConfig {
     let tls = match parsed.scheme() {
       "redis" => false,
       "rediss" => true,
-      other => return Err(bad(&format!("the scheme is {other}://, not redis:// or rediss://"))),
+      other => {
+        return Err(bad(&format!(
+          "the scheme is {other}://, not redis:// or rediss://"
+        )))
+      }
     };
     let host = match parsed.host() {
       Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
@@ -99,11 +103,18 @@ impl RedisConfig {
         .parse::<u64>()
         .ok()
         .filter(|ms| *ms > 0)
-        .ok_or_else(|| bad(&format!("{name}={value} is not a positive number of milliseconds")))?;
+        .ok_or_else(|| {
+          bad(&format!(
+            "{name}={value} is not a positive number of milliseconds"
+          ))
+        })?;
       *slot = Duration::from_millis(ms);
     }
     if ttl < MIN_TTL {
-      return Err(bad(&format!("ttl must be at least {} ms", MIN_TTL.as_millis())));
+      return Err(bad(&format!(
+        "ttl must be at least {} ms",
+        MIN_TTL.as_millis()
+      )));
     }
     if refresh >= ttl - safety_margin(ttl) {
       return Err(bad(&format!(
@@ -156,11 +167,14 @@ pub fn redact(url: &str) -> String {
       parsed.to_string()
     }
     Ok(_) => url.to_string(),
-    // Not a URL: hide anything between "://" and the last "@", where a password would be.
-    Err(_) => match (url.find("://"), url.rfind('@')) {
-      (Some(start), Some(at)) if at > start => format!("{}***{}", &url[..start + 3], &url[at..]),
-      _ => url.to_string(),
-    },
+    // Not a URL: hide everything before the last "@" (after any "://"), where a password would be.
+    Err(_) => {
+      let start = url.find("://").map_or(0, |i| i + 3);
+      match url.rfind('@') {
+        Some(at) if at >= start => format!("{}***{}", &url[..start], &url[at..]),
+        _ => url.to_string(),
+      }
+    }
   }
 }
 
@@ -204,7 +218,11 @@ mod tests {
       let e = RedisConfig::parse(url).unwrap_err();
       assert_eq!(e.code, "ERR_INVALID_ARG_VALUE", "{url}");
       assert!(!e.message.contains("secret"), "{}", e.message);
-      assert!(e.message.contains("redis://") || e.message.contains("http://"), "{}", e.message);
+      assert!(
+        e.message.contains("redis://") || e.message.contains("http://"),
+        "{}",
+        e.message
+      );
     }
   }
 }

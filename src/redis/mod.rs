@@ -179,7 +179,13 @@ impl RedisLocks {
       .set_automatic_resubscription();
     let shared = Arc::new(Shared::default());
     let connecting = ConnectionManager::new_with_config(client, manager_config);
-    let conn = bridge(&handle, &config, "connect to", config.connect_timeout, connecting)?;
+    let conn = bridge(
+      &handle,
+      &config,
+      "connect to",
+      config.connect_timeout,
+      connecting,
+    )?;
     handle.spawn(dispatch(push_rx, shared.clone(), conn.clone()));
     Ok(RedisLocks {
       runtime: Some(runtime),
@@ -198,7 +204,10 @@ impl RedisLocks {
   pub fn server_version(&self) -> Result<String> {
     let mut conn = self.conn.clone();
     let info: String = self.run("ask", None, async move {
-      redis::cmd("INFO").arg("server").query_async(&mut conn).await
+      redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
     })?;
     Ok(
       info
@@ -223,7 +232,11 @@ impl RedisLocks {
     let json = holder.to_json().to_string();
     loop {
       let start = Instant::now();
-      match self.step(&keys, &lock_id, &json, token_floor, "try", None)? {
+      let step = self.step(&keys, &lock_id, &json, token_floor, "try", None);
+      if step.is_err() {
+        self.abandon(&keys, &lock_id, true);
+      }
+      match step? {
         Step::Granted { token, client } => {
           return Ok(Some(self.granted(key, lock_id, token, client, start)))
         }
@@ -254,11 +267,22 @@ impl RedisLocks {
     let (tx, rx) = mpsc::channel();
     guard(&self.shared.wakers).insert(keys.channel.clone(), tx);
     let outcome = self.subscribe(&keys, true, deadline).and_then(|()| {
-      self.wait_in_queue(key, &keys, &lock_id, &json, token_floor, deadline, wanted, &rx)
+      self.wait_in_queue(
+        key,
+        &keys,
+        &lock_id,
+        &json,
+        token_floor,
+        deadline,
+        wanted,
+        &rx,
+      )
     });
     guard(&self.shared.wakers).remove(&keys.channel);
-    if !matches!(outcome, Ok(Some(_))) {
-      self.abandon(&keys, &lock_id);
+    match &outcome {
+      Ok(Some(_)) => {}
+      Ok(None) => self.abandon(&keys, &lock_id, false),
+      Err(_) => self.abandon(&keys, &lock_id, true),
     }
     // Best effort: a subscription left behind costs nothing but a few bytes on the server.
     let _ = self.subscribe(&keys, false, None);
@@ -280,6 +304,8 @@ impl RedisLocks {
     // The blocker last seen connected; a new one is checked at once.
     let mut known: Option<Blocker> = None;
     let mut look = true;
+    // Another waiter's turn came (the lock changed hands): read the lock again at the next check.
+    let mut stale = false;
     let mut renewed = Instant::now();
     let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
@@ -288,15 +314,22 @@ impl RedisLocks {
       }
       let now = Instant::now();
       let check = now >= next_check;
-      if look || (check && now.duration_since(renewed) >= RENEW_EVERY) {
+      if look || (check && (stale || now.duration_since(renewed) >= RENEW_EVERY)) {
         let start = Instant::now();
         match self.step(keys, lock_id, json, token_floor, "wait", deadline)? {
           Step::Granted { token, client } => {
-            return Ok(Some(self.granted(key, lock_id.to_string(), token, client, start)))
+            return Ok(Some(self.granted(
+              key,
+              lock_id.to_string(),
+              token,
+              client,
+              start,
+            )))
           }
           Step::Blocked(blocker) => {
             renewed = start;
             look = false;
+            stale = false;
             if known.as_ref() != Some(&blocker) {
               known = None;
               if !self.check_blocker(keys, &blocker, deadline)? {
@@ -321,7 +354,8 @@ impl RedisLocks {
       }
       let until = deadline.map_or(next_check, |d| d.min(next_check));
       match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-        Ok(Wake::Turn(id)) => look |= id == lock_id,
+        Ok(Wake::Turn(id)) if id == lock_id => look = true,
+        Ok(Wake::Turn(_)) => stale = true,
         Ok(Wake::Check) => look = true,
         Err(_) => {}
       }
@@ -348,7 +382,12 @@ impl RedisLocks {
     }
     let keys = Keys::new(&grant.key);
     let ttl = self.config.ttl.as_millis().to_string();
-    let args = [grant.lock_id.clone(), grant.token.to_string(), String::new(), ttl];
+    let args = [
+      grant.lock_id.clone(),
+      grant.token.to_string(),
+      String::new(),
+      ttl,
+    ];
     match self.own(&keys, args, None) {
       Ok(Ok((_, client))) => {
         grant.deadline = start + self.config.ttl - self.config.margin();
@@ -385,7 +424,12 @@ impl RedisLocks {
       ));
     }
     let keys = Keys::new(&grant.key);
-    let args = [grant.lock_id.clone(), grant.token.to_string(), String::new(), "0".into()];
+    let args = [
+      grant.lock_id.clone(),
+      grant.token.to_string(),
+      String::new(),
+      "0".into(),
+    ];
     let deadline = Some(grant.deadline);
     match self.own(&keys, args, deadline) {
       Ok(Ok((pttl, _))) if pttl >= 0 && (pttl as u128) < min_left.as_millis() => lost(format!(
@@ -490,7 +534,10 @@ impl RedisLocks {
 
   fn forget(&self, grant: &RedisGrant) {
     let mut held = guard(&self.shared.held);
-    if held.get(&grant.key).is_some_and(|(id, _)| *id == grant.lock_id) {
+    if held
+      .get(&grant.key)
+      .is_some_and(|(id, _)| *id == grant.lock_id)
+    {
       held.remove(&grant.key);
     }
   }
@@ -525,7 +572,10 @@ impl RedisLocks {
     let id = reply.text(2);
     let client = reply.text(3).parse().unwrap_or(0);
     Ok(Step::Blocked(if reply.text(1) == "holder" {
-      Blocker::Holder { lock_id: id, client }
+      Blocker::Holder {
+        lock_id: id,
+        client,
+      }
     } else {
       Blocker::Waiter { id, client }
     }))
@@ -585,7 +635,12 @@ impl RedisLocks {
     args: [String; 4],
     deadline: Option<Instant>,
   ) -> Result<std::result::Result<(i64, u64), String>> {
-    let reply = self.script(Script::Refresh, &[keys.lock.clone()], args.to_vec(), deadline)?;
+    let reply = self.script(
+      Script::Refresh,
+      std::slice::from_ref(&keys.lock),
+      args.to_vec(),
+      deadline,
+    )?;
     if reply.int(0) == 1 {
       return Ok(Ok((reply.int(1), reply.client)));
     }
@@ -595,23 +650,28 @@ impl RedisLocks {
         self.config.ttl.as_millis()
       )
     } else {
-      format!("Redis now holds it for another holder (token {})", reply.text(2))
+      format!(
+        "Redis now holds it for another holder (token {})",
+        reply.text(2)
+      )
     }))
   }
 
-  /// Leaves the queue and drops a grant we might have been given without hearing the reply;
-  /// not waited for (a failure here only leaves state that expires on its own).
-  fn abandon(&self, keys: &Keys, lock_id: &str) {
+  /// Leaves the queue; after an error also drops a grant we may have been given without
+  /// hearing the reply (`lockId` is unique to this attempt, so no one else's lock matches). Not
+  /// waited for: a failure here only leaves state that expires on its own.
+  fn abandon(&self, keys: &Keys, lock_id: &str, maybe_granted: bool) {
     let mut conn = self.conn.clone();
-    let release = scripts::evalsha(
-      Script::Release,
-      &keys.release(),
-      &[lock_id, "*", &keys.channel],
-    );
-    let leave = scripts::evalsha(Script::Leave, &keys.release(), &[lock_id, &keys.channel]);
+    let mut pipe = redis::pipe();
+    if maybe_granted {
+      let args = [lock_id, "*", &keys.channel];
+      pipe.add_command(scripts::evalsha(Script::Release, &keys.release(), &args));
+    }
+    let args = [lock_id, &keys.channel];
+    pipe
+      .add_command(scripts::evalsha(Script::Leave, &keys.release(), &args))
+      .ignore_errors();
     self.handle.spawn(async move {
-      let mut pipe = redis::pipe();
-      pipe.add_command(release).add_command(leave).ignore_errors();
       let _ = scripts::query(&mut conn, &pipe).await;
     });
   }
@@ -652,7 +712,10 @@ impl RedisLocks {
     let mut limit = self.config.command_timeout;
     if let Some(d) = deadline {
       // Within the caller's deadline, but never so short that a healthy server cannot answer.
-      limit = limit.min(d.saturating_duration_since(Instant::now()).max(Duration::from_millis(100)));
+      limit = limit.min(
+        d.saturating_duration_since(Instant::now())
+          .max(Duration::from_millis(100)),
+      );
     }
     bridge(&self.handle, &self.config, doing, limit, fut)
   }
@@ -737,7 +800,12 @@ async fn dispatch(
           tokio::spawn(async move {
             let keys = [Keys::new(&key).lock];
             // The refresh script without touching the lease: lockId, token, CLIENT ID, ttl 0.
-            let args = vec![lock_id.clone(), token.to_string(), String::new(), "0".into()];
+            let args = vec![
+              lock_id.clone(),
+              token.to_string(),
+              String::new(),
+              "0".into(),
+            ];
             let run = scripts::run(&mut conn, Script::Refresh, &keys, args, &shared.client_id);
             if let Ok(reply) = run.await {
               if reply.int(0) != 1 {

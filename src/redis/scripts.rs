@@ -34,15 +34,11 @@ const ALL: [Script; 6] = [
   Script::Inspect,
 ];
 
-static COMPILED: LazyLock<Vec<redis::Script>> = LazyLock::new(|| {
-  ALL
-    .iter()
-    .map(|s| redis::Script::new(s.source()))
-    .collect()
-});
+static COMPILED: LazyLock<Vec<redis::Script>> =
+  LazyLock::new(|| ALL.iter().map(|s| redis::Script::new(s.source())).collect());
 
 impl Script {
-  fn source(self) -> &'static str {
+  pub(super) fn source(self) -> &'static str {
     match self {
       Script::Acquire => lua!("acquire.lua"),
       Script::Refresh => lua!("refresh.lua"),
@@ -212,7 +208,10 @@ pub async fn run(
   let Some(slot) = script.client_slot() else {
     return single(conn, script, keys, &args).await;
   };
+  // A connection that changes under every try gives up after a few; the caller sees the last.
+  let mut attempt = 0;
   loop {
+    attempt += 1;
     let mut id = client.load(Ordering::Relaxed);
     if id == 0 {
       id = redis::cmd("CLIENT").arg("ID").query_async(conn).await?;
@@ -232,7 +231,7 @@ pub async fn run(
       _ => 0,
     };
     let reply = script_reply(values.next())?;
-    if ran_on == id {
+    if ran_on == id || attempt == 3 {
       return Ok(Reply {
         values: reply,
         client: id,
@@ -250,7 +249,9 @@ async fn single(
 ) -> RedisResult<Reply> {
   let refs: Vec<&str> = args.iter().map(String::as_str).collect();
   let mut pipe = redis::pipe();
-  pipe.add_command(evalsha(script, keys, &refs)).ignore_errors();
+  pipe
+    .add_command(evalsha(script, keys, &refs))
+    .ignore_errors();
   let value = query(conn, &pipe).await?.into_iter().next();
   Ok(Reply {
     values: script_reply(value)?,

@@ -54,7 +54,9 @@ impl RedisServer {
     // Keep draining its log so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     self.child = Some(child);
-    let pong: String = redis::cmd("PING").query(&mut self.connection()).expect("PING");
+    let pong: String = redis::cmd("PING")
+      .query(&mut self.connection())
+      .expect("PING");
     assert_eq!(pong, "PONG");
   }
 
