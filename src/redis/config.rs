@@ -1,8 +1,10 @@
 //! The Redis backend's settings, parsed from a backend URL:
 //! `redis://[user:pass@]host:port[/db][?ttl=MS&refresh=MS&connectTimeout=MS&commandTimeout=MS]`
-//! (`rediss://` for TLS). The password never appears in messages or `Debug` output.
+//! (`rediss://` for TLS, verified against the system's roots, or against `tlsCa=/path/ca.pem`
+//! for a private CA). The password never appears in messages or `Debug` output.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{LockError, Result};
@@ -22,6 +24,8 @@ pub struct RedisConfig {
   pub username: Option<String>,
   password: Option<String>,
   pub tls: bool,
+  /// A PEM file of the CA that signed the server's certificate, instead of the system's roots.
+  pub tls_ca: Option<PathBuf>,
   /// The lease: how long Redis keeps a lock whose holder stopped refreshing it.
   pub ttl: Duration,
   /// How often the holder refreshes (compare-and-PEXPIRE); less than `ttl - margin`.
@@ -40,6 +44,7 @@ impl fmt::Debug for RedisConfig {
       .field("username", &self.username)
       .field("password", &self.password.as_ref().map(|_| "***"))
       .field("tls", &self.tls)
+      .field("tls_ca", &self.tls_ca)
       .field("ttl", &self.ttl)
       .field("refresh", &self.refresh)
       .field("connect_timeout", &self.connect_timeout)
@@ -86,9 +91,15 @@ impl RedisConfig {
     let mut refresh = DEFAULT_REFRESH;
     let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
     let mut command_timeout = DEFAULT_COMMAND_TIMEOUT;
+    let mut tls_ca = None;
     let mut kept = Vec::new();
     for (name, value) in parsed.query_pairs() {
       let slot = match name.as_ref() {
+        "tlsCa" if tls && !value.is_empty() => {
+          tls_ca = Some(PathBuf::from(value.as_ref()));
+          continue;
+        }
+        "tlsCa" => return Err(bad("tlsCa needs a rediss:// URL and a file name")),
         "ttl" => &mut ttl,
         "refresh" => &mut refresh,
         "connectTimeout" => &mut connect_timeout,
@@ -135,6 +146,7 @@ impl RedisConfig {
       username,
       password,
       tls,
+      tls_ca,
       ttl,
       refresh,
       connect_timeout,
@@ -196,8 +208,12 @@ mod tests {
 
   #[test]
   fn ttl_and_refresh_in_ms() {
-    let c = RedisConfig::parse("rediss://u:secret@h.example:7000?ttl=3000&refresh=500").unwrap();
+    let c =
+      RedisConfig::parse("rediss://u:secret@h.example:7000?ttl=3000&refresh=500&tlsCa=/ca.pem")
+        .unwrap();
     assert!(c.tls);
+    assert_eq!(c.tls_ca, Some(PathBuf::from("/ca.pem")));
+    assert!(!c.client_url().contains("tlsCa"));
     assert_eq!(c.ttl, Duration::from_millis(3000));
     assert_eq!(c.refresh, Duration::from_millis(500));
     assert_eq!(c.username.as_deref(), Some("u"));
@@ -212,6 +228,7 @@ mod tests {
       "redis://u:secret@h:1/x",
       "redis://u:secret@h:1?ttl=abc",
       "redis://u:secret@h:1?ttl=1000&refresh=1000",
+      "redis://u:secret@h:1?tlsCa=/ca.pem",
       "redis://u:secret@:1",
       "not a url u:secret@",
     ] {

@@ -14,7 +14,7 @@ mod test_server;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -101,6 +101,8 @@ struct Shared {
   /// Locks held through this connection: key → (lockId, token). After a reconnect they are
   /// re-registered under the new CLIENT ID at once, so waiters do not take them for dead.
   held: Mutex<HashMap<String, (String, u64)>>,
+  /// The lock channels subscribed to.
+  subscribed: Mutex<HashSet<String>>,
   /// The CLIENT ID of the managed connection as last seen (0: ask); see `scripts::run`.
   client_id: AtomicU64,
 }
@@ -162,7 +164,19 @@ impl RedisLocks {
         )
       })?;
     let handle = runtime.handle().clone();
-    let client = redis::Client::open(config.client_url()).map_err(|e| {
+    let client = match &config.tls_ca {
+      None => redis::Client::open(config.client_url()),
+      Some(ca) => {
+        let pem = std::fs::read(ca)
+          .map_err(|e| LockError::io(&e, "Cannot read the Redis TLS CA certificate", ca))?;
+        let certs = redis::TlsCertificates {
+          client_tls: None,
+          root_cert: Some(pem),
+        };
+        redis::Client::build_with_tls(config.client_url(), certs)
+      }
+    }
+    .map_err(|e| {
       LockError::invalid_value(format!(
         "The Redis backend for {} is not usable: {e}.",
         config.addr
@@ -266,7 +280,7 @@ impl RedisLocks {
     let json = holder.to_json().to_string();
     let (tx, rx) = mpsc::channel();
     guard(&self.shared.wakers).insert(keys.channel.clone(), tx);
-    let outcome = self.subscribe(&keys, true, deadline).and_then(|()| {
+    let outcome = self.subscribe(&keys, deadline).and_then(|()| {
       self.wait_in_queue(
         key,
         &keys,
@@ -284,8 +298,6 @@ impl RedisLocks {
       Ok(None) => self.abandon(&keys, &lock_id, false),
       Err(_) => self.abandon(&keys, &lock_id, true),
     }
-    // Best effort: a subscription left behind costs nothing but a few bytes on the server.
-    let _ = self.subscribe(&keys, false, None);
     outcome
   }
 
@@ -676,16 +688,20 @@ impl RedisLocks {
     });
   }
 
-  fn subscribe(&self, keys: &Keys, on: bool, deadline: Option<Instant>) -> Result<()> {
+  /// Subscribes to the lock's channel the first time this engine waits for it, and stays
+  /// subscribed (re-subscribed after a reconnect): the next wait costs no command, and no
+  /// UNSUBSCRIBE can race with it. Messages only flow while someone queues for the lock.
+  fn subscribe(&self, keys: &Keys, deadline: Option<Instant>) -> Result<()> {
+    if guard(&self.shared.subscribed).contains(&keys.channel) {
+      return Ok(());
+    }
     let mut conn = self.conn.clone();
     let channel = keys.channel.clone();
     self.run("subscribe on", deadline, async move {
-      if on {
-        conn.subscribe(channel).await
-      } else {
-        conn.unsubscribe(channel).await
-      }
-    })
+      conn.subscribe(channel).await
+    })?;
+    guard(&self.shared.subscribed).insert(keys.channel.clone());
+    Ok(())
   }
 
   fn script(

@@ -1,25 +1,66 @@
 //! Test harness: a real `redis-server` on a free loopback port, without persistence
 //! (`--save "" --appendonly no`), ready once it logs that it accepts connections and answers
 //! PING, stopped by PID when dropped. `restart` brings it back empty on the same port.
+//! `start_tls` serves TLS only, with a certificate for 127.0.0.1 from a throw-away CA.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub struct RedisServer {
   child: Option<Child>,
   pub port: u16,
+  /// The directory of the TLS files (`ca.pem`, `server.pem`, `server.key`), for `start_tls`.
+  tls: Option<PathBuf>,
 }
 
 impl RedisServer {
   pub fn start() -> RedisServer {
-    let port = TcpListener::bind("127.0.0.1:0")
-      .and_then(|l| l.local_addr())
-      .expect("a free loopback port")
-      .port();
-    let mut server = RedisServer { child: None, port };
+    let mut server = RedisServer {
+      child: None,
+      port: free_port(),
+      tls: None,
+    };
     server.launch();
     server
+  }
+
+  /// A TLS-only server; its CA is `ca_file()`. The files are made with the openssl CLI in `dir`.
+  pub fn start_tls(dir: &Path) -> RedisServer {
+    let openssl = |args: &[&str]| {
+      let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+      assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+      );
+    };
+    let key = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1";
+    let run = |line: String| openssl(&line.split(' ').collect::<Vec<_>>());
+    run(format!(
+      "req -x509 {key} -keyout ca.key -out ca.pem -subj /CN=flowforge-test-ca"
+    ));
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(format!(
+      "req {key} -keyout server.key -out server.csr -subj /CN=127.0.0.1"
+    ));
+    run("x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 1 -extfile san.ext".to_string());
+    let mut server = RedisServer {
+      child: None,
+      port: free_port(),
+      tls: Some(dir.to_path_buf()),
+    };
+    server.launch();
+    server
+  }
+
+  pub fn ca_file(&self) -> PathBuf {
+    self.tls.as_ref().expect("a TLS server").join("ca.pem")
   }
 
   pub fn url(&self) -> String {
@@ -27,8 +68,28 @@ impl RedisServer {
   }
 
   fn launch(&mut self) {
-    let mut child = Command::new("/usr/bin/redis-server")
-      .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+    let port = self.port.to_string();
+    let mut command = Command::new("/usr/bin/redis-server");
+    match &self.tls {
+      None => command.args(["--port", &port]),
+      Some(dir) => command
+        .args([
+          "--port",
+          "0",
+          "--tls-port",
+          &port,
+          "--tls-auth-clients",
+          "no",
+        ])
+        .arg("--tls-cert-file")
+        .arg(dir.join("server.pem"))
+        .arg("--tls-key-file")
+        .arg(dir.join("server.key"))
+        .arg("--tls-ca-cert-file")
+        .arg(dir.join("ca.pem")),
+    };
+    let mut child = command
+      .args(["--bind", "127.0.0.1"])
       .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
       .args(["--loglevel", "notice", "--logfile", ""])
       .stdout(Stdio::piped())
@@ -54,6 +115,9 @@ impl RedisServer {
     // Keep draining its log so that it never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
     self.child = Some(child);
+    if self.tls.is_some() {
+      return;
+    }
     let pong: String = redis::cmd("PING")
       .query(&mut self.connection())
       .expect("PING");
@@ -79,6 +143,13 @@ impl RedisServer {
     self.stop();
     self.launch();
   }
+}
+
+fn free_port() -> u16 {
+  TcpListener::bind("127.0.0.1:0")
+    .and_then(|l| l.local_addr())
+    .expect("a free loopback port")
+    .port()
 }
 
 impl Drop for RedisServer {

@@ -527,3 +527,39 @@ fn list_scans_the_locks_under_a_prefix() {
     .iter()
     .all(|l| l.holder.is_some() && l.holder_connected));
 }
+
+#[test]
+fn rediss_with_a_private_ca_and_a_plain_server_refused() {
+  let dir = crate::test_support::temp_dir("redis-tls");
+  let server = RedisServer::start_tls(&dir);
+  let url = format!(
+    "rediss://127.0.0.1:{}?tlsCa={}",
+    server.port,
+    server.ca_file().display()
+  );
+  let locks = RedisLocks::connect(RedisConfig::parse(&url).unwrap()).unwrap();
+  let grant = locks.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  assert_eq!(grant.token, 1);
+  assert!(locks.release(grant).unwrap());
+  assert!(locks.server_version().unwrap().starts_with('7'));
+
+  // Without the CA the server's certificate is not trusted: a backend error, not a panic.
+  let url = format!("rediss://127.0.0.1:{}?connectTimeout=2000", server.port);
+  let e = RedisLocks::connect(RedisConfig::parse(&url).unwrap())
+    .err()
+    .unwrap();
+  assert_eq!(e.code, "ELOCKBACKEND");
+  // TLS spoken to a plain server.
+  let plain = RedisServer::start();
+  let url = format!("rediss://127.0.0.1:{}?connectTimeout=2000", plain.port);
+  let e = RedisLocks::connect(RedisConfig::parse(&url).unwrap())
+    .err()
+    .unwrap();
+  assert_eq!(e.code, "ELOCKBACKEND");
+  assert!(
+    e.message.contains(&format!("127.0.0.1:{}", plain.port)),
+    "{}",
+    e.message
+  );
+  let _ = std::fs::remove_dir_all(dir);
+}
