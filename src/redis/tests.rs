@@ -563,3 +563,52 @@ fn rediss_with_a_private_ca_and_a_plain_server_refused() {
   );
   let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_lost_wake_up_is_covered_by_the_timed_recheck() {
+  let server = RedisServer::start();
+  let owner = engine(&server);
+  owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let waiter = engine(&server);
+  let t = thread::spawn(move || {
+    let deadline = Some(Instant::now() + Duration::from_secs(30));
+    waiter.wait_acquire(KEY, &holder(), 0, deadline, &|| true)
+  });
+  wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
+  // The lock vanishes without any message (as when the release's PUBLISH is lost).
+  let _: () = redis::cmd("DEL")
+    .arg(KEY)
+    .query(&mut server.connection())
+    .unwrap();
+  let grant = t.join().unwrap().unwrap();
+  assert_eq!(grant.map(|g| g.token), Some(2));
+}
+
+#[test]
+fn a_frozen_holder_loses_the_lock_at_its_ttl_and_learns_it() {
+  let server = RedisServer::start();
+  // The holder stays connected but never refreshes (frozen); ttl 3 s.
+  let frozen = engine(&server);
+  let mut stale = frozen.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let next = engine(&server);
+  let deadline = Some(Instant::now() + Duration::from_secs(30));
+  let grant = next
+    .wait_acquire(KEY, &holder(), 0, deadline, &|| true)
+    .unwrap()
+    .expect("granted once the frozen holder's lease ran out");
+  assert_eq!(grant.token, stale.token + 1);
+  // Its own deadline (ttl − margin) passed before Redis let the lease go.
+  assert!(Instant::now() >= stale.deadline);
+  assert_eq!(
+    frozen.verify(&stale, Duration::ZERO).unwrap_err().code,
+    "ELOCKLOST"
+  );
+  stale.deadline = Instant::now() + Duration::from_secs(60);
+  let Refreshed::Lost(reason) = frozen.refresh(&mut stale) else {
+    panic!("a frozen holder's refresh must not succeed")
+  };
+  assert!(
+    reason.contains(&format!("token {}", grant.token)),
+    "{reason}"
+  );
+}
