@@ -131,6 +131,29 @@ enum Step {
   Blocked(Blocker),
 }
 
+/// One acquisition: the caller's key, its Redis keys, and what the grant script is given.
+struct Attempt<'a> {
+  key: &'a str,
+  keys: Keys,
+  /// The holder record's lockId (a fresh one if it has none): unique to this acquisition, so a
+  /// retried grant script recognises its own grant.
+  lock_id: String,
+  holder_json: String,
+  token_floor: u64,
+}
+
+impl<'a> Attempt<'a> {
+  fn new(key: &'a str, holder: &LockRecord, token_floor: u64) -> Self {
+    Attempt {
+      key,
+      keys: Keys::new(key),
+      lock_id: holder.lock_id.clone().unwrap_or_else(record::new_lock_id),
+      holder_json: holder.to_json().to_string(),
+      token_floor,
+    }
+  }
+}
+
 pub struct RedisLocks {
   runtime: Option<tokio::runtime::Runtime>,
   handle: tokio::runtime::Handle,
@@ -241,21 +264,21 @@ impl RedisLocks {
     holder: &LockRecord,
     token_floor: u64,
   ) -> Result<Option<RedisGrant>> {
-    let keys = Keys::new(key);
-    let lock_id = holder.lock_id.clone().unwrap_or_else(record::new_lock_id);
-    let json = holder.to_json().to_string();
+    let attempt = Attempt::new(key, holder, token_floor);
     loop {
       let start = Instant::now();
-      let step = self.step(&keys, &lock_id, &json, token_floor, "try", None);
+      let step = self.step(&attempt, "try", None);
       if step.is_err() {
-        self.abandon(&keys, &lock_id, true);
+        self.abandon(&attempt, true);
       }
       match step? {
         Step::Granted { token, client } => {
-          return Ok(Some(self.granted(key, lock_id, token, client, start)))
+          return Ok(Some(self.granted(&attempt, token, client, start)))
         }
         Step::Blocked(blocker) => {
-          if self.client_alive(blocker.client(), None)? || !self.take_over(&keys, &blocker, None)? {
+          if self.client_alive(blocker.client(), None)?
+            || !self.take_over(&attempt.keys, &blocker, None)?
+          {
             return Ok(None);
           }
         }
@@ -275,44 +298,30 @@ impl RedisLocks {
     deadline: Option<Instant>,
     wanted: &dyn Fn() -> bool,
   ) -> Result<Option<RedisGrant>> {
-    let keys = Keys::new(key);
-    let lock_id = holder.lock_id.clone().unwrap_or_else(record::new_lock_id);
-    let json = holder.to_json().to_string();
+    let attempt = Attempt::new(key, holder, token_floor);
+    let channel = attempt.keys.channel.clone();
     let (tx, rx) = mpsc::channel();
-    guard(&self.shared.wakers).insert(keys.channel.clone(), tx);
-    let outcome = self.subscribe(&keys, deadline).and_then(|()| {
-      self.wait_in_queue(
-        key,
-        &keys,
-        &lock_id,
-        &json,
-        token_floor,
-        deadline,
-        wanted,
-        &rx,
-      )
-    });
-    guard(&self.shared.wakers).remove(&keys.channel);
+    guard(&self.shared.wakers).insert(channel.clone(), tx);
+    let outcome = self
+      .subscribe(&attempt.keys, deadline)
+      .and_then(|()| self.wait_in_queue(&attempt, deadline, wanted, &rx));
+    guard(&self.shared.wakers).remove(&channel);
     match &outcome {
       Ok(Some(_)) => {}
-      Ok(None) => self.abandon(&keys, &lock_id, false),
-      Err(_) => self.abandon(&keys, &lock_id, true),
+      Ok(None) => self.abandon(&attempt, false),
+      Err(_) => self.abandon(&attempt, true),
     }
     outcome
   }
 
-  #[allow(clippy::too_many_arguments)]
   fn wait_in_queue(
     &self,
-    key: &str,
-    keys: &Keys,
-    lock_id: &str,
-    json: &str,
-    token_floor: u64,
+    attempt: &Attempt,
     deadline: Option<Instant>,
     wanted: &dyn Fn() -> bool,
     rx: &mpsc::Receiver<Wake>,
   ) -> Result<Option<RedisGrant>> {
+    let keys = &attempt.keys;
     // The blocker last seen connected; a new one is checked at once.
     let mut known: Option<Blocker> = None;
     let mut look = true;
@@ -326,17 +335,12 @@ impl RedisLocks {
       }
       let now = Instant::now();
       let check = now >= next_check;
+      let mut just_checked = false;
       if look || (check && (stale || now.duration_since(renewed) >= RENEW_EVERY)) {
         let start = Instant::now();
-        match self.step(keys, lock_id, json, token_floor, "wait", deadline)? {
+        match self.step(attempt, "wait", deadline)? {
           Step::Granted { token, client } => {
-            return Ok(Some(self.granted(
-              key,
-              lock_id.to_string(),
-              token,
-              client,
-              start,
-            )))
+            return Ok(Some(self.granted(attempt, token, client, start)))
           }
           Step::Blocked(blocker) => {
             renewed = start;
@@ -349,12 +353,13 @@ impl RedisLocks {
                 continue;
               }
               known = Some(blocker);
+              just_checked = true;
               next_check = Instant::now() + CHECK_EVERY;
             }
           }
         }
       }
-      if check {
+      if check && !just_checked {
         next_check = Instant::now() + CHECK_EVERY;
         if let Some(blocker) = &known {
           if !self.check_blocker(keys, blocker, deadline)? {
@@ -366,7 +371,7 @@ impl RedisLocks {
       }
       let until = deadline.map_or(next_check, |d| d.min(next_check));
       match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-        Ok(Wake::Turn(id)) if id == lock_id => look = true,
+        Ok(Wake::Turn(id)) if id == attempt.lock_id => look = true,
         Ok(Wake::Turn(_)) => stale = true,
         Ok(Wake::Check) => look = true,
         Err(_) => {}
@@ -385,6 +390,7 @@ impl RedisLocks {
   pub fn refresh(&self, grant: &mut RedisGrant) -> Refreshed {
     let start = Instant::now();
     if start >= grant.deadline {
+      self.forget(grant);
       return Refreshed::Lost(format!(
         "our own lease on {} ended before this refresh (the last refresh that succeeded was more \
          than {} ms ago)",
@@ -526,17 +532,11 @@ impl RedisLocks {
     Ok(found)
   }
 
-  fn granted(
-    &self,
-    key: &str,
-    lock_id: String,
-    token: u64,
-    client: u64,
-    start: Instant,
-  ) -> RedisGrant {
-    guard(&self.shared.held).insert(key.to_string(), (lock_id.clone(), token));
+  fn granted(&self, attempt: &Attempt, token: u64, client: u64, start: Instant) -> RedisGrant {
+    let lock_id = attempt.lock_id.clone();
+    guard(&self.shared.held).insert(attempt.key.to_string(), (lock_id.clone(), token));
     RedisGrant {
-      key: key.to_string(),
+      key: attempt.key.to_string(),
       lock_id,
       token,
       deadline: start + self.config.ttl - self.config.margin(),
@@ -555,25 +555,17 @@ impl RedisLocks {
   }
 
   /// One run of the acquire script, with our CLIENT ID read in the same round trip.
-  fn step(
-    &self,
-    keys: &Keys,
-    lock_id: &str,
-    json: &str,
-    token_floor: u64,
-    mode: &str,
-    deadline: Option<Instant>,
-  ) -> Result<Step> {
+  fn step(&self, attempt: &Attempt, mode: &str, deadline: Option<Instant>) -> Result<Step> {
     let args = vec![
-      lock_id.to_string(),
-      String::new(), // the CLIENT ID, filled in by `script`
+      attempt.lock_id.clone(),
+      String::new(), // the CLIENT ID, filled in by `scripts::run`
       self.config.ttl.as_millis().to_string(),
-      json.to_string(),
-      token_floor.to_string(),
+      attempt.holder_json.clone(),
+      attempt.token_floor.to_string(),
       mode.to_string(),
       WAITER_TTL.as_millis().to_string(),
     ];
-    let reply = self.script(Script::Acquire, &keys.acquire(), args, deadline)?;
+    let reply = self.script(Script::Acquire, &attempt.keys.acquire(), args, deadline)?;
     let client = reply.client;
     if reply.int(0) == 1 {
       return Ok(Step::Granted {
@@ -672,7 +664,8 @@ impl RedisLocks {
   /// Leaves the queue; after an error also drops a grant we may have been given without
   /// hearing the reply (`lockId` is unique to this attempt, so no one else's lock matches). Not
   /// waited for: a failure here only leaves state that expires on its own.
-  fn abandon(&self, keys: &Keys, lock_id: &str, maybe_granted: bool) {
+  fn abandon(&self, attempt: &Attempt, maybe_granted: bool) {
+    let (keys, lock_id) = (&attempt.keys, attempt.lock_id.as_str());
     let mut conn = self.conn.clone();
     let mut pipe = redis::pipe();
     if maybe_granted {
