@@ -218,8 +218,18 @@ fn a_dead_holder_is_taken_over_at_once_not_after_its_ttl() {
   let (grant, waiter_engine) = waiter.join().unwrap();
   let grant = grant.expect("the waiter took over within its 60 s deadline, not the 600 s TTL");
   assert_eq!(grant.token, dead.token + 1);
-  // A one-shot try also removes a dead holder.
+  // A one-shot try also removes a dead holder, once Redis has seen its connection close.
   drop(waiter_engine);
+  let mut admin = server.connection();
+  wait_until("Redis to drop the closed connection", || {
+    let listed: String = redis::cmd("CLIENT")
+      .arg("LIST")
+      .arg("ID")
+      .arg(grant.client_id)
+      .query(&mut admin)
+      .unwrap();
+    listed.is_empty()
+  });
   let taken = observer.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
   assert_eq!(taken.token, grant.token + 1);
 }
