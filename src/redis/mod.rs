@@ -16,7 +16,7 @@ mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -103,6 +103,8 @@ struct Shared {
   held: Mutex<HashMap<String, (String, u64)>>,
   /// The lock channels subscribed to.
   subscribed: Mutex<HashSet<String>>,
+  /// Set when this user may not run CLIENT LIST: dead holders then wait for their TTL.
+  no_client_list: AtomicBool,
   /// The CLIENT ID of the managed connection as last seen (0: ask); see `scripts::run`.
   client_id: AtomicU64,
 }
@@ -127,8 +129,12 @@ impl Blocker {
 }
 
 enum Step {
-  Granted { token: u64, client: u64 },
-  Blocked(Blocker),
+  Granted {
+    token: u64,
+    client: u64,
+  },
+  /// With the lease the holder has left, when the lock is held.
+  Blocked(Blocker, Option<Duration>),
 }
 
 /// One acquisition: the caller's key, its Redis keys, and what the grant script is given.
@@ -275,7 +281,7 @@ impl RedisLocks {
         Step::Granted { token, client } => {
           return Ok(Some(self.granted(&attempt, token, client, start)))
         }
-        Step::Blocked(blocker) => {
+        Step::Blocked(blocker, _) => {
           if self.client_alive(blocker.client(), None)?
             || !self.take_over(&attempt.keys, &blocker, None)?
           {
@@ -327,7 +333,9 @@ impl RedisLocks {
     let mut look = true;
     // Another waiter's turn came (the lock changed hands): read the lock again at the next check.
     let mut stale = false;
-    let mut renewed = Instant::now();
+    // When to renew our place and read the lock again: every RENEW_EVERY, and right after the
+    // holder's lease would run out (a frozen holder's lock expires without any message).
+    let mut next_look = Instant::now();
     let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
       if !wanted() || deadline.is_some_and(|d| Instant::now() >= d) {
@@ -336,14 +344,15 @@ impl RedisLocks {
       let now = Instant::now();
       let check = now >= next_check;
       let mut just_checked = false;
-      if look || (check && (stale || now.duration_since(renewed) >= RENEW_EVERY)) {
+      if look || now >= next_look || (check && stale) {
         let start = Instant::now();
         match self.step(attempt, "wait", deadline)? {
           Step::Granted { token, client } => {
             return Ok(Some(self.granted(attempt, token, client, start)))
           }
-          Step::Blocked(blocker) => {
-            renewed = start;
+          Step::Blocked(blocker, lease_left) => {
+            let lease_end = lease_left.map_or(RENEW_EVERY, |d| d + Duration::from_millis(5));
+            next_look = start + lease_end.min(RENEW_EVERY);
             look = false;
             stale = false;
             if known.as_ref() != Some(&blocker) {
@@ -369,7 +378,8 @@ impl RedisLocks {
           }
         }
       }
-      let until = deadline.map_or(next_check, |d| d.min(next_check));
+      let wake_at = next_check.min(next_look);
+      let until = deadline.map_or(wake_at, |d| d.min(wake_at));
       match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
         Ok(Wake::Turn(id)) if id == attempt.lock_id => look = true,
         Ok(Wake::Turn(_)) => stale = true,
@@ -575,14 +585,17 @@ impl RedisLocks {
     }
     let id = reply.text(2);
     let client = reply.text(3).parse().unwrap_or(0);
-    Ok(Step::Blocked(if reply.text(1) == "holder" {
-      Blocker::Holder {
-        lock_id: id,
-        client,
-      }
-    } else {
-      Blocker::Waiter { id, client }
-    }))
+    if reply.text(1) == "holder" {
+      let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
+      return Ok(Step::Blocked(
+        Blocker::Holder {
+          lock_id: id,
+          client,
+        },
+        lease_left,
+      ));
+    }
+    Ok(Step::Blocked(Blocker::Waiter { id, client }, None))
   }
 
   /// `true` when the blocker is still connected; `false` after removing a dead one.
@@ -617,19 +630,34 @@ impl RedisLocks {
 
   /// Whether connection `client` is still open (CLIENT is not allowed in scripts, hence here).
   fn client_alive(&self, client: u64, deadline: Option<Instant>) -> Result<bool> {
+    if self.shared.no_client_list.load(Ordering::Relaxed) {
+      return Ok(true);
+    }
     if client == 0 {
       return Ok(false);
     }
     let mut conn = self.conn.clone();
-    let listed: String = self.run("ask", deadline, async move {
-      redis::cmd("CLIENT")
+    let listed: Option<String> = self.run("ask", deadline, async move {
+      let asked = redis::cmd("CLIENT")
         .arg("LIST")
         .arg("ID")
         .arg(client)
         .query_async(&mut conn)
-        .await
+        .await;
+      match asked {
+        Err(e) if refused_command(&e) => Ok(None),
+        other => other.map(Some),
+      }
     })?;
-    Ok(!listed.trim().is_empty())
+    match listed {
+      Some(listed) => Ok(!listed.trim().is_empty()),
+      None => {
+        // An ACL without CLIENT LIST (or a renamed CLIENT command): every holder counts as
+        // connected, so a dead one is released by its TTL, as in plain Redis locks.
+        self.shared.no_client_list.store(true, Ordering::Relaxed);
+        Ok(true)
+      }
+    }
   }
 
   /// The refresh script: `Ok((pttl, client))` while ours, `Err(reason)` when not.
@@ -756,6 +784,11 @@ fn bridge<T: Send + 'static>(
       ),
     )),
   }
+}
+
+/// The server refuses the command itself: the ACL forbids it, or it was renamed away.
+fn refused_command(e: &redis::RedisError) -> bool {
+  e.code() == Some("NOPERM") || e.detail().is_some_and(|d| d.contains("unknown command"))
 }
 
 fn backend_error(config: &RedisConfig, doing: &str, e: &redis::RedisError) -> LockError {

@@ -622,3 +622,39 @@ fn a_frozen_holder_loses_the_lock_at_its_ttl_and_learns_it() {
     "{reason}"
   );
 }
+
+#[test]
+fn without_client_list_a_dead_holder_waits_for_its_ttl() {
+  let server = RedisServer::start();
+  let mut admin = server.connection();
+  let _: () = redis::cmd("ACL")
+    .arg(&[
+      "SETUSER",
+      "limited",
+      "on",
+      ">pw",
+      "~*",
+      "&*",
+      "+@all",
+      "-client|list",
+    ])
+    .query(&mut admin)
+    .unwrap();
+  let url = format!(
+    "redis://limited:pw@127.0.0.1:{}?ttl=1000&refresh=300",
+    server.port
+  );
+  let config = RedisConfig::parse(&url).unwrap();
+  let dead_holder = RedisLocks::connect(config.clone()).unwrap();
+  let first = dead_holder.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  drop(dead_holder);
+  let locks = RedisLocks::connect(config).unwrap();
+  // Cannot tell that the holder is gone: the lock is busy until its 1 s lease runs out.
+  assert!(locks.try_acquire(KEY, &holder(), 0).unwrap().is_none());
+  let deadline = Some(Instant::now() + Duration::from_secs(30));
+  let grant = locks
+    .wait_acquire(KEY, &holder(), 0, deadline, &|| true)
+    .unwrap()
+    .unwrap();
+  assert_eq!(grant.token, first.token + 1);
+}
