@@ -72,6 +72,11 @@ impl RedisConfig {
         )))
       }
     };
+    if parsed.fragment().is_some() {
+      return Err(bad(
+        "it has a #fragment; certificate checks cannot be turned off (use tlsCa=PATH for a private CA)",
+      ));
+    }
     let host = match parsed.host() {
       Some(url::Host::Domain(d)) if !d.is_empty() => d.to_string(),
       Some(url::Host::Ipv4(ip)) => ip.to_string(),
@@ -229,6 +234,7 @@ mod tests {
       "redis://u:secret@h:1?ttl=abc",
       "redis://u:secret@h:1?ttl=1000&refresh=1000",
       "redis://u:secret@h:1?tlsCa=/ca.pem",
+      "rediss://u:secret@h:1#insecure",
       "redis://u:secret@:1",
       "not a url u:secret@",
     ] {

@@ -658,3 +658,10 @@ fn without_client_list_a_dead_holder_waits_for_its_ttl() {
     .unwrap();
   assert_eq!(grant.token, first.token + 1);
 }
+
+#[test]
+fn the_engine_can_be_shared_between_threads() {
+  fn shareable<T: Send + Sync>() {}
+  shareable::<RedisLocks>();
+  shareable::<RedisGrant>();
+}
