@@ -665,3 +665,38 @@ fn the_engine_can_be_shared_between_threads() {
   shareable::<RedisLocks>();
   shareable::<RedisGrant>();
 }
+
+#[test]
+fn contended_handoffs_never_overlap_and_tokens_only_rise() {
+  let server = RedisServer::start();
+  let inside = Arc::new(AtomicBool::new(false));
+  let last_token = Arc::new(Mutex::new(0u64));
+  let threads: Vec<_> = (0..4)
+    .map(|_| {
+      let locks = engine(&server);
+      let (inside, last_token) = (inside.clone(), last_token.clone());
+      thread::spawn(move || {
+        for _ in 0..25 {
+          let deadline = Some(Instant::now() + Duration::from_secs(60));
+          let grant = locks
+            .wait_acquire(KEY, &holder(), 0, deadline, &|| true)
+            .unwrap()
+            .expect("granted");
+          assert!(!inside.swap(true, Ordering::SeqCst), "two holders at once");
+          {
+            let mut last = last_token.lock().unwrap();
+            assert!(grant.token > *last, "token {} after {}", grant.token, *last);
+            *last = grant.token;
+          }
+          locks.verify(&grant, Duration::from_millis(100)).unwrap();
+          inside.store(false, Ordering::SeqCst);
+          assert!(locks.release(grant).unwrap());
+        }
+      })
+    })
+    .collect();
+  for t in threads {
+    t.join().unwrap();
+  }
+  assert_eq!(*last_token.lock().unwrap(), 100);
+}
