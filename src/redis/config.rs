@@ -126,19 +126,7 @@ impl RedisConfig {
         })?;
       *slot = Duration::from_millis(ms);
     }
-    if ttl < MIN_TTL {
-      return Err(bad(&format!(
-        "ttl must be at least {} ms",
-        MIN_TTL.as_millis()
-      )));
-    }
-    if refresh >= ttl - safety_margin(ttl) {
-      return Err(bad(&format!(
-        "refresh ({} ms) must be shorter than ttl minus its safety margin ({} ms)",
-        refresh.as_millis(),
-        (ttl - safety_margin(ttl)).as_millis()
-      )));
-    }
+    check_lease(ttl, refresh).map_err(|why| bad(&why))?;
     // The connection speaks RESP3 so that pub/sub wake-ups arrive on the same auto-reconnecting
     // connection as the commands (and are re-subscribed after a reconnect).
     kept.push(("protocol".to_string(), "resp3".to_string()));
@@ -160,6 +148,20 @@ impl RedisConfig {
     })
   }
 
+  /// The same settings with another lease (the `ttl`/`refresh` options given in code rather
+  /// than in the URL), checked like the URL's.
+  pub fn with_lease(mut self, ttl: Duration, refresh: Duration) -> Result<RedisConfig> {
+    check_lease(ttl, refresh).map_err(|why| {
+      LockError::invalid_value(format!(
+        "The Redis lock lease for {} is not valid: {why}.",
+        self.addr
+      ))
+    })?;
+    self.ttl = ttl;
+    self.refresh = refresh;
+    Ok(self)
+  }
+
   /// How long before the lease's end the holder already counts the lock as lost: covers the
   /// rate difference between our monotonic clock and Redis's clock, and a late reply.
   pub fn margin(&self) -> Duration {
@@ -169,6 +171,20 @@ impl RedisConfig {
   pub(crate) fn client_url(&self) -> &str {
     &self.client_url
   }
+}
+
+fn check_lease(ttl: Duration, refresh: Duration) -> std::result::Result<(), String> {
+  if ttl < MIN_TTL {
+    return Err(format!("ttl must be at least {} ms", MIN_TTL.as_millis()));
+  }
+  if refresh.is_zero() || refresh >= ttl - safety_margin(ttl) {
+    return Err(format!(
+      "refresh ({} ms) must be above 0 and shorter than ttl minus its safety margin ({} ms)",
+      refresh.as_millis(),
+      (ttl - safety_margin(ttl)).as_millis()
+    ));
+  }
+  Ok(())
 }
 
 /// A tenth of the lease, at least 50 ms: 3 s of the default 30 s.
@@ -224,6 +240,18 @@ mod tests {
     assert_eq!(c.username.as_deref(), Some("u"));
     assert!(!format!("{c:?}").contains("secret"));
     assert!(!c.client_url().contains("ttl="));
+  }
+
+  #[test]
+  fn a_lease_set_in_code_is_checked_too() {
+    let c = RedisConfig::parse("redis://h:1").unwrap();
+    let ms = Duration::from_millis;
+    let c = c.with_lease(ms(3000), ms(500)).unwrap();
+    assert_eq!((c.ttl, c.refresh), (ms(3000), ms(500)));
+    let e = c.clone().with_lease(ms(3000), ms(2800)).unwrap_err();
+    assert_eq!(e.code, "ERR_INVALID_ARG_VALUE");
+    assert!(e.message.contains("h:1"), "{}", e.message);
+    assert!(c.with_lease(ms(100), ms(10)).is_err());
   }
 
   #[test]

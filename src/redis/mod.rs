@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 
-pub use config::{redact, safety_margin, RedisConfig};
+pub use config::{redact, RedisConfig, DEFAULT_REFRESH, DEFAULT_TTL};
 use scripts::{Keys, Reply, Script};
 
 use crate::error::{LockError, Result};
