@@ -1,6 +1,6 @@
 //! The Redis backend's settings, parsed from a backend URL:
 //! `redis://[user:pass@]host:port[/db][?ttl=MS&refresh=MS&connectTimeout=MS&commandTimeout=MS]`
-//! (`rediss://` for TLS, verified against the system's roots, or against `tlsCa=/path/ca.pem`
+//! (`rediss://` for TLS, verified against the system's roots, or against `ca=/path/ca.pem`
 //! for a private CA). The password never appears in messages or `Debug` output.
 
 use std::fmt;
@@ -74,7 +74,7 @@ impl RedisConfig {
     };
     if parsed.fragment().is_some() {
       return Err(bad(
-        "it has a #fragment; certificate checks cannot be turned off (use tlsCa=PATH for a private CA)",
+        "it has a #fragment; certificate checks cannot be turned off (use ca=PATH for a private CA)",
       ));
     }
     let host = match parsed.host() {
@@ -100,11 +100,11 @@ impl RedisConfig {
     let mut kept = Vec::new();
     for (name, value) in parsed.query_pairs() {
       let slot = match name.as_ref() {
-        "tlsCa" if tls && !value.is_empty() => {
+        "ca" if tls && !value.is_empty() => {
           tls_ca = Some(PathBuf::from(value.as_ref()));
           continue;
         }
-        "tlsCa" => return Err(bad("tlsCa needs a rediss:// URL and a file name")),
+        "ca" => return Err(bad("ca= needs a rediss:// URL and a file name")),
         "ttl" => &mut ttl,
         "refresh" => &mut refresh,
         "connectTimeout" => &mut connect_timeout,
@@ -229,12 +229,11 @@ mod tests {
 
   #[test]
   fn ttl_and_refresh_in_ms() {
-    let c =
-      RedisConfig::parse("rediss://u:secret@h.example:7000?ttl=3000&refresh=500&tlsCa=/ca.pem")
-        .unwrap();
+    let c = RedisConfig::parse("rediss://u:secret@h.example:7000?ttl=3000&refresh=500&ca=/ca.pem")
+      .unwrap();
     assert!(c.tls);
     assert_eq!(c.tls_ca, Some(PathBuf::from("/ca.pem")));
-    assert!(!c.client_url().contains("tlsCa"));
+    assert!(!c.client_url().contains("ca"));
     assert_eq!(c.ttl, Duration::from_millis(3000));
     assert_eq!(c.refresh, Duration::from_millis(500));
     assert_eq!(c.username.as_deref(), Some("u"));
@@ -261,7 +260,7 @@ mod tests {
       "redis://u:secret@h:1/x",
       "redis://u:secret@h:1?ttl=abc",
       "redis://u:secret@h:1?ttl=1000&refresh=1000",
-      "redis://u:secret@h:1?tlsCa=/ca.pem",
+      "redis://u:secret@h:1?ca=/ca.pem",
       "rediss://u:secret@h:1#insecure",
       "redis://u:secret@:1",
       "not a url u:secret@",

@@ -40,6 +40,9 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// still open) holds up the queue at most this long; one that died is removed within
 /// `CHECK_EVERY` because its connection is gone.
 const WAITER_TTL: Duration = Duration::from_secs(6);
+/// How often a waiting caller re-checks `wanted()` and its deadline between wake-ups (local
+/// only, no command), so an abort is noticed promptly without `interrupt`.
+pub const WANTED_POLL: Duration = Duration::from_millis(50);
 
 /// A lock granted by Redis.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -293,7 +296,9 @@ impl RedisLocks {
   }
 
   /// Waits in the lock's queue until granted, until `deadline` (→ `None`), or until `wanted()`
-  /// says no (→ `None`); either way a waiter that gives up leaves the queue. Wake-ups come from
+  /// says no (→ `None`; checked every [`WANTED_POLL`], or at once after [`RedisLocks::interrupt`]);
+  /// either way a waiter that gives up leaves the queue. One wait per lock per process at a time
+  /// (the process-local queue sits in front). Wake-ups come from
   /// pub/sub; between them the waiter sends one command a second (is whoever we wait for still
   /// connected?) and renews its place every few seconds.
   pub fn wait_acquire(
@@ -378,7 +383,7 @@ impl RedisLocks {
           }
         }
       }
-      let wake_at = next_check.min(next_look);
+      let wake_at = next_check.min(next_look).min(Instant::now() + WANTED_POLL);
       let until = deadline.map_or(wake_at, |d| d.min(wake_at));
       match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
         Ok(Wake::Turn(id)) if id == attempt.lock_id => look = true,

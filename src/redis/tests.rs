@@ -320,6 +320,19 @@ fn a_waiter_that_is_no_longer_wanted_leaves_the_queue() {
   waiter.interrupt(KEY);
   assert_eq!(t.join().unwrap(), Ok(None));
   wait_until("its place to go", || waiters(&owner, KEY) == 0);
+  // Without an interrupt, `wanted()` is still asked between wake-ups.
+  let t = {
+    let (waiter, wanted) = (waiter.clone(), wanted.clone());
+    wanted.store(true, Ordering::SeqCst);
+    thread::spawn(move || {
+      let still = || wanted.load(Ordering::SeqCst);
+      waiter.wait_acquire(KEY, &holder(), 0, None, &still)
+    })
+  };
+  wait_until("the waiter to queue again", || waiters(&owner, KEY) == 1);
+  wanted.store(false, Ordering::SeqCst);
+  assert_eq!(t.join().unwrap(), Ok(None));
+  wait_until("its place to go again", || waiters(&owner, KEY) == 0);
   // A deadline that passes also gives up, with the lock still the owner's.
   let deadline = Some(Instant::now() + Duration::from_millis(300));
   assert_eq!(
@@ -543,7 +556,7 @@ fn rediss_with_a_private_ca_and_a_plain_server_refused() {
   let dir = crate::test_support::temp_dir("redis-tls");
   let server = RedisServer::start_tls(&dir);
   let url = format!(
-    "rediss://127.0.0.1:{}?tlsCa={}",
+    "rediss://127.0.0.1:{}?ca={}",
     server.port,
     server.ca_file().display()
   );
