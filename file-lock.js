@@ -5,7 +5,7 @@
 
 const native = require('./native.js')
 const { checkString, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
-const { installExitCleanup } = require('./lib/exit-cleanup.js')
+const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
 const { heldInContext } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
@@ -22,21 +22,26 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
     throw codedError(
       Error,
       'ELOCKDEADLOCK',
-      `acquireLock(${filePath}) inside withLock/updateWithLock of the same file would wait on itself. Do the work inside the outer callback instead.`,
+      `acquireLock(${filePath}) inside withLock/updateWithLock of the same lock would wait on itself. Do the work inside the outer callback instead.`,
     )
   }
   installExitCleanup()
   // An uncontended lock is taken right here; only a wait goes to a worker thread.
-  const lockId = native.tryAcquire(filePath, options.staleThreshold)
-  if (lockId !== null) return lockId
-  const wait = Number.isFinite(options.timeout) ? options.timeout : null
-  return native.acquire(filePath, wait, options.staleThreshold)
+  let lockId = native.tryAcquire(filePath, options.staleThreshold)
+  if (lockId === null) {
+    const wait = Number.isFinite(options.timeout) ? options.timeout : null
+    lockId = await native.acquire(filePath, wait, options.staleThreshold)
+  }
+  noteAcquired(filePath, lockId)
+  return lockId
 }
 
 async function releaseLock(filePath, lockId) {
   checkString('filePath', filePath)
   checkString('lockId', lockId)
-  return native.release(filePath, lockId)
+  const released = native.release(filePath, lockId)
+  noteReleased(lockId)
+  return released
 }
 
 /** The options of the inspecting calls: `{ root, staleThreshold, dryRun }`, checked. */

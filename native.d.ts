@@ -25,10 +25,19 @@ export declare function getLockMetrics(): Record<string, unknown>
 
 export declare const HEARTBEAT_INTERVAL: number
 
+/**
+ * The descriptor a child must inherit to keep holding `lockId` (`flowforge-lock exec`), or
+ * `null` when the backend has none.
+ */
+export declare function inheritableFd(file: string, lockId: string): number | null
+
 export declare function isLocked(file: string, staleMs?: number | undefined | null): boolean
 
 /** Every lock under the project root (`root` or the one found from the cwd). */
 export declare function listLocks(root?: string | undefined | null, staleMs?: number | undefined | null): Array<Record<string, unknown>>
+
+/** The lock path that `file` is locked through (files that share it share one lock). */
+export declare function lockKey(file: string): string
 
 /** The project root for `start` (default: the cwd): see `paths::root_for_dir`. */
 export declare function projectRoot(start?: string | undefined | null): string

@@ -306,17 +306,24 @@ describe('release and timeout', () => {
     await exited
   })
 
-  test('a second path with the same basename held by this process fails fast with ELOCKDEADLOCK', async () => {
+  test('two paths with the same basename share one lock: an unrelated second flow queues behind the first', async () => {
     const root = makeProject()
     fs.mkdirSync(path.join(root, 'a'))
     fs.mkdirSync(path.join(root, 'b'))
-    const first = await acquireLock(path.join(root, 'a', 'current.json'))
-    const err = await acquireLock(path.join(root, 'b', 'current.json'), 5000).catch((e) => e)
-    expect(err.code).toBe('ELOCKDEADLOCK')
-    expect(err.message).toContain(path.join(root, 'b', 'current.json'))
-    await releaseLock(path.join(root, 'a', 'current.json'), first)
-    const second = await acquireLock(path.join(root, 'b', 'current.json'), 0)
-    await releaseLock(path.join(root, 'b', 'current.json'), second)
+    const a = path.join(root, 'a', 'current.json')
+    const b = path.join(root, 'b', 'current.json')
+    const first = await acquireLock(a)
+    const order = []
+    const second = acquireLock(b, 30000).then((id) => {
+      order.push('b acquired')
+      return id
+    })
+    order.push('a releasing')
+    await releaseLock(a, first)
+    const id = await second
+    expect(order).toEqual(['a releasing', 'b acquired'])
+    expect((await getLockInfo(b)).file).toBe(b)
+    await releaseLock(b, id)
   })
 })
 

@@ -1,18 +1,21 @@
 'use strict'
 // Which locks the current async context holds (AsyncLocalStorage), so that a nested
-// withLock/updateWithLock on a file its caller already holds re-enters instead of waiting on
-// itself, and a nested raw acquireLock of it fails fast. One store per process, shared by every
-// copy of this package that is loaded.
+// withLock/updateWithLock on a lock its caller already holds re-enters instead of waiting on
+// itself, and a nested raw acquireLock of it fails fast. Keys are lock keys (the lock file a
+// path is locked through), since paths that share a lock file share the lock. Only the flow that
+// holds a lock is treated as its holder: any other flow of the process queues for it as another
+// process would. One store per process, shared by every copy of this package that is loaded.
 
-const path = require('node:path')
 const { AsyncLocalStorage } = require('node:async_hooks')
+const native = require('../native.js')
 
 const STORE = Symbol.for('flowforge-lock.held-in-context')
 const storage = (globalThis[STORE] ??= new AsyncLocalStorage())
 
-/** The lockId this async context holds for `filePath`, if any. */
+/** The lockId this async context holds for `filePath`'s lock, if any. */
 function heldInContext(filePath) {
-  return storage.getStore()?.get(path.resolve(filePath))
+  const held = storage.getStore()
+  return held === undefined ? undefined : held.get(native.lockKey(filePath))
 }
 
 /** What the current async context holds, to run work for it later (see runHolding). */
@@ -21,12 +24,12 @@ function heldNow() {
 }
 
 /**
- * Runs `fn` in a context that holds `lockId` for `filePath`, plus what `outer` held (default:
- * what the current context holds).
+ * Runs `fn` in a context that holds `lockId` for `filePath`'s lock, plus what `outer` held
+ * (default: what the current context holds).
  */
 function runHolding(filePath, lockId, fn, outer = storage.getStore()) {
   const held = new Map(outer)
-  held.set(path.resolve(filePath), lockId)
+  held.set(native.lockKey(filePath), lockId)
   return storage.run(held, fn)
 }
 

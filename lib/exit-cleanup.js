@@ -1,11 +1,36 @@
 'use strict'
-// Releases this process's locks when it ends: on `exit`, and on SIGINT/SIGTERM, after which
-// the signal still ends the process as Node would have (no swallowed Ctrl-C). Installed once
-// per process, however many copies of this package or lock managers are loaded.
+// Releases this process's locks when it really ends: on `exit`, and on SIGINT/SIGTERM when
+// nobody else listens for the signal (then the signal still ends the process as Node would
+// have: no swallowed Ctrl-C). An application that listens for the signal itself decides whether
+// the process ends; while it goes on, its locks stay held under its in-flight work, and if it
+// exits, `exit` releases them. A worker thread releases only the locks it took itself: the
+// native core is shared by the whole process. Installed once per thread.
 
+const { isMainThread } = require('node:worker_threads')
 const native = require('../native.js')
 
 const INSTALLED = Symbol.for('flowforge-lock.exit-cleanup')
+/** lockId -> file, for the locks a worker thread holds (a main thread releases everything). */
+const heldByThisThread = new Map()
+
+function noteAcquired(filePath, lockId) {
+  if (!isMainThread) heldByThisThread.set(lockId, filePath)
+}
+
+function noteReleased(lockId) {
+  heldByThisThread.delete(lockId)
+}
+
+function releaseThisThreadsLocks() {
+  for (const [lockId, filePath] of heldByThisThread) {
+    try {
+      native.release(filePath, lockId)
+    } catch {
+      // Already gone (released, or lost): nothing left to give up.
+    }
+  }
+  heldByThisThread.clear()
+}
 
 /**
  * `signals: false` leaves SIGINT/SIGTERM to the caller (the CLI's `exec` forwards them to its
@@ -14,20 +39,24 @@ const INSTALLED = Symbol.for('flowforge-lock.exit-cleanup')
 function installExitCleanup({ signals = true } = {}) {
   if (process[INSTALLED]) return
   process[INSTALLED] = true
+  if (!isMainThread) {
+    process.on('exit', releaseThisThreadsLocks)
+    return
+  }
   process.on('exit', () => native.releaseAll())
   if (!signals) return
   for (const signal of ['SIGINT', 'SIGTERM']) {
     const onSignal = () => {
+      // Somebody else listens: the application decides whether the process ends.
+      if (process.listenerCount(signal) > 1) return
       native.releaseAll()
-      // Our listener disabled Node's default action. If nobody else listens, restore it and
-      // re-raise so the process dies by the signal, with the usual exit status.
-      if (process.listenerCount(signal) === 1) {
-        process.removeListener(signal, onSignal)
-        process.kill(process.pid, signal)
-      }
+      // Our listener disabled Node's default action: restore it and re-raise, so the process
+      // dies by the signal, with the usual exit status.
+      process.removeListener(signal, onSignal)
+      process.kill(process.pid, signal)
     }
     process.on(signal, onSignal)
   }
 }
 
-module.exports = { installExitCleanup }
+module.exports = { installExitCleanup, noteAcquired, noteReleased }

@@ -52,7 +52,20 @@ const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 async function updateWithLock(filePath, updater, options) {
   checkString('filePath', filePath)
   checkFunction('updater', updater)
-  return enqueueUpdate(filePath, updater, checkLockOptions(options, DEFAULTS), false)
+  const lockOpts = checkLockOptions(options, DEFAULTS)
+  const lockId = typeof options === 'object' && options !== null ? options.lockId : undefined
+  if (lockId !== undefined) {
+    // The caller holds the lock already (a raw acquireLock): write under that hold.
+    return updateUnder(filePath, checkString('options.lockId', lockId), updater)
+  }
+  return enqueueUpdate(filePath, updater, lockOpts, false)
+}
+
+/** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
+async function updateUnder(filePath, lockId, updater) {
+  const next = await runHolding(filePath, lockId, () => updater(readJson(filePath)))
+  await native.writeTextAtomic(filePath, lockId, serialize(filePath, next))
+  return next
 }
 
 /**
@@ -61,11 +74,7 @@ async function updateWithLock(filePath, updater, options) {
  */
 async function enqueueUpdate(filePath, updater, lockOpts, inPlace) {
   const outer = heldInContext(filePath)
-  if (outer !== undefined) {
-    const next = await updater(readJson(filePath))
-    await native.writeTextAtomic(filePath, outer, serialize(filePath, next))
-    return next
-  }
+  if (outer !== undefined) return updateUnder(filePath, outer, updater)
   const key = path.resolve(filePath)
   return new Promise((resolve, reject) => {
     let batch = pending.get(key)

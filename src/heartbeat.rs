@@ -1,73 +1,97 @@
-//! The heartbeat: one background thread per process refreshes the `heartbeat` of every lock
-//! this process holds, in place, so hosts that cannot see our kernel lock know we are alive.
-//! It also notices a lock file removed or replaced under us, or a record taken over, and marks
-//! that lock lost.
+//! The heartbeat: one background thread per process that keeps this process's holds alive:
+//! it runs the lock table's refresh (a lock file's heartbeat, a server lease's renewal) whenever
+//! one is due, so that hosts that cannot see our kernel lock know we are alive, and a lock lost
+//! meanwhile is noticed. The refreshing itself (what, under which guard) is the lock table's.
 
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::thread::Thread;
-use std::time::Duration;
-
-use crate::identity::now_ms;
-use crate::lock_table;
+use std::time::{Duration, Instant};
 
 pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(DEFAULT_INTERVAL_MS);
 
 static THREAD: OnceLock<Option<Thread>> = OnceLock::new();
 
+/// The file backend's heartbeat interval (tests shorten it).
 pub fn set_interval(interval: Duration) {
   INTERVAL_MS.store(interval.as_millis().max(10) as u64, Ordering::Relaxed);
-  // Wake the thread so the new interval applies now, not after the old one ran out.
-  if let Some(Some(thread)) = THREAD.get() {
-    thread.unpark();
-  }
+  wake();
 }
 
 pub fn interval() -> Duration {
   Duration::from_millis(INTERVAL_MS.load(Ordering::Relaxed))
 }
 
-pub fn ensure_running() {
-  THREAD.get_or_init(|| {
+/// Wakes the thread, so a new interval or a new hold is seen now, not after the old wait.
+pub fn wake() {
+  if let Some(Some(thread)) = THREAD.get() {
+    thread.unpark();
+  }
+}
+
+/// Starts the thread once. `tick` refreshes what is due and says when it wants to run next
+/// (`None`: nothing is held; the thread then sleeps one interval, or until woken).
+pub fn ensure_running(tick: fn() -> Option<Instant>) {
+  let started = THREAD.get_or_init(|| {
     // If no thread can be started, locks still exclude through the kernel; only hosts that
     // share the directory without kernel locks would see the heartbeat age.
     std::thread::Builder::new()
       .name("flowforge-lock-heartbeat".into())
-      .spawn(|| loop {
-        // An early wake-up (set_interval, or a spurious one) only beats sooner: harmless.
-        std::thread::park_timeout(interval());
-        beat();
-      })
+      .spawn(move || run(tick, || true))
       .ok()
       .map(|handle| handle.thread().clone())
   });
+  if started.is_some() {
+    wake();
+  }
 }
 
-/// Refreshes every held record. The new bytes are prepared under the lock table, and written
-/// and synced outside it, so a slow disk never stalls lock operations.
-pub fn beat() {
-  let mut writes = Vec::new();
-  lock_table::for_each_held(|held| {
-    if held.lost {
-      return;
-    }
-    // A record that is no longer ours was taken over (we stalled past the stale threshold, on a
-    // file system whose kernel locks other hosts do not see): the lock is lost, and rewriting
-    // our record would hide that from our own next write.
-    if !held.lock.still_at_path() || !held.lock.record_mentions(&held.lock_id) {
-      held.lost = true;
-      return;
-    }
-    held.record.heartbeat = Some(now_ms());
-    if let Ok(file) = held.lock.duplicate() {
-      writes.push((file, held.record.to_bytes(0)));
-    }
-  });
-  for (file, bytes) in writes {
-    if file.write_all_at(&bytes, 0).is_ok() {
-      let _ = file.sync_data();
-    }
+/// The thread's loop: sleeps until `tick` wants to run (an early wake-up — a new hold,
+/// `set_interval`, a spurious one — only ticks sooner), while `keep_going` says so.
+fn run(tick: impl Fn() -> Option<Instant>, keep_going: impl Fn() -> bool) {
+  let mut next = None;
+  while keep_going() {
+    let wait = next.map_or(interval(), |at: Instant| {
+      at.saturating_duration_since(Instant::now())
+    });
+    std::thread::park_timeout(wait);
+    next = tick();
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use std::sync::atomic::AtomicUsize;
+  use std::sync::Arc;
+
+  #[test]
+  fn the_loop_runs_again_as_soon_as_a_tick_asks_and_stops_when_told() {
+    let ticks = Arc::new(AtomicUsize::new(0));
+    let counted = ticks.clone();
+    let looked = ticks.clone();
+    // Each tick asks to run again at once: with the default 5 s interval, ten ticks finishing
+    // at all shows the loop follows the tick's wish, not the interval.
+    let runner = std::thread::spawn(move || {
+      run(
+        move || {
+          counted.fetch_add(1, Ordering::SeqCst);
+          Some(Instant::now())
+        },
+        move || looked.load(Ordering::SeqCst) < 10,
+      )
+    });
+    runner.join().unwrap();
+    assert_eq!(ticks.load(Ordering::SeqCst), 10);
+  }
+
+  #[test]
+  fn the_interval_has_a_floor_and_is_read_back() {
+    let before = interval();
+    set_interval(Duration::from_millis(1));
+    assert_eq!(interval(), Duration::from_millis(10));
+    set_interval(before);
+    assert_eq!(interval(), before);
   }
 }

@@ -1,8 +1,10 @@
-//! Who holds a lock: this process's identity (pid, host, user, start time), and the two
-//! questions asked about any other pid on this host: is it alive, and when did it start
-//! (a different start time under the same pid means the pid was reused).
+//! Who holds a lock: this process's identity (pid, host, boot, user, start time), and the two
+//! questions asked about any other pid on this host: is it alive, and when did it start (a
+//! different start time under the same pid means the pid was reused).
+//!
+//! "This host" means "shares our kernel's locks": the hostname together with the kernel's boot
+//! id, since two machines may well have one hostname (cloned VMs, default container names).
 
-use std::ffi::CStr;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,6 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Identity {
   pub pid: u32,
   pub hostname: String,
+  /// The running kernel's boot id; `None` where the platform does not tell.
+  pub boot_id: Option<String>,
   pub username: String,
   pub uid: u32,
   /// Milliseconds since the epoch at which this process started, when the OS tells.
@@ -24,9 +28,9 @@ pub fn current() -> &'static Identity {
     Identity {
       pid,
       hostname: hostname(),
+      boot_id: boot_id(),
       username: username(),
-      // SAFETY: geteuid has no preconditions and cannot fail.
-      uid: unsafe { libc::geteuid() },
+      uid: nix::unistd::geteuid().as_raw(),
       process_start: process_start_ms(pid),
     }
   })
@@ -40,76 +44,76 @@ pub fn now_ms() -> u64 {
 }
 
 fn hostname() -> String {
-  let mut buf = [0u8; 256];
-  // SAFETY: the buffer is valid for its whole length; gethostname NUL-terminates on success
-  // and the last byte stays 0 in any case.
-  let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) };
-  if rc != 0 {
-    return "localhost".to_string();
+  nix::unistd::gethostname()
+    .ok()
+    .and_then(|name| name.into_string().ok())
+    .filter(|name| !name.is_empty())
+    .unwrap_or_else(|| "localhost".to_string())
+}
+
+/// The kernel's boot id (a test can pretend to be another boot of a same-named host with the
+/// `identity::boot_id` failpoint).
+fn boot_id() -> Option<String> {
+  if let Some(simulated) = crate::failpoints::value("identity::boot_id") {
+    return Some(simulated);
   }
-  CStr::from_bytes_until_nul(&buf)
-    .map(|s| s.to_string_lossy().into_owned())
-    .unwrap_or_else(|_| "localhost".to_string())
+  platform_boot_id()
+}
+
+#[cfg(target_os = "linux")]
+fn platform_boot_id() -> Option<String> {
+  procfs::sys::kernel::random::boot_id().ok()
+}
+
+/// macOS: `kern.bootsessionuuid` would do; until that is wired, hostname alone decides.
+#[cfg(not(target_os = "linux"))]
+fn platform_boot_id() -> Option<String> {
+  None
 }
 
 fn username() -> String {
-  // SAFETY: getpwuid_r writes into our buffers only; the returned pointer refers to `pwd`.
-  unsafe {
-    let mut pwd: libc::passwd = std::mem::zeroed();
-    let mut buf = vec![0 as libc::c_char; 4096];
-    let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = libc::getpwuid_r(
-      libc::geteuid(),
-      &mut pwd,
-      buf.as_mut_ptr(),
-      buf.len(),
-      &mut result,
-    );
-    if rc == 0 && !result.is_null() && !pwd.pw_name.is_null() {
-      return CStr::from_ptr(pwd.pw_name).to_string_lossy().into_owned();
-    }
+  let uid = nix::unistd::geteuid();
+  if let Ok(Some(user)) = nix::unistd::User::from_uid(uid) {
+    return user.name;
   }
   std::env::var("USER")
     .or_else(|_| std::env::var("USERNAME"))
-    .unwrap_or_else(|_| format!("uid{}", unsafe { libc::geteuid() }))
+    .unwrap_or_else(|_| format!("uid{uid}"))
 }
 
 /// Whether a process with this pid exists on this host. Non-positive pids and pids out of
 /// range are never alive: `kill(0, …)` and `kill(-1, …)` would address process groups.
 pub fn is_alive(pid: i64) -> bool {
-  if pid <= 0 || pid > i64::from(i32::MAX) {
+  let Ok(pid) = i32::try_from(pid) else {
+    return false;
+  };
+  if pid <= 0 {
     return false;
   }
-  // SAFETY: signal 0 performs the permission and existence checks only.
-  let rc = unsafe { libc::kill(pid as libc::pid_t, 0) };
-  rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+  match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+    Ok(()) => true,
+    Err(errno) => errno == nix::errno::Errno::EPERM,
+  }
 }
 
 /// When the process started, in ms since the epoch; `None` when it does not exist.
 #[cfg(target_os = "linux")]
 pub fn process_start_ms(pid: u32) -> Option<u64> {
-  // Field 22 of /proc/<pid>/stat counts clock ticks since boot; the command name (field 2)
-  // may contain spaces and parentheses, so fields are counted after its closing ')'.
-  let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-  let after_name = &stat[stat.rfind(')')? + 1..];
-  let ticks: u64 = after_name.split_whitespace().nth(19)?.parse().ok()?;
-  // SAFETY: sysconf has no preconditions.
-  let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-  if ticks_per_sec <= 0 {
+  let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
+    .ok()?
+    .stat()
+    .ok()?;
+  let ticks_per_sec = procfs::ticks_per_second();
+  if ticks_per_sec == 0 {
     return None;
   }
-  Some(boot_time_ms()? + ticks * 1000 / ticks_per_sec as u64)
+  Some(boot_time_ms()? + stat.starttime * 1000 / ticks_per_sec)
 }
 
 #[cfg(target_os = "linux")]
 fn boot_time_ms() -> Option<u64> {
   static BOOT: OnceLock<Option<u64>> = OnceLock::new();
-  *BOOT.get_or_init(|| {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let line = stat.lines().find(|l| l.starts_with("btime "))?;
-    let secs: u64 = line[6..].trim().parse().ok()?;
-    Some(secs * 1000)
-  })
+  *BOOT.get_or_init(|| procfs::boot_time_secs().ok().map(|secs| secs * 1000))
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -142,6 +146,8 @@ mod tests {
     assert!(now_ms() - start < 24 * 3600 * 1000 * 365);
     assert!(!me.hostname.is_empty());
     assert!(!me.username.is_empty());
+    #[cfg(target_os = "linux")]
+    assert_eq!(me.boot_id.as_ref().map(String::len), Some(36));
   }
 
   #[test]

@@ -6,29 +6,38 @@
 
 #![deny(clippy::all)]
 
+#[cfg(not(unix))]
+compile_error!(
+  "flowforge-lock's core is Unix-only for now (flock, O_NOFOLLOW, inode checks): a Windows \
+   strategy (LockFileEx) is not written yet. Build on Linux or macOS."
+);
+
+pub mod backend;
+pub mod config;
 pub mod deadlines;
 pub mod error;
+pub mod etcd;
+pub mod failpoints;
+pub mod fence;
+pub mod file;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod heartbeat;
 pub mod identity;
-pub mod inspect;
 pub mod lock_table;
 pub mod metrics;
-pub mod os_lock;
 pub mod paths;
 pub mod record;
 pub mod redis;
-pub mod staleness;
 pub mod store;
 #[cfg(test)]
 mod test_support;
-pub mod waiting_room;
 
 use std::path::Path;
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
+use napi::threadsafe_function::ThreadsafeFunctionCallMode;
 use napi::{Env, JsError};
 use napi_derive::napi;
 use serde_json::Value;
@@ -110,15 +119,33 @@ pub fn release_all() -> u32 {
 #[napi]
 pub fn is_locked(env: Env, file: String, stale_ms: Option<f64>) -> Result<bool> {
   lock_table::prepare(&file)
-    .and_then(|target| inspect::inspect(&target.lock_path, stale_after(stale_ms)))
-    .map(|view| view.is_some_and(|v| v.is_held()))
+    .and_then(|target| config::backend_for(&target)?.is_locked(&target, stale_after(stale_ms)))
     .map_err(|e| js_error(&env, e))
 }
 
 #[napi(ts_return_type = "Record<string, unknown> | null")]
 pub fn get_lock_info(env: Env, file: String, stale_ms: Option<f64>) -> Result<Option<Value>> {
-  lock_table::prepare(&file)
-    .and_then(|target| inspect::lock_info(&target.lock_path, stale_after(stale_ms)))
+  let info = lock_table::prepare(&file).and_then(|target| {
+    let info = config::backend_for(&target)?.lock_info(&target, stale_after(stale_ms))?;
+    Ok(info.map(|info| lock_table::with_local_view(&target.lock_path, info)))
+  });
+  info.map_err(|e| js_error(&env, e))
+}
+
+/// The lock path that `file` is locked through (files that share it share one lock).
+#[napi]
+pub fn lock_key(env: Env, file: String) -> Result<String> {
+  paths::resolve(&file)
+    .map(|target| target.lock_path.to_string_lossy().into_owned())
+    .map_err(|e| js_error(&env, e))
+}
+
+/// The descriptor a child must inherit to keep holding `lockId` (`flowforge-lock exec`), or
+/// `null` when the backend has none.
+#[napi]
+pub fn inheritable_fd(env: Env, file: String, lock_id: String) -> Result<Option<i32>> {
+  paths::resolve(&file)
+    .map(|target| lock_table::inheritable_fd(&target, &lock_id))
     .map_err(|e| js_error(&env, e))
 }
 
@@ -126,15 +153,18 @@ pub fn get_lock_info(env: Env, file: String, stale_ms: Option<f64>) -> Result<Op
 #[napi(ts_return_type = "Array<Record<string, unknown>>")]
 pub fn list_locks(env: Env, root: Option<String>, stale_ms: Option<f64>) -> Result<Vec<Value>> {
   let root = paths::root_for_dir(root.as_deref()).map_err(|e| js_error(&env, e))?;
-  let views = inspect::list(&root, stale_after(stale_ms)).map_err(|e| js_error(&env, e))?;
+  let views = config::backend_for_root(&root)
+    .and_then(|backend| backend.list(&root, stale_after(stale_ms)))
+    .map_err(|e| js_error(&env, e))?;
   Ok(
     views
       .into_iter()
-      .map(|view| match view {
-        Ok(view) => view.to_json(),
-        Err((path, e)) => serde_json::json!({
-          "lockFile": path.to_string_lossy(), "state": "unsafe", "staleReason": e.message, "code": e.code,
-        }),
+      .map(|view| match view["lockFile"].as_str() {
+        Some(lock_file) => {
+          let lock_file = std::path::PathBuf::from(lock_file);
+          lock_table::with_local_view(&lock_file, view)
+        }
+        None => view,
       })
       .collect(),
   )
@@ -150,11 +180,11 @@ pub fn cleanup_stale_locks(
   dry_run: Option<bool>,
 ) -> Result<Value> {
   let root = paths::root_for_dir(root.as_deref()).map_err(|e| js_error(&env, e))?;
-  let report = inspect::cleanup(&root, stale_after(stale_ms), dry_run.unwrap_or(false))
+  let mut report = config::backend_for_root(&root)
+    .and_then(|backend| backend.cleanup(&root, stale_after(stale_ms), dry_run.unwrap_or(false)))
     .map_err(|e| js_error(&env, e))?;
-  Ok(
-    serde_json::json!({ "root": root.to_string_lossy(), "removed": report.removed, "kept": report.kept }),
-  )
+  report["root"] = Value::from(root.to_string_lossy());
+  Ok(report)
 }
 
 /// The project root for `start` (default: the cwd): see `paths::root_for_dir`.
@@ -224,4 +254,41 @@ pub fn reset_lock_metrics() {
 #[napi]
 pub fn set_heartbeat_interval(ms: f64) {
   heartbeat::set_interval(Duration::from_millis(ms as u64));
+}
+
+/// Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
+/// not keep the event loop alive.
+#[napi(ts_args_type = "callback: (lockId: string, file: string, reason: string) => void")]
+pub fn on_lock_lost(callback: Function<FnArgs<(String, String, String)>, ()>) -> Result<()> {
+  let listener = callback
+    .build_threadsafe_function::<FnArgs<(String, String, String)>>()
+    .weak::<true>()
+    .callee_handled::<false>()
+    .build()?;
+  lock_table::on_lost(move |lock_id, file, why| {
+    let args = (
+      lock_id.to_string(),
+      file.to_string_lossy().into_owned(),
+      why.to_string(),
+    );
+    listener.call(args.into(), ThreadsafeFunctionCallMode::NonBlocking);
+  });
+  Ok(())
+}
+
+/// Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the
+/// backend, as before a commit).
+#[napi]
+pub fn verify_held(env: Env, file: String, lock_id: String) -> Result<()> {
+  paths::resolve(&file)
+    .and_then(|target| lock_table::verify_held(&target, &lock_id))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// `configure({ backend })`: the lock backend of every project in this process, as a URL
+/// (`"file"`, `"redis://host:6379"`, …); `null` goes back to `FLOWFORGE_LOCK_BACKEND` and the
+/// project's `.flowforge/lock-config.json`.
+#[napi]
+pub fn configure_backend(env: Env, url: Option<String>) -> Result<()> {
+  config::configure(url.as_deref()).map_err(|e| js_error(&env, e))
 }

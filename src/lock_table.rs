@@ -1,32 +1,35 @@
-//! This process's locks: which lock files it holds, and who in it waits for which, first come
-//! first served. An uncontended acquire takes the kernel lock right here, without a thread hop,
-//! on a handle kept open from the previous hold; when the lock is taken, the waiter joins its
-//! lock file's queue, and one thread per lock file waits in the kernel (a blocking flock) on
-//! behalf of the whole queue, so a release in any process hands over within the kernel's
-//! wake-up time and waiting burns no CPU.
+//! This process's locks: which locks it holds, and who in it waits for which, first come first
+//! served, whatever the backend. An uncontended acquire asks the backend once, right on the
+//! caller's thread; when the lock is taken, the waiter joins the lock's queue, and one thread
+//! per lock waits on behalf of the whole queue (in the kernel for the file backend, on the
+//! server for the others), so a release anywhere hands over within one wake-up and waiting
+//! burns no CPU.
+//!
+//! Each hold keeps its grant behind a guard of its own. Release takes the grant out under that
+//! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
+//! has ended, nothing of ours can write to that lock again.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Condvar, LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
+use crate::backend::{Grant, Refreshed, Request};
+use crate::config;
 use crate::deadlines;
 use crate::error::{LockError, Result};
+use crate::fence;
 use crate::heartbeat;
-use crate::identity::{self, now_ms};
+use crate::identity;
 use crate::metrics;
-use crate::os_lock::{self, LockFile, Probe, TryLock};
 use crate::paths::{self, Target};
-use crate::record::{self, Contents, LockRecord};
-use crate::staleness::{self, Verdict};
-use crate::waiting_room::WaitingRoom;
+use crate::record::{self, Contents};
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_STALE_MS: u64 = 30_000;
-/// How often a waiter looks again at a lock that only a record protects (another host's, or
-/// a legacy one): no kernel wake-up comes for those.
-const RECORD_POLL: Duration = Duration::from_millis(25);
 
 #[derive(Debug, Clone, Copy)]
 pub struct AcquireOptions {
@@ -35,21 +38,38 @@ pub struct AcquireOptions {
   pub stale_after: Duration,
 }
 
-pub(crate) struct Held {
-  pub lock_id: String,
-  pub target: PathBuf,
-  pub lock: LockFile,
-  pub record: LockRecord,
-  pub since: Instant,
-  /// Set when the lock file was removed or replaced under us, or our record taken over: the
-  /// lock no longer excludes, and a write under it must fail with `ELOCKLOST`.
-  pub lost: bool,
+/// A hold's grant, guarded: `None` once released.
+struct Hold {
+  grant: Option<Box<dyn Grant>>,
+  /// Why the lock was lost while held, if it was: a write under it must fail with `ELOCKLOST`.
+  lost: Option<String>,
+}
+
+type HoldCell = Arc<Mutex<Hold>>;
+
+fn guard(cell: &HoldCell) -> MutexGuard<'_, Hold> {
+  cell.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+struct Held {
+  lock_id: String,
+  file: PathBuf,
+  since: Instant,
+  cell: HoldCell,
+  /// The grant's own refresh period; `None`: the heartbeat's interval.
+  refresh_every: Option<Duration>,
+  next_refresh: Instant,
+}
+
+impl Held {
+  fn refresh_every(&self) -> Duration {
+    self.refresh_every.unwrap_or_else(heartbeat::interval)
+  }
 }
 
 struct Waiter {
   id: u64,
-  target: PathBuf,
-  stale_after: Duration,
+  request: Request,
   enqueued: Instant,
   complete: Completion,
 }
@@ -57,99 +77,37 @@ struct Waiter {
 #[derive(Default)]
 struct Entry {
   held: Option<Held>,
-  /// The handle of the last hold, unlocked, kept for the next uncontended acquire.
-  idle: Option<LockFile>,
-  /// Where the uncontended path looks for waiting processes before taking the lock.
-  room: Option<WaitingRoom>,
+  /// The uncontended path is asking the backend right now (outside the table's mutex).
+  claiming: bool,
   queue: VecDeque<Waiter>,
-  kernel_waiter_running: bool,
+  waiting_thread: bool,
 }
 
-type Table = HashMap<PathBuf, Entry>;
+impl Entry {
+  fn unused(&self) -> bool {
+    self.held.is_none() && !self.claiming && self.queue.is_empty() && !self.waiting_thread
+  }
+}
 
-static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(|| Mutex::new(HashMap::new()));
-/// Signalled when a waiter joins a queue, for the idle waiting threads.
-static WAITER_ADDED: Condvar = Condvar::new();
+static TABLE: LazyLock<Mutex<HashMap<PathBuf, Entry>>> = LazyLock::new(Default::default);
+/// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
+static CHANGED: Condvar = Condvar::new();
 /// How long a waiting thread with nobody to wait for stays for the next waiter: spawning a
 /// thread for every contended acquire would cost more than the handoff itself.
 const IDLE_WAITING_THREAD: Duration = Duration::from_secs(10);
 
-fn table() -> MutexGuard<'static, Table> {
+fn table() -> MutexGuard<'static, HashMap<PathBuf, Entry>> {
   // Nothing panics while holding it; if something did, the table is still consistent.
   TABLE.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A kernel lock made ours, with our record written in it.
-struct Won {
-  lock_id: String,
-  record: LockRecord,
-  lock: LockFile,
-}
+/// Called with (lockId, file, reason) when a held lock is found lost (see [`on_lost`]).
+type LostListener = Box<dyn Fn(&str, &Path, &str) + Send + Sync>;
+static LOST_LISTENER: OnceLock<LostListener> = OnceLock::new();
 
-enum Claim {
-  Won(Box<Won>),
-  /// What was left is a record the kernel lock does not cover (another host's, or a legacy
-  /// one) that is still live: we must respect it and wait. The handle is unlocked.
-  Respected(LockFile),
-}
-
-/// Makes a freshly locked lock file ours: writes our record over whatever was left.
-fn claim(mut lock: LockFile, target: &Path, stale_after: Duration) -> Result<Claim> {
-  let previous = lock.read();
-  let me = identity::current();
-  let now = now_ms();
-  let recovered = match staleness::judge(&previous, false, me, now, stale_after.as_millis() as u64)
-  {
-    Verdict::Live => {
-      lock.unlock();
-      return Ok(Claim::Respected(lock));
-    }
-    Verdict::Free => false,
-    Verdict::Stale(_) => true,
-  };
-  if !lock.is_writable() {
-    // Another user's stale lock file that we may not write: replace it with our own.
-    let path = lock.path().to_path_buf();
-    lock.remove();
-    return match LockFile::try_acquire(&path, None)? {
-      TryLock::Locked(fresh) if fresh.is_writable() => claim(fresh, target, stale_after),
-      TryLock::Locked(fresh) | TryLock::Busy(fresh) if !fresh.is_writable() => {
-        fresh.unlock();
-        Err(LockError::io(
-          &std::io::Error::from_raw_os_error(libc::EACCES),
-          "Cannot write the lock file (owned by another user, in a directory that keeps it)",
-          &path,
-        ))
-      }
-      TryLock::Locked(fresh) | TryLock::Busy(fresh) => Ok(Claim::Respected(fresh)),
-    };
-  }
-  let lock_id = record::new_lock_id();
-  let record = LockRecord::new_for(me, &lock_id, &target.to_string_lossy(), now);
-  if let Err(e) = lock.write_record(&record) {
-    lock.unlock();
-    return Err(e);
-  }
-  if recovered {
-    metrics::stale_recovered(&target.to_string_lossy());
-  }
-  Ok(Claim::Won(Box::new(Won {
-    lock_id,
-    record,
-    lock,
-  })))
-}
-
-fn install(entry: &mut Entry, target: &Path, won: Won) {
-  entry.held = Some(Held {
-    lock_id: won.lock_id,
-    target: target.to_path_buf(),
-    lock: won.lock,
-    record: won.record,
-    since: Instant::now(),
-    lost: false,
-  });
-  heartbeat::ensure_running();
+/// Registers who hears about locks lost while held (the JS layer aborts their `AbortSignal`).
+pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
+  let _ = LOST_LISTENER.set(Box::new(listener));
 }
 
 /// Resolves the caller's path and makes sure its lock directory is usable.
@@ -159,56 +117,60 @@ pub fn prepare(file: &str) -> Result<Target> {
   Ok(target)
 }
 
-/// The uncontended path: one non-blocking try, right on the caller's thread.
-/// `Ok(None)` means somebody holds the lock (or others in this process are queued for it).
+fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
+  let lock_id = grant.lock_id().to_string();
+  let refresh_every = grant.refresh_interval();
+  entry.held = Some(Held {
+    lock_id: lock_id.clone(),
+    file: file.to_path_buf(),
+    since: Instant::now(),
+    cell: Arc::new(Mutex::new(Hold {
+      grant: Some(grant),
+      lost: None,
+    })),
+    refresh_every,
+    next_refresh: Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval),
+  });
+  heartbeat::ensure_running(refresh_due);
+  lock_id
+}
+
+/// The uncontended path: one try, right on the caller's thread. `Ok(None)` means somebody holds
+/// the lock, or others in this process are queued for it or are taking it.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
-  if let Some(held) = &entry.held {
-    if held.target != target.file {
-      return Err(deadlock_error(target, &held.target));
-    }
-    return Ok(None);
-  }
-  if !entry.queue.is_empty() {
-    return Ok(None);
-  }
-  if entry.room.is_none() {
-    entry.room = WaitingRoom::open(&target.lock_path);
-  }
-  if entry.room.as_ref().is_some_and(WaitingRoom::others_waiting) {
-    // Others are waiting: queue behind them rather than barge in.
-    return Ok(None);
-  }
-  let lock = match LockFile::try_acquire(&target.lock_path, entry.idle.take())? {
-    TryLock::Locked(lock) => lock,
-    TryLock::Busy(lock) => {
-      entry.idle = Some(lock);
+  let backend = config::backend_for(target)?;
+  {
+    let mut table = table();
+    let entry = table.entry(target.lock_path.clone()).or_default();
+    if entry.held.is_some() || entry.claiming || !entry.queue.is_empty() {
       return Ok(None);
     }
-  };
-  match claim(lock, &target.file, options.stale_after)? {
-    Claim::Won(won) => {
-      let lock_id = won.lock_id.clone();
-      install(entry, &target.file, *won);
-      drop(table);
-      metrics::acquired(&target.file.to_string_lossy(), Duration::ZERO, false);
-      Ok(Some(lock_id))
-    }
-    Claim::Respected(lock) => {
-      entry.idle = Some(lock);
-      Ok(None)
-    }
+    entry.claiming = true;
   }
+  let request = Request {
+    file: target.file.clone(),
+    stale_after: options.stale_after,
+  };
+  let outcome = backend.try_acquire(target, &request);
+  let mut table = table();
+  let entry = table.entry(target.lock_path.clone()).or_default();
+  entry.claiming = false;
+  let lock_id = match outcome {
+    Ok(Some(grant)) => install(entry, &target.file, grant),
+    Ok(None) => return Ok(None),
+    Err(e) => return Err(e),
+  };
+  drop(table);
+  metrics::acquired(&target.file.to_string_lossy(), Duration::ZERO, false);
+  Ok(Some(lock_id))
 }
 
 /// Called exactly once with a queued waiter's outcome, from the thread that decided it.
 pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 
 /// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
-/// (`ELOCKTIMEOUT` at the deadline, `ELOCKDEADLOCK`, …) once decided, possibly right away.
-/// Called on the caller's thread, so the queue order is the order of the calls: first come,
-/// first served.
+/// (`ELOCKTIMEOUT` at the deadline, …) once decided, possibly right away. Called on the caller's
+/// thread, so the queue order is the order of the calls: first come, first served.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
   match try_acquire(&target, &options) {
@@ -230,11 +192,11 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
-  if !entry.kernel_waiter_running {
-    let lock_path = target.lock_path.clone();
+  if !entry.waiting_thread {
+    let thread_target = target.clone();
     let spawned = std::thread::Builder::new()
       .name("flowforge-lock-wait".into())
-      .spawn(move || wait_in_kernel(lock_path));
+      .spawn(move || wait_for_lock(thread_target));
     if let Err(e) = spawned {
       drop(table);
       return complete(Err(LockError::io(
@@ -243,17 +205,19 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
         &target.lock_path,
       )));
     }
-    entry.kernel_waiter_running = true;
+    entry.waiting_thread = true;
   }
   entry.queue.push_back(Waiter {
     id: waiter_id,
-    target: target.file.clone(),
-    stale_after: options.stale_after,
+    request: Request {
+      file: target.file.clone(),
+      stale_after: options.stale_after,
+    },
     enqueued: started,
     complete,
   });
   drop(table);
-  WAITER_ADDED.notify_all();
+  CHANGED.notify_all();
   if let Some(timeout) = options.timeout {
     deadlines::add(started + timeout, move || {
       give_up(&target, waiter_id, timeout)
@@ -280,91 +244,93 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
   }
 }
 
-/// The body of the per-lock-file waiting thread: blocks in the kernel for the lock, hands it to
+/// The body of the per-lock waiting thread: waits for the lock through the backend, hands it to
 /// the first waiter still queued, and ends when nobody has waited for a while.
-fn wait_in_kernel(lock_path: PathBuf) {
-  // A room handle of this thread's own: a kernel lock belongs to an open file description.
-  let room = WaitingRoom::open(&lock_path);
+fn wait_for_lock(target: Target) {
+  let key = target.lock_path.clone();
+  let backend = match config::backend_for(&target) {
+    Ok(backend) => backend,
+    Err(e) => return fail_waiters(&key, &e),
+  };
   loop {
-    if !wait_for_waiters(&lock_path) {
+    if !wait_for_waiters(&key, backend.waits_for_local_holder()) {
       return;
     }
-    if let Some(room) = &room {
-      room.enter();
-    }
-    let acquired = LockFile::acquire_blocking(&lock_path);
-    if let Some(room) = &room {
-      room.leave();
-    }
-    let lock = match acquired {
-      Ok(lock) => lock,
-      Err(e) => {
-        fail_all_waiters(&lock_path, &e);
-        continue;
-      }
-    };
     // The first waiter stays queued until it is served, so its deadline can always find it.
-    let mut table = table();
-    let entry = table.entry(lock_path.clone()).or_default();
-    let Some((target, stale_after)) = entry
-      .queue
-      .front()
-      .map(|w| (w.target.clone(), w.stale_after))
-    else {
-      // Everyone who waited gave up meanwhile: the lock goes back as we found it.
-      drop(table);
-      lock.unlock();
-      continue;
+    let head = || {
+      table()
+        .get(&key)
+        .and_then(|e| e.queue.front())
+        .map(|w| w.request.clone())
     };
-    match claim(lock, &target, stale_after) {
-      Ok(Claim::Won(won)) => {
-        let waiter = entry.queue.pop_front().expect("checked above");
-        let lock_id = won.lock_id.clone();
-        install(entry, &target, *won);
+    let outcome = backend.wait_acquire(&target, &head);
+    let mut table = table();
+    let entry = table.entry(key.clone()).or_default();
+    match outcome {
+      Ok(Some(grant)) => {
+        let Some(waiter) = entry.queue.pop_front() else {
+          // The last waiter gave up after the backend asked: the lock goes back.
+          drop(table);
+          grant.release();
+          continue;
+        };
+        let lock_id = install(entry, &waiter.request.file, grant);
         drop(table);
-        metrics::acquired(&target.to_string_lossy(), waiter.enqueued.elapsed(), true);
+        let file = waiter.request.file.to_string_lossy();
+        metrics::acquired(&file, waiter.enqueued.elapsed(), true);
         (waiter.complete)(Ok(lock_id));
       }
-      Ok(Claim::Respected(_)) => {
-        drop(table);
-        std::thread::sleep(RECORD_POLL);
-      }
+      Ok(None) => {}
       Err(e) => {
-        let waiter = entry.queue.pop_front().expect("checked above");
+        let waiter = entry.queue.pop_front();
         drop(table);
-        (waiter.complete)(Err(e));
+        if let Some(waiter) = waiter {
+          (waiter.complete)(Err(e));
+        }
       }
     }
   }
 }
 
-/// Sleeps until the lock file's queue has someone in it (true), or gives up after an idle
-/// while (false: the thread is no longer registered and must end).
-fn wait_for_waiters(lock_path: &Path) -> bool {
+/// Sleeps until the lock's queue has someone in it (and, where the backend cannot tell this
+/// process's holds apart, until this process no longer holds it): true. After an idle while it
+/// gives up (false: the thread is no longer registered and must end).
+fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
   let mut table = table();
   let idle_since = Instant::now();
   loop {
-    let entry = table.entry(lock_path.to_path_buf()).or_default();
-    if !entry.queue.is_empty() {
+    let entry = table.entry(key.to_path_buf()).or_default();
+    let blocked = local_holder_blocks && (entry.held.is_some() || entry.claiming);
+    if !entry.queue.is_empty() && !blocked {
       return true;
     }
-    let Some(left) = IDLE_WAITING_THREAD.checked_sub(idle_since.elapsed()) else {
-      entry.kernel_waiter_running = false;
-      if entry.held.is_none() && entry.idle.is_none() {
-        table.remove(lock_path);
+    let left = if entry.queue.is_empty() {
+      match IDLE_WAITING_THREAD.checked_sub(idle_since.elapsed()) {
+        Some(left) => left,
+        None => {
+          entry.waiting_thread = false;
+          if entry.unused() {
+            table.remove(key);
+          }
+          return false;
+        }
       }
-      return false;
+    } else {
+      IDLE_WAITING_THREAD
     };
-    table = WAITER_ADDED
+    table = CHANGED
       .wait_timeout(table, left)
       .unwrap_or_else(|e| e.into_inner())
       .0;
   }
 }
 
-fn fail_all_waiters(lock_path: &Path, error: &LockError) {
-  let waiters: Vec<Waiter> = match table().get_mut(lock_path) {
-    Some(entry) => entry.queue.drain(..).collect(),
+fn fail_waiters(key: &Path, error: &LockError) {
+  let waiters: Vec<Waiter> = match table().get_mut(key) {
+    Some(entry) => {
+      entry.waiting_thread = false;
+      entry.queue.drain(..).collect()
+    }
     None => Vec::new(),
   };
   for waiter in waiters {
@@ -374,98 +340,95 @@ fn fail_all_waiters(lock_path: &Path, error: &LockError) {
 
 /// Releases a lock this process holds. `Ok(false)`: nothing to release (already released).
 pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
-  let mut table = table();
-  let Some(entry) = table.get_mut(&target.lock_path) else {
-    drop(table);
-    return release_not_held(target, lock_id);
-  };
-  match &entry.held {
-    Some(held) if held.lock_id == lock_id => {
-      let held = entry.held.take().expect("checked above");
-      metrics::released(&held.target.to_string_lossy(), held.since.elapsed());
-      entry.idle = Some(give_up_hold(held));
-      Ok(true)
-    }
-    Some(held) => Err(LockError::new(
-      "ELOCKMISMATCH",
-      format!(
-        "Lock on {} was not released: lockId {lock_id} does not match the current holder's (this process holds it for {} under another lockId). Pass the lockId that acquireLock returned.",
-        target.file.display(),
-        held.target.display()
-      ),
-    )),
-    None => {
+  let held = {
+    let mut table = table();
+    let Some(entry) = table.get_mut(&target.lock_path) else {
       drop(table);
-      release_not_held(target, lock_id)
+      return release_not_held(target, lock_id);
+    };
+    match &entry.held {
+      Some(held) if held.lock_id == lock_id => entry.held.take().expect("checked above"),
+      Some(held) => {
+        return Err(LockError::new(
+          "ELOCKMISMATCH",
+          format!(
+            "Lock on {} was not released: lockId {lock_id} does not match the current holder's (this process holds it for {} under another lockId). Pass the lockId that acquireLock returned.",
+            target.file.display(),
+            held.file.display()
+          ),
+        ))
+      }
+      None => {
+        drop(table);
+        return release_not_held(target, lock_id);
+      }
     }
-  }
+  };
+  end_hold(&held);
+  metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
+  CHANGED.notify_all();
+  Ok(true)
 }
 
-/// Blanks our record and unlocks; the handle comes back for reuse. Writes go through our own
-/// descriptor, so they only ever touch the inode we locked, even if the path names another
-/// one by now (the next acquire notices that); a record that is no longer ours (taken over
-/// after we stalled) is left alone.
-fn give_up_hold(held: Held) -> LockFile {
-  let Held {
-    mut lock, lock_id, ..
-  } = held;
-  if lock.record_mentions(&lock_id) {
-    lock.clear();
+/// Gives the grant up under its guard, so no refresh or check can run on it afterwards.
+fn end_hold(held: &Held) {
+  let grant = guard(&held.cell).grant.take();
+  if let Some(grant) = grant {
+    grant.release();
   }
-  lock.unlock();
-  lock
 }
 
 fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
-  match os_lock::probe(&target.lock_path)? {
-    Probe::Held(Contents::Record(record)) => Err(LockError::new(
+  let info =
+    config::backend_for(target)?.lock_info(target, Duration::from_millis(DEFAULT_STALE_MS))?;
+  match info {
+    Some(info) if info["state"] == "held" => Err(LockError::new(
       "ELOCKMISMATCH",
       format!(
         "Lock on {} was not released: it is held by {}, not under lockId {lock_id}. Only the holder can release it.",
         target.file.display(),
-        describe_record(&record)
+        describe_info(&info)
       ),
     )),
     _ => Ok(false),
   }
 }
 
-/// Process exit: releases everything this process holds and removes the lock files it used
-/// that nobody else holds now, so a project's lock directory does not fill up.
+/// Process exit: releases everything this process holds, settles every queued wait with
+/// `ELOCKCANCELLED`, and lets the backends tidy up. Returns how many locks were released.
 pub fn release_all() -> usize {
+  let entries: Vec<(PathBuf, Entry)> = table().drain().collect();
   let mut released = 0;
-  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
-  for entry in entries {
-    if let Some(room) = entry.room {
-      room.remove_if_empty();
+  for (lock_path, entry) in entries {
+    if let Some(held) = entry.held {
+      end_hold(&held);
+      released += 1;
     }
-    let handle = match entry.held {
-      Some(held) => {
-        released += 1;
-        Some(give_up_hold(held))
-      }
-      None => entry.idle,
-    };
-    if let Some(handle) = handle {
-      let path = handle.path().to_path_buf();
-      if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, Some(handle)) {
-        if lock.read() == Contents::Empty {
-          lock.remove();
-        }
-      }
+    for waiter in entry.queue {
+      (waiter.complete)(Err(LockError::new(
+        "ELOCKCANCELLED",
+        format!(
+          "The wait for the lock on {} was cancelled: this process is ending and has released its locks.",
+          waiter.request.file.display()
+        ),
+      )));
     }
+    let _ = lock_path;
   }
+  CHANGED.notify_all();
+  config::tidy_up_at_exit();
   released
 }
 
-/// Confirms, right before a write, that we still hold the lock: same lock file on disk, our
-/// record in it. A lock evicted while its holder stalled must not write.
+/// Confirms, right before a write, that we still hold the lock (through the backend), under the
+/// hold's guard, and for backends that issue fencing tokens that no newer holder has committed
+/// (recording ours). A lock evicted while its holder stalled must not write.
 pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
-  let table = table();
-  let held = table
+  let cell = table()
     .get(&target.lock_path)
     .and_then(|e| e.held.as_ref())
-    .filter(|h| h.lock_id == lock_id);
+    .filter(|h| h.lock_id == lock_id)
+    .map(|h| h.cell.clone());
   let lost = |why: &str| {
     LockError::new(
       "ELOCKLOST",
@@ -475,59 +438,125 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
       ),
     )
   };
-  let Some(held) = held else {
+  let Some(cell) = cell else {
     return Err(lost("this process no longer holds it"));
   };
-  if held.lost || !held.lock.still_at_path() {
-    return Err(lost("its lock file was removed or replaced"));
+  let hold = guard(&cell);
+  if let Some(why) = &hold.lost {
+    return Err(lost(why));
   }
-  match held.lock.read() {
-    Contents::Record(r) if r.lock_id.as_deref() == Some(lock_id) => Ok(()),
-    Contents::Record(r) => Err(lost(&format!("{} took it over", describe_record(&r)))),
-    _ => Err(lost("its record was overwritten")),
+  let Some(grant) = &hold.grant else {
+    return Err(lost("it was released"));
+  };
+  // A test-only switch (failpoint) turns the commit check off, to show what it protects.
+  if crate::failpoints::value("commit::skip_check").is_some() {
+    return Ok(());
+  }
+  grant.verify()?;
+  match grant.fencing_token() {
+    Some(token) => fence::check_and_record(target, token),
+    None => Ok(()),
   }
 }
 
-/// Visits every lock this process holds (the heartbeat).
-pub(crate) fn for_each_held(mut visit: impl FnMut(&mut Held)) {
-  for entry in table().values_mut() {
-    if let Some(held) = entry.held.as_mut() {
-      visit(held);
+/// The heartbeat's work: refreshes every hold that is due, each under its own guard, and marks
+/// lost those the backend says are no longer ours or whose own deadline has passed. Returns
+/// when it wants to run next.
+fn refresh_due() -> Option<Instant> {
+  let now = Instant::now();
+  let due: Vec<(String, PathBuf, HoldCell)> = {
+    let mut table = table();
+    let mut due = Vec::new();
+    for entry in table.values_mut() {
+      if let Some(held) = entry.held.as_mut() {
+        // A shortened interval applies now, not after the period planned before it.
+        held.next_refresh = held.next_refresh.min(now + held.refresh_every());
+        if held.next_refresh <= now {
+          due.push((held.lock_id.clone(), held.file.clone(), held.cell.clone()));
+        }
+      }
+    }
+    due
+  };
+  for (lock_id, file, cell) in due {
+    let mut hold = guard(&cell);
+    if hold.lost.is_some() {
+      continue;
+    }
+    let Some(grant) = hold.grant.as_mut() else {
+      continue;
+    };
+    let lost = match grant.refresh() {
+      Refreshed::Held => None,
+      Refreshed::Lost(why) => Some(why),
+      Refreshed::Unknown(why) => grant
+        .deadline()
+        .filter(|deadline| *deadline <= Instant::now())
+        .map(|_| format!("its lease could not be renewed in time ({why})")),
+    };
+    if let Some(why) = lost {
+      hold.lost = Some(why.clone());
+      drop(hold);
+      if let Some(listener) = LOST_LISTENER.get() {
+        listener(&lock_id, &file, &why);
+      }
     }
   }
+  let mut table = table();
+  let mut next: Option<Instant> = None;
+  for entry in table.values_mut() {
+    if let Some(held) = entry.held.as_mut() {
+      if held.next_refresh <= now {
+        held.next_refresh = now + held.refresh_every();
+      }
+      next = Some(next.map_or(held.next_refresh, |n| n.min(held.next_refresh)));
+    }
+  }
+  next
 }
 
-/// The held lock's age if this process holds it: for status reports.
-pub fn held_here(lock_path: &Path) -> Option<(String, Duration)> {
-  table()
+/// What this process knows of a lock it may hold: adds `heldByThisProcess` (and the exact hold
+/// time) to a backend's view of it.
+pub fn with_local_view(lock_path: &Path, mut info: Value) -> Value {
+  let here = table()
     .get(lock_path)
     .and_then(|e| e.held.as_ref())
-    .map(|h| (h.lock_id.clone(), h.since.elapsed()))
+    .map(|h| h.since.elapsed());
+  if let Value::Object(map) = &mut info {
+    if let Some(age) = here {
+      map.insert("heldForMs".into(), Value::from(age.as_millis() as u64));
+    }
+    map.insert("heldByThisProcess".into(), Value::from(here.is_some()));
+  }
+  info
 }
 
-fn deadlock_error(target: &Target, held_for: &Path) -> LockError {
-  LockError::new(
-    "ELOCKDEADLOCK",
-    format!(
-      "This process already holds the lock {} for {}, and {} shares that lock (same file name). Waiting for it would wait on ourselves: release the first lock before taking the second.",
-      target.lock_path.display(),
-      held_for.display(),
-      target.file.display()
-    ),
-  )
+/// The descriptor a child process must inherit to keep the lock (`exec`), if the backend has one.
+pub fn inheritable_fd(target: &Target, lock_id: &str) -> Option<i32> {
+  let cell = table()
+    .get(&target.lock_path)
+    .and_then(|e| e.held.as_ref())
+    .filter(|h| h.lock_id == lock_id)
+    .map(|h| h.cell.clone())?;
+  let hold = guard(&cell);
+  hold.grant.as_ref().and_then(|g| g.inheritable_fd())
 }
 
 fn timeout_error(target: &Target, waited: Duration) -> LockError {
-  let holder = match held_here(&target.lock_path) {
-    Some((_, age)) => format!(
-      "held by this process (pid {}) for {:.1} s",
+  let here = table()
+    .get(&target.lock_path)
+    .and_then(|e| e.held.as_ref())
+    .map(|h| h.since.elapsed());
+  let holder = match here {
+    Some(age) => format!(
+      "held by this process (pid {}) for {:.1} s. If this call runs under that hold (a lock taken with acquireLock), pass its lockId (updateWithLock(file, fn, {{ lockId }})) or do the work inside FileLockManager.withLock, so it does not wait on itself",
       identity::current().pid,
       age.as_secs_f64()
     ),
-    None => match os_lock::probe(&target.lock_path) {
-      Ok(Probe::Held(Contents::Record(r)) | Probe::Free(Contents::Record(r))) => {
-        format!("held by {}", describe_record(&r))
-      }
+    None => match config::backend_for(target)
+      .and_then(|b| b.lock_info(target, Duration::from_millis(DEFAULT_STALE_MS)))
+    {
+      Ok(Some(info)) => format!("held by {}", describe_info(&info)),
       _ => "held by an unknown process".to_string(),
     },
   };
@@ -541,22 +570,146 @@ fn timeout_error(target: &Target, waited: Duration) -> LockError {
   )
 }
 
-/// "pid 42 (user alice on host devbox) for 3.2 s"
-pub fn describe_record(record: &LockRecord) -> String {
-  let mut text = format!(
-    "pid {}",
-    record.pid.map_or("?".to_string(), |p| p.to_string())
-  );
-  text.push_str(&format!(
-    " (user {} on host {})",
-    record.username.as_deref().unwrap_or("?"),
-    record.hostname.as_deref().unwrap_or("? (legacy lock)")
-  ));
-  if let Some(since) = record.acquired_at {
-    text.push_str(&format!(
-      " for {:.1} s",
-      now_ms().saturating_sub(since) as f64 / 1000.0
-    ));
+/// "pid 42 (user alice on host devbox) for 3.2 s", from a backend's view of a lock.
+fn describe_info(info: &Value) -> String {
+  match record::parse(info.to_string().as_bytes()) {
+    Contents::Record(r) => r.describe(),
+    _ => "an unknown process".to_string(),
   }
-  text
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::test_support::temp_dir;
+  use std::sync::mpsc;
+
+  const WAIT: Duration = Duration::from_secs(30);
+
+  fn project_file(name: &str) -> Target {
+    let dir = temp_dir("table");
+    std::fs::create_dir_all(dir.join(".flowforge")).unwrap();
+    prepare(dir.join(".flowforge").join(name).to_str().unwrap()).unwrap()
+  }
+
+  fn options(timeout: Option<Duration>) -> AcquireOptions {
+    AcquireOptions {
+      timeout,
+      stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+    }
+  }
+
+  /// Queues an acquire whose outcome arrives on the returned channel, labelled.
+  fn queue(
+    target: &Target,
+    timeout: Option<Duration>,
+    label: usize,
+    done: &mpsc::Sender<(usize, Result<String>)>,
+  ) {
+    let done = done.clone();
+    acquire(
+      target.clone(),
+      options(timeout),
+      Box::new(move |outcome| done.send((label, outcome)).unwrap()),
+    );
+  }
+
+  #[test]
+  fn waiters_of_one_process_are_served_in_arrival_order() {
+    let target = project_file("fifo.json");
+    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    for label in 0..5 {
+      queue(&target, None, label, &done);
+    }
+    assert!(release(&target, &first).unwrap());
+    let mut order = Vec::new();
+    for _ in 0..5 {
+      let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+      order.push(label);
+      assert!(release(&target, &outcome.unwrap()).unwrap());
+    }
+    assert_eq!(order, [0, 1, 2, 3, 4]);
+  }
+
+  #[test]
+  fn a_timed_out_waiter_leaves_and_the_next_one_is_served() {
+    let target = project_file("timeout.json");
+    let holder = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue(&target, Some(Duration::from_millis(1)), 0, &done);
+    queue(&target, None, 1, &done);
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 0);
+    let err = outcome.unwrap_err();
+    assert_eq!(err.code, "ELOCKTIMEOUT");
+    assert!(
+      err.message.contains("held by this process"),
+      "{}",
+      err.message
+    );
+    release(&target, &holder).unwrap();
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 1);
+    release(&target, &outcome.unwrap()).unwrap();
+  }
+
+  #[test]
+  fn wrong_ids_do_not_release_and_a_second_release_says_false() {
+    let target = project_file("ids.json");
+    let id = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    assert_eq!(release(&target, "nope").unwrap_err().code, "ELOCKMISMATCH");
+    verify_held(&target, &id).unwrap();
+    assert!(release(&target, &id).unwrap());
+    assert!(!release(&target, &id).unwrap());
+    assert_eq!(verify_held(&target, &id).unwrap_err().code, "ELOCKLOST");
+  }
+
+  #[test]
+  fn files_sharing_a_lock_file_queue_instead_of_failing() {
+    let target = project_file("shared.json");
+    let twin = prepare(
+      target
+        .root
+        .join("elsewhere")
+        .join("shared.json")
+        .to_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(twin.lock_path, target.lock_path);
+    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue(&twin, None, 7, &done);
+    release(&target, &first).unwrap();
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 7);
+    release(&twin, &outcome.unwrap()).unwrap();
+  }
+
+  #[test]
+  fn a_lock_file_replaced_under_a_holder_is_lost_before_any_write() {
+    let target = project_file("replaced.json");
+    let id = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    std::fs::remove_file(&target.lock_path).unwrap();
+    std::fs::write(&target.lock_path, b"").unwrap();
+    let err = verify_held(&target, &id).unwrap_err();
+    assert_eq!(err.code, "ELOCKLOST");
+    assert!(
+      err.message.contains("removed or replaced"),
+      "{}",
+      err.message
+    );
+    release(&target, &id).unwrap();
+  }
 }

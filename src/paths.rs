@@ -2,7 +2,9 @@
 //!
 //! A target `…/x/tasks.json` is locked through `<root>/.flowforge/.locks/tasks.json.lock`,
 //! where `<root>` is `FLOWFORGE_ROOT_OVERRIDE` when set, else the nearest ancestor of the
-//! target holding a `.flowforge/` directory, else the current directory.
+//! target holding a `.flowforge/` directory. A file in no project is locked beside itself, as
+//! `<its dir>/.<name>.lock`: where its lock lives depends on the file only, never on the
+//! caller's working directory, so every process finds the same lock.
 
 use std::collections::HashMap;
 use std::fs;
@@ -22,6 +24,7 @@ pub const LOCK_SUFFIX: &str = ".lock";
 pub struct Target {
   /// The target file, absolute and normalised (it need not exist).
   pub file: PathBuf,
+  /// The project root, or the file's own directory for a file in no project.
   pub root: PathBuf,
   pub lock_path: PathBuf,
 }
@@ -59,6 +62,10 @@ pub fn resolve(file: &str) -> Result<Target> {
 }
 
 fn resolve_uncached(file: &str) -> Result<Target> {
+  resolve_uncached_from(&current_dir()?, file)
+}
+
+fn resolve_uncached_from(cwd: &Path, file: &str) -> Result<Target> {
   if file.is_empty() {
     return Err(LockError::invalid_value(
       "The file path must be a non-empty string. Received ''",
@@ -69,7 +76,6 @@ fn resolve_uncached(file: &str) -> Result<Target> {
       "The file path must not contain null bytes. Received {file:?}"
     )));
   }
-  let cwd = current_dir()?;
   let absolute = normalize(&cwd.join(file));
   let Some(name) = absolute.file_name() else {
     return Err(LockError::invalid_value(format!(
@@ -85,13 +91,23 @@ fn resolve_uncached(file: &str) -> Result<Target> {
       ),
     ));
   }
-  let root = match root_override(&cwd) {
-    Some(root) => root,
-    None => find_root(&absolute).unwrap_or(cwd),
+  let project = root_override(cwd).or_else(|| find_root(&absolute));
+  let (root, lock_path) = match project {
+    Some(root) => {
+      let mut lock_name = name.to_os_string();
+      lock_name.push(LOCK_SUFFIX);
+      let lock_path = lock_dir_of(&root).join(lock_name);
+      (root, lock_path)
+    }
+    None => {
+      let dir = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
+      let mut lock_name = std::ffi::OsString::from(".");
+      lock_name.push(name);
+      lock_name.push(LOCK_SUFFIX);
+      let lock_path = dir.join(lock_name);
+      (dir, lock_path)
+    }
   };
-  let mut lock_name = name.to_os_string();
-  lock_name.push(LOCK_SUFFIX);
-  let lock_path = lock_dir_of(&root).join(lock_name);
   Ok(Target {
     file: absolute,
     root,
@@ -118,12 +134,17 @@ pub fn root_for_dir(root: Option<&str>) -> Result<PathBuf> {
   )
 }
 
+pub fn data_dir_of(root: &Path) -> PathBuf {
+  root.join(DATA_DIR)
+}
+
 pub fn lock_dir_of(root: &Path) -> PathBuf {
-  root.join(DATA_DIR).join(LOCK_DIR)
+  data_dir_of(root).join(LOCK_DIR)
 }
 
 /// Creates the lock directory if needed (never world-writable), and refuses one that others
-/// could tamper with: world-writable without the sticky bit.
+/// could tamper with: world-writable without the sticky bit. For a file in no project the lock
+/// directory is the file's own, which must exist.
 pub fn ensure_lock_dir(lock_dir: &Path) -> Result<()> {
   match fs::metadata(lock_dir) {
     Ok(meta) => check_lock_dir(lock_dir, &meta),
@@ -236,6 +257,17 @@ mod tests {
     )
     .unwrap();
     assert_eq!(dotted.file, dir.join(".flowforge/tasks.json"));
+  }
+
+  #[test]
+  fn a_file_in_no_project_is_locked_beside_itself_whatever_the_cwd() {
+    let dir = crate::test_support::temp_dir("paths-loose");
+    let file = dir.join("notes.json");
+    let from_here = resolve(file.to_str().unwrap()).unwrap();
+    assert_eq!(from_here.lock_path, dir.join(".notes.json.lock"));
+    // The same file named relative to another working directory: the same lock.
+    let relative = resolve_uncached_from(&dir, "notes.json").unwrap();
+    assert_eq!(relative.lock_path, from_here.lock_path);
   }
 
   #[test]

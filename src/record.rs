@@ -23,6 +23,9 @@ pub struct LockRecord {
   pub pid: Option<i64>,
   /// `None` marks a record written by FlowForge's legacy lock, which did not name its host.
   pub hostname: Option<String>,
+  /// The holder's kernel boot id: with the hostname, what tells "this host" (see identity.rs).
+  /// Records of versions before it was written have none.
+  pub boot_id: Option<String>,
   pub username: Option<String>,
   pub uid: Option<u32>,
   pub process_start: Option<u64>,
@@ -46,6 +49,8 @@ struct OnDisk<'a> {
   lock_id: &'a str,
   pid: u32,
   hostname: &'a str,
+  #[serde(skip_serializing_if = "Option::is_none")]
+  boot_id: Option<&'a str>,
   username: &'a str,
   /// The legacy name of `username`, kept so FlowForge's older readers still understand us.
   holder: &'a str,
@@ -64,6 +69,7 @@ impl LockRecord {
       lock_id: Some(lock_id.to_string()),
       pid: Some(i64::from(identity.pid)),
       hostname: Some(identity.hostname.clone()),
+      boot_id: identity.boot_id.clone(),
       username: Some(identity.username.clone()),
       uid: Some(identity.uid),
       process_start: identity.process_start,
@@ -83,6 +89,7 @@ impl LockRecord {
       lock_id: self.lock_id.as_deref().unwrap_or(""),
       pid: self.pid.unwrap_or(0) as u32,
       hostname: self.hostname.as_deref().unwrap_or(""),
+      boot_id: self.boot_id.as_deref(),
       username,
       holder: username,
       uid: self.uid.unwrap_or(0),
@@ -100,6 +107,23 @@ impl LockRecord {
     bytes
   }
 
+  /// "pid 42 (user alice on host devbox) for 3.2 s": who holds it, for error messages.
+  pub fn describe(&self) -> String {
+    let mut text = format!(
+      "pid {} (user {} on host {})",
+      self.pid.map_or("?".to_string(), |p| p.to_string()),
+      self.username.as_deref().unwrap_or("?"),
+      self.hostname.as_deref().unwrap_or("? (legacy lock)")
+    );
+    if let Some(since) = self.acquired_at {
+      text.push_str(&format!(
+        " for {:.1} s",
+        crate::identity::now_ms().saturating_sub(since) as f64 / 1000.0
+      ));
+    }
+    text
+  }
+
   /// The JSON object shown to JS callers (`getLockInfo`, `status`).
   pub fn to_json(&self) -> Value {
     let acquired_at = self.acquired_at;
@@ -107,6 +131,7 @@ impl LockRecord {
       "lockId": self.lock_id,
       "pid": self.pid,
       "hostname": self.hostname,
+      "bootId": self.boot_id,
       "username": self.username,
       "holder": self.username,
       "uid": self.uid,
@@ -165,6 +190,7 @@ pub fn parse(bytes: &[u8]) -> Contents {
     lock_id: text("lockId"),
     pid: int("pid"),
     hostname: text("hostname"),
+    boot_id: text("bootId"),
     username: text("username").or_else(|| text("holder")),
     uid: int("uid").and_then(|u| u32::try_from(u).ok()),
     process_start: int("processStart").and_then(|v| u64::try_from(v).ok()),

@@ -2,18 +2,25 @@
 //! any instant leaves either the old or the new content: a unique temp file in the same
 //! directory, fsync, a last check that the lock is still ours, rename over the target, fsync
 //! of the directory. The file's mode (and owner, when we run as root) is kept.
-//! Temp files of a writer that crashed are removed by the next writer of the same file.
+//!
+//! The protocol is hand-written because it is the design (write-file-atomic, the nearest
+//! package, neither checks a lock before its rename nor syncs the directory after it).
+//! Temp files of a writer that died are removed by the next writer of the same file, after its
+//! own verified commit, and only those of a process of this host that is gone: nothing touches
+//! the directory before ownership is checked, and a live writer's temp is never removed.
 
-use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use serde::de::IgnoredAny;
 
 use crate::error::{LockError, Result};
+use crate::failpoint;
+use crate::identity;
 use crate::record::new_lock_id;
 
 const TEMP_MARK: &str = ".ffl-";
@@ -88,18 +95,44 @@ pub fn write_atomic(
     ));
   }
   ensure_dir(dir)?;
-  remove_orphan_temps(&path);
   let temp = temp_path(&path);
   let result = write_temp(&temp, text, existing.as_ref())
-    .and_then(|_| still_ours())
-    .and_then(|_| fs::rename(&temp, &path).map_err(|e| LockError::io(&e, "Cannot replace", &path)));
+    .and_then(|_| {
+      failpoint!("store::before_verify");
+      still_ours()
+    })
+    .and_then(|_| {
+      failpoint!("store::before_rename");
+      fs::rename(&temp, &path).map_err(|e| LockError::io(&e, "Cannot replace", &path))
+    });
   if result.is_err() {
     let _ = fs::remove_file(&temp);
     return result;
   }
-  File::open(dir)
-    .and_then(|d| d.sync_all())
-    .map_err(|e| LockError::io(&e, "Cannot sync the directory of", &path))
+  failpoint!("store::after_rename");
+  remove_orphan_temps(&path);
+  sync_dir(dir).map_err(|e| not_durable(&e, &path))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+  if let Some(errno) = crate::failpoints::value("store::dir_sync") {
+    return Err(io::Error::from_raw_os_error(
+      errno.parse().unwrap_or(libc::EIO),
+    ));
+  }
+  File::open(dir).and_then(|d| d.sync_all())
+}
+
+/// The rename happened, so the new content is what everyone reads now; only its durability
+/// across a crash is unknown. Retrying a non-idempotent update would apply it twice: say so.
+fn not_durable(err: &io::Error, path: &Path) -> LockError {
+  LockError::new(
+    "ENOTDURABLE",
+    format!(
+      "{} was written (the new content is in place), but syncing its directory failed: {err}. A crash now could bring the old content back. Do not simply retry a non-idempotent update; check the file first.",
+      path.display()
+    ),
+  )
 }
 
 /// Creates a missing parent directory (as FlowForge does for `.flowforge/billing/`), durably.
@@ -113,9 +146,7 @@ fn ensure_dir(dir: &Path) -> Result<()> {
     .create(dir)
     .map_err(|e| LockError::io(&e, "Cannot create the directory", dir))?;
   if let Some(parent) = dir.parent() {
-    File::open(parent)
-      .and_then(|d| d.sync_all())
-      .map_err(|e| LockError::io(&e, "Cannot sync the directory", parent))?;
+    sync_dir(parent).map_err(|e| LockError::io(&e, "Cannot sync the directory", parent))?;
   }
   Ok(())
 }
@@ -134,14 +165,14 @@ fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata>) -> Resul
     file
       .set_permissions(fs::Permissions::from_mode(mode))
       .map_err(io_err)?;
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
+    if nix::unistd::geteuid().is_root() {
       // Root keeps the file's owner, so the user can still edit it afterwards; failure to do
       // so is not worth refusing the write.
       let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
     }
   }
   file.write_all(text.as_bytes()).map_err(io_err)?;
+  failpoint!("store::before_temp_sync");
   file.sync_all().map_err(io_err)
 }
 
@@ -155,18 +186,14 @@ fn follow_symlink(path: &Path) -> Result<PathBuf> {
 }
 
 fn writable(path: &Path) -> bool {
-  let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-    return false;
-  };
-  // SAFETY: c_path is a valid NUL-terminated string for the duration of the call.
-  unsafe {
-    libc::faccessat(
-      libc::AT_FDCWD,
-      c_path.as_ptr(),
-      libc::W_OK,
-      libc::AT_EACCESS,
-    ) == 0
-  }
+  use nix::unistd::{faccessat, AccessFlags};
+  faccessat(
+    nix::fcntl::AT_FDCWD,
+    path,
+    AccessFlags::W_OK,
+    nix::fcntl::AtFlags::AT_EACCESS,
+  )
+  .is_ok()
 }
 
 fn temp_prefix(path: &Path) -> String {
@@ -177,17 +204,38 @@ fn temp_prefix(path: &Path) -> String {
   format!(".{name}{TEMP_MARK}")
 }
 
+/// Eight hex digits naming this host (hostname and boot), so a temp file's pid is only ever
+/// judged on the host where it means something.
+fn host_tag() -> &'static str {
+  static TAG: OnceLock<String> = OnceLock::new();
+  TAG.get_or_init(|| {
+    let me = identity::current();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (&me.hostname, &me.boot_id).hash(&mut hasher);
+    format!("{:08x}", hasher.finish() as u32)
+  })
+}
+
+/// `.<name>.ffl-<host>-<pid>-<unique>.tmp`
 fn temp_path(path: &Path) -> PathBuf {
   let unique = &new_lock_id()[..12];
   path.with_file_name(format!(
-    "{}{}-{unique}{TEMP_SUFFIX}",
+    "{}{}-{}-{unique}{TEMP_SUFFIX}",
     temp_prefix(path),
+    host_tag(),
     std::process::id()
   ))
 }
 
-/// Our writes to this file are serialised by its lock, which the caller holds: any temp file
-/// of ours still there was left by a writer that died before its rename.
+/// The pid of a temp file written on this host, if `name` is one of ours for this file.
+fn writer_pid_here(prefix: &str, name: &str) -> Option<i64> {
+  let rest = name.strip_prefix(prefix)?.strip_suffix(TEMP_SUFFIX)?;
+  let rest = rest.strip_prefix(host_tag())?.strip_prefix('-')?;
+  rest.split('-').next()?.parse().ok()
+}
+
+/// Removes the temp files of this file left by writers of this host that are gone (they died
+/// before their rename). A live writer's temp, or another host's, is never touched.
 fn remove_orphan_temps(path: &Path) {
   let prefix = temp_prefix(path);
   let Ok(entries) = fs::read_dir(path.parent().unwrap_or(Path::new("/"))) else {
@@ -195,8 +243,10 @@ fn remove_orphan_temps(path: &Path) {
   };
   for entry in entries.flatten() {
     let name = entry.file_name();
-    let name = name.to_string_lossy();
-    if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+    let Some(pid) = writer_pid_here(&prefix, &name.to_string_lossy()) else {
+      continue;
+    };
+    if !identity::is_alive(pid) {
       let _ = fs::remove_file(entry.path());
     }
   }
@@ -232,16 +282,66 @@ mod tests {
   }
 
   #[test]
-  fn orphan_temps_of_a_crashed_writer_are_removed() {
+  fn orphan_temps_of_a_dead_writer_are_removed_and_live_or_foreign_ones_kept() {
     let dir = temp_dir("store");
     let path = dir.join("tasks.json");
-    let orphan = dir.join(".tasks.json.ffl-99999-abcdef.tmp");
-    let unrelated = dir.join(".other.json.ffl-1-x.tmp");
-    fs::write(&orphan, "half").unwrap();
-    fs::write(&unrelated, "not ours to judge").unwrap();
+    let tag = host_tag();
+    let orphan = dir.join(format!(".tasks.json.ffl-{tag}-{}-abcdef.tmp", i32::MAX));
+    let live = dir.join(format!(
+      ".tasks.json.ffl-{tag}-{}-abcdef.tmp",
+      std::process::id()
+    ));
+    let foreign = dir.join(format!(".tasks.json.ffl-0othr0st-{}-abcdef.tmp", i32::MAX));
+    let unrelated = dir.join(format!(".other.json.ffl-{tag}-{}-x.tmp", i32::MAX));
+    for file in [&orphan, &live, &foreign, &unrelated] {
+      fs::write(file, "half").unwrap();
+    }
     write_atomic(&path, "{}", || Ok(())).unwrap();
     assert!(!orphan.exists());
-    assert!(unrelated.exists());
+    assert!(live.exists() && foreign.exists() && unrelated.exists());
+  }
+
+  /// Issue 9, hole 3: a writer that has lost its lock must not delete the real holder's
+  /// in-flight temp file. The holder is held between its temp write and its rename (its
+  /// ownership check is the hook), while the loser runs a whole write that fails its check.
+  #[test]
+  fn a_writer_that_lost_its_lock_leaves_the_holders_temp_alone() {
+    use std::sync::mpsc;
+    let dir = temp_dir("store");
+    let path = dir.join("tasks.json");
+    fs::write(&path, "old").unwrap();
+    let (at_check, holder_paused) = mpsc::channel();
+    let (go, resume) = mpsc::channel::<()>();
+    let holder_path = path.clone();
+    let holder = std::thread::spawn(move || {
+      write_atomic(&holder_path, "holder's", || {
+        at_check.send(()).unwrap();
+        resume.recv().unwrap();
+        Ok(())
+      })
+    });
+    holder_paused.recv().unwrap();
+    let temps = || {
+      fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+          e.as_ref()
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .ends_with(".tmp")
+        })
+        .count()
+    };
+    assert_eq!(temps(), 1);
+    let lost = write_atomic(&path, "loser's", || {
+      Err(LockError::new("ELOCKLOST", "lost"))
+    });
+    assert_eq!(lost.unwrap_err().code, "ELOCKLOST");
+    assert_eq!(temps(), 1, "the holder's temp file must survive");
+    go.send(()).unwrap();
+    holder.join().unwrap().unwrap();
+    assert_eq!(fs::read_to_string(&path).unwrap(), "holder's");
   }
 
   #[test]

@@ -40,7 +40,6 @@ pub struct LockFile {
   dev: u64,
   ino: u64,
   writable: bool,
-  record_len: usize,
 }
 
 /// What a reader finds at a lock path without taking the lock for itself.
@@ -96,7 +95,6 @@ impl LockFile {
       dev: meta.dev(),
       ino: meta.ino(),
       writable,
-      record_len: meta.len() as usize,
     })
   }
 
@@ -164,49 +162,54 @@ impl LockFile {
     matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
   }
 
-  /// A second descriptor of the locked file, for writing the record off the lock table.
-  pub fn duplicate(&self) -> io::Result<File> {
-    self.file.try_clone()
+  /// The raw descriptor, for a child process that must inherit the lock (`exec`).
+  pub fn raw_fd(&self) -> i32 {
+    use std::os::fd::AsRawFd;
+    self.file.as_raw_fd()
   }
 
   /// The record, read by the holder (nobody else writes it meanwhile).
   pub fn read(&self) -> Contents {
-    match read_all(&self.file) {
+    match self.read_raw() {
       Ok(bytes) => record::parse(&bytes),
-      Err(e) => Contents::Unreadable(format!("cannot read the record: {e}")),
+      Err(why) => Contents::Unreadable(why),
     }
   }
 
-  /// Writes our record over whatever was there. Heartbeats rewrite the same number of bytes,
-  /// so a reader sees either the old or the new record.
-  pub fn write_record(&mut self, record: &LockRecord) -> Result<()> {
+  /// The lock file's bytes, whatever their length (a crashed holder may have left a longer
+  /// record than ours).
+  pub fn read_raw(&self) -> std::result::Result<Vec<u8>, String> {
+    read_all(&self.file).map_err(|e| format!("cannot read the record: {e}"))
+  }
+
+  /// Writes our record over what was there, `previous_len` bytes as just read: a longer
+  /// leftover is cut off, so no tail of someone else's record survives behind ours.
+  /// Heartbeats rewrite the same number of bytes, so a reader sees the old or the new record.
+  pub fn write_record(&mut self, record: &LockRecord, previous_len: usize) -> Result<()> {
     let bytes = record.to_bytes(0);
     let io_err = |e: io::Error| LockError::io(&e, "Cannot write the lock record", &self.path);
     self.file.write_all_at(&bytes, 0).map_err(io_err)?;
-    if self.record_len > bytes.len() {
+    if previous_len > bytes.len() {
       self.file.set_len(bytes.len() as u64).map_err(io_err)?;
     }
-    self.record_len = bytes.len();
     Ok(())
   }
 
-  /// Whether the record on disk still carries `lock_id` (a cheap check on the raw bytes, for
-  /// the release path: no JSON parse).
-  pub fn record_mentions(&self, lock_id: &str) -> bool {
-    let mut buf = vec![0u8; self.record_len.max(1)];
-    match self.file.read_at(&mut buf, 0) {
-      Ok(n) => buf[..n]
-        .windows(lock_id.len())
-        .any(|w| w == lock_id.as_bytes()),
-      Err(_) => false,
+  /// Blanks the record in place if it is still the one carrying `lock_id` (a record taken over
+  /// after we stalled is left alone): a blank record means free, and rewriting the same bytes
+  /// costs no block allocation, unlike truncating and growing the file again.
+  pub fn clear_if_ours(&self, lock_id: &str) {
+    let Ok(bytes) = self.read_raw() else {
+      return;
+    };
+    if mentions(&bytes, lock_id) {
+      let _ = self.file.write_all_at(&vec![b' '; bytes.len()], 0);
     }
   }
 
-  /// Blanks the record with spaces (a blank record means free): rewriting the same bytes in
-  /// place costs no block allocation, unlike truncating and growing the file again.
-  pub fn clear(&mut self) {
-    let blank = vec![b' '; self.record_len];
-    let _ = self.file.write_all_at(&blank, 0);
+  /// Whether the record on disk still carries `lock_id` (a check on the raw bytes: no parse).
+  pub fn record_mentions(&self, lock_id: &str) -> bool {
+    self.read_raw().is_ok_and(|bytes| mentions(&bytes, lock_id))
   }
 
   /// Gives the kernel lock up and keeps the handle for the next acquire.
@@ -222,6 +225,13 @@ impl LockFile {
       let _ = fs::remove_file(&self.path);
     }
   }
+}
+
+pub(crate) fn mentions(bytes: &[u8], lock_id: &str) -> bool {
+  !lock_id.is_empty()
+    && bytes
+      .windows(lock_id.len())
+      .any(|w| w == lock_id.as_bytes())
 }
 
 /// Looks at a lock file without keeping any lock: a shared kernel lock taken for an instant
@@ -363,7 +373,7 @@ mod tests {
     let holder = locked(&path);
     let waiter_path = path.clone();
     let waiter = std::thread::spawn(move || LockFile::acquire_blocking(&waiter_path).unwrap());
-    std::thread::sleep(Duration::from_millis(50));
+    crate::test_support::wait_for_blocked_flock(&path);
     holder.remove();
     let lock = waiter.join().unwrap();
     assert!(lock.still_at_path());
@@ -390,16 +400,46 @@ mod tests {
     let mut lock = locked(&path);
     assert!(matches!(lock.read(), Contents::Unreadable(_)));
     let record = LockRecord::new_for(identity::current(), "id1", "/t", 1);
-    lock.write_record(&record).unwrap();
+    lock.write_record(&record, 5000).unwrap();
     assert_eq!(lock.read(), Contents::Record(record));
     assert_eq!(
       fs::metadata(&path).unwrap().len() as usize % record::RECORD_BLOCK,
       0
     );
     assert!(lock.record_mentions("id1"));
-    lock.clear();
+    lock.clear_if_ours("someone-else");
+    assert!(lock.record_mentions("id1"));
+    lock.clear_if_ours("id1");
     assert_eq!(lock.read(), Contents::Empty);
     assert!(!lock.record_mentions("id1"));
+  }
+
+  /// Issue 9, hole 2: a handle kept from an earlier hold must not trust the length it last
+  /// wrote. A holder that crashed meanwhile may have left a longer record; ours must not end
+  /// up with that record's tail behind it (unreadable, so every later check would fail).
+  #[test]
+  fn a_longer_record_left_by_another_holder_leaves_no_tail() {
+    let path = temp_dir("oslock").join("tail.lock");
+    let mut ours = locked(&path);
+    let short = LockRecord::new_for(identity::current(), "short", "/t", 1);
+    ours.write_record(&short, 0).unwrap();
+    ours.clear_if_ours("short");
+    ours.unlock();
+    // Another process's holder, with a record several blocks long, dies holding the lock.
+    let mut theirs = locked(&path);
+    let mut long = LockRecord::new_for(identity::current(), "long", "/t", 1);
+    long.file = Some("/a/very/long/path/".repeat(40));
+    theirs.write_record(&long, 0).unwrap();
+    drop(theirs);
+    // Our kept handle takes the lock again and writes its record over what was left.
+    let TryLock::Locked(mut again) = LockFile::try_acquire(&path, Some(ours)).unwrap() else {
+      panic!("nobody holds it")
+    };
+    let left = again.read_raw().unwrap();
+    let mine = LockRecord::new_for(identity::current(), "mine", "/t", 2);
+    again.write_record(&mine, left.len()).unwrap();
+    assert_eq!(again.read(), Contents::Record(mine));
+    assert!(again.record_mentions("mine"));
   }
 
   #[test]

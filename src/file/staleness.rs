@@ -34,7 +34,13 @@ pub fn judge(
     Contents::Record(record) => record,
   };
   match record.hostname.as_deref() {
-    Some(host) if host == me.hostname => judge_same_host(record),
+    Some(_) if is_this_host(record, me) => judge_same_host(record),
+    Some(host) if host == me.hostname => judge_by_heartbeat(
+      record,
+      now_ms,
+      stale_after_ms,
+      &format!("host {host} (another boot or machine of that name)"),
+    ),
     Some(host) => judge_by_heartbeat(record, now_ms, stale_after_ms, &format!("host {host}")),
     None => {
       let pid = record.pid.unwrap_or(0);
@@ -44,6 +50,16 @@ pub fn judge(
       judge_by_heartbeat(record, now_ms, stale_after_ms, "a legacy FlowForge lock")
     }
   }
+}
+
+/// Whether the record was written under this kernel, whose locks we see: same hostname, and
+/// the same boot id when the record names one (records of older versions do not).
+fn is_this_host(record: &LockRecord, me: &Identity) -> bool {
+  record.hostname.as_deref() == Some(me.hostname.as_str())
+    && match (&record.boot_id, &me.boot_id) {
+      (Some(theirs), Some(ours)) => theirs == ours,
+      _ => true,
+    }
 }
 
 /// Same host, kernel lock free: the holder released or died. Say which, for the report.
@@ -96,6 +112,7 @@ mod tests {
       lock_id: Some("x".into()),
       pid: Some(pid),
       hostname: host.map(str::to_string),
+      boot_id: identity::current().boot_id.clone(),
       heartbeat: Some(heartbeat),
       process_start: identity::current().process_start,
       ..LockRecord::default()
@@ -130,6 +147,25 @@ mod tests {
     assert!(
       matches!(judge(&Contents::Record(reused), false, me, NOW, STALE), Verdict::Stale(why) if why.contains("reused"))
     );
+  }
+
+  #[test]
+  fn same_hostname_with_another_boot_id_is_another_host() {
+    let me = identity::current();
+    let Contents::Record(mut twin) = record(Some(&me.hostname), i64::from(i32::MAX), NOW) else {
+      unreachable!()
+    };
+    twin.boot_id = Some("another-boot".into());
+    // A dead pid here means nothing there: the heartbeat is fresh, so the lock is live.
+    assert_eq!(
+      judge(&Contents::Record(twin.clone()), false, me, NOW, STALE),
+      Verdict::Live
+    );
+    twin.heartbeat = Some(NOW - 31_000);
+    assert!(matches!(
+      judge(&Contents::Record(twin), false, me, NOW, STALE),
+      Verdict::Stale(why) if why.contains("another boot")
+    ));
   }
 
   #[test]

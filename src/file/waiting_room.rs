@@ -8,7 +8,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use crate::os_lock;
+use super::os_lock;
 
 #[derive(Debug)]
 pub struct WaitingRoom {

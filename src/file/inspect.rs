@@ -9,14 +9,13 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use super::os_lock::{self, LockFile, Probe};
+use super::staleness::{self, Verdict};
+use super::waiting_room::WaitingRoom;
 use crate::error::{LockError, Result};
 use crate::identity::{self, now_ms};
-use crate::lock_table;
-use crate::os_lock::{self, LockFile, Probe};
 use crate::paths::{self, LOCK_SUFFIX};
 use crate::record::Contents;
-use crate::staleness::{self, Verdict};
-use crate::waiting_room::WaitingRoom;
 
 /// One lock file, judged.
 #[derive(Debug)]
@@ -40,7 +39,7 @@ impl LockView {
   }
 
   /// The record's fields plus `lockFile`, `state` (`held`/`stale`), `staleReason`,
-  /// `heldForMs`, `heartbeatAgeMs` and `heldByThisProcess`.
+  /// `heldForMs` and `heartbeatAgeMs` (the lock table adds what this process knows of it).
   pub fn to_json(&self) -> Value {
     let now = now_ms();
     let mut out = match &self.contents {
@@ -51,16 +50,13 @@ impl LockView {
       Contents::Record(r) => (r.acquired_at, r.heartbeat),
       _ => (None, None),
     };
-    let here = lock_table::held_here(&self.lock_file);
     let fields = json!({
       "lockFile": self.lock_file.to_string_lossy(),
       "state": self.state(),
       "staleReason": match &self.verdict { Verdict::Stale(why) => Some(why.as_str()), _ => None },
       "unreadable": match &self.contents { Contents::Unreadable(why) => Some(why.as_str()), _ => None },
-      "heldForMs": here.as_ref().map(|(_, age)| age.as_millis() as u64)
-        .or_else(|| acquired_at.map(|t| now.saturating_sub(t))),
+      "heldForMs": acquired_at.map(|t| now.saturating_sub(t)),
       "heartbeatAgeMs": heartbeat.map(|t| now.saturating_sub(t)),
-      "heldByThisProcess": here.is_some(),
     });
     if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
       out.extend(fields);
@@ -113,6 +109,21 @@ pub fn list(
         Ok(Some(view)) => Some(Ok(view)),
         Ok(None) => None,
         Err(e) => Some(Err((path, e))),
+      })
+      .collect(),
+  )
+}
+
+/// [`list`] as JSON; a lock file that cannot be looked at is listed with the reason.
+pub fn list_json(root: &Path, stale_after: Duration) -> Result<Vec<Value>> {
+  Ok(
+    list(root, stale_after)?
+      .into_iter()
+      .map(|view| match view {
+        Ok(view) => view.to_json(),
+        Err((path, e)) => json!({
+          "lockFile": path.to_string_lossy(), "state": "unsafe", "staleReason": e.message, "code": e.code,
+        }),
       })
       .collect(),
   )
@@ -212,8 +223,8 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
 
 #[cfg(test)]
 mod tests {
+  use super::os_lock::TryLock;
   use super::*;
-  use crate::os_lock::TryLock;
   use crate::record::LockRecord;
   use crate::test_support::temp_dir;
 

@@ -1,0 +1,131 @@
+//! The claim file: what makes taking a lock file over an atomic step on the file system, even
+//! between hosts that share the directory but not its kernel locks (an NFS mount without lock
+//! support). Writing our record is read-judge-write; two hosts doing that at once could both
+//! win. So a claimer first creates `<lock>.claim` with `O_CREAT | O_EXCL` (atomic on local file
+//! systems and on NFSv3 and later): only one claimer at a time gets it; the others see the lock as
+//! taken and look again. It is removed once the record is written and read back.
+//!
+//! A claim file left by a claimer that died between the two steps is removed by the next one:
+//! at once when it was made on this host (its maker held the kernel lock we now hold, or its
+//! pid is gone), after the stale threshold when another host made it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use crate::error::{LockError, Result};
+use crate::identity;
+
+/// A claim file we made; [`Ticket::finish`] removes it.
+pub struct Ticket {
+  path: PathBuf,
+  ino: u64,
+}
+
+fn claim_path(lock_path: &Path) -> PathBuf {
+  let mut name = lock_path.as_os_str().to_os_string();
+  name.push(".claim");
+  PathBuf::from(name)
+}
+
+/// "<hostname> <boot id> <pid>": who made a claim file.
+fn maker_line() -> String {
+  let me = identity::current();
+  format!(
+    "{} {} {}\n",
+    me.hostname,
+    me.boot_id.as_deref().unwrap_or("-"),
+    me.pid
+  )
+}
+
+/// Takes the claim of `lock_path`, or `Ok(None)` when another claimer has it now.
+/// `kernel_locked`: the caller holds the lock file's kernel lock, so no claimer of this host can
+/// be in the middle of a claim.
+pub fn take(
+  lock_path: &Path,
+  kernel_locked: bool,
+  stale_after: Duration,
+) -> Result<Option<Ticket>> {
+  let path = claim_path(lock_path);
+  for _ in 0..2 {
+    match OpenOptions::new()
+      .write(true)
+      .create_new(true)
+      .mode(0o644)
+      .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+      .open(&path)
+    {
+      Ok(mut file) => {
+        let ino = file
+          .metadata()
+          .map_err(|e| LockError::io(&e, "Cannot stat", &path))?
+          .ino();
+        file
+          .write_all(maker_line().as_bytes())
+          .map_err(|e| LockError::io(&e, "Cannot write the claim file", &path))?;
+        return Ok(Some(Ticket { path, ino }));
+      }
+      Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+        if !remove_if_abandoned(&path, kernel_locked, stale_after) {
+          return Ok(None);
+        }
+      }
+      Err(e) => return Err(LockError::io(&e, "Cannot create the claim file", &path)),
+    }
+  }
+  Ok(None)
+}
+
+/// Removes a claim file whose maker is gone; false when it may still be claiming.
+fn remove_if_abandoned(path: &Path, kernel_locked: bool, stale_after: Duration) -> bool {
+  let Ok(file) = File::open(path) else {
+    // Removed meanwhile: try again.
+    return true;
+  };
+  let Ok(meta) = file.metadata() else {
+    return false;
+  };
+  let mut text = String::new();
+  let _ = file.take(256).read_to_string(&mut text);
+  let me = identity::current();
+  let mut fields = text.split_whitespace();
+  let (host, boot, pid) = (fields.next(), fields.next(), fields.next());
+  let this_host = host == Some(me.hostname.as_str())
+    && boot.is_some_and(|b| me.boot_id.as_deref().is_none_or(|ours| ours == b));
+  let abandoned = if this_host {
+    kernel_locked
+      || !pid
+        .and_then(|p| p.parse::<i64>().ok())
+        .is_some_and(identity::is_alive)
+  } else {
+    let age = meta
+      .modified()
+      .ok()
+      .and_then(|t| SystemTime::now().duration_since(t).ok());
+    // Half-written or another host's: only an old one is abandoned.
+    age.is_some_and(|age| age > stale_after)
+  };
+  if abandoned && still_names(path, meta.ino()) {
+    let _ = fs::remove_file(path);
+  }
+  abandoned
+}
+
+fn still_names(path: &Path, ino: u64) -> bool {
+  fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino)
+}
+
+impl Ticket {
+  /// Ends the claim: true when it was still ours to the end (nobody judged it abandoned and
+  /// replaced it meanwhile), in which case our record stands.
+  pub fn finish(self) -> bool {
+    let ours = still_names(&self.path, self.ino);
+    if ours {
+      let _ = fs::remove_file(&self.path);
+    }
+    ours
+  }
+}

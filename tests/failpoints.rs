@@ -1,0 +1,172 @@
+//! Dangerous instants of the core, reached with failpoints (`--features failpoints`) in this
+//! process: each test holds one thread exactly at the instant issue 9 names, does what another
+//! process could do meanwhile, and checks that no data or lock record is lost. The tests of this
+//! binary run one at a time: failpoints and the lock table are process-wide.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flowforge_lock::file::os_lock::{LockFile, TryLock};
+use flowforge_lock::heartbeat;
+use flowforge_lock::identity;
+use flowforge_lock::lock_table::{self, AcquireOptions};
+use flowforge_lock::paths::Target;
+use flowforge_lock::record::{Contents, LockRecord};
+use flowforge_lock::store;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+const WAIT: Duration = Duration::from_secs(30);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+  SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn project() -> PathBuf {
+  static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+  let dir = std::env::temp_dir().join(format!(
+    "ffl-failpoints-{}-{}",
+    std::process::id(),
+    NEXT.fetch_add(1, Ordering::Relaxed)
+  ));
+  std::fs::create_dir_all(dir.join(".flowforge")).unwrap();
+  dir
+}
+
+fn hold(file: &Path) -> (Target, String) {
+  let target = lock_table::prepare(file.to_str().unwrap()).unwrap();
+  let options = AcquireOptions {
+    timeout: Some(Duration::ZERO),
+    stale_after: Duration::from_secs(30),
+  };
+  let id = lock_table::try_acquire(&target, &options).unwrap().unwrap();
+  (target, id)
+}
+
+/// Makes `name` stop the thread that reaches it, once: returns (reached, resume).
+fn pause_once(name: &str) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+  let (reached, at) = mpsc::channel();
+  let (resume, go) = mpsc::channel::<()>();
+  let go = Mutex::new(go);
+  let fired = AtomicBool::new(false);
+  fail::cfg_callback(name, move || {
+    if !fired.swap(true, Ordering::SeqCst) {
+      reached.send(()).unwrap();
+      go.lock().unwrap().recv().unwrap();
+    }
+  })
+  .unwrap();
+  (at, resume)
+}
+
+/// Hole 1: the heartbeat checked "still ours", then wrote after the lock table let go; a release
+/// and another process's claim in between had their record overwritten by the stale heartbeat.
+/// The heartbeat is held between its check and its write while the lock is released and another
+/// holder (another open file description, as another process has) claims it.
+#[test]
+fn a_heartbeat_never_writes_over_the_next_holders_record() {
+  let _serial = serial();
+  let dir = project();
+  let (target, id) = hold(&dir.join(".flowforge/tasks.json"));
+  let (reached, resume) = pause_once("heartbeat::before_write");
+  heartbeat::set_interval(Duration::from_millis(10));
+  reached
+    .recv_timeout(WAIT)
+    .expect("the heartbeat reached its write");
+
+  let releasing = target.clone();
+  let releaser = std::thread::spawn(move || lock_table::release(&releasing, &id).unwrap());
+  let lock_path = target.lock_path.clone();
+  let (claimed, successor_claimed) = mpsc::channel();
+  let successor = std::thread::spawn(move || loop {
+    if let TryLock::Locked(mut lock) = LockFile::try_acquire(&lock_path, None).unwrap() {
+      let len = lock.read_raw().unwrap().len();
+      let record = LockRecord::new_for(identity::current(), "successor", "/next", 1);
+      lock.write_record(&record, len).unwrap();
+      claimed.send(()).unwrap();
+      return lock;
+    }
+    std::thread::yield_now();
+  });
+  // Before the fix the successor claims at once; after it, not until the heartbeat is done.
+  let _ = successor_claimed.recv_timeout(Duration::from_millis(300));
+  fail::remove("heartbeat::before_write");
+  resume.send(()).unwrap();
+  assert!(releaser.join().unwrap());
+  let successor = successor.join().unwrap();
+  heartbeat::set_interval(Duration::from_millis(heartbeat::DEFAULT_INTERVAL_MS));
+  match successor.read() {
+    Contents::Record(r) => assert_eq!(r.lock_id.as_deref(), Some("successor")),
+    other => panic!("the successor's record was overwritten: {other:?}"),
+  }
+}
+
+/// Hole 4: a failed directory sync after a successful rename is not a failed write: the new
+/// content is in place, and the error must say so (ENOTDURABLE), so nobody retries blindly.
+#[test]
+fn a_failed_directory_sync_after_the_rename_says_written() {
+  let _serial = serial();
+  let path = project().join(".flowforge/tasks.json");
+  std::fs::write(&path, "old").unwrap();
+  fail::cfg("store::dir_sync", "return(5)").unwrap();
+  let result = store::write_atomic(&path, "new", || Ok(()));
+  fail::remove("store::dir_sync");
+  let err = result.unwrap_err();
+  assert_eq!(err.code, "ENOTDURABLE");
+  assert!(err.message.contains("was written"), "{}", err.message);
+  assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+}
+
+/// At exit every queued wait is settled (ELOCKCANCELLED), not dropped to hang for ever.
+#[test]
+fn release_all_settles_every_queued_wait() {
+  let _serial = serial();
+  let dir = project();
+  let (target, _id) = hold(&dir.join(".flowforge/sessions.json"));
+  let (done, outcome) = mpsc::channel();
+  lock_table::acquire(
+    target,
+    AcquireOptions {
+      timeout: None,
+      stale_after: Duration::from_secs(30),
+    },
+    Box::new(move |result| done.send(result).unwrap()),
+  );
+  assert_eq!(lock_table::release_all(), 1);
+  let err = outcome.recv_timeout(WAIT).unwrap().unwrap_err();
+  assert_eq!(err.code, "ELOCKCANCELLED");
+}
+
+/// A lock found lost while held is reported once to the listener (the JS layer's AbortSignal).
+#[test]
+fn a_lock_lost_while_held_is_reported() {
+  let _serial = serial();
+  let dir = project();
+  let (target, id) = hold(&dir.join(".flowforge/lost.json"));
+  let heard = Arc::new(Mutex::new(Vec::new()));
+  let (told, reported) = mpsc::channel();
+  let log = heard.clone();
+  let told = Mutex::new(told);
+  lock_table::on_lost(move |lock_id, _file, why| {
+    log
+      .lock()
+      .unwrap()
+      .push((lock_id.to_string(), why.to_string()));
+    let _ = told.lock().unwrap().send(());
+  });
+  std::fs::remove_file(&target.lock_path).unwrap();
+  heartbeat::set_interval(Duration::from_millis(10));
+  reported.recv_timeout(WAIT).expect("the loss was reported");
+  heartbeat::set_interval(Duration::from_millis(heartbeat::DEFAULT_INTERVAL_MS));
+  let heard = heard.lock().unwrap().clone();
+  assert_eq!(heard.len(), 1);
+  assert_eq!(heard[0].0, id);
+  assert!(heard[0].1.contains("removed or replaced"), "{}", heard[0].1);
+  assert_eq!(
+    lock_table::verify_held(&target, &id).unwrap_err().code,
+    "ELOCKLOST"
+  );
+  lock_table::release(&target, &id).unwrap();
+}
