@@ -87,7 +87,13 @@ fn project_backend(root: &Path) -> Result<Option<String>> {
   let text = match std::fs::read_to_string(&path) {
     Ok(text) => text,
     Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-    Err(e) => return Err(LockError::io(&e, "Cannot read the lock configuration", &path)),
+    Err(e) => {
+      return Err(LockError::io(
+        &e,
+        "Cannot read the lock configuration",
+        &path,
+      ))
+    }
   };
   let bad = |why: String| {
     LockError::new(

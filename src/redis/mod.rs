@@ -7,6 +7,7 @@
 //! another tokio runtime: every Redis call runs on this engine's own runtime and the caller waits
 //! for the answer on a std channel (never `block_on` on the caller's thread).
 
+mod backend;
 mod config;
 mod scripts;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{PushInfo, PushKind, Value};
 
+pub use backend::RedisBackend;
 pub use config::{redact, RedisConfig, DEFAULT_REFRESH, DEFAULT_TTL};
 use scripts::{Keys, Reply, Script};
 

@@ -5,6 +5,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -88,6 +89,14 @@ impl RedisServer {
         .arg("--tls-ca-cert-file")
         .arg(dir.join("ca.pem")),
     };
+    // If this test process dies without running Drop (killed by a timeout), so does the server.
+    // SAFETY: between fork and exec, prctl is async-signal-safe and touches no shared state.
+    unsafe {
+      command.pre_exec(|| {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+          .map_err(std::io::Error::from)
+      });
+    }
     let mut child = command
       .args(["--bind", "127.0.0.1"])
       .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])

@@ -713,3 +713,75 @@ fn contended_handoffs_never_overlap_and_tokens_only_rise() {
   }
   assert_eq!(*last_token.lock().unwrap(), 100);
 }
+
+/// A project directory with its data dir, and the target of one of its files.
+fn project_target(name: &str) -> (std::path::PathBuf, crate::paths::Target) {
+  let root = crate::test_support::temp_dir("redis-backend");
+  std::fs::create_dir_all(root.join(".flowforge")).unwrap();
+  let file = root.join(".flowforge").join(name);
+  let target = crate::lock_table::prepare(&file.to_string_lossy()).unwrap();
+  (root, target)
+}
+
+#[test]
+fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
+  use crate::backend::{Backend, Request};
+  let server = RedisServer::start();
+  let url = format!("{}?ttl=3000&refresh=500", server.url());
+  let (a, b) = (
+    RedisBackend::connect(&url).unwrap(),
+    RedisBackend::connect(&url).unwrap(),
+  );
+  let (root, target) = project_target("tasks.json");
+  let request = Request {
+    file: target.file.clone(),
+    stale_after: Duration::from_secs(30),
+  };
+  // A token recorded beside the data (as after a Redis restart) is the floor.
+  crate::fence::check_and_record(&target, 41).unwrap();
+  let grant = a.try_acquire(&target, &request).unwrap().expect("free");
+  assert_eq!(grant.fencing_token(), Some(42));
+  assert_eq!(grant.refresh_interval(), Some(Duration::from_millis(500)));
+  grant.verify().unwrap();
+  assert!(b.try_acquire(&target, &request).unwrap().is_none());
+  assert!(b.is_locked(&target, Duration::from_secs(30)).unwrap());
+  let info = b
+    .lock_info(&target, Duration::from_secs(30))
+    .unwrap()
+    .unwrap();
+  assert_eq!(info["token"], 42);
+  assert_eq!(info["lockId"], grant.lock_id());
+  assert_eq!(info["state"], "held");
+  assert_eq!(info["file"], target.file.to_string_lossy().as_ref());
+  // Both "machines" found the same project id, so they share the key.
+  let listed = b.list(&root, Duration::from_secs(30)).unwrap();
+  assert_eq!(listed.len(), 1);
+  assert!(
+    std::fs::read_to_string(crate::paths::lock_dir_of(&root).join("redis-project-id"))
+      .unwrap()
+      .trim()
+      .len()
+      == 32
+  );
+
+  // A waiter behind the seam gets it when the holder releases, for whoever heads its queue.
+  let waiting = thread::spawn({
+    let target = target.clone();
+    let request = request.clone();
+    move || {
+      let head = || Some(request.clone());
+      b.wait_acquire(&target, &head)
+        .unwrap()
+        .map(|g| g.fencing_token())
+    }
+  });
+  wait_until("the waiter to queue", || {
+    a.engine()
+      .inspect(&a.key(&target).unwrap())
+      .unwrap()
+      .is_some_and(|l| l.waiters == 1)
+  });
+  grant.release();
+  assert_eq!(waiting.join().unwrap(), Some(Some(43)));
+  let _ = std::fs::remove_dir_all(root);
+}
