@@ -9,8 +9,13 @@ declare class FileLockManager {
   held: Map<string, string>
   acquire(filePath: string, options?: UpdateOptions): Promise<string>
   release(filePath: string, lockId?: string): Promise<boolean>
-  /** fn's result; the lock is always released. A nested withLock on the same file re-enters. */
-  withLock<T>(filePath: string, fn: () => T | Promise<T>, options?: UpdateOptions): Promise<T>
+  /**
+   * fn's result; the lock is always released. A nested withLock on the same lock re-enters.
+   * `signal` aborts (its reason an ELOCKLOST error) if the lock is lost while fn runs.
+   */
+  withLock<T>(filePath: string, fn: (signal: AbortSignal) => T | Promise<T>, options?: UpdateOptions): Promise<T>
+  /** Throws `ELOCKLOST` unless `lockId` on `filePath` is still held. */
+  assertHeld(filePath: string, lockId: string): void
   updateJson<T = any>(filePath: string, updater: (current: any) => T | Promise<T>, options?: UpdateOptions): Promise<T>
   /** Releases every lock of this manager; resolves to how many were released. */
   releaseAll(): Promise<number>

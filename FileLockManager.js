@@ -5,11 +5,12 @@
 // re-enters: fn runs at once under the outer lock (AsyncLocalStorage tracks what a context holds).
 
 const native = require('./native.js')
-const { acquireLock, releaseLock, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('./file-lock.js')
+const { acquireLock, releaseLock, assertHeld, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('./file-lock.js')
 const { updateWithLock } = require('./lib/update.js')
 const { heldInContext, runHolding } = require('./lib/context.js')
 const { checkString, checkFunction, checkLockOptions } = require('./lib/args.js')
 const { installExitCleanup } = require('./lib/exit-cleanup.js')
+const { watchHold } = require('./lib/lost.js')
 
 class FileLockManager {
   constructor(options) {
@@ -41,17 +42,36 @@ class FileLockManager {
     return released
   }
 
-  /** Resolves to fn's result; the lock is released whatever fn does. */
+  /**
+   * Resolves to fn's result; the lock is released whatever fn does. `fn(signal)` gets an
+   * AbortSignal that aborts, with an ELOCKLOST error as its reason, if the lock is lost while
+   * fn runs (a lease that could not be renewed, a lock file taken over).
+   */
   async withLock(filePath, fn, options) {
     checkString('filePath', filePath)
     checkFunction('fn', fn)
-    if (heldInContext(filePath) !== undefined) return fn()
+    const outer = heldInContext(filePath)
+    if (outer !== undefined) return this.#underWatch(outer, (signal) => fn(signal))
     const lockId = await this.acquire(filePath, options)
     try {
-      return await runHolding(filePath, lockId, fn)
+      return await this.#underWatch(lockId, (signal) => runHolding(filePath, lockId, () => fn(signal)))
     } finally {
       await this.release(filePath, lockId)
     }
+  }
+
+  async #underWatch(lockId, run) {
+    const { signal, stop } = watchHold(lockId)
+    try {
+      return await run(signal)
+    } finally {
+      stop()
+    }
+  }
+
+  /** Throws ELOCKLOST unless `lockId` on `filePath` is still held (see file-lock's assertHeld). */
+  assertHeld(filePath, lockId) {
+    assertHeld(filePath, lockId)
   }
 
   /** updateWithLock with this manager's timeout. */

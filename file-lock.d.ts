@@ -16,6 +16,8 @@ export interface LockInfo {
   lockId: string | null
   pid: number | null
   hostname: string | null
+  /** The holder's kernel boot id: with the hostname, what "this host" means. */
+  bootId: string | null
   username: string | null
   /** Legacy name of `username`. */
   holder: string | null
@@ -73,6 +75,13 @@ export function isLocked(filePath: string, options?: InspectOptions): Promise<bo
 export function getLockInfo(filePath: string, options?: InspectOptions): Promise<LockInfo | null>
 export function cleanupStaleLocks(options?: CleanupOptions): Promise<CleanupReport>
 export function listLocks(options?: { root?: string; staleThreshold?: number }): ListedLock[]
+/** Throws `ELOCKLOST` unless this process still holds `lockId` on `filePath` (checked with the backend). */
+export function assertHeld(filePath: string, lockId: string): void
+/**
+ * The lock backend of this process: `'file'` (default), `'redis://host:6379/0?ttl=30000&refresh=5000'`,
+ * `'etcd://host:2379'`; `null` goes back to FLOWFORGE_LOCK_BACKEND and .flowforge/lock-config.json.
+ */
+export function configure(options: { backend?: string | null }): void
 
 export { updateWithLock } from './lib/update'
 

@@ -44,6 +44,28 @@ async function releaseLock(filePath, lockId) {
   return released
 }
 
+/**
+ * Throws ELOCKLOST unless this process still holds `lockId` on `filePath`, checked with the
+ * backend (for a lock server: a round trip, and its fencing token against the one beside the
+ * file), as every write of this library does just before its rename.
+ */
+function assertHeld(filePath, lockId) {
+  checkString('filePath', filePath)
+  checkString('lockId', lockId)
+  native.verifyHeld(filePath, lockId)
+}
+
+/**
+ * `configure({ backend })`: the lock backend of this process, a URL: 'file' (the default),
+ * 'redis://host:6379/0?ttl=30000&refresh=5000', 'etcd://host:2379'. `backend: null` goes back to
+ * FLOWFORGE_LOCK_BACKEND and the project's .flowforge/lock-config.json.
+ */
+function configure(options) {
+  const { backend } = checkObject('options', options)
+  if (backend !== undefined && backend !== null) checkString('options.backend', backend)
+  native.configureBackend(backend ?? null)
+}
+
 /** The options of the inspecting calls: `{ root, staleThreshold, dryRun }`, checked. */
 function inspectOptions(options) {
   const { root, staleThreshold, dryRun } = checkObject('options', options)
@@ -85,6 +107,8 @@ function updateWithLock(filePath, updater, options) {
 module.exports = {
   acquireLock,
   releaseLock,
+  assertHeld,
+  configure,
   isLocked,
   getLockInfo,
   cleanupStaleLocks,

@@ -17,6 +17,13 @@ export declare function acquire(file: string, timeoutMs?: number | undefined | n
 
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
+/**
+ * `configure({ backend })`: the lock backend of every project in this process, as a URL
+ * (`"file"`, `"redis://host:6379"`, …); `null` goes back to `FLOWFORGE_LOCK_BACKEND` and the
+ * project's `.flowforge/lock-config.json`.
+ */
+export declare function configureBackend(url?: string | undefined | null): void
+
 export declare const DEFAULT_TIMEOUT: number
 
 export declare function getLockInfo(file: string, staleMs?: number | undefined | null): Record<string, unknown> | null
@@ -38,6 +45,12 @@ export declare function listLocks(root?: string | undefined | null, staleMs?: nu
 
 /** The lock path that `file` is locked through (files that share it share one lock). */
 export declare function lockKey(file: string): string
+
+/**
+ * Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
+ * not keep the event loop alive.
+ */
+export declare function onLockLost(callback: (lockId: string, file: string, reason: string) => void): void
 
 /** The project root for `start` (default: the cwd): see `paths::root_for_dir`. */
 export declare function projectRoot(start?: string | undefined | null): string
@@ -65,6 +78,12 @@ export declare function throwJsonParseError(file: string, text: string, reason: 
 
 /** One non-blocking try: the lockId, or `null` when the lock is taken. */
 export declare function tryAcquire(file: string, staleMs?: number | undefined | null): string | null
+
+/**
+ * Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the
+ * backend, as before a commit).
+ */
+export declare function verifyHeld(file: string, lockId: string): void
 
 /** Atomically replaces the file, under the lock `lockId`, which must still be ours. */
 export declare function writeTextAtomic(file: string, lockId: string, text: string): Promise<void>

@@ -5,6 +5,7 @@ const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { acquireLock, isLocked } = require('../file-lock')
 const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
@@ -27,11 +28,14 @@ describe('exec', () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const marker = path.join(root, 'inside')
-    const running = cli(['exec', file, '--', 'sh', '-c', `touch ${marker}; sleep 1`])
-    while (!fs.existsSync(marker)) await new Promise((r) => setTimeout(r, 10))
+    const fifo = makeFifo(root)
+    // The command runs until the test writes a line to the fifo.
+    const running = cli(['exec', file, '--', 'sh', '-c', `touch ${marker}; read line < ${fifo}`])
+    await untilFile(marker)
     expect(await isLocked(file)).toBe(true)
     const err = await acquireLock(file, 200).catch((e) => e)
     expect(err.code).toBe('ELOCKTIMEOUT')
+    await fs.promises.writeFile(fifo, 'done\n')
     expect((await running).status).toBe(0)
     expect(await isLocked(file)).toBe(false)
   })
@@ -45,10 +49,10 @@ describe('exec', () => {
     expect(timedOut.stderr).toContain('timeout')
     expect(timedOut.stderr).toContain(`pid ${holder.child.pid}`)
     expect(timedOut.stderr).toContain('[ELOCKTIMEOUT]')
-    const waiting = cli(['exec', '--timeout', '10000', file, '--', 'sh', '-c', 'echo got it'])
-    await new Promise((r) => setTimeout(r, 200))
+    const waiting = startCli(['exec', '--timeout', '30000', file, '--', 'sh', '-c', 'echo got it'])
+    await untilKernelWaiter(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'), waiting.child.pid)
     holder.child.kill('SIGKILL')
-    const got = await waiting
+    const got = await waiting.done
     expect(got).toMatchObject({ status: 0, stdout: 'got it\n' })
     await holder.exited
   })
@@ -66,12 +70,16 @@ describe('exec', () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const log = path.join(root, 'log')
-    const script = `trap 'echo got TERM >> ${log}; sleep 0.3; echo done >> ${log}; exit 0' TERM; echo ready >> ${log}; while true; do sleep 0.05; done`
+    const fifo = makeFifo(root)
+    // On TERM the command logs it, then cleans up until the test writes a line to the fifo.
+    // (`wait` returns at once when a trapped signal arrives; the idle `sleep` is then killed.)
+    const script = `trap 'echo got TERM >> ${log}; read line < ${fifo}; echo done >> ${log}; kill $idle; exit 0' TERM; sleep 1000 & idle=$!; echo ready >> ${log}; wait $idle`
     const { child, done } = startCli(['exec', file, '--', 'sh', '-c', script])
-    while (!fs.existsSync(log)) await new Promise((r) => setTimeout(r, 10))
+    await untilFile(log, (text) => text === 'ready\n')
     child.kill('SIGTERM')
-    await new Promise((r) => setTimeout(r, 100))
+    await untilFile(log, (text) => text === 'ready\ngot TERM\n')
     expect(await isLocked(file)).toBe(true) // the command is still cleaning up
+    await fs.promises.writeFile(fifo, 'go\n')
     const result = await done
     expect(fs.readFileSync(log, 'utf8')).toBe('ready\ngot TERM\ndone\n')
     expect(result.status).toBe(0)

@@ -8,12 +8,15 @@ const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const { PACKAGE_ROOT } = require('./helpers')
 
-const TARGET_DIR = path.join(PACKAGE_ROOT, 'target', 'failpoints')
+// The default target dir: `npm test` has just built the same crate with the same features for
+// `cargo test --features failpoints`, so this build only links. The package's own addon was
+// copied out of target/ when it was built, so it is not affected.
+const TARGET_DIR = path.join(PACKAGE_ROOT, 'target')
 const BINARY = path.join(TARGET_DIR, 'flowforge-lock.failpoints.node')
 
 /** Builds (incrementally) and returns the path of the failpoint addon. */
 function failpointBinary() {
-  const build = spawnSync('cargo', ['build', '--release', '--features', 'failpoints', '--target-dir', TARGET_DIR], {
+  const build = spawnSync('cargo', ['build', '--release', '--features', 'failpoints'], {
     cwd: PACKAGE_ROOT,
     encoding: 'utf8',
   })

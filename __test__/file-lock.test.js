@@ -4,7 +4,8 @@ const os = require('node:os')
 const path = require('node:path')
 const fileLock = require('../file-lock')
 const { acquireLock, releaseLock, isLocked, getLockInfo, cleanupStaleLocks, listLocks } = fileLock
-const { makeProject, runFixture, startFixture, NOBODY, expectError, linkPackage } = require('./helpers')
+const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, linkPackage } = require('./helpers')
+const { untilFile, untilKernelWaiter } = require('./fixtures/wait-for')
 const native = require('../native.js')
 
 const lockPathOf = (root, name) => path.join(root, '.flowforge', '.locks', `${name}.lock`)
@@ -41,7 +42,9 @@ describe('lock files and records', () => {
   test('live in <root>/.flowforge/.locks/<basename>.lock with a full record, emptied on release', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
+    const before = Date.now()
     const lockId = await acquireLock(file)
+    const after = Date.now()
     expect(lockId).toMatch(/^[0-9a-f]{32}$/)
     const onDisk = JSON.parse(fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8'))
     expect(onDisk).toMatchObject({
@@ -53,7 +56,8 @@ describe('lock files and records', () => {
       file,
     })
     expect(typeof onDisk.processStart).toBe('number')
-    expect(Math.abs(onDisk.acquiredAt - Date.now())).toBeLessThan(5000)
+    expect(onDisk.acquiredAt).toBeGreaterThanOrEqual(before)
+    expect(onDisk.acquiredAt).toBeLessThanOrEqual(after)
     expect(onDisk.heartbeat).toBe(onDisk.acquiredAt)
     expect(await isLocked(file)).toBe(true)
     const info = await getLockInfo(file)
@@ -100,8 +104,16 @@ describe('lock files and records', () => {
     try {
       const lockId = await acquireLock(file)
       const first = JSON.parse(fs.readFileSync(lockPathOf(root, 'active-sessions.json'), 'utf8'))
-      await new Promise((r) => setTimeout(r, 300))
-      const later = JSON.parse(fs.readFileSync(lockPathOf(root, 'active-sessions.json'), 'utf8'))
+      // The next heartbeat is a write to the lock file: wait for the record it leaves.
+      const later = JSON.parse(
+        await untilFile(lockPathOf(root, 'active-sessions.json'), (text) => {
+          try {
+            return JSON.parse(text).heartbeat !== first.heartbeat
+          } catch {
+            return false // read while the heartbeat was writing it: the next event re-reads
+          }
+        }),
+      )
       expect(later.lockId).toBe(lockId)
       expect(later.heartbeat).toBeGreaterThan(first.heartbeat)
       expect(later.acquiredAt).toBe(first.acquiredAt)
@@ -118,10 +130,12 @@ describe('exclusion between processes', () => {
     const run = async (mode) => {
       const file = path.join(root, '.flowforge', `counter-${mode}.json`)
       fs.writeFileSync(file, JSON.stringify({ count: 0 }))
-      const startAt = Date.now() + 1500
-      const results = await Promise.all(
-        Array.from({ length: 8 }, () => runFixture('counter-worker', [file, 200, mode, startAt])),
+      // Started together once all 8 are ready, so that they really overlap.
+      const workers = await Promise.all(
+        Array.from({ length: 8 }, () => startFixture('counter-worker', [file, 200, mode, '--start-on-sigusr2'], 'READY')),
       )
+      for (const w of workers) w.child.kill('SIGUSR2')
+      const results = await Promise.all(workers.map((w) => w.exited))
       for (const r of results) expect(r).toMatchObject({ code: 0, stderr: '' })
       return JSON.parse(fs.readFileSync(file, 'utf8')).count
     }
@@ -133,38 +147,34 @@ describe('exclusion between processes', () => {
     expect(fs.readdirSync(path.join(root, '.flowforge', '.locks'))).toEqual([])
   }, 120000)
 
-  test("a SIGKILLed holder's lock goes to a waiter in under a second", async () => {
+  // How fast the handoff is: `npm run bench`, scenario F.
+  test("a SIGKILLed holder's lock goes to the waiter blocked on it", async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const { child, exited } = await startFixture('hold-lock', [file], 'LOCKED')
     expect(await isLocked(file)).toBe(true)
-    const waiting = acquireLock(file, 10000)
-    await new Promise((r) => setTimeout(r, 100))
-    const killedAt = process.hrtime.bigint()
+    const waiting = acquireLock(file, 30000)
+    await untilKernelWaiter(lockPathOf(root, 'tasks.json'), process.pid)
     child.kill('SIGKILL')
     const lockId = await waiting
-    const ms = Number(process.hrtime.bigint() - killedAt) / 1e6
-    expect(ms).toBeLessThan(1000)
     expect((await exited).signal).toBe('SIGKILL')
     expect((await getLockInfo(file)).lockId).toBe(lockId)
     await releaseLock(file, lockId)
   })
 
-  test('a waiter takes the lock as soon as another process releases it, burning no CPU while it waits', async () => {
+  // The handoff time and the CPU a wait costs are measured by `npm run bench` (scenarios C and F).
+  test('a waiter blocks in the kernel (no polling loop) and takes the lock once another process releases it', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
-    const holder = await startFixture('hold-lock', [file, 600], 'LOCKED')
-    const cpuBefore = process.cpuUsage()
-    const lockId = await acquireLock(file, 10000)
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const waiting = acquireLock(file, 30000)
+    await untilKernelWaiter(lockPathOf(root, 'tasks.json'), process.pid)
+    holder.child.kill('SIGUSR2')
+    const lockId = await waiting
     const acquiredAt = Date.now()
-    const cpu = process.cpuUsage(cpuBefore)
     await releaseLock(file, lockId)
     const releasedAt = Number(/RELEASED (\d+)/.exec((await holder.exited).stdout)[1])
     expect(acquiredAt).toBeGreaterThanOrEqual(releasedAt)
-    // Generous: the measured handoff is a fraction of a millisecond (npm run bench, scenario C).
-    expect(acquiredAt - releasedAt).toBeLessThan(200)
-    // About 600 ms of waiting cost this process next to no CPU: no polling loop.
-    expect((cpu.user + cpu.system) / 1000).toBeLessThan(60)
   })
 
   test('waiters inside one process are served first come, first served', async () => {
@@ -172,6 +182,8 @@ describe('exclusion between processes', () => {
     const file = path.join(root, '.flowforge', 'tasks.json')
     const first = await acquireLock(file)
     const order = []
+    // acquireLock joins the queue on the caller's thread before it returns: all ten are queued,
+    // in call order, before the release below.
     const waiters = Array.from({ length: 10 }, (_, i) =>
       acquireLock(file, 10000).then(async (id) => {
         order.push(i)
@@ -179,7 +191,6 @@ describe('exclusion between processes', () => {
         await releaseLock(file, id)
       }),
     )
-    await new Promise((r) => setTimeout(r, 50))
     await releaseLock(file, first)
     await Promise.all(waiters)
     expect(order).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9])
@@ -298,6 +309,8 @@ describe('release and timeout', () => {
     expect(err.message).toContain(`user ${os.userInfo().username}`)
     expect(err.message).toContain(`host ${os.hostname()}`)
     expect(err.message).toMatch(/for \d+\.\d s/)
+    expect(err.message).toContain('after 400 ms')
+    // Order, not speed: the rejection did not come before the deadline (load only delays it).
     expect(waited).toBeGreaterThanOrEqual(390)
     const once = await acquireLock(file, 0).catch((e) => e)
     expect(once.code).toBe('ELOCKTIMEOUT')
@@ -381,7 +394,7 @@ describe('security', () => {
     await releaseLock(file, await acquireLock(file, 100))
   })
 
-  test("another user cannot take, release or clean up a live lock (run as nobody)", async () => {
+  testAsNobody("another user cannot take, release or clean up a live lock (run as nobody)", async () => {
     const root = makeProject()
     const locks = path.join(root, '.flowforge', '.locks')
     fs.mkdirSync(locks, { mode: 0o1777 })
@@ -389,7 +402,7 @@ describe('security', () => {
     const file = path.join(root, '.flowforge', 'tasks.json')
     const lockId = await acquireLock(file)
     const script = `
-      const fl = require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))});
+      const fl = require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))});
       (async () => {
         const out = { uid: process.getuid() };
         out.acquire = await fl.acquireLock(${JSON.stringify(file)}, 200).then(() => 'ok', (e) => e.code);
@@ -404,7 +417,7 @@ describe('security', () => {
     expect((await getLockInfo(file)).lockId).toBe(lockId)
     await releaseLock(file, lockId)
   })
-  test("another user's stale lock file in a sticky lock dir is not hijacked: clear EACCES (run as nobody)", async () => {
+  testAsNobody("another user's stale lock file in a sticky lock dir is not hijacked: clear EACCES (run as nobody)", async () => {
     const root = makeProject()
     const locks = path.join(root, '.flowforge', '.locks')
     fs.mkdirSync(locks)
@@ -412,7 +425,7 @@ describe('security', () => {
     const stale = writeRecord(root, 'tasks.json', { pid: 999999 })
     fs.chmodSync(lockPathOf(root, 'tasks.json'), 0o644)
     const before = fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8')
-    const script = `require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))})
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
       .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 500)
       .then(() => console.log('acquired'), (e) => console.log(process.getuid() + ' ' + e.code + ' ' + e.message))`
     const { spawnSync } = require('node:child_process')
@@ -445,9 +458,9 @@ describe('bad input', () => {
     expect(err.message).toMatch(message)
   })
 
-  test('an unwritable project dir gives the OS code and a message naming the lock dir (run as nobody)', async () => {
+  testAsNobody('an unwritable project dir gives the OS code and a message naming the lock dir (run as nobody)', async () => {
     const root = makeProject()
-    const script = `require(${JSON.stringify(path.resolve(__dirname, '../file-lock'))})
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
       .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 100)
       .then(() => console.log('acquired'), (e) => console.log(e.code + ' ' + e.message))`
     const { spawnSync } = require('node:child_process')

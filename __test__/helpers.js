@@ -68,6 +68,42 @@ function startFixture(name, args, marker, options = {}) {
 }
 
 const NOBODY = { uid: 65534, gid: 65534 }
+const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0
+
+/**
+ * `test(name, fn, timeout)` for a case that runs a child process as `nobody`: only root can.
+ * Not root, the case is skipped, and the reason is printed (in the test's name and on the console).
+ */
+function testAsNobody(name, fn, timeout) {
+  if (IS_ROOT) return test(name, fn, timeout)
+  const reason = `needs root to run a process as nobody (uid ${NOBODY.uid}); running as uid ${process.getuid()}`
+  console.warn(`skipped: ${name}: ${reason}`)
+  return test.skip(`${name} [skipped: ${reason}]`, fn)
+}
+
+let readableCopy
+/**
+ * A world-readable copy of what `require('flowforge-lock')` loads (package.json, the top-level
+ * .js modules, the .node binary, lib/, bin/), made once per test process: for children run as
+ * `nobody`, who may not be allowed to enter the checkout's directory (a clone under a 0700 home).
+ */
+function readablePackage() {
+  if (readableCopy) return readableCopy
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ffl-readable-'))
+  for (const name of fs.readdirSync(PACKAGE_ROOT)) {
+    if (name === 'package.json' || /\.(js|node)$/.test(name) || name === 'lib' || name === 'bin') {
+      fs.cpSync(path.join(PACKAGE_ROOT, name), path.join(dir, name), { recursive: true })
+    }
+  }
+  const open = (p) => {
+    const stat = fs.statSync(p)
+    fs.chmodSync(p, stat.isDirectory() ? 0o755 : stat.mode & 0o111 ? 0o755 : 0o644)
+    if (stat.isDirectory()) for (const name of fs.readdirSync(p)) open(path.join(p, name))
+  }
+  open(dir)
+  readableCopy = dir
+  return dir
+}
 
 /** Makes `require('flowforge-lock/…')` work in `root`, as an install in a FlowForge checkout would. */
 function linkPackage(root) {
@@ -85,4 +121,4 @@ function expectError(err, Kind, code) {
   if (code !== undefined) expect(err.code).toBe(code)
 }
 
-module.exports = { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, expectError, linkPackage }
+module.exports = { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage }

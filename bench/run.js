@@ -12,6 +12,7 @@ const { execFile, execFileSync } = require('node:child_process')
 const { promisify } = require('node:util')
 const { adapters, version } = require('./adapters.js')
 const { renderChart } = require('./chart.js')
+const { table } = require('../lib/table.js')
 
 const run = promisify(execFile)
 const SMOKE = process.argv.includes('--smoke')
@@ -21,8 +22,8 @@ const WORKER = path.join(__dirname, 'worker.js')
 const FLOCK = path.join(ROOT, 'target', 'release', 'examples', 'flock_limit')
 const LIBS = Object.keys(adapters)
 const COUNTS = SMOKE
-  ? { cycleFast: 200, cycleSlow: 20, counter: 10, pingpong: 6, upsert: 5, coalesce: 20 }
-  : { cycleFast: 20000, cycleSlow: 1000, counter: 200, pingpong: 200, upsert: 100, coalesce: 100 }
+  ? { cycleFast: 200, cycleSlow: 20, counter: 10, pingpong: 6, upsert: 5, coalesce: 20, takeover: 2 }
+  : { cycleFast: 20000, cycleSlow: 1000, counter: 200, pingpong: 200, upsert: 100, coalesce: 100, takeover: 20 }
 
 const sorted = (values) => [...values].sort((a, b) => a - b)
 const pct = (values, p) => {
@@ -138,6 +139,43 @@ async function scenarioE() {
   }, 'allMs')
 }
 
+/**
+ * F: a waiter in this process, a holder in another that is SIGKILLed after `waitMs`: the time
+ * from the kill to the waiter's lock, and the CPU this process spent meanwhile (a kernel wait
+ * costs next to none; a polling loop would show here). Measured here rather than asserted in
+ * the jest suite, whose tests only check the order of events.
+ */
+async function scenarioF() {
+  const { acquireLock, releaseLock } = require('../file-lock.js')
+  const { spawn } = require('node:child_process')
+  const holdLock = path.join(ROOT, '__test__', 'fixtures', 'hold-lock.js')
+  const waitMs = SMOKE ? 100 : 1000
+  const takeoversMs = []
+  const cpuMsPerS = []
+  for (let i = 0; i < COUNTS.takeover; i++) {
+    const root = project()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const holder = spawn(process.execPath, [holdLock, file], { stdio: ['ignore', 'pipe', 'inherit'] })
+    await new Promise((resolve, reject) => {
+      holder.stdout.on('data', (chunk) => String(chunk).includes('LOCKED') && resolve())
+      holder.on('exit', () => reject(new Error('hold-lock ended before LOCKED')))
+    })
+    const cpuBefore = process.cpuUsage()
+    const waitStarted = performance.now()
+    const waiting = acquireLock(file, 30000)
+    await new Promise((resolve) => setTimeout(resolve, waitMs))
+    const killedAt = performance.now()
+    holder.kill('SIGKILL')
+    const lockId = await waiting
+    const acquiredAt = performance.now()
+    const cpu = process.cpuUsage(cpuBefore)
+    takeoversMs.push(acquiredAt - killedAt)
+    cpuMsPerS.push((cpu.user + cpu.system) / 1000 / ((acquiredAt - waitStarted) / 1000))
+    await releaseLock(file, lockId)
+  }
+  return { takeoverP50Ms: median(takeoversMs), takeoverMaxMs: Math.max(...takeoversMs), cpuMsPerSecondWaiting: median(cpuMsPerS), runs: takeoversMs.length }
+}
+
 function machine() {
   let rustc = 'unknown'
   try {
@@ -165,7 +203,7 @@ async function main() {
   console.log(`node ${env.node}, ${env.rustc}, ${Object.entries(env.libraries).map(([k, v]) => `${k} ${v}`).join(', ')}; median of ${RUNS} run(s)\n`)
 
   const all = [...LIBS, 'flock']
-  const results = { A: {}, B: {}, C: {}, D: {}, E: null }
+  const results = { A: {}, B: {}, C: {}, D: {}, E: null, F: null }
   for (const lib of all) results.A[lib] = await scenarioA(lib)
   for (const p of [2, 4, 8]) {
     results.B[p] = {}
@@ -174,6 +212,7 @@ async function main() {
   for (const lib of all) results.C[lib] = await scenarioC(lib)
   for (const lib of LIBS) results.D[lib] = await scenarioD(lib)
   results.E = await scenarioE()
+  results.F = await scenarioF()
 
   const ff = 'flowforge-lock'
   const rows = []
@@ -199,12 +238,11 @@ async function main() {
   for (const r of rows) if (r[1] === 'lost updates' || r[1] === 'max/median wait') r.splice(6, 3, '', '', '')
 
   const headers = ['scenario', 'metric', ff, 'proper-lockfile', 'lockfile', 'flock limit', 'vs proper-lockfile', 'vs lockfile', 'from limit']
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)))
-  const line = (cells) => cells.map((c, i) => String(c).padEnd(widths[i])).join('  ').trimEnd()
-  console.log(line(headers))
-  for (const r of rows) console.log(line(r))
+  console.log(table(headers, rows.map((r) => r.map(String))))
   const e = results.E
   console.log(`\nE: ${COUNTS.coalesce} concurrent updateTaskFile in one process: ${fmt(e.allMs, 1)} ms, one call ${fmt(e.oneMs, 2)} ms: ${fmt(e.ratio, 1)}x one call, ${e.lost} lost`)
+  const f = results.F
+  console.log(`F: holder SIGKILLed while a waiter waits, ${f.runs} runs: takeover p50 ${fmt(f.takeoverP50Ms, 2)} ms, max ${fmt(f.takeoverMaxMs, 2)} ms; waiter's CPU ${fmt(f.cpuMsPerSecondWaiting, 2)} ms per s of waiting`)
   console.log('\nRatios: "vs peer" = how many times better flowforge-lock is; "from limit" = how many times the raw flock loop is ahead.')
 
   if (SMOKE) return

@@ -64,6 +64,11 @@ pub trait Grant: Send {
 
 /// Where locks are decided.
 pub trait Backend: Send + Sync {
+  /// Whether a try costs only local system calls (the file backend), so it may run on the
+  /// caller's thread. A lock server's try is a round trip, never made on Node's event loop.
+  fn tries_locally(&self) -> bool {
+    false
+  }
   /// One try without waiting: `Ok(None)` when somebody else holds the lock.
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>>;
   /// Waits for the lock on behalf of this process's queue for `target`'s lock. `head` gives the

@@ -122,8 +122,9 @@ fn scheme(url: &str) -> &str {
 fn check_url(url: &str) -> Result<()> {
   match scheme(url) {
     "file" => Ok(()),
+    "etcd" | "etcds" => crate::etcd::EtcdConfig::parse(url).map(|_| ()),
     other => Err(LockError::invalid_value(format!(
-      "Unknown lock backend {other:?} in {url:?}: use \"file\" (the default). This build has no network backend yet."
+      "Unknown lock backend {other:?} in {url:?}: use \"file\" (the default) or etcd://host:port."
     ))),
   }
 }
@@ -134,9 +135,16 @@ fn connected(url: &str) -> Result<&'static dyn Backend> {
     return Ok(*backend);
   }
   check_url(url)?;
-  Err(LockError::invalid_value(format!(
-    "No backend for {url:?} in this build."
-  )))
+  let backend: &'static dyn Backend = match scheme(url) {
+    "etcd" | "etcds" => Box::leak(Box::new(crate::etcd::EtcdBackend::connect(url)?)),
+    _ => {
+      return Err(LockError::invalid_value(format!(
+        "No backend for {url:?} in this build."
+      )))
+    }
+  };
+  // Two first uses at once may both connect; the first stays, the other is leaked unused.
+  Ok(*state().connected.entry(url.to_string()).or_insert(backend))
 }
 
 /// Process exit, after every hold was released: the backends remove what this process left

@@ -4,7 +4,7 @@
 //! meanwhile is noticed. The refreshing itself (what, under which guard) is the lock table's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread::Thread;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ pub const DEFAULT_INTERVAL_MS: u64 = 5_000;
 static INTERVAL_MS: AtomicU64 = AtomicU64::new(DEFAULT_INTERVAL_MS);
 
 static THREAD: OnceLock<Option<Thread>> = OnceLock::new();
+/// When the thread plans to tick next (`None`: it is not asleep on a plan).
+static PLANNED: Mutex<Option<Instant>> = Mutex::new(None);
 
 /// The file backend's heartbeat interval (tests shorten it).
 pub fn set_interval(interval: Duration) {
@@ -30,9 +32,11 @@ pub fn wake() {
   }
 }
 
-/// Starts the thread once. `tick` refreshes what is due and says when it wants to run next
-/// (`None`: nothing is held; the thread then sleeps one interval, or until woken).
-pub fn ensure_running(tick: fn() -> Option<Instant>) {
+/// Starts the thread once, and makes sure it ticks by `due` (a new hold's first refresh): it is
+/// woken only when it planned to sleep longer, so taking a lock costs the thread nothing.
+/// `tick` refreshes what is due and says when it wants to run next (`None`: nothing is held;
+/// the thread then sleeps one interval, or until woken).
+pub fn ensure_running(tick: fn() -> Option<Instant>, due: Instant) {
   let started = THREAD.get_or_init(|| {
     // If no thread can be started, locks still exclude through the kernel; only hosts that
     // share the directory without kernel locks would see the heartbeat age.
@@ -42,7 +46,8 @@ pub fn ensure_running(tick: fn() -> Option<Instant>) {
       .ok()
       .map(|handle| handle.thread().clone())
   });
-  if started.is_some() {
+  let planned = *PLANNED.lock().unwrap_or_else(|e| e.into_inner());
+  if started.is_some() && planned.is_none_or(|at| due < at) {
     wake();
   }
 }
@@ -52,10 +57,10 @@ pub fn ensure_running(tick: fn() -> Option<Instant>) {
 fn run(tick: impl Fn() -> Option<Instant>, keep_going: impl Fn() -> bool) {
   let mut next = None;
   while keep_going() {
-    let wait = next.map_or(interval(), |at: Instant| {
-      at.saturating_duration_since(Instant::now())
-    });
-    std::thread::park_timeout(wait);
+    let at = next.unwrap_or_else(|| Instant::now() + interval());
+    *PLANNED.lock().unwrap_or_else(|e| e.into_inner()) = Some(at);
+    std::thread::park_timeout(at.saturating_duration_since(Instant::now()));
+    *PLANNED.lock().unwrap_or_else(|e| e.into_inner()) = None;
     next = tick();
   }
 }

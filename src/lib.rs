@@ -27,6 +27,7 @@ pub mod identity;
 pub mod lock_table;
 pub mod metrics;
 pub mod paths;
+pub mod project;
 pub mod record;
 pub mod redis;
 pub mod store;
@@ -76,7 +77,7 @@ fn options(timeout_ms: Option<f64>, stale_ms: Option<f64>) -> AcquireOptions {
 pub fn try_acquire(env: Env, file: String, stale_ms: Option<f64>) -> Result<Option<String>> {
   let opts = options(Some(0.0), stale_ms);
   lock_table::prepare(&file)
-    .and_then(|target| lock_table::try_acquire(&target, &opts))
+    .and_then(|target| lock_table::try_acquire_here(&target, &opts))
     .map_err(|e| js_error(&env, e))
 }
 

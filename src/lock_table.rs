@@ -120,6 +120,7 @@ pub fn prepare(file: &str) -> Result<Target> {
 fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
+  let next_refresh = Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval);
   entry.held = Some(Held {
     lock_id: lock_id.clone(),
     file: file.to_path_buf(),
@@ -129,14 +130,23 @@ fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
       lost: None,
     })),
     refresh_every,
-    next_refresh: Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval),
+    next_refresh,
   });
-  heartbeat::ensure_running(refresh_due);
+  heartbeat::ensure_running(refresh_due, next_refresh);
   lock_id
 }
 
-/// The uncontended path: one try, right on the caller's thread. `Ok(None)` means somebody holds
-/// the lock, or others in this process are queued for it or are taking it.
+/// The uncontended path on the caller's thread: one try where that costs only system calls.
+/// `Ok(None)` means somebody holds the lock, others in this process are queued for it or are
+/// taking it, or the backend is a lock server (whose try is a round trip: see [`acquire`]).
+pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
+  if !config::backend_for(target)?.tries_locally() {
+    return Ok(None);
+  }
+  try_acquire(target, options)
+}
+
+/// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
   let backend = config::backend_for(target)?;
   {
@@ -170,9 +180,42 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 
 /// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
 /// (`ELOCKTIMEOUT` at the deadline, …) once decided, possibly right away. Called on the caller's
-/// thread, so the queue order is the order of the calls: first come, first served.
+/// thread, so the queue order is the order of the calls: first come, first served. For a lock
+/// server the first try (a round trip) runs on a thread of its own, never on Node's event loop.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
+  let local = match config::backend_for(&target) {
+    Ok(backend) => backend.tries_locally(),
+    Err(e) => return complete(Err(e)),
+  };
+  if local {
+    return acquire_from(started, target, options, complete);
+  }
+  // Kept outside the thread's closure, so that a thread that cannot start still settles it.
+  let slot = Arc::new(Mutex::new(Some(complete)));
+  let in_thread = slot.clone();
+  let lock_path = target.lock_path.clone();
+  let spawned = std::thread::Builder::new()
+    .name("flowforge-lock-try".into())
+    .spawn(move || {
+      let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+      if let Some(complete) = taken {
+        acquire_from(started, target, options, complete);
+      }
+    });
+  if let Err(e) = spawned {
+    let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if let Some(complete) = taken {
+      complete(Err(LockError::io(
+        &e,
+        "Cannot start a thread to ask the lock server for",
+        &lock_path,
+      )));
+    }
+  }
+}
+
+fn acquire_from(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
   match try_acquire(&target, &options) {
     Ok(Some(lock_id)) => return complete(Ok(lock_id)),
     Ok(None) => {}
@@ -340,14 +383,17 @@ fn fail_waiters(key: &Path, error: &LockError) {
 
 /// Releases a lock this process holds. `Ok(false)`: nothing to release (already released).
 pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
-  let held = {
+  let (held, waiting_thread) = {
     let mut table = table();
     let Some(entry) = table.get_mut(&target.lock_path) else {
       drop(table);
       return release_not_held(target, lock_id);
     };
     match &entry.held {
-      Some(held) if held.lock_id == lock_id => entry.held.take().expect("checked above"),
+      Some(held) if held.lock_id == lock_id => (
+        entry.held.take().expect("checked above"),
+        entry.waiting_thread,
+      ),
       Some(held) => {
         return Err(LockError::new(
           "ELOCKMISMATCH",
@@ -366,7 +412,11 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
   };
   end_hold(&held);
   metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
-  CHANGED.notify_all();
+  // Only a waiting thread listens (one that waits for this process's own holder to end): a
+  // notify costs a system call even with nobody listening, so none on the uncontended path.
+  if waiting_thread {
+    CHANGED.notify_all();
+  }
   Ok(true)
 }
 
@@ -441,6 +491,10 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   let Some(cell) = cell else {
     return Err(lost("this process no longer holds it"));
   };
+  // A test-only switch (failpoint) turns the commit check off, to show what it protects.
+  if crate::failpoints::value("commit::skip_check").is_some() {
+    return Ok(());
+  }
   let hold = guard(&cell);
   if let Some(why) = &hold.lost {
     return Err(lost(why));
@@ -448,10 +502,6 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   let Some(grant) = &hold.grant else {
     return Err(lost("it was released"));
   };
-  // A test-only switch (failpoint) turns the commit check off, to show what it protects.
-  if crate::failpoints::value("commit::skip_check").is_some() {
-    return Ok(());
-  }
   grant.verify()?;
   match grant.fencing_token() {
     Some(token) => fence::check_and_record(target, token),

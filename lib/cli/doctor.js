@@ -11,7 +11,7 @@ const { acquireLock, releaseLock, cleanupStaleLocks } = require('../../file-lock
 const { paint } = require('./format.js')
 const { EXIT } = require('./exit-codes.js')
 
-/** statfs magic numbers of the file systems people keep projects on. */
+/** Linux's statfs magic numbers of the file systems people keep projects on. */
 const FS_TYPES = {
   0xef53: 'ext4/ext3',
   0x58465342: 'xfs',
@@ -75,7 +75,8 @@ async function doctor(root) {
     check(sameFs, `lock directory and data ${sameFs ? 'are' : 'are not'} on the same file system`, `make ${lockDir} a plain directory inside ${dataDir}, not a mount or a link elsewhere`)
   }
   const type = fs.statfsSync(lockStat?.isDirectory() ? lockDir : dataDir).type
-  const fsName = FS_TYPES[type] ?? `unknown (statfs type 0x${type.toString(16)})`
+  // The magic numbers are Linux's; elsewhere statfs types mean other things.
+  const fsName = process.platform === 'linux' ? (FS_TYPES[type] ?? `unknown (statfs type 0x${type.toString(16)})`) : `statfs type ${type}`
   try {
     const works = await checkKernelLocks(dataDir)
     check(

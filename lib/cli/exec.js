@@ -8,9 +8,12 @@ const { spawn } = require('node:child_process')
 const native = require('../../native.js')
 const { acquireLock, releaseLock } = require('../../file-lock.js')
 const { installExitCleanup } = require('../exit-cleanup.js')
+const { watchHold } = require('../lost.js')
 const { EXIT } = require('./exit-codes.js')
 
 const FORWARDED = ['SIGINT', 'SIGTERM']
+/** How long a command gets to stop after SIGTERM, once the lock is lost, before SIGKILL. */
+const STOP_GRACE_MS = 5000
 /** Where the command finds the inherited lock descriptor. */
 const LOCK_FD = 3
 
@@ -21,15 +24,32 @@ async function exec(file, [command, ...args], { timeout }) {
   const fd = native.inheritableFd(file, lockId)
   const stdio = fd === null ? 'inherit' : ['inherit', 'inherit', 'inherit', fd]
   const env = fd === null ? process.env : { ...process.env, FLOWFORGE_LOCK_FD: String(LOCK_FD) }
-  const child = spawn(command, args, { stdio, env })
-  const forward = (signal) => child.kill(signal)
+  // Forward from before the spawn: a signal in between would otherwise end this wrapper and
+  // leave the command running without anyone to wait for it.
+  let child
+  const forward = (signal) => child?.kill(signal)
   for (const signal of FORWARDED) process.on(signal, forward)
+  child = spawn(command, args, { stdio, env })
+  // A lock server's lease can be lost while the command runs: then it must not go on as if it
+  // held the lock. Stop it (SIGTERM, then SIGKILL after a grace period) and exit 75.
+  const { signal: lost, stop: stopWatching } = watchHold(lockId)
+  let killTimer
+  const onLost = () => {
+    process.stderr.write(`flowforge-lock: ${lost.reason.message} Stopping ${command}.\n`)
+    child.kill('SIGTERM')
+    killTimer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS)
+    killTimer.unref()
+  }
+  lost.addEventListener('abort', onLost, { once: true })
   const outcome = await new Promise((resolve) => {
     child.on('error', (error) => resolve({ error }))
     child.on('exit', (code, signal) => resolve({ code, signal }))
   })
+  clearTimeout(killTimer)
+  stopWatching()
   for (const signal of FORWARDED) process.removeListener(signal, forward)
   await releaseLock(file, lockId)
+  if (lost.aborted) return EXIT.TEMPFAIL
   if (outcome.error) {
     process.stderr.write(`flowforge-lock: cannot run ${command}: ${outcome.error.message}\n`)
     // The shell's conventions: 127 not found, 126 found but not runnable.

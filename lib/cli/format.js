@@ -1,5 +1,6 @@
 'use strict'
-// Terminal output helpers: durations, colours (only on a TTY, never with NO_COLOR), tables.
+// Terminal output helpers: durations, colours (only on a TTY, never with NO_COLOR). Tables
+// are lib/table.js's, shared with the bench and torture reports.
 
 const useColour = process.stdout.isTTY && !process.env.NO_COLOR && process.env.TERM !== 'dumb'
 const COLOURS = { red: 31, green: 32, yellow: 33, dim: 2, bold: 1 }
@@ -16,19 +17,4 @@ function duration(ms) {
   return `${(ms / 3600000).toFixed(1)} h`
 }
 
-/** Rows of plain strings; `colourOf(row, column)` may name a colour per cell. */
-function table(headers, rows, colourOf = () => null) {
-  const widths = headers.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)))
-  const line = (cells, paintCell) =>
-    cells
-      .map((cell, i) => {
-        const padded = i === cells.length - 1 ? cell : cell.padEnd(widths[i])
-        const colour = paintCell(i)
-        return colour ? paint(colour, padded) : padded
-      })
-      .join('  ')
-      .trimEnd()
-  return [line(headers, () => 'bold'), ...rows.map((row) => line(row, (i) => colourOf(row, i)))].join('\n')
-}
-
-module.exports = { paint, duration, table }
+module.exports = { paint, duration }

@@ -5,7 +5,8 @@ const path = require('node:path')
 const native = require('../../native.js')
 const { listLocks } = require('../../file-lock.js')
 const { FILES } = require('../project.js')
-const { duration, table } = require('./format.js')
+const { duration, paint } = require('./format.js')
+const { table } = require('../table.js')
 const { EXIT } = require('./exit-codes.js')
 
 function rowsOf(root) {
@@ -55,7 +56,9 @@ function status(root, { json }) {
   ])
   process.stdout.write(`Locks of ${projectRoot}\n`)
   process.stdout.write(
-    `${table(['FILE', 'STATE', 'PID', 'USER', 'HOST', 'HELD FOR', 'HEARTBEAT', 'WHY STALE'], cells, (row, i) => (i === 1 ? STATE_COLOUR[row[1]] : null))}\n`,
+    `${table(['FILE', 'STATE', 'PID', 'USER', 'HOST', 'HELD FOR', 'HEARTBEAT', 'WHY STALE'], cells, {
+      style: (text, row, i) => (row === null ? paint('bold', text) : i === 1 && STATE_COLOUR[row[1]] ? paint(STATE_COLOUR[row[1]], text) : text),
+    })}\n`,
   )
   return EXIT.OK
 }

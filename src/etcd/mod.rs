@@ -10,6 +10,7 @@
 //! (see `scripts/gen-etcd-proto.sh`) rather than by `etcd-client`'s build script, whose
 //! protoc requirement would break a build from a clean clone on machines without one.
 
+mod backend;
 mod client;
 pub mod config;
 mod generated;
@@ -27,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Handle;
 
+pub use backend::EtcdBackend;
 pub use config::EtcdConfig;
 use recipe::{lock_dir, Queue};
 

@@ -8,6 +8,11 @@
 //! A claim file left by a claimer that died between the two steps is removed by the next one:
 //! at once when it was made on this host (its maker held the kernel lock we now hold, or its
 //! pid is gone), after the stale threshold when another host made it.
+//!
+//! Claims are only needed where the directory can be shared by several kernels: on a network
+//! file system (NFS, SMB, FUSE mounts such as sshfs, 9p, …), or where kernel locks are off. On a
+//! local file system every process that sees the directory shares our kernel, whose lock is
+//! then the whole truth, and an uncontended acquire skips the claim's six system calls.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -22,6 +27,52 @@ use crate::identity;
 pub struct Ticket {
   path: PathBuf,
   ino: u64,
+}
+
+/// Whether claims are needed for lock files in `lock_dir` (decided once per directory: a mount
+/// appearing under a lock directory a process already uses is not seen).
+pub fn needed(lock_dir: &Path) -> bool {
+  use std::collections::HashMap;
+  use std::sync::{LazyLock, Mutex};
+  if !super::os_lock::kernel_locks() {
+    return true;
+  }
+  static BY_DIR: LazyLock<Mutex<HashMap<PathBuf, bool>>> = LazyLock::new(Default::default);
+  let mut known = BY_DIR.lock().unwrap_or_else(|e| e.into_inner());
+  if let Some(needed) = known.get(lock_dir) {
+    return *needed;
+  }
+  let needed = may_be_shared_between_kernels(lock_dir);
+  known.insert(lock_dir.to_path_buf(), needed);
+  needed
+}
+
+/// Linux's statfs magic numbers of file systems that other machines can mount too.
+#[cfg(target_os = "linux")]
+fn may_be_shared_between_kernels(dir: &Path) -> bool {
+  const SHARED: &[i64] = &[
+    0x6969,     // nfs
+    0x517b,     // smb
+    0xff534d42, // cifs
+    0xfe534d42, // smb2
+    0x65735546, // fuse (sshfs, virtiofs, …)
+    0x01021997, // 9p
+    0x00c36400, // ceph
+    0x5346414f, // afs
+    0x01161970, // gfs2
+    0x7461636f, // ocfs2
+    0x0bd00bd0, // lustre
+  ];
+  match nix::sys::statfs::statfs(dir) {
+    Ok(stat) => SHARED.contains(&(stat.filesystem_type().0 as i64)),
+    Err(_) => true,
+  }
+}
+
+/// Elsewhere we cannot tell a local file system from a shared one: claim always.
+#[cfg(not(target_os = "linux"))]
+fn may_be_shared_between_kernels(_dir: &Path) -> bool {
+  true
 }
 
 fn claim_path(lock_path: &Path) -> PathBuf {

@@ -96,9 +96,14 @@ enum Claim {
   Respected(LockFile),
 }
 
-/// Makes a freshly locked lock file ours, inside a claim (see claim.rs): only one claimer at a
-/// time may judge the record and write its own, even across hosts that share no kernel locks.
+/// Makes a freshly locked lock file ours, inside a claim where one is needed (see claim.rs): only
+/// one claimer at a time may judge the record and write its own, even across hosts that share
+/// no kernel locks.
 fn claim(lock: LockFile, request: &Request) -> Result<Claim> {
+  let lock_dir = lock.path().parent().unwrap_or(Path::new("/"));
+  if !claim::needed(lock_dir) {
+    return claim_record(lock, request);
+  }
   let ticket = claim::take(lock.path(), os_lock::kernel_locks(), request.stale_after)?;
   let Some(ticket) = ticket else {
     lock.unlock();
@@ -247,6 +252,10 @@ fn lost_error(record: &LockRecord, why: &str) -> LockError {
 }
 
 impl Backend for FileBackend {
+  fn tries_locally(&self) -> bool {
+    true
+  }
+
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
     let (idle, room_says_wait) = {
       let mut slots = self.slots();

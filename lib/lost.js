@@ -1,0 +1,48 @@
+'use strict'
+// Locks lost while held (a lease that could not be renewed in time, a lock file removed or
+// taken over): the core reports each once, and this module turns that into an aborted
+// AbortSignal for whoever asked to watch the lock. A loss never throws into the event loop:
+// callers see it through the signal, assertHeld(), or the ELOCKLOST of their next write.
+
+const { isMainThread } = require('node:worker_threads')
+const native = require('../native.js')
+const { codedError } = require('./args.js')
+
+/** lockId -> AbortControllers watching that hold. */
+const watchers = new Map()
+let listening = false
+
+function lostError(file, reason) {
+  return codedError(Error, 'ELOCKLOST', `The lock on ${file} was lost while held (${reason}). Stop writing under it; retry the work under a new lock.`)
+}
+
+function onLost(lockId, file, reason) {
+  const controllers = watchers.get(lockId)
+  if (!controllers) return
+  watchers.delete(lockId)
+  const error = lostError(file, reason)
+  for (const controller of controllers) controller.abort(error)
+}
+
+/**
+ * An AbortSignal that aborts (with an ELOCKLOST error as its reason) if the hold `lockId` is
+ * lost; `stop()` ends the watch when the hold ends. The core reports losses to the main thread.
+ */
+function watchHold(lockId) {
+  if (!listening && isMainThread) {
+    native.onLockLost(onLost)
+    listening = true
+  }
+  const controller = new AbortController()
+  if (!watchers.has(lockId)) watchers.set(lockId, new Set())
+  watchers.get(lockId).add(controller)
+  const stop = () => {
+    const controllers = watchers.get(lockId)
+    if (!controllers) return
+    controllers.delete(controller)
+    if (controllers.size === 0) watchers.delete(lockId)
+  }
+  return { signal: controller.signal, stop }
+}
+
+module.exports = { watchHold }
