@@ -293,3 +293,13 @@ pub fn verify_held(env: Env, file: String, lock_id: String) -> Result<()> {
 pub fn configure_backend(env: Env, url: Option<String>) -> Result<()> {
   config::configure(url.as_deref()).map_err(|e| js_error(&env, e))
 }
+
+/// `doctor`: `{ backend, version }` of the project at `root` (or the one around the working
+/// directory): the backend's URL (`"file"` by default) and a lock server's version, asked over a
+/// fresh connection; an unreachable server throws `ELOCKBACKEND`.
+#[napi]
+pub fn backend_health(env: Env, root: Option<String>) -> Result<Value> {
+  paths::root_for_dir(root.as_deref())
+    .and_then(|root| config::health(&root))
+    .map_err(|e| js_error(&env, e))
+}

@@ -1,12 +1,10 @@
 //! The Redis engine behind the backend seam (`crate::backend`): a [`Backend`] whose grants are
-//! Redis locks with fencing tokens. Keys are `flowforge-lock:{<projectId>}:<lockName>`: the
-//! project id is a random id kept in the project's lock directory (`redis-project-id`), so every
+//! Redis locks with fencing tokens. Keys are `flowforge-lock:{<projectId>}:<lockName>`, both from
+//! `crate::project` (the id kept inside the project, shared with the etcd backend), so every
 //! machine that shares the project through a network file system finds the same keys whatever
-//! path it mounts the project at; the lock name is the lock file's name without `.lock`.
+//! path it mounts the project at.
 
 use std::collections::HashMap;
-use std::fs;
-use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,11 +16,10 @@ use crate::backend::{Backend, Grant, Refreshed, Request};
 use crate::error::{LockError, Result};
 use crate::fence;
 use crate::identity::{self, now_ms};
-use crate::paths::{self, Target};
+use crate::paths::Target;
 use crate::record::{self, LockRecord};
 
 const KEY_PREFIX: &str = "flowforge-lock";
-const PROJECT_ID_FILE: &str = "redis-project-id";
 
 pub struct RedisBackend {
   locks: Arc<RedisLocks>,
@@ -49,7 +46,7 @@ impl RedisBackend {
     let id = match known {
       Some(id) => id,
       None => {
-        let id = project_id(&paths::lock_dir_of(root))?;
+        let id = crate::project::id(root)?;
         guard(&self.project_ids).insert(root.to_path_buf(), id.clone());
         id
       }
@@ -59,12 +56,7 @@ impl RedisBackend {
 
   /// The Redis key of `target`'s lock.
   pub fn key(&self, target: &Target) -> Result<String> {
-    let name = target
-      .lock_path
-      .file_name()
-      .map(|n| n.to_string_lossy().into_owned())
-      .unwrap_or_default();
-    let name = name.strip_suffix(".lock").unwrap_or(&name).to_string();
+    let name = crate::project::lock_name(target);
     Ok(format!("{}{name}", self.project_prefix(&target.root)?))
   }
 
@@ -74,58 +66,6 @@ impl RedisBackend {
       grant: Some(grant),
       record,
     })
-  }
-}
-
-/// The project's id: read from `<lock dir>/redis-project-id`, or created there. A new id is
-/// written to a temporary file and hard-linked into place, which fails if another machine
-/// (or process) got there first; then theirs is used.
-fn project_id(lock_dir: &Path) -> Result<String> {
-  let path = lock_dir.join(PROJECT_ID_FILE);
-  let valid = |text: &str| {
-    let id = text.trim();
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
-  };
-  let read = |path: &Path| -> Result<Option<String>> {
-    match fs::read_to_string(path) {
-      Ok(text) => valid(&text).map(Some).ok_or_else(|| {
-        LockError::new(
-          "ELOCKCONFIG",
-          format!(
-            "{} does not hold a project id (32 hex digits); it names this project's locks in \
-             Redis. Restore it from another machine of the project, or remove it when no machine \
-             holds a lock.",
-            path.display()
-          ),
-        )
-      }),
-      Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-      Err(e) => Err(LockError::io(&e, "Cannot read the Redis project id", path)),
-    }
-  };
-  if let Some(id) = read(&path)? {
-    return Ok(id);
-  }
-  paths::ensure_lock_dir(lock_dir)?;
-  let temp = lock_dir.join(format!(".{PROJECT_ID_FILE}.{}.tmp", std::process::id()));
-  let id = record::new_lock_id();
-  let linked = fs::write(&temp, format!("{id}\n"))
-    .and_then(|()| fs::File::open(&temp)?.sync_all())
-    .and_then(|()| fs::hard_link(&temp, &path));
-  let _ = fs::remove_file(&temp);
-  match linked {
-    Ok(()) => Ok(id),
-    Err(e) if e.kind() == ErrorKind::AlreadyExists => read(&path)?.ok_or_else(|| {
-      LockError::new(
-        "ELOCKCONFIG",
-        format!("{} vanished while it was being read.", path.display()),
-      )
-    }),
-    Err(e) => Err(LockError::io(
-      &e,
-      "Cannot create the Redis project id",
-      &path,
-    )),
   }
 }
 
@@ -148,6 +88,13 @@ fn remote_json(lock: &RemoteLock) -> Value {
   let fields = json!({
     "backend": "redis",
     "key": lock.key,
+    // The names the other lock servers' views use (etcd's), so `status` and callers of
+    // `getLockInfo` read every backend alike. A lease replaces heartbeats: never stale.
+    "lockFile": lock.key,
+    "fencingToken": lock.token,
+    "queueLength": lock.waiters,
+    "staleReason": Value::Null,
+    "heartbeatAgeMs": Value::Null,
     "lockId": lock.lock_id,
     "state": if lock.holder_connected { "held" } else { "disconnected" },
     "token": lock.token,

@@ -750,6 +750,7 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     .unwrap()
     .unwrap();
   assert_eq!(info["token"], 42);
+  assert_eq!(info["fencingToken"], 42);
   assert_eq!(info["lockId"], grant.lock_id());
   assert_eq!(info["state"], "held");
   assert_eq!(info["file"], target.file.to_string_lossy().as_ref());
@@ -757,11 +758,11 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
   let listed = b.list(&root, Duration::from_secs(30)).unwrap();
   assert_eq!(listed.len(), 1);
   assert!(
-    std::fs::read_to_string(crate::paths::lock_dir_of(&root).join("redis-project-id"))
+    std::fs::read_to_string(crate::paths::lock_dir_of(&root).join("project-id"))
       .unwrap()
       .trim()
       .len()
-      == 32
+      == 16
   );
 
   // A waiter behind the seam gets it when the holder releases, for whoever heads its queue.
