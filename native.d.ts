@@ -15,6 +15,13 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  */
 export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null): Promise<string>
 
+/**
+ * `doctor`: `{ backend, version }` of the project at `root` (or the one around the working
+ * directory): the backend's URL (`"file"` by default) and a lock server's version, asked over a
+ * fresh connection; an unreachable server throws `ELOCKBACKEND`.
+ */
+export declare function backendHealth(root?: string | undefined | null): any
+
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
 /**

@@ -836,6 +836,7 @@ function __napiStampBindingTarget(exportsObject, target) {
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
 module.exports.acquire = nativeBinding.acquire
+module.exports.backendHealth = nativeBinding.backendHealth
 module.exports.cleanupStaleLocks = nativeBinding.cleanupStaleLocks
 module.exports.configureBackend = nativeBinding.configureBackend
 module.exports.DEFAULT_TIMEOUT = nativeBinding.DEFAULT_TIMEOUT

@@ -98,7 +98,9 @@ function expectExactHistory(file, total, workers) {
   expect(data.count).toBe(total)
   expect(data.tokens).toHaveLength(total)
   for (let i = 1; i < data.tokens.length; i++) {
-    if (!(data.tokens[i] > data.tokens[i - 1])) throw new Error(`token ${data.tokens[i]} committed after ${data.tokens[i - 1]} (commit ${i})`)
+    if (!(data.tokens[i] > data.tokens[i - 1])) {
+      throw new Error(`token ${data.tokens[i]} committed after token ${data.tokens[i - 1]} (commits ${i} and ${i + 1} of ${data.tokens.length}): two holders committed under one token, or an older one after a newer`)
+    }
   }
   expect(linesOf(workers, 'COMMIT ').map((l) => Number(l.split(' ')[1])).sort((a, b) => a - b)).toEqual(data.tokens)
 }
@@ -307,7 +309,7 @@ describe('Redis backend', () => {
     const root = makeProject()
     const file = counterFile(root)
     const port = await freePort()
-    const worker = start('etcd-worker', [file], backend(`redis://127.0.0.1:${port}?ttl=2000`))
+    const worker = start('etcd-worker', [file], backend(`redis://127.0.0.1:${port}?ttl=2000&refresh=500`))
     await worker.until(/^READY$/)
     const asked = Date.now()
     worker.send('acquire 10000')

@@ -8,7 +8,7 @@
 //             the other's grant (p50, from CLOCK_MONOTONIC, which all processes share)
 //   P=8       eight processes do locked read-increment-writes of one file (updates/s; the final
 //             count is checked exact). flowforge-lock's write is updateWithLock (temp file,
-//             fsync, the commit check, rename); the others read, write a temp file and rename.
+//             fsync, the commit check, rename); the others read, write a temp file, fsync and rename.
 // The floor of a handoff: Node's own cross-process wake-up (half the round trip of a ping over a
 // Unix socket between two Node processes) plus one Redis round trip (PING over ioredis).
 // The peers run with their documented defaults except for retries: redis-semaphore polls
@@ -81,10 +81,14 @@ function lockClient(client, url, file) {
   }
 }
 
+/** The peers' write: as durable as updateWithLock's (temp file, fsync, rename), without a check. */
 function incrementJson(file) {
   const data = JSON.parse(fs.readFileSync(file, 'utf8'))
   data.count += 1
-  fs.writeFileSync(`${file}.tmp`, JSON.stringify(data))
+  const fd = fs.openSync(`${file}.tmp`, 'w')
+  fs.writeSync(fd, JSON.stringify(data))
+  fs.fsyncSync(fd)
+  fs.closeSync(fd)
   fs.renameSync(`${file}.tmp`, file)
 }
 
@@ -130,7 +134,8 @@ function startWorker(args, cwd) {
         if (line.startsWith('RESULT ')) result = JSON.parse(line.slice(7))
         if (line === what) resolve()
       })
-      child.on('exit', (code) => code !== 0 && reject(new Error(`bench worker ${args.join(' ')} exited ${code}`)))
+      // Killed by us (the ping server) is not a failure.
+      child.on('exit', (code, signal) => !signal && code !== 0 && reject(new Error(`bench worker ${args.join(' ')} exited ${code}`)))
     })
   return { child, ready: seen('READY'), done: seen('DONE'), result: () => result }
 }
