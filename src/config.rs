@@ -91,9 +91,8 @@ fn chosen_url(root: &Path) -> Result<Option<String>> {
 /// (`ELOCKBACKEND` naming the address), not at the first lock.
 pub fn health(root: &Path) -> Result<serde_json::Value> {
   let url = match chosen_url(root)? {
-    None => return Ok(serde_json::json!({ "backend": "file", "version": null })),
-    Some(url) if url == "file" => return Ok(serde_json::json!({ "backend": "file", "version": null })),
-    Some(url) => url,
+    Some(url) if url != "file" => url,
+    _ => return Ok(serde_json::json!({ "backend": "file", "version": null })),
   };
   check_url(&url)?;
   let version = match scheme(&url) {
