@@ -423,6 +423,8 @@ describe('CLI with the Redis backend', () => {
     expect(code).toBe(0)
     const { locks } = JSON.parse(json.lines.join('\n'))
     const row = locks.find((l) => l.state === 'held')
+    // Held in Redis, so not listed again as a free critical file.
+    expect(locks.filter((l) => path.basename(l.file) === 'tasks.json')).toHaveLength(1)
     expect(row).toMatchObject({ pid: holder.child.pid, token, queueLength: 1 })
     expect(row.user).toEqual(expect.any(String))
     expect(row.host).toEqual(expect.any(String))

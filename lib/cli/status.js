@@ -11,9 +11,9 @@ const { duration, paint } = require('./format.js')
 const { table } = require('../table.js')
 const { EXIT } = require('./exit-codes.js')
 
-/** The lock file's name (`tasks.json.lock`): a lock server's key ends with it, after a ':' (Redis) or
- * as its last path segment (etcd). */
-const lockName = (lock) => path.basename(lock.lockFile).split(':').pop()
+/** The lock file's name (`tasks.json.lock`): a Redis key ends with it after `{<projectId>}:`, an
+ * etcd prefix as its last path segment. */
+const lockName = (lock) => (lock.backend === 'redis' ? lock.lockFile.slice(lock.lockFile.indexOf('}:') + 2) : path.basename(lock.lockFile))
 
 function rowsOf(root) {
   const locks = listLocks(root === undefined ? undefined : { root })
