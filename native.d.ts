@@ -26,6 +26,13 @@ export declare function acquireSync(file: string, timeoutMs?: number | undefined
 /** `timeout: 'adaptive'` for a caller of `priority` arriving now: see `metrics::adaptive_timeout`. */
 export declare function adaptiveTimeout(file: string, priority?: number | undefined | null): number
 
+/**
+ * `doctor`: `{ backend, version }` of the project at `root` (or the one around the working
+ * directory): the backend's URL (`"file"` by default) and a lock server's version, asked over a
+ * fresh connection; an unreachable server throws `ELOCKBACKEND`.
+ */
+export declare function backendHealth(root?: string | undefined | null): any
+
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
 /**

@@ -838,6 +838,8 @@ module.exports = nativeBinding
 module.exports.acquire = nativeBinding.acquire
 module.exports.acquireSync = nativeBinding.acquireSync
 module.exports.adaptiveTimeout = nativeBinding.adaptiveTimeout
+
+module.exports.backendHealth = nativeBinding.backendHealth
 module.exports.cleanupStaleLocks = nativeBinding.cleanupStaleLocks
 module.exports.configureBackend = nativeBinding.configureBackend
 module.exports.currentVersion = nativeBinding.currentVersion

@@ -63,14 +63,7 @@ pub fn backend_for_root(root: &Path) -> Result<&'static dyn Backend> {
       return Ok(*backend);
     }
   }
-  let configured = state().configured.clone();
-  let url = match configured {
-    Some(url) => Some(url),
-    None => match std::env::var(BACKEND_ENV).ok().filter(|v| !v.is_empty()) {
-      Some(url) => Some(url),
-      None => project_backend(root)?,
-    },
-  };
+  let url = chosen_url(root)?;
   let backend = match url.as_deref() {
     None | Some("file") => file::backend() as &'static dyn Backend,
     Some(url) => connected(url)?,
@@ -79,6 +72,41 @@ pub fn backend_for_root(root: &Path) -> Result<&'static dyn Backend> {
     .chosen
     .insert(root.to_path_buf(), (Instant::now(), backend));
   Ok(backend)
+}
+
+/// The backend URL that applies to the project at `root` (`None`: the file backend).
+fn chosen_url(root: &Path) -> Result<Option<String>> {
+  let configured = state().configured.clone();
+  match configured {
+    Some(url) => Ok(Some(url)),
+    None => match std::env::var(BACKEND_ENV).ok().filter(|v| !v.is_empty()) {
+      Some(url) => Ok(Some(url)),
+      None => project_backend(root),
+    },
+  }
+}
+
+/// `doctor`: the backend of the project at `root` (its URL, password hidden) and, for a lock
+/// server, its version. It connects afresh, so an unreachable server is an error now
+/// (`ELOCKBACKEND` naming the address), not at the first lock.
+pub fn health(root: &Path) -> Result<serde_json::Value> {
+  let url = match chosen_url(root)? {
+    Some(url) if url != "file" => url,
+    _ => return Ok(serde_json::json!({ "backend": "file", "version": null })),
+  };
+  check_url(&url)?;
+  let version = match scheme(&url) {
+    "redis" | "rediss" => Some(
+      crate::redis::RedisBackend::connect(&url)?
+        .engine()
+        .server_version()?,
+    ),
+    _ => {
+      crate::etcd::EtcdBackend::connect(&url)?;
+      None
+    }
+  };
+  Ok(serde_json::json!({ "backend": crate::redis::redact(&url), "version": version }))
 }
 
 /// The `backend` of `<root>/.flowforge/lock-config.json`, if the file exists.
@@ -123,8 +151,9 @@ fn check_url(url: &str) -> Result<()> {
   match scheme(url) {
     "file" => Ok(()),
     "etcd" | "etcds" => crate::etcd::EtcdConfig::parse(url).map(|_| ()),
+    "redis" | "rediss" => crate::redis::RedisConfig::parse(url).map(|_| ()),
     other => Err(LockError::invalid_value(format!(
-      "Unknown lock backend {other:?} in {url:?}: use \"file\" (the default) or etcd://host:port."
+      "Unknown lock backend {other:?} in {url:?}: use \"file\" (the default), redis://host:port or etcd://host:port."
     ))),
   }
 }
@@ -137,6 +166,7 @@ fn connected(url: &str) -> Result<&'static dyn Backend> {
   check_url(url)?;
   let backend: &'static dyn Backend = match scheme(url) {
     "etcd" | "etcds" => Box::leak(Box::new(crate::etcd::EtcdBackend::connect(url)?)),
+    "redis" | "rediss" => Box::leak(Box::new(crate::redis::RedisBackend::connect(url)?)),
     _ => {
       return Err(LockError::invalid_value(format!(
         "No backend for {url:?} in this build."

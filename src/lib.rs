@@ -29,6 +29,7 @@ pub mod metrics;
 pub mod paths;
 pub mod project;
 pub mod record;
+pub mod redis;
 pub mod store;
 #[cfg(test)]
 mod test_support;
@@ -414,5 +415,15 @@ pub fn write_text_atomic_sync(env: Env, file: String, lock_id: String, text: Str
         lock_table::verify_held(&target, &lock_id)
       })
     })
+    .map_err(|e| js_error(&env, e))
+}
+
+/// `doctor`: `{ backend, version }` of the project at `root` (or the one around the working
+/// directory): the backend's URL (`"file"` by default) and a lock server's version, asked over a
+/// fresh connection; an unreachable server throws `ELOCKBACKEND`.
+#[napi]
+pub fn backend_health(env: Env, root: Option<String>) -> Result<Value> {
+  paths::root_for_dir(root.as_deref())
+    .and_then(|root| config::health(&root))
     .map_err(|e| js_error(&env, e))
 }

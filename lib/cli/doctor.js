@@ -1,7 +1,8 @@
 'use strict'
 // flowforge-lock doctor: is this project's lock directory safe, and do kernel locks work there?
 // It refuses to pretend: if another process cannot see a kernel lock taken here, locking on
-// this file system excludes nobody, and doctor says so.
+// this file system excludes nobody, and doctor says so. With a lock server (Redis, etcd) it
+// also connects to it afresh and checks that it answers, and that a Redis is new enough.
 
 const fs = require('node:fs')
 const path = require('node:path')
@@ -47,6 +48,29 @@ async function checkKernelLocks(dataDir) {
   return whileHeld && !afterRelease
 }
 
+/** The oldest Redis the backend's scripts are written for (docs/redis-algorithm.md). */
+const REDIS_MIN = [7, 0]
+
+/** The lock server of the project, if any: does it answer, and is it a version we support? */
+function checkBackend(projectRoot, check) {
+  let health
+  try {
+    health = native.backendHealth(projectRoot)
+  } catch (err) {
+    check(false, `the lock server does not answer: ${err.message}`, 'start it, or fix FLOWFORGE_LOCK_BACKEND / .flowforge/lock-config.json')
+    return
+  }
+  const { backend, version } = health
+  if (backend === 'file') return
+  if (!/^rediss?:/.test(backend)) {
+    check(true, `lock server ${backend} answers`, null)
+    return
+  }
+  const [major, minor] = String(version).split('.').map(Number)
+  const supported = major > REDIS_MIN[0] || (major === REDIS_MIN[0] && minor >= REDIS_MIN[1])
+  check(supported, `Redis at ${backend} answers, version ${version}${supported ? '' : `: older than ${REDIS_MIN.join('.')}`}`, `upgrade the server to Redis ${REDIS_MIN.join('.')} or newer`)
+}
+
 async function doctor(root) {
   const projectRoot = native.projectRoot(root)
   const dataDir = path.join(projectRoot, '.flowforge')
@@ -58,6 +82,7 @@ async function doctor(root) {
     check(false, `no .flowforge/ directory in ${projectRoot}`, 'run doctor inside a FlowForge project, or pass its ROOT')
     return report(results)
   }
+  checkBackend(projectRoot, check)
   const lockStat = fs.statSync(lockDir, { throwIfNoEntry: false })
   if (!lockStat) {
     let creatable = true

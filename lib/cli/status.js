@@ -1,5 +1,7 @@
 'use strict'
-// flowforge-lock status: every lock of a project, judged, as a table or as JSON.
+// flowforge-lock status: every lock of a project, judged, as a table or as JSON. With a lock
+// server (Redis, etcd) each lock also shows its fencing token, its lease's time left and how many
+// wait for it; those columns appear when some lock has them.
 
 const path = require('node:path')
 const native = require('../../native.js')
@@ -10,11 +12,15 @@ const { table } = require('../table.js')
 const { EXIT } = require('./exit-codes.js')
 const { deadLetterSummary } = require('../dead-letters.js')
 
+/** The lock file's name (`tasks.json.lock`): a Redis key ends with it after `{<projectId>}:`, an
+ * etcd prefix as its last path segment. */
+const lockName = (lock) => (lock.backend === 'redis' ? lock.lockFile.slice(lock.lockFile.indexOf('}:') + 2) : path.basename(lock.lockFile))
+
 function rowsOf(root) {
   const locks = listLocks(root === undefined ? undefined : { root })
   const projectRoot = native.projectRoot(root)
   const rows = locks.map((lock) => ({
-    file: lock.file ?? path.basename(lock.lockFile, '.lock'),
+    file: lock.file ?? path.basename(lockName(lock), '.lock'),
     lockFile: lock.lockFile,
     state: lock.state,
     reason: lock.staleReason ?? null,
@@ -23,20 +29,23 @@ function rowsOf(root) {
     host: lock.hostname ?? null,
     heldForMs: lock.heldForMs ?? null,
     heartbeatAgeMs: lock.heartbeatAgeMs ?? null,
+    token: lock.fencingToken ?? null,
+    ttlLeftMs: lock.ttlLeftMs ?? null,
+    queueLength: lock.queueLength ?? null,
   }))
-  const taken = new Set(locks.map((lock) => path.basename(lock.lockFile)))
+  const taken = new Set(locks.map(lockName))
   // FlowForge's critical files are listed as free when they have no lock file.
   for (const relative of Object.values(FILES)) {
     const file = path.join(projectRoot, relative)
     const lockFile = path.join(projectRoot, '.flowforge', '.locks', `${path.basename(relative)}.lock`)
     if (!taken.has(path.basename(lockFile))) {
-      rows.push({ file, lockFile, state: 'free', reason: null, pid: null, user: null, host: null, heldForMs: null, heartbeatAgeMs: null })
+      rows.push({ file, lockFile, state: 'free', reason: null, pid: null, user: null, host: null, heldForMs: null, heartbeatAgeMs: null, token: null, ttlLeftMs: null, queueLength: null })
     }
   }
   return { root: projectRoot, rows }
 }
 
-const STATE_COLOUR = { held: 'yellow', free: 'green', stale: 'red', unsafe: 'red' }
+const STATE_COLOUR = { held: 'yellow', free: 'green', stale: 'red', unsafe: 'red', disconnected: 'red' }
 
 function status(root, { json }) {
   const { root: projectRoot, rows } = rowsOf(root)
@@ -46,6 +55,8 @@ function status(root, { json }) {
     return EXIT.OK
   }
   const shown = (file) => (file.startsWith(projectRoot + path.sep) ? path.relative(projectRoot, file) : file)
+  // A lock server's columns, when any lock has them (the file backend has heartbeats instead).
+  const leased = rows.some((r) => r.token !== null || r.ttlLeftMs !== null)
   const cells = rows.map((r) => [
     shown(r.file),
     r.state,
@@ -53,12 +64,13 @@ function status(root, { json }) {
     r.user ?? '-',
     r.host ?? '-',
     r.state === 'free' ? '-' : duration(r.heldForMs),
-    duration(r.heartbeatAgeMs),
+    ...(leased ? [r.token === null ? '-' : String(r.token), duration(r.ttlLeftMs), r.queueLength === null ? '-' : String(r.queueLength)] : [duration(r.heartbeatAgeMs)]),
     r.reason ?? '',
   ])
+  const headers = ['FILE', 'STATE', 'PID', 'USER', 'HOST', 'HELD FOR', ...(leased ? ['TOKEN', 'TTL LEFT', 'QUEUE'] : ['HEARTBEAT']), 'WHY STALE']
   process.stdout.write(`Locks of ${projectRoot}\n`)
   process.stdout.write(
-    `${table(['FILE', 'STATE', 'PID', 'USER', 'HOST', 'HELD FOR', 'HEARTBEAT', 'WHY STALE'], cells, {
+    `${table(headers, cells, {
       style: (text, row, i) => (row === null ? paint('bold', text) : i === 1 && STATE_COLOUR[row[1]] ? paint(STATE_COLOUR[row[1]], text) : text),
     })}\n`,
   )

@@ -1,0 +1,478 @@
+'use strict'
+// The Redis backend end to end (issue 11's figures), against real redis-server processes on
+// loopback ports of their own: children select it with FLOWFORGE_LOCK_BACKEND=redis://…, run under
+// --unhandled-rejections=strict (a lost lock must never become an unhandled rejection), and every
+// dangerous instant is an event a child prints (READ, HOLDING, TOKEN …), never a sleep.
+// Small counts by default; FFL_REDIS_FULL=1 runs the issue's full counts (4 hosts × 200 updates,
+// 100 frozen-holder rounds). Children: fixtures/redis-counter.js (read-increment-write loops with
+// an O_EXCL overlap detector and the token history in the file) and fixtures/etcd-worker.js (a
+// holder driven line by line; it only speaks the public API, so it serves every lock server).
+const fs = require('node:fs')
+const net = require('node:net')
+const path = require('node:path')
+const readline = require('node:readline')
+const { spawn, spawnSync } = require('node:child_process')
+const { makeProject, PACKAGE_ROOT } = require('./helpers')
+const { startRedis, freePort } = require('./redis-server')
+const { failpointBinary, failpointEnv } = require('./failpoint-binary')
+
+const FIXTURES = path.join(__dirname, 'fixtures')
+const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
+const FULL = process.env.FFL_REDIS_FULL === '1'
+const HOST_UPDATES = FULL ? 200 : 25
+const FROZEN_ROUNDS = FULL ? 100 : 3
+const canUnshare = process.getuid() === 0 && spawnSync('unshare', ['--uts', 'true']).status === 0
+const NODE = [process.execPath, '--unhandled-rejections=strict']
+
+// A failed assertion must not leave children (and their pipes) behind.
+const children = new Set()
+afterEach(() => {
+  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
+  children.clear()
+})
+
+/**
+ * Starts `node fixtures/<name>.js args` (or, with `cli`, the flowforge-lock command) with `env`;
+ * `host` runs it in a UTS namespace of its own under that hostname. `until(re)` resolves with the
+ * next stdout line matching `re` (every line stays in `lines`); `send(line)` writes a command.
+ */
+function start(name, args, env, { host, cli } = {}) {
+  const node = [...NODE, cli ? BIN : path.join(FIXTURES, `${name}.js`), ...args.map(String)]
+  const [cmd, ...argv] = host ? ['unshare', '--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', host, ...node] : node
+  const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
+  children.add(child)
+  const lines = []
+  const waiting = []
+  let stderr = ''
+  child.stderr.on('data', (chunk) => (stderr += chunk))
+  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })))
+  readline.createInterface({ input: child.stdout }).on('line', (line) => {
+    lines.push(line)
+    for (const w of waiting.splice(0)) if (!w()) waiting.push(w)
+  })
+  // One cursor: each `until` looks from just after the line the previous one returned.
+  let cursor = 0
+  const until = (re) =>
+    new Promise((resolve, reject) => {
+      const look = () => {
+        const i = lines.findIndex((l, j) => j >= cursor && re.test(l))
+        if (i < 0) return false
+        cursor = i + 1
+        resolve(lines[i])
+        return true
+      }
+      if (look()) return
+      waiting.push(look)
+      exited.then((how) => reject(new Error(`${name} ended (${JSON.stringify(how)}) before ${re}:\n${lines.join('\n')}\n${stderr}`)))
+    })
+  const send = (line) => child.stdin.write(`${line}\n`)
+  return { child, lines, until, send, exited, stderr: () => stderr }
+}
+
+function counterFile(root, count = 0) {
+  const file = path.join(root, 'counter.json')
+  fs.writeFileSync(file, JSON.stringify({ count, tokens: [] }))
+  return file
+}
+
+const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
+const count = (file) => read(file).count
+const backend = (url) => ({ FLOWFORGE_LOCK_BACKEND: url })
+const linesOf = (workers, prefix) => workers.flatMap((w) => w.lines.filter((l) => l.startsWith(prefix)))
+const codesOf = (lines) => [...new Set(lines.map((l) => l.split(' ')[1]))]
+
+/** Runs counter workers to the end: every one prints DONE. */
+async function runCounters(workers, midRun) {
+  await Promise.all(workers.map((w) => w.until(/^READY$/)))
+  for (const w of workers) w.send('go')
+  if (midRun) await midRun()
+  await Promise.all(workers.map((w) => w.until(/^DONE /)))
+  for (const w of workers) w.child.stdin.end()
+  await Promise.all(workers.map((w) => w.exited))
+}
+
+/** The file is whole and exact, and its history is the fencing invariant: one token per
+ * commit, strictly rising in commit order (no token reused, none going backwards). */
+function expectExactHistory(file, total, workers) {
+  const data = read(file)
+  expect(data.count).toBe(total)
+  expect(data.tokens).toHaveLength(total)
+  for (let i = 1; i < data.tokens.length; i++) {
+    if (!(data.tokens[i] > data.tokens[i - 1])) {
+      throw new Error(`token ${data.tokens[i]} committed after token ${data.tokens[i - 1]} (commits ${i} and ${i + 1} of ${data.tokens.length}): two holders committed under one token, or an older one after a newer`)
+    }
+  }
+  expect(linesOf(workers, 'COMMIT ').map((l) => Number(l.split(' ')[1])).sort((a, b) => a - b)).toEqual(data.tokens)
+}
+
+/**
+ * A TCP proxy written here, between clients and the server. `delay(ms)` holds every chunk up to
+ * `ms` (random, order kept); `drop()` forwards nothing any more, either way, and answers new
+ * connections with silence (a partition: the client sees no reset, only no replies);
+ * `heal()` then drops the dead connections (as TCP eventually would) and forwards again.
+ */
+async function proxyTo(port) {
+  const pairs = new Set()
+  let dropping = false
+  let maxDelay = 0
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1')
+    const pair = [client, upstream]
+    pairs.add(pair)
+    for (const s of pair) {
+      s.on('error', () => {})
+      s.on('close', () => {
+        pairs.delete(pair)
+        for (const other of pair) other.destroy()
+      })
+    }
+    const forward = (from, to) => {
+      let chain = Promise.resolve()
+      from.on('data', (chunk) => {
+        if (dropping || pair.dead) return
+        const wait = maxDelay ? Math.random() * maxDelay : 0
+        // A delayed line must stay a delay: the order of the bytes is kept.
+        chain = chain
+          .then(() => wait && new Promise((resolve) => setTimeout(resolve, wait)))
+          .then(() => !dropping && !pair.dead && !to.destroyed && to.write(chunk))
+      })
+    }
+    forward(client, upstream)
+    forward(upstream, client)
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: (query) => `redis://127.0.0.1:${server.address().port}?${query}`,
+    delay(ms) {
+      maxDelay = ms
+    },
+    drop() {
+      dropping = true
+      for (const pair of pairs) pair.dead = true
+    },
+    heal() {
+      for (const pair of [...pairs]) if (pair.dead) for (const s of pair) s.destroy()
+      dropping = false
+    },
+    close() {
+      for (const pair of pairs) for (const s of pair) s.destroy()
+      server.close()
+    },
+  }
+}
+
+describe('Redis backend', () => {
+  let redis
+  beforeAll(async () => {
+    redis = await startRedis()
+  }, 60000)
+  afterAll(() => redis && redis.stop())
+
+  test('4 hosts × N locked read-increment-writes of one file: exact, never two holders', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const marker = path.join(root, 'holder.marker')
+    if (!canUnshare) console.log('redis hosts test: not root (or no unshare --uts): the 4 workers share this hostname')
+    const workers = [1, 2, 3, 4].map((i) =>
+      start('redis-counter', [file, HOST_UPDATES, marker], backend(`${redis.url}?ttl=5000&refresh=1000`), {
+        host: canUnshare ? `ffl-redis-host-${i}` : undefined,
+      }),
+    )
+    const started = Date.now()
+    await runCounters(workers)
+    console.log(`redis: 4 hosts × ${HOST_UPDATES} updates in ${Date.now() - started} ms`)
+    expect(workers.map((w) => w.lines.find((l) => l.startsWith('DONE')))).toEqual(Array(4).fill(`DONE ${HOST_UPDATES}`))
+    expect(linesOf(workers, 'OVERLAP')).toEqual([])
+    expect(linesOf(workers, 'ERR')).toEqual([])
+    expectExactHistory(file, 4 * HOST_UPDATES, workers)
+    if (canUnshare) expect(new Set(workers.map((w) => w.lines.find((l) => l.startsWith('HOST ')))).size).toBe(4)
+  }, 240000)
+
+  test('a SIGKILLed holder is released at once, not after its TTL: the queued waiter takes over with a higher token', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    // A TTL far beyond the waiter's own timeout: the waiter can only get the lock in time
+    // because Redis saw the dead holder's connection close.
+    const url = `${redis.url}?ttl=120000&refresh=20000`
+    const holder = start('etcd-worker', [file], backend(url))
+    const next = start('etcd-worker', [file], backend(url))
+    await Promise.all([holder.until(/^READY$/), next.until(/^READY$/)])
+    holder.send('acquire 5000')
+    const first = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
+    next.send('acquire 30000')
+    for (;;) {
+      holder.send('info')
+      if (JSON.parse((await holder.until(/^INFO /)).slice(5)).queueLength >= 1) break
+    }
+    const killedAt = Date.now()
+    holder.child.kill('SIGKILL')
+    expect(await holder.exited).toEqual({ code: null, signal: 'SIGKILL' })
+    const line = await next.until(/^(ACQUIRED|ERR) /)
+    console.log(`redis: SIGKILLed holder replaced after ${Date.now() - killedAt} ms (ttl 120000 ms, waiter timeout 30000 ms)`)
+    expect(line).toMatch(/^ACQUIRED /)
+    expect(Number(line.split(' ')[2])).toBeGreaterThan(first)
+    next.send('release')
+    await next.until(/^RELEASED true$/)
+    next.child.stdin.end()
+    await next.exited
+  }, 60000)
+
+  /**
+   * Rounds of: A takes the lock and reads; A is frozen (SIGSTOP) with its connection open, so
+   * only the TTL can free the lock; B, waiting, gets it and commits an increment; A resumes and
+   * writes its increment of the old value. Lost updates = increments reported done − the count.
+   */
+  async function frozenRounds(env, rounds) {
+    const root = makeProject()
+    const file = counterFile(root)
+    const url = `${redis.url}?ttl=1000&refresh=300`
+    const a = start('etcd-worker', [file], { ...backend(url), ...env })
+    const b = start('etcd-worker', [file], { ...backend(url), ...env })
+    await Promise.all([a.until(/^READY$/), b.until(/^READY$/)])
+    let done = 0
+    const late = []
+    for (let round = 0; round < rounds; round++) {
+      a.send('acquire 30000')
+      await a.until(/^ACQUIRED /)
+      a.send('read')
+      const seen = Number((await a.until(/^READ /)).split(' ')[1])
+      a.child.kill('SIGSTOP')
+      b.send('inc 30000')
+      const inc = await b.until(/^(INC|ERR) /)
+      if (inc.startsWith('INC')) done += 1
+      a.child.kill('SIGCONT')
+      a.send(`write ${seen + 1}`)
+      const outcome = await a.until(/^(WROTE|ERR) /)
+      late.push(outcome.startsWith('WROTE') ? 'WROTE' : outcome.split(' ').slice(0, 2).join(' '))
+      if (outcome.startsWith('WROTE')) done += 1
+      a.send('release')
+      await a.until(/^RELEASED /)
+    }
+    for (const w of [a, b]) w.child.stdin.end()
+    await Promise.all([a.exited, b.exited])
+    expect(b.lines.filter((l) => l.startsWith('INC'))).toHaveLength(rounds)
+    return { lost: done - count(file), late }
+  }
+
+  test('a holder frozen past its TTL while another host commits: its late write is refused (ELOCKLOST), lost updates 0', async () => {
+    const { lost, late } = await frozenRounds({}, FROZEN_ROUNDS)
+    console.log(`redis: frozen holder, fencing on: ${FROZEN_ROUNDS} rounds, lost updates ${lost}, late writes: ${[...new Set(late)].join(', ')}`)
+    expect(late).toEqual(Array(FROZEN_ROUNDS).fill('ERR ELOCKLOST'))
+    expect(lost).toBe(0)
+  }, 600000)
+
+  test('with the commit check off (failpoint commit::skip_check) the same rounds lose updates', async () => {
+    const binary = failpointBinary()
+    const { lost, late } = await frozenRounds(failpointEnv(binary, 'commit::skip_check=return(on)'), FROZEN_ROUNDS)
+    console.log(`redis: frozen holder, fencing off: ${FROZEN_ROUNDS} rounds, lost updates ${lost}`)
+    expect(late).toEqual(Array(FROZEN_ROUNDS).fill('WROTE'))
+    expect(lost).toBeGreaterThan(0)
+  }, 900000)
+
+  test('Redis restarted without persistence mid-run: clear errors, a whole exact file, no token reused, work resumes', async () => {
+    const own = await startRedis()
+    try {
+      const root = makeProject()
+      const file = counterFile(root)
+      const marker = path.join(root, 'holder.marker')
+      const updates = FULL ? 100 : 20
+      const workers = [1, 2, 3].map(() => start('redis-counter', [file, updates, marker], backend(`${own.url}?ttl=3000&refresh=1000`)))
+      let before
+      await runCounters(workers, async () => {
+        // Mid-run: once every worker has committed a quarter of its updates.
+        await Promise.all(
+          workers.map(async (w) => {
+            for (let i = 0; i < updates / 4; i++) await w.until(/^COMMIT /)
+          }),
+        )
+        await own.restart()
+        before = linesOf(workers, 'COMMIT ').length
+      })
+      const errors = linesOf(workers, 'ERR ')
+      const overlaps = linesOf(workers, 'OVERLAP')
+      console.log(
+        `redis: restarted after ${before} commits; ${3 * updates - before} after; ${errors.length} errors retried (${codesOf(errors).join(', ') || 'none'}); ` +
+          `${overlaps.length} holds found the old holder's marker (its lock had vanished with the server: its write was refused)`,
+      )
+      expect(3 * updates - before).toBeGreaterThan(0)
+      for (const line of errors) {
+        expect(line).toMatch(/^ERR (ELOCKBACKEND|ELOCKLOST) /)
+        if (line.startsWith('ERR ELOCKBACKEND')) expect(line).toContain(`127.0.0.1:${own.port}`)
+      }
+      expectExactHistory(file, 3 * updates, workers)
+    } finally {
+      await own.stop()
+    }
+  }, 240000)
+
+  test('Redis unreachable: ELOCKBACKEND naming the address, within the caller’s timeout', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const port = await freePort()
+    const worker = start('etcd-worker', [file], backend(`redis://127.0.0.1:${port}?ttl=2000&refresh=500`))
+    await worker.until(/^READY$/)
+    const asked = Date.now()
+    worker.send('acquire 10000')
+    const line = await worker.until(/^(ACQUIRED|ERR) /)
+    console.log(`redis: unreachable server answered after ${Date.now() - asked} ms (caller timeout 10000 ms): ${line}`)
+    expect(line).toMatch(/^ERR ELOCKBACKEND /)
+    expect(line).toContain(`127.0.0.1:${port}`)
+    worker.child.stdin.end()
+    expect(await worker.exited).toEqual({ code: 0, signal: null })
+  }, 60000)
+})
+
+describe('Redis backend behind a proxy that delays and drops', () => {
+  let redis
+  beforeAll(async () => {
+    redis = await startRedis()
+  }, 60000)
+  afterAll(() => redis && redis.stop())
+
+  test('a holder cut off by the proxy learns it lost the lease (AbortSignal, then ELOCKLOST); another takes it', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const proxy = await proxyTo(redis.port)
+    try {
+      const cutOff = start('etcd-worker', [file], backend(proxy.url('ttl=2000&refresh=500')))
+      const other = start('etcd-worker', [file], backend(`${redis.url}?ttl=2000&refresh=500`))
+      await Promise.all([cutOff.until(/^READY$/), other.until(/^READY$/)])
+      cutOff.send('hold 5000')
+      const first = Number((await cutOff.until(/^HOLDING /)).split(' ')[2])
+      other.send('acquire 30000')
+      proxy.drop()
+      const lost = await cutOff.until(/^LOST /)
+      console.log(`redis: cut-off holder says: ${lost}`)
+      expect(lost).toMatch(/^LOST ELOCKLOST /)
+      expect(await cutOff.until(/^(HELD|ERR) /)).toMatch(/^ERR ELOCKLOST /)
+      const second = Number((await other.until(/^ACQUIRED /)).split(' ')[2])
+      expect(second).toBeGreaterThan(first)
+      cutOff.child.kill('SIGKILL')
+      other.child.stdin.end()
+      await Promise.all([cutOff.exited, other.exited])
+    } finally {
+      proxy.close()
+    }
+  }, 60000)
+
+  test('3 workers, each behind a proxy that delays every chunk and now and then drops everything: never two holders, exact file', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const marker = path.join(root, 'holder.marker')
+    const updates = FULL ? 60 : 15
+    const ttl = 2000
+    const proxies = await Promise.all([1, 2, 3].map(() => proxyTo(redis.port)))
+    try {
+      for (const p of proxies) p.delay(20)
+      const workers = proxies.map((p) => start('redis-counter', [file, updates, marker, 60000], backend(p.url(`ttl=${ttl}&refresh=500`))))
+      let drops = 0
+      let finished = false
+      // The fault schedule: a drop lasts 1.5 TTLs, so a holder behind it is past its own
+      // deadline, and its lease past Redis's TTL, before its dead connection is closed (a reset
+      // within the TTL would hand the lock over at once, which is the SIGKILL case above).
+      const chaos = (async () => {
+        let i = 0
+        while (!finished) {
+          await new Promise((resolve) => setTimeout(resolve, 700))
+          if (finished) break
+          const p = proxies[i++ % proxies.length]
+          p.drop()
+          drops++
+          await new Promise((resolve) => setTimeout(resolve, ttl * 1.5))
+          p.heal()
+        }
+      })()
+      await runCounters(workers)
+      finished = true
+      await chaos
+      const errors = linesOf(workers, 'ERR ')
+      console.log(`redis: behind proxies, ${drops} drops; ${errors.length} failed attempts retried (${codesOf(errors).join(', ') || 'none'})`)
+      expect(linesOf(workers, 'OVERLAP')).toEqual([])
+      for (const line of errors) expect(line).toMatch(/^ERR (ELOCKLOST|ELOCKBACKEND|ELOCKTIMEOUT) /)
+      expectExactHistory(file, 3 * updates, workers)
+    } finally {
+      for (const p of proxies) p.close()
+    }
+  }, 300000)
+})
+
+describe('CLI with the Redis backend', () => {
+  let redis
+  beforeAll(async () => {
+    redis = await startRedis()
+  }, 60000)
+  afterAll(() => redis && redis.stop())
+
+  test('status lists the Redis lock: holder pid, user, host, token, TTL left, queue length', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    fs.writeFileSync(file, '{}')
+    const env = backend(`${redis.url}?ttl=30000&refresh=5000`)
+    const holder = start('etcd-worker', [file], env)
+    const waiter = start('etcd-worker', [file], env)
+    await Promise.all([holder.until(/^READY$/), waiter.until(/^READY$/)])
+    holder.send('acquire 5000')
+    const token = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
+    waiter.send('acquire 30000')
+    for (;;) {
+      holder.send('info')
+      if (JSON.parse((await holder.until(/^INFO /)).slice(5)).queueLength >= 1) break
+    }
+    const json = start('status', ['status', '--json', root], env, { cli: true })
+    const { code } = await json.exited
+    expect(code).toBe(0)
+    const { locks } = JSON.parse(json.lines.join('\n'))
+    const row = locks.find((l) => l.state === 'held')
+    // Held in Redis, so not listed again as a free critical file.
+    expect(locks.filter((l) => path.basename(l.file) === 'tasks.json')).toHaveLength(1)
+    expect(row).toMatchObject({ pid: holder.child.pid, token, queueLength: 1 })
+    expect(row.user).toEqual(expect.any(String))
+    expect(row.host).toEqual(expect.any(String))
+    expect(row.ttlLeftMs).toBeGreaterThan(0)
+    const text = start('status', ['status', root], { ...env, NO_COLOR: '1' }, { cli: true })
+    expect((await text.exited).code).toBe(0)
+    const out = text.lines.join('\n')
+    expect(out).toMatch(/TOKEN/)
+    expect(out).toMatch(/TTL LEFT/)
+    expect(out).toMatch(/QUEUE/)
+    expect(out).toContain(String(token))
+    holder.send('release')
+    await waiter.until(/^ACQUIRED /)
+    for (const w of [holder, waiter]) w.child.stdin.end()
+    await Promise.all([holder.exited, waiter.exited])
+  }, 60000)
+
+  test('doctor checks the connection and the server version; an unreachable server is a problem naming it', async () => {
+    const root = makeProject()
+    const ok = start('doctor', ['doctor', root], { ...backend(redis.url), NO_COLOR: '1' }, { cli: true })
+    const okExit = await ok.exited
+    const okOut = ok.lines.join('\n')
+    expect(okExit.code).toBe(0)
+    expect(okOut).toMatch(/Redis .*127\.0\.0\.1.* answers, version \d+\.\d+/)
+    const port = await freePort()
+    const bad = start('doctor', ['doctor', root], { ...backend(`redis://127.0.0.1:${port}`), NO_COLOR: '1' }, { cli: true })
+    const badExit = await bad.exited
+    expect(badExit.code).not.toBe(0)
+    expect(bad.lines.join('\n')).toContain(`127.0.0.1:${port}`)
+  }, 60000)
+
+  test('exec: a lost Redis lock stops the child and exits 75', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    fs.writeFileSync(file, '{}')
+    const proxy = await proxyTo(redis.port)
+    try {
+      // The child says its pid, then runs until it is stopped.
+      const run = start('exec', ['exec', file, '--', 'sh', '-c', 'echo "CHILD $$"; exec tail -f /dev/null'], backend(proxy.url('ttl=2000&refresh=500')), { cli: true })
+      const pid = Number((await run.until(/^CHILD /)).split(' ')[1])
+      proxy.drop()
+      const { code } = await run.exited
+      console.log(`redis: exec after the loss: exit ${code}; ${run.stderr().trim()}`)
+      expect(code).toBe(75)
+      expect(run.stderr()).toMatch(/lost/)
+      expect(() => process.kill(pid, 0)).toThrow(expect.objectContaining({ code: 'ESRCH' }))
+    } finally {
+      proxy.close()
+    }
+  }, 60000)
+})

@@ -1,0 +1,873 @@
+//! The Redis lock engine: grants with fencing tokens, a FIFO queue of waiters across machines
+//! woken through pub/sub, compare-and-PEXPIRE refresh, compare-and-delete release, and the
+//! immediate release of a holder whose connection is gone. The algorithm, the scripts and the
+//! deadline arithmetic are described in docs/redis-algorithm.md.
+//!
+//! The API is synchronous and may be called from any thread, including one that is inside
+//! another tokio runtime: every Redis call runs on this engine's own runtime and the caller waits
+//! for the answer on a std channel (never `block_on` on the caller's thread).
+
+mod backend;
+mod config;
+mod scripts;
+#[cfg(test)]
+mod test_server;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{PushInfo, PushKind, Value};
+
+pub use backend::RedisBackend;
+pub use config::{redact, RedisConfig, DEFAULT_REFRESH, DEFAULT_TTL};
+use scripts::{Keys, Reply, Script};
+
+use crate::error::{LockError, Result};
+use crate::record::{self, LockRecord};
+
+/// How often a waiter checks that whoever it waits for (the holder, or the first waiter) still
+/// has a connection: a dead holder is found within this long. One command.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often a waiter renews its place in the queue (and re-reads the lock, in case a pub/sub
+/// message was lost). One round trip of two commands.
+const RENEW_EVERY: Duration = Duration::from_secs(3);
+/// A waiter's place lasts this long without renewal: a waiter that is frozen (its connection
+/// still open) holds up the queue at most this long; one that died is removed within
+/// `CHECK_EVERY` because its connection is gone.
+const WAITER_TTL: Duration = Duration::from_secs(6);
+/// How often a waiting caller re-checks `wanted()` and its deadline between wake-ups (local
+/// only, no command), so an abort is noticed promptly without `interrupt`.
+pub const WANTED_POLL: Duration = Duration::from_millis(50);
+
+/// A lock granted by Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisGrant {
+  /// The key as given by the caller.
+  pub key: String,
+  pub lock_id: String,
+  /// The fencing token: higher than every token granted before for this key.
+  pub token: u64,
+  /// Our own end of the lease, on the monotonic clock: start of the grant (or of the last
+  /// successful refresh) + ttl − safety margin. Past it we count the lock as lost, whatever
+  /// Redis says.
+  pub deadline: Instant,
+  /// The CLIENT ID of the connection registered as the holder.
+  pub client_id: u64,
+}
+
+/// The outcome of a refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refreshed {
+  /// Still ours; the deadline moved forward.
+  Held,
+  /// Redis says it is not ours any more (expired, or another holder); the reason says which.
+  Lost(String),
+  /// The network failed: we do not know. The deadline did not move.
+  Unknown(LockError),
+}
+
+/// A lock as Redis shows it, for `status` and `getLockInfo`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteLock {
+  /// The Redis key of the lock.
+  pub key: String,
+  pub lock_id: String,
+  pub token: u64,
+  /// The holder's record, when it could be read.
+  pub holder: Option<LockRecord>,
+  /// Lease left, as Redis counts it.
+  pub ttl_left: Option<Duration>,
+  /// Waiters queued behind the holder (whose own place has not expired).
+  pub waiters: u64,
+  /// Whether the holder's connection is still open (a dead holder is taken over at once).
+  pub holder_connected: bool,
+}
+
+/// What a waiter is woken by.
+enum Wake {
+  /// A pub/sub message on the lock's channel: the id of the waiter whose turn it is.
+  Turn(String),
+  /// Look again now: the connection was re-established (messages may have been lost), or the
+  /// caller interrupted the wait.
+  Check,
+}
+
+#[derive(Default)]
+struct Shared {
+  /// The lock channel → the one waiter of this process on that lock.
+  wakers: Mutex<HashMap<String, mpsc::Sender<Wake>>>,
+  /// Locks held through this connection: key → (lockId, token). After a reconnect they are
+  /// re-registered under the new CLIENT ID at once, so waiters do not take them for dead.
+  held: Mutex<HashMap<String, (String, u64)>>,
+  /// The lock channels subscribed to.
+  subscribed: Mutex<HashSet<String>>,
+  /// Set when this user may not run CLIENT LIST: dead holders then wait for their TTL.
+  no_client_list: AtomicBool,
+  /// The CLIENT ID of the managed connection as last seen (0: ask); see `scripts::run`.
+  client_id: AtomicU64,
+}
+
+fn guard<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+  m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Who a waiter is waiting for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Blocker {
+  Holder { lock_id: String, client: u64 },
+  Waiter { id: String, client: u64 },
+}
+
+impl Blocker {
+  fn client(&self) -> u64 {
+    match self {
+      Blocker::Holder { client, .. } | Blocker::Waiter { client, .. } => *client,
+    }
+  }
+}
+
+enum Step {
+  Granted {
+    token: u64,
+    client: u64,
+  },
+  /// With the lease the holder has left, when the lock is held.
+  Blocked(Blocker, Option<Duration>),
+}
+
+/// One acquisition: the caller's key, its Redis keys, and what the grant script is given.
+struct Attempt<'a> {
+  key: &'a str,
+  keys: Keys,
+  /// The holder record's lockId (a fresh one if it has none): unique to this acquisition, so a
+  /// retried grant script recognises its own grant.
+  lock_id: String,
+  holder_json: String,
+  token_floor: u64,
+}
+
+impl<'a> Attempt<'a> {
+  fn new(key: &'a str, holder: &LockRecord, token_floor: u64) -> Self {
+    Attempt {
+      key,
+      keys: Keys::new(key),
+      lock_id: holder.lock_id.clone().unwrap_or_else(record::new_lock_id),
+      holder_json: holder.to_json().to_string(),
+      token_floor,
+    }
+  }
+}
+
+pub struct RedisLocks {
+  runtime: Option<tokio::runtime::Runtime>,
+  handle: tokio::runtime::Handle,
+  conn: ConnectionManager,
+  config: RedisConfig,
+  shared: Arc<Shared>,
+}
+
+impl Drop for RedisLocks {
+  fn drop(&mut self) {
+    // Allowed from inside another runtime too (a plain drop would panic there); closes the
+    // connection, so Redis releases nothing by itself but waiters see our locks' holder gone.
+    if let Some(runtime) = self.runtime.take() {
+      runtime.shutdown_background();
+    }
+  }
+}
+
+impl RedisLocks {
+  /// Connects (within the config's connect timeout). An unreachable server is `ELOCKBACKEND`.
+  pub fn connect(config: RedisConfig) -> Result<RedisLocks> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+      .worker_threads(1)
+      .thread_name("flowforge-lock-redis")
+      .enable_all()
+      .build()
+      .map_err(|e| {
+        LockError::new(
+          "ELOCKBACKEND",
+          format!("Cannot start the Redis client's thread: {e}."),
+        )
+      })?;
+    let handle = runtime.handle().clone();
+    let client = match &config.tls_ca {
+      None => redis::Client::open(config.client_url()),
+      Some(ca) => {
+        let pem = std::fs::read(ca)
+          .map_err(|e| LockError::io(&e, "Cannot read the Redis TLS CA certificate", ca))?;
+        let certs = redis::TlsCertificates {
+          client_tls: None,
+          root_cert: Some(pem),
+        };
+        redis::Client::build_with_tls(config.client_url(), certs)
+      }
+    }
+    .map_err(|e| {
+      LockError::invalid_value(format!(
+        "The Redis backend for {} is not usable: {e}.",
+        config.addr
+      ))
+    })?;
+    let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+    let manager_config = ConnectionManagerConfig::new()
+      .set_connection_timeout(Some(config.connect_timeout))
+      .set_response_timeout(Some(config.command_timeout))
+      .set_number_of_retries(3)
+      .set_min_delay(Duration::from_millis(50))
+      .set_max_delay(Duration::from_millis(500))
+      .set_push_sender(push_tx)
+      .set_automatic_resubscription();
+    let shared = Arc::new(Shared::default());
+    let connecting = ConnectionManager::new_with_config(client, manager_config);
+    let conn = bridge(
+      &handle,
+      &config,
+      "connect to",
+      config.connect_timeout,
+      connecting,
+    )?;
+    handle.spawn(dispatch(push_rx, shared.clone(), conn.clone()));
+    Ok(RedisLocks {
+      runtime: Some(runtime),
+      handle,
+      conn,
+      config,
+      shared,
+    })
+  }
+
+  pub fn config(&self) -> &RedisConfig {
+    &self.config
+  }
+
+  /// The server's version (`redis_version` of INFO server), for `doctor`.
+  pub fn server_version(&self) -> Result<String> {
+    let mut conn = self.conn.clone();
+    let info: String = self.run("ask", None, async move {
+      redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut conn)
+        .await
+    })?;
+    Ok(
+      info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_string(),
+    )
+  }
+
+  /// One try: the grant, or `None` when the lock is held (by a live holder) or others queue for
+  /// it. A holder whose connection is gone is removed first.
+  pub fn try_acquire(
+    &self,
+    key: &str,
+    holder: &LockRecord,
+    token_floor: u64,
+  ) -> Result<Option<RedisGrant>> {
+    let attempt = Attempt::new(key, holder, token_floor);
+    loop {
+      let start = Instant::now();
+      let step = self.step(&attempt, "try", None);
+      if step.is_err() {
+        self.abandon(&attempt, true);
+      }
+      match step? {
+        Step::Granted { token, client } => {
+          return Ok(Some(self.granted(&attempt, token, client, start)))
+        }
+        Step::Blocked(blocker, _) => {
+          if self.client_alive(blocker.client(), None)?
+            || !self.take_over(&attempt.keys, &blocker, None)?
+          {
+            return Ok(None);
+          }
+        }
+      }
+    }
+  }
+
+  /// Waits in the lock's queue until granted, until `deadline` (→ `None`), or until `wanted()`
+  /// says no (→ `None`; checked every [`WANTED_POLL`], or at once after [`RedisLocks::interrupt`]);
+  /// either way a waiter that gives up leaves the queue. One wait per lock per process at a time
+  /// (the process-local queue sits in front). Wake-ups come from
+  /// pub/sub; between them the waiter sends one command a second (is whoever we wait for still
+  /// connected?) and renews its place every few seconds.
+  pub fn wait_acquire(
+    &self,
+    key: &str,
+    holder: &LockRecord,
+    token_floor: u64,
+    deadline: Option<Instant>,
+    wanted: &dyn Fn() -> bool,
+  ) -> Result<Option<RedisGrant>> {
+    let attempt = Attempt::new(key, holder, token_floor);
+    let channel = attempt.keys.channel.clone();
+    let (tx, rx) = mpsc::channel();
+    guard(&self.shared.wakers).insert(channel.clone(), tx);
+    let outcome = self
+      .subscribe(&attempt.keys, deadline)
+      .and_then(|()| self.wait_in_queue(&attempt, deadline, wanted, &rx));
+    guard(&self.shared.wakers).remove(&channel);
+    match &outcome {
+      Ok(Some(_)) => {}
+      Ok(None) => self.abandon(&attempt, false),
+      Err(_) => self.abandon(&attempt, true),
+    }
+    outcome
+  }
+
+  fn wait_in_queue(
+    &self,
+    attempt: &Attempt,
+    deadline: Option<Instant>,
+    wanted: &dyn Fn() -> bool,
+    rx: &mpsc::Receiver<Wake>,
+  ) -> Result<Option<RedisGrant>> {
+    let keys = &attempt.keys;
+    // The blocker last seen connected; a new one is checked at once.
+    let mut known: Option<Blocker> = None;
+    let mut look = true;
+    // Another waiter's turn came (the lock changed hands): read the lock again at the next check.
+    let mut stale = false;
+    // When to renew our place and read the lock again: every RENEW_EVERY, and right after the
+    // holder's lease would run out (a frozen holder's lock expires without any message).
+    let mut next_look = Instant::now();
+    let mut next_check = Instant::now() + CHECK_EVERY;
+    loop {
+      if !wanted() || deadline.is_some_and(|d| Instant::now() >= d) {
+        return Ok(None);
+      }
+      let now = Instant::now();
+      let check = now >= next_check;
+      let mut just_checked = false;
+      if look || now >= next_look || (check && stale) {
+        let start = Instant::now();
+        match self.step(attempt, "wait", deadline)? {
+          Step::Granted { token, client } => {
+            return Ok(Some(self.granted(attempt, token, client, start)))
+          }
+          Step::Blocked(blocker, lease_left) => {
+            let lease_end = lease_left.map_or(RENEW_EVERY, |d| d + Duration::from_millis(5));
+            next_look = start + lease_end.min(RENEW_EVERY);
+            look = false;
+            stale = false;
+            if known.as_ref() != Some(&blocker) {
+              known = None;
+              if !self.check_blocker(keys, &blocker, deadline)? {
+                look = true;
+                continue;
+              }
+              known = Some(blocker);
+              just_checked = true;
+              next_check = Instant::now() + CHECK_EVERY;
+            }
+          }
+        }
+      }
+      if check && !just_checked {
+        next_check = Instant::now() + CHECK_EVERY;
+        if let Some(blocker) = &known {
+          if !self.check_blocker(keys, blocker, deadline)? {
+            known = None;
+            look = true;
+            continue;
+          }
+        }
+      }
+      let wake_at = next_check.min(next_look).min(Instant::now() + WANTED_POLL);
+      let until = deadline.map_or(wake_at, |d| d.min(wake_at));
+      match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+        Ok(Wake::Turn(id)) if id == attempt.lock_id => look = true,
+        Ok(Wake::Turn(_)) => stale = true,
+        Ok(Wake::Check) => look = true,
+        Err(_) => {}
+      }
+    }
+  }
+
+  /// Wakes this process's waiter on `key` (if any) so that it calls `wanted()` again now.
+  pub fn interrupt(&self, key: &str) {
+    if let Some(tx) = guard(&self.shared.wakers).get(&Keys::new(key).channel) {
+      let _ = tx.send(Wake::Check);
+    }
+  }
+
+  /// Compare-and-PEXPIRE. Never re-acquires a lock that expired.
+  pub fn refresh(&self, grant: &mut RedisGrant) -> Refreshed {
+    let start = Instant::now();
+    if start >= grant.deadline {
+      self.forget(grant);
+      return Refreshed::Lost(format!(
+        "our own lease on {} ended before this refresh (the last refresh that succeeded was more \
+         than {} ms ago)",
+        grant.key,
+        (self.config.ttl - self.config.margin()).as_millis()
+      ));
+    }
+    let keys = Keys::new(&grant.key);
+    let ttl = self.config.ttl.as_millis().to_string();
+    let args = [
+      grant.lock_id.clone(),
+      grant.token.to_string(),
+      String::new(),
+      ttl,
+    ];
+    match self.own(&keys, args, None) {
+      Ok(Ok((_, client))) => {
+        grant.deadline = start + self.config.ttl - self.config.margin();
+        grant.client_id = client;
+        Refreshed::Held
+      }
+      Ok(Err(reason)) => {
+        self.forget(grant);
+        Refreshed::Lost(reason)
+      }
+      Err(e) => Refreshed::Unknown(e),
+    }
+  }
+
+  /// Right before a commit: `Ok` when Redis still holds our lock (same lockId and token) with at
+  /// least `min_left` of lease, and our own deadline is at least `min_left` away; else
+  /// `ELOCKLOST` saying why (a network error included: we cannot prove the lock is ours).
+  pub fn verify(&self, grant: &RedisGrant, min_left: Duration) -> Result<()> {
+    let lost = |why: String| {
+      Err(LockError::new(
+        "ELOCKLOST",
+        format!(
+          "The Redis lock on {} (token {}) cannot be trusted for this write: {why}. The write \
+           was not made; take the lock again and retry.",
+          grant.key, grant.token
+        ),
+      ))
+    };
+    let own_deadline_ok = || Instant::now() + min_left <= grant.deadline;
+    if !own_deadline_ok() {
+      return lost(format!(
+        "our own lease ends in less than {} ms",
+        min_left.as_millis()
+      ));
+    }
+    let keys = Keys::new(&grant.key);
+    let args = [
+      grant.lock_id.clone(),
+      grant.token.to_string(),
+      String::new(),
+      "0".into(),
+    ];
+    let deadline = Some(grant.deadline);
+    match self.own(&keys, args, deadline) {
+      Ok(Ok((pttl, _))) if pttl >= 0 && (pttl as u128) < min_left.as_millis() => lost(format!(
+        "Redis gives it only {pttl} ms more, less than the {} ms needed",
+        min_left.as_millis()
+      )),
+      Ok(Ok(_)) if !own_deadline_ok() => lost(format!(
+        "our own lease ends in less than {} ms",
+        min_left.as_millis()
+      )),
+      Ok(Ok(_)) => Ok(()),
+      Ok(Err(reason)) => lost(reason),
+      Err(e) => lost(e.message),
+    }
+  }
+
+  /// Compare-and-delete; wakes the next waiter. `false` when the lock was no longer ours.
+  pub fn release(&self, grant: RedisGrant) -> Result<bool> {
+    self.forget(&grant);
+    let keys = Keys::new(&grant.key);
+    let args = vec![grant.lock_id, grant.token.to_string(), keys.channel.clone()];
+    let reply = self.script(Script::Release, &keys.release(), args, None)?;
+    Ok(reply.int(0) == 1)
+  }
+
+  /// The lock as Redis shows it, or `None` when it is not held.
+  pub fn inspect(&self, key: &str) -> Result<Option<RemoteLock>> {
+    let keys = Keys::new(key);
+    let reply = self.script(Script::Inspect, &keys.inspect(), vec![], None)?;
+    if reply.len() < 6 {
+      return Ok(None);
+    }
+    let client = reply.text(2).parse().unwrap_or(0);
+    let holder = match record::parse(reply.text(3).as_bytes()) {
+      record::Contents::Record(r) => Some(r),
+      _ => None,
+    };
+    let pttl = reply.int(4);
+    Ok(Some(RemoteLock {
+      key: keys.lock.clone(),
+      lock_id: reply.text(0),
+      token: reply.text(1).parse().unwrap_or(0),
+      holder,
+      ttl_left: u64::try_from(pttl).ok().map(Duration::from_millis),
+      waiters: u64::try_from(reply.int(5)).unwrap_or(0),
+      holder_connected: self.client_alive(client, None)?,
+    }))
+  }
+
+  /// Every held lock whose key starts with `key_prefix` (SCAN, never KEYS).
+  pub fn list(&self, key_prefix: &str) -> Result<Vec<RemoteLock>> {
+    let pattern = format!("{}*", scripts::glob_escape(key_prefix));
+    let mut cursor = 0u64;
+    let mut found = Vec::new();
+    loop {
+      let mut conn = self.conn.clone();
+      let pattern = pattern.clone();
+      let (next, keys): (u64, Vec<String>) = self.run("list locks on", None, async move {
+        redis::cmd("SCAN")
+          .arg(cursor)
+          .arg("MATCH")
+          .arg(pattern)
+          .arg("TYPE")
+          .arg("hash")
+          .arg("COUNT")
+          .arg(500)
+          .query_async(&mut conn)
+          .await
+      })?;
+      for key in keys {
+        // The queue's client table is a hash too; it has no lockId and inspects as `None`.
+        if let Some(lock) = self.inspect(&key)? {
+          found.push(lock);
+        }
+      }
+      if next == 0 {
+        break;
+      }
+      cursor = next;
+    }
+    found.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(found)
+  }
+
+  fn granted(&self, attempt: &Attempt, token: u64, client: u64, start: Instant) -> RedisGrant {
+    let lock_id = attempt.lock_id.clone();
+    guard(&self.shared.held).insert(attempt.key.to_string(), (lock_id.clone(), token));
+    RedisGrant {
+      key: attempt.key.to_string(),
+      lock_id,
+      token,
+      deadline: start + self.config.ttl - self.config.margin(),
+      client_id: client,
+    }
+  }
+
+  fn forget(&self, grant: &RedisGrant) {
+    let mut held = guard(&self.shared.held);
+    if held
+      .get(&grant.key)
+      .is_some_and(|(id, _)| *id == grant.lock_id)
+    {
+      held.remove(&grant.key);
+    }
+  }
+
+  /// One run of the acquire script, with our CLIENT ID read in the same round trip.
+  fn step(&self, attempt: &Attempt, mode: &str, deadline: Option<Instant>) -> Result<Step> {
+    let args = vec![
+      attempt.lock_id.clone(),
+      String::new(), // the CLIENT ID, filled in by `scripts::run`
+      self.config.ttl.as_millis().to_string(),
+      attempt.holder_json.clone(),
+      attempt.token_floor.to_string(),
+      mode.to_string(),
+      WAITER_TTL.as_millis().to_string(),
+    ];
+    let reply = self.script(Script::Acquire, &attempt.keys.acquire(), args, deadline)?;
+    let client = reply.client;
+    if reply.int(0) == 1 {
+      return Ok(Step::Granted {
+        token: u64::try_from(reply.int(1)).unwrap_or(0),
+        client,
+      });
+    }
+    let id = reply.text(2);
+    let client = reply.text(3).parse().unwrap_or(0);
+    if reply.text(1) == "holder" {
+      let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
+      return Ok(Step::Blocked(
+        Blocker::Holder {
+          lock_id: id,
+          client,
+        },
+        lease_left,
+      ));
+    }
+    Ok(Step::Blocked(Blocker::Waiter { id, client }, None))
+  }
+
+  /// `true` when the blocker is still connected; `false` after removing a dead one.
+  fn check_blocker(
+    &self,
+    keys: &Keys,
+    blocker: &Blocker,
+    deadline: Option<Instant>,
+  ) -> Result<bool> {
+    if self.client_alive(blocker.client(), deadline)? {
+      return Ok(true);
+    }
+    self.take_over(keys, blocker, deadline)?;
+    Ok(false)
+  }
+
+  /// Removes a holder (or first waiter) whose connection is gone, if it is still that one.
+  fn take_over(&self, keys: &Keys, blocker: &Blocker, deadline: Option<Instant>) -> Result<bool> {
+    let (kind, id) = match blocker {
+      Blocker::Holder { lock_id, .. } => ("holder", lock_id),
+      Blocker::Waiter { id, .. } => ("waiter", id),
+    };
+    let args = vec![
+      kind.to_string(),
+      id.clone(),
+      blocker.client().to_string(),
+      keys.channel.clone(),
+    ];
+    let reply = self.script(Script::Takeover, &keys.release(), args, deadline)?;
+    Ok(reply.int(0) == 1)
+  }
+
+  /// Whether connection `client` is still open (CLIENT is not allowed in scripts, hence here).
+  fn client_alive(&self, client: u64, deadline: Option<Instant>) -> Result<bool> {
+    if self.shared.no_client_list.load(Ordering::Relaxed) {
+      return Ok(true);
+    }
+    if client == 0 {
+      return Ok(false);
+    }
+    let mut conn = self.conn.clone();
+    let listed: Option<String> = self.run("ask", deadline, async move {
+      let asked = redis::cmd("CLIENT")
+        .arg("LIST")
+        .arg("ID")
+        .arg(client)
+        .query_async(&mut conn)
+        .await;
+      match asked {
+        Err(e) if refused_command(&e) => Ok(None),
+        other => other.map(Some),
+      }
+    })?;
+    match listed {
+      Some(listed) => Ok(!listed.trim().is_empty()),
+      None => {
+        // An ACL without CLIENT LIST (or a renamed CLIENT command): every holder counts as
+        // connected, so a dead one is released by its TTL, as in plain Redis locks.
+        self.shared.no_client_list.store(true, Ordering::Relaxed);
+        Ok(true)
+      }
+    }
+  }
+
+  /// The refresh script: `Ok((pttl, client))` while ours, `Err(reason)` when not.
+  fn own(
+    &self,
+    keys: &Keys,
+    args: [String; 4],
+    deadline: Option<Instant>,
+  ) -> Result<std::result::Result<(i64, u64), String>> {
+    let reply = self.script(
+      Script::Refresh,
+      std::slice::from_ref(&keys.lock),
+      args.to_vec(),
+      deadline,
+    )?;
+    if reply.int(0) == 1 {
+      return Ok(Ok((reply.int(1), reply.client)));
+    }
+    Ok(Err(if reply.text(1) == "expired" {
+      format!(
+        "it expired in Redis (nobody refreshed it within its {} ms lease)",
+        self.config.ttl.as_millis()
+      )
+    } else {
+      format!(
+        "Redis now holds it for another holder (token {})",
+        reply.text(2)
+      )
+    }))
+  }
+
+  /// Leaves the queue; after an error also drops a grant we may have been given without
+  /// hearing the reply (`lockId` is unique to this attempt, so no one else's lock matches). Not
+  /// waited for: a failure here only leaves state that expires on its own.
+  fn abandon(&self, attempt: &Attempt, maybe_granted: bool) {
+    let (keys, lock_id) = (&attempt.keys, attempt.lock_id.as_str());
+    let mut conn = self.conn.clone();
+    let mut pipe = redis::pipe();
+    if maybe_granted {
+      let args = [lock_id, "*", &keys.channel];
+      pipe.add_command(scripts::evalsha(Script::Release, &keys.release(), &args));
+    }
+    let args = [lock_id, &keys.channel];
+    pipe
+      .add_command(scripts::evalsha(Script::Leave, &keys.release(), &args))
+      .ignore_errors();
+    self.handle.spawn(async move {
+      let _ = scripts::query(&mut conn, &pipe).await;
+    });
+  }
+
+  /// Subscribes to the lock's channel the first time this engine waits for it, and stays
+  /// subscribed (re-subscribed after a reconnect): the next wait costs no command, and no
+  /// UNSUBSCRIBE can race with it. Messages only flow while someone queues for the lock.
+  fn subscribe(&self, keys: &Keys, deadline: Option<Instant>) -> Result<()> {
+    if guard(&self.shared.subscribed).contains(&keys.channel) {
+      return Ok(());
+    }
+    let mut conn = self.conn.clone();
+    let channel = keys.channel.clone();
+    self.run("subscribe on", deadline, async move {
+      conn.subscribe(channel).await
+    })?;
+    guard(&self.shared.subscribed).insert(keys.channel.clone());
+    Ok(())
+  }
+
+  fn script(
+    &self,
+    script: Script,
+    keys: &[String],
+    args: Vec<String>,
+    deadline: Option<Instant>,
+  ) -> Result<Reply> {
+    let mut conn = self.conn.clone();
+    let keys = keys.to_vec();
+    let shared = self.shared.clone();
+    self.run("run a script on", deadline, async move {
+      scripts::run(&mut conn, script, &keys, args, &shared.client_id).await
+    })
+  }
+
+  fn run<T: Send + 'static>(
+    &self,
+    doing: &str,
+    deadline: Option<Instant>,
+    fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
+  ) -> Result<T> {
+    let mut limit = self.config.command_timeout;
+    if let Some(d) = deadline {
+      // Within the caller's deadline, but never so short that a healthy server cannot answer.
+      limit = limit.min(
+        d.saturating_duration_since(Instant::now())
+          .max(Duration::from_millis(100)),
+      );
+    }
+    bridge(&self.handle, &self.config, doing, limit, fut)
+  }
+}
+
+/// Runs `fut` on the engine's runtime and waits for it on a std channel, at most `limit`.
+fn bridge<T: Send + 'static>(
+  handle: &tokio::runtime::Handle,
+  config: &RedisConfig,
+  doing: &str,
+  limit: Duration,
+  fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
+) -> Result<T> {
+  let (tx, rx) = mpsc::sync_channel(1);
+  handle.spawn(async move {
+    let _ = tx.send(tokio::time::timeout(limit, fut).await);
+  });
+  // The runtime enforces `limit`; the extra second only guards against a wedged runtime.
+  match rx.recv_timeout(limit + Duration::from_secs(1)) {
+    Ok(Ok(Ok(value))) => Ok(value),
+    Ok(Ok(Err(e))) => Err(backend_error(config, doing, &e)),
+    Ok(Err(_)) | Err(_) => Err(LockError::new(
+      "ELOCKBACKEND",
+      format!(
+        "Redis at {} did not answer within {} ms. Check that redis-server is running there and \
+         reachable from this machine (or choose another backend with FLOWFORGE_LOCK_BACKEND).",
+        config.addr,
+        limit.as_millis()
+      ),
+    )),
+  }
+}
+
+/// The server refuses the command itself: the ACL forbids it, or it was renamed away.
+fn refused_command(e: &redis::RedisError) -> bool {
+  e.code() == Some("NOPERM") || e.detail().is_some_and(|d| d.contains("unknown command"))
+}
+
+fn backend_error(config: &RedisConfig, doing: &str, e: &redis::RedisError) -> LockError {
+  let hint = match e.kind() {
+    redis::ErrorKind::AuthenticationFailed => {
+      "Check the user name and password in the backend URL."
+    }
+    _ if e.is_io_error() || e.is_connection_refusal() || e.is_timeout() => {
+      "Check that redis-server is running there and reachable from this machine (or choose \
+       another backend with FLOWFORGE_LOCK_BACKEND)."
+    }
+    _ => "Check the server's log; flowforge-lock needs Redis 7.0 or newer with Lua scripting.",
+  };
+  LockError::new(
+    "ELOCKBACKEND",
+    format!("Could not {doing} Redis at {}: {e}. {hint}", config.addr),
+  )
+}
+
+/// Routes pub/sub messages to the waiting threads, and on a reconnect wakes every waiter (a
+/// message may have been lost) and re-registers the locks we hold under the new CLIENT ID.
+async fn dispatch(
+  mut rx: tokio::sync::mpsc::UnboundedReceiver<PushInfo>,
+  shared: Arc<Shared>,
+  conn: ConnectionManager,
+) {
+  while let Some(push) = rx.recv().await {
+    match push.kind {
+      PushKind::Message => {
+        let text = |v: Option<&Value>| match v {
+          Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+          _ => String::new(),
+        };
+        let channel = text(push.data.first());
+        if let Some(tx) = guard(&shared.wakers).get(&channel) {
+          let _ = tx.send(Wake::Turn(text(push.data.get(1))));
+        }
+      }
+      PushKind::Disconnection => {
+        shared.client_id.store(0, Ordering::Relaxed);
+        for tx in guard(&shared.wakers).values() {
+          let _ = tx.send(Wake::Check);
+        }
+        let held: Vec<_> = guard(&shared.held)
+          .iter()
+          .map(|(k, v)| (k.clone(), v.clone()))
+          .collect();
+        for (key, (lock_id, token)) in held {
+          let mut conn = conn.clone();
+          let shared = shared.clone();
+          tokio::spawn(async move {
+            let keys = [Keys::new(&key).lock];
+            // The refresh script without touching the lease: lockId, token, CLIENT ID, ttl 0.
+            let args = vec![
+              lock_id.clone(),
+              token.to_string(),
+              String::new(),
+              "0".into(),
+            ];
+            let run = scripts::run(&mut conn, Script::Refresh, &keys, args, &shared.client_id);
+            if let Ok(reply) = run.await {
+              if reply.int(0) != 1 {
+                let mut held = guard(&shared.held);
+                if held.get(&key).is_some_and(|(id, _)| *id == lock_id) {
+                  held.remove(&key);
+                }
+              }
+            }
+          });
+        }
+      }
+      _ => {}
+    }
+  }
+}
