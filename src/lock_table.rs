@@ -580,7 +580,7 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   };
   grant.verify()?;
   match grant.fencing_token() {
-    Some(token) => fence::check_and_record(target, token),
+    Some(token) => fence::check_and_record(target, token, grant.lock_id()),
     None => Ok(()),
   }
 }

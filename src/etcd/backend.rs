@@ -376,7 +376,7 @@ mod real_etcd {
     let server = EtcdServer::start();
     let backend = EtcdBackend::connect(&format!("etcd://{}?ttl=2000", server.endpoint())).unwrap();
     let target = project_file("tasks.json");
-    fence::check_and_record(&target, 1 << 40).unwrap();
+    fence::check_and_record(&target, 1 << 40, "an-earlier-hold").unwrap();
     let err = backend
       .try_acquire(&target, &request(&target))
       .err()

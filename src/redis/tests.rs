@@ -738,7 +738,7 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     stale_after: Duration::from_secs(30),
   };
   // A token recorded beside the data (as after a Redis restart) is the floor.
-  crate::fence::check_and_record(&target, 41).unwrap();
+  crate::fence::check_and_record(&target, 41, "an-earlier-hold").unwrap();
   let grant = a.try_acquire(&target, &request).unwrap().expect("free");
   assert_eq!(grant.fencing_token(), Some(42));
   assert_eq!(grant.refresh_interval(), Some(Duration::from_millis(500)));
