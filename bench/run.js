@@ -251,6 +251,11 @@ async function main() {
   fs.writeFileSync(path.join(out, 'results.json'), `${JSON.stringify({ machine: env, results, table: { headers, rows } }, null, 2)}\n`)
   fs.writeFileSync(path.join(__dirname, 'chart.svg'), renderChart(results))
   console.log(`\nWrote ${path.join(out, 'results.json')} and ${path.join(__dirname, 'chart.svg')}`)
+  // The read APIs and the lock servers, each against its own peers in the same run.
+  for (const part of ['reads.js', 'redis.js', 'etcd.js']) {
+    console.log(`\n== bench/${part}`)
+    execFileSync(process.execPath, [path.join(__dirname, part)], { stdio: 'inherit' })
+  }
 }
 
 main().catch((err) => {

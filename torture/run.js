@@ -525,6 +525,7 @@ async function main() {
   await fuzzing()
   await resources()
   await failpoints({ record, project, smoke: SMOKE })
+  await require('./reads.js').reads({ record, project, smoke: SMOKE })
   const header = ['part', 'case', 'runs', 'lost', 'corrupt', 'hung', 'result']
   const cells = rows.map((r) => [String(r.part), r.name, String(r.runs), String(r.lost), String(r.corrupt), String(r.hung), r.result])
   console.log(`\n${table(header, cells, { separator: ' | ', rule: true })}`)
