@@ -838,7 +838,6 @@ module.exports = nativeBinding
 module.exports.acquire = nativeBinding.acquire
 module.exports.acquireSync = nativeBinding.acquireSync
 module.exports.adaptiveTimeout = nativeBinding.adaptiveTimeout
-
 module.exports.backendHealth = nativeBinding.backendHealth
 module.exports.cleanupStaleLocks = nativeBinding.cleanupStaleLocks
 module.exports.configureBackend = nativeBinding.configureBackend
