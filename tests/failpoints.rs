@@ -38,6 +38,7 @@ fn project() -> PathBuf {
 fn hold(file: &Path) -> (Target, String) {
   let target = lock_table::prepare(file.to_str().unwrap()).unwrap();
   let options = AcquireOptions {
+    priority: 0.0,
     timeout: Some(Duration::ZERO),
     stale_after: Duration::from_secs(30),
   };
@@ -129,6 +130,7 @@ fn release_all_settles_every_queued_wait() {
   lock_table::acquire(
     target,
     AcquireOptions {
+      priority: 0.0,
       timeout: None,
       stale_after: Duration::from_secs(30),
     },
