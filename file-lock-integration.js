@@ -12,6 +12,8 @@ const { updateTaskFile, batchUpdateTasks } = require('./lib/tasks.js')
 const { startTaskTimer, pauseTaskTimer, resumeTaskTimer, stopTaskTimer } = require('./lib/time-tracking.js')
 const { registerSession, touchSession, endSession, cleanupStaleSessions, listSessions } = require('./lib/sessions.js')
 const deadLetters = require('./lib/dead-letters.js')
+// Bound to names, so Node's ESM loader sees them as named exports (it reads `key` shorthand).
+const { replayDeadLetters, listDeadLetters, dropDeadLetter } = deadLetters
 
 /** Every lock this process took: averageWaitTime and the other times in ms, per file under `files`. */
 function getLockMetrics() {
@@ -42,7 +44,7 @@ module.exports = {
   listSessions,
   getLockMetrics,
   resetLockMetrics,
-  replayDeadLetters: deadLetters.replayDeadLetters,
-  listDeadLetters: deadLetters.listDeadLetters,
-  dropDeadLetter: deadLetters.dropDeadLetter,
+  replayDeadLetters,
+  listDeadLetters,
+  dropDeadLetter,
 }

@@ -25,6 +25,13 @@ import {
   listDeadLetters,
   replayDeadLetters,
   dropDeadLetter,
+  acquireLockSync,
+  releaseLockSync,
+  withLockSync,
+  readJSON,
+  readJSONSync,
+  readJSONVersioned,
+  updateWithLockSync,
   FileLockManager,
   DEFAULT_TIMEOUT,
   HEARTBEAT_INTERVAL,
@@ -41,6 +48,14 @@ async function main(): Promise<void> {
   assertHeld('.flowforge/tasks.json', id)
   const released: boolean = await releaseLock('.flowforge/tasks.json', id)
   configure({ backend: 'file' })
+  const syncId: string = acquireLockSync('sync.json', { timeout: 100 })
+  const syncReleased: boolean = releaseLockSync('sync.json', syncId)
+  const inside: number = withLockSync('sync.json', () => 7)
+  const doc: { n: number } | null = await readJSON<{ n: number }>('sync.json', { maxAgeMs: 0 })
+  const docSync: { n: number } | null = readJSONSync<{ n: number }>('sync.json')
+  const versioned = await readJSONVersioned<{ n: number }>('sync.json')
+  const version: number = versioned.version
+  const bumped: { n: number } = updateWithLockSync('sync.json', (current: { n: number } | null) => ({ n: (current?.n ?? 0) + 1 }), { ifVersion: version })
   configure({ backend: null })
   const locked: boolean = await isLocked('x.json', { staleThreshold: 1000 })
   const info: LockInfo | null = await getLockInfo('x.json')
