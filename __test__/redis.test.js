@@ -10,64 +10,18 @@
 const fs = require('node:fs')
 const net = require('node:net')
 const path = require('node:path')
-const readline = require('node:readline')
-const { spawn, spawnSync } = require('node:child_process')
-const { makeProject, PACKAGE_ROOT } = require('./helpers')
+const { spawnSync } = require('node:child_process')
+const { makeProject } = require('./helpers')
 const { startRedis, freePort } = require('./redis-server')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary')
+const { childStarter } = require('./children')
 
-const FIXTURES = path.join(__dirname, 'fixtures')
-const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 const FULL = process.env.FFL_REDIS_FULL === '1'
 const HOST_UPDATES = FULL ? 200 : 25
 const FROZEN_ROUNDS = FULL ? 100 : 3
 const canUnshare = process.getuid() === 0 && spawnSync('unshare', ['--uts', 'true']).status === 0
-const NODE = [process.execPath, '--unhandled-rejections=strict']
 
-// A failed assertion must not leave children (and their pipes) behind.
-const children = new Set()
-afterEach(() => {
-  for (const child of children) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL')
-  children.clear()
-})
-
-/**
- * Starts `node fixtures/<name>.js args` (or, with `cli`, the flowforge-lock command) with `env`;
- * `host` runs it in a UTS namespace of its own under that hostname. `until(re)` resolves with the
- * next stdout line matching `re` (every line stays in `lines`); `send(line)` writes a command.
- */
-function start(name, args, env, { host, cli } = {}) {
-  const node = [...NODE, cli ? BIN : path.join(FIXTURES, `${name}.js`), ...args.map(String)]
-  const [cmd, ...argv] = host ? ['unshare', '--uts', 'sh', '-c', 'hostname "$0" && exec "$@"', host, ...node] : node
-  const child = spawn(cmd, argv, { env: { ...process.env, ...env }, stdio: ['pipe', 'pipe', 'pipe'] })
-  children.add(child)
-  const lines = []
-  const waiting = []
-  let stderr = ''
-  child.stderr.on('data', (chunk) => (stderr += chunk))
-  const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })))
-  readline.createInterface({ input: child.stdout }).on('line', (line) => {
-    lines.push(line)
-    for (const w of waiting.splice(0)) if (!w()) waiting.push(w)
-  })
-  // One cursor: each `until` looks from just after the line the previous one returned.
-  let cursor = 0
-  const until = (re) =>
-    new Promise((resolve, reject) => {
-      const look = () => {
-        const i = lines.findIndex((l, j) => j >= cursor && re.test(l))
-        if (i < 0) return false
-        cursor = i + 1
-        resolve(lines[i])
-        return true
-      }
-      if (look()) return
-      waiting.push(look)
-      exited.then((how) => reject(new Error(`${name} ended (${JSON.stringify(how)}) before ${re}:\n${lines.join('\n')}\n${stderr}`)))
-    })
-  const send = (line) => child.stdin.write(`${line}\n`)
-  return { child, lines, until, send, exited, stderr: () => stderr }
-}
+const start = childStarter({ nodeArgs: ['--unhandled-rejections=strict'] })
 
 function counterFile(root, count = 0) {
   const file = path.join(root, 'counter.json')
