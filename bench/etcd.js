@@ -10,7 +10,8 @@
 // Each client runs in its own worker processes (this file with --worker). `etcdctl lock` runs
 // one etcdctl process per hold, as a shell script would use it. `etcd3`'s lock does not wait
 // (it throws EtcdLockFailedError when taken), so its worker retries at once until it gets it.
-// Prints a table and the ratios of flowforge-lock to the others.
+// Prints a table and the ratios of flowforge-lock to the others; the Redis backend runs beside
+// them on a redis-server of its own, so the two lock servers can be compared in one run.
 
 const fs = require('node:fs')
 const os = require('node:os')
@@ -20,6 +21,9 @@ const { spawn, spawnSync } = require('node:child_process')
 
 const ETCDCTL = process.env.FLOWFORGE_ETCDCTL_BIN || '/usr/bin/etcdctl'
 const CLIENTS = ['flowforge-lock', 'etcd3', 'etcdctl lock']
+/** The Redis backend beside them, on a redis-server of its own, so users can choose with numbers. */
+const REDIS_CLIENT = 'flowforge-lock on Redis'
+
 const SMOKE = process.argv.includes('--smoke')
 const COUNTS = SMOKE ? { cycle: 10, handoff: 5, update: 2 } : { cycle: 300, handoff: 150, update: 25 }
 // etcdctl pays a process start per hold: fewer rounds keep the run short, the rate is the same.
@@ -29,8 +33,8 @@ const SLOW = (client, n) => (client === 'etcdctl lock' ? Math.max(2, Math.ceil(n
 
 /** Per client: `hold(fn)` runs fn under the lock; `close()` ends the client. */
 async function lockClient(client, endpoint, file) {
-  if (client === 'flowforge-lock') {
-    process.env.FLOWFORGE_LOCK_BACKEND = `etcd://${endpoint}`
+  if (client === 'flowforge-lock' || client === REDIS_CLIENT) {
+    process.env.FLOWFORGE_LOCK_BACKEND = client === REDIS_CLIENT ? endpoint : `etcd://${endpoint}`
     const { acquireLock, releaseLock, updateWithLock } = require('../file-lock')
     return {
       async hold(fn) {
@@ -147,27 +151,31 @@ async function scenario(endpoint, client, mode, procs, n) {
 
 async function main() {
   const { startEtcd } = require('../__test__/etcd-server.js')
+  const { startRedis } = require('../__test__/redis-server.js')
   const etcd = await startEtcd()
+  const redis = await startRedis()
   const endpoint = etcd.endpoints[0]
   const version = spawnSync('/usr/bin/etcd', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]
   const rows = []
   try {
-    for (const client of CLIENTS) {
+    for (const client of [...CLIENTS, REDIS_CLIENT]) {
+      const where = client === REDIS_CLIENT ? redis.url : endpoint
       const row = { client }
-      row.cycle = await scenario(endpoint, client, 'cycle', 1, SLOW(client, COUNTS.cycle))
-      row.handoff = await scenario(endpoint, client, 'cycle', 2, SLOW(client, COUNTS.handoff))
-      row.p8 = await scenario(endpoint, client, 'update', 8, SLOW(client, COUNTS.update))
+      row.cycle = await scenario(where, client, 'cycle', 1, SLOW(client, COUNTS.cycle))
+      row.handoff = await scenario(where, client, 'cycle', 2, SLOW(client, COUNTS.handoff))
+      row.p8 = await scenario(where, client, 'update', 8, SLOW(client, COUNTS.update))
       rows.push(row)
     }
   } finally {
     await etcd.stop()
+    await redis.stop()
   }
   const fmt = (v) => v.toFixed(1).padStart(10)
   console.log(`etcd bench: ${version}, one member on loopback; ${os.cpus().length} CPUs, node ${process.version}`)
-  console.log(`${'client'.padEnd(16)}${'cycle/s'.padStart(10)}${'handoff/s'.padStart(10)}${'P=8 upd/s'.padStart(10)}`)
-  for (const r of rows) console.log(`${r.client.padEnd(16)}${fmt(r.cycle)}${fmt(r.handoff)}${fmt(r.p8)}`)
+  console.log(`${'client'.padEnd(24)}${'cycle/s'.padStart(10)}${'handoff/s'.padStart(10)}${'P=8 upd/s'.padStart(10)}`)
+  for (const r of rows) console.log(`${r.client.padEnd(24)}${fmt(r.cycle)}${fmt(r.handoff)}${fmt(r.p8)}`)
   const ours = rows[0]
-  for (const other of rows.slice(1)) {
+  for (const other of rows.slice(1, CLIENTS.length)) {
     const ratio = (k) => `${(ours[k] / other[k]).toFixed(2)}x`
     console.log(`flowforge-lock / ${other.client}: cycle ${ratio('cycle')}, handoff ${ratio('handoff')}, P=8 ${ratio('p8')}`)
   }
