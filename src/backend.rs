@@ -8,9 +8,38 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{LockError, Result};
 use crate::paths::Target;
 use crate::record::LockRecord;
+
+/// How a lock is held: alone (a writer), or beside other shared holders (readers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LockMode {
+  #[default]
+  Exclusive,
+  Shared,
+}
+
+impl LockMode {
+  /// `'exclusive'` or `'shared'`, as JS callers name them.
+  pub fn parse(name: &str) -> Result<LockMode> {
+    match name {
+      "exclusive" => Ok(LockMode::Exclusive),
+      "shared" => Ok(LockMode::Shared),
+      other => Err(LockError::invalid_value(format!(
+        "The lock mode must be 'exclusive' (the default: one holder, who may write) or 'shared' (readers together, no writer). Received {other:?}"
+      ))),
+    }
+  }
+
+  /// The name JS callers use (`mode: 'shared'`) and `status` shows.
+  pub fn name(self) -> &'static str {
+    match self {
+      LockMode::Exclusive => "exclusive",
+      LockMode::Shared => "shared",
+    }
+  }
+}
 
 /// What an acquire asks for, besides the lock itself.
 #[derive(Debug, Clone)]
@@ -19,6 +48,8 @@ pub struct Request {
   pub file: std::path::PathBuf,
   /// How old another host's heartbeat may be before its lock counts as abandoned.
   pub stale_after: Duration,
+  /// Exclusive (a writer) or shared (one of several readers).
+  pub mode: LockMode,
 }
 
 /// The outcome of a refresh (heartbeat, lease renewal).
@@ -84,6 +115,17 @@ pub trait Backend: Send + Sync {
   /// holder to release before asking the backend.
   fn waits_for_local_holder(&self) -> bool {
     false
+  }
+  /// `Ok` when `target`'s lock can be taken in shared mode here. Lock servers keep one holder
+  /// per key: shared mode is the file backend's (`ELOCKUNSUPPORTED` elsewhere).
+  fn check_shared(&self, target: &Target) -> Result<()> {
+    Err(LockError::new(
+      "ELOCKUNSUPPORTED",
+      format!(
+        "Shared (read) locks are not supported by the lock server backend (Redis or etcd) that decides the locks of {} (FLOWFORGE_LOCK_BACKEND, configure({{ backend }}) or .flowforge/lock-config.json): it keeps one holder per lock. Take an exclusive lock (drop mode: 'shared'), or read without any lock with readJSON, which never waits and always returns a whole committed document.",
+        target.root.display()
+      ),
+    ))
   }
   /// Whether a live holder exists (a stale record does not count).
   fn is_locked(&self, target: &Target, stale_after: Duration) -> Result<bool>;

@@ -44,6 +44,7 @@ use napi::{Env, JsError};
 use napi_derive::napi;
 use serde_json::Value;
 
+use backend::LockMode;
 use error::LockError;
 use lock_table::AcquireOptions;
 
@@ -68,27 +69,33 @@ fn options(
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
   priority: Option<f64>,
-) -> AcquireOptions {
-  AcquireOptions {
+  mode: Option<&str>,
+) -> std::result::Result<AcquireOptions, LockError> {
+  Ok(AcquireOptions {
+    mode: mode.map_or(Ok(LockMode::Exclusive), LockMode::parse)?,
     priority: priority.filter(|p| p.is_finite()).unwrap_or(0.0),
     timeout: timeout_ms
       .filter(|ms| ms.is_finite())
       .map(|ms| Duration::from_millis(ms as u64)),
     stale_after: stale_after(stale_ms),
-  }
+  })
 }
 
-/// One non-blocking try: the lockId, or `null` when the lock is taken.
+/// One non-blocking try: the lockId, or `null` when the lock is taken. `mode`: `'exclusive'`
+/// (the default) or `'shared'`.
 #[napi]
 pub fn try_acquire(
   env: Env,
   file: String,
   stale_ms: Option<f64>,
   priority: Option<f64>,
+  mode: Option<String>,
 ) -> Result<Option<String>> {
-  let opts = options(Some(0.0), stale_ms, priority);
-  lock_table::prepare(&file)
-    .and_then(|target| lock_table::try_acquire_here(&target, &opts))
+  options(Some(0.0), stale_ms, priority, mode.as_deref())
+    .and_then(|opts| {
+      let target = lock_table::prepare(&file)?;
+      lock_table::try_acquire_here(&target, &opts)
+    })
     .map_err(|e| js_error(&env, e))
 }
 
@@ -103,8 +110,10 @@ pub fn acquire<'env>(
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
   priority: Option<f64>,
+  mode: Option<String>,
 ) -> Result<Object<'env>> {
-  let opts = options(timeout_ms, stale_ms, priority);
+  let opts =
+    options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(env, e))?;
   let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
   let (deferred, promise) = env.create_deferred::<String, LockIdResolver>()?;
   let complete: lock_table::Completion = Box::new(move |outcome| {
@@ -372,8 +381,10 @@ pub fn acquire_sync(
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
   priority: Option<f64>,
+  mode: Option<String>,
 ) -> Result<String> {
-  let opts = options(timeout_ms, stale_ms, priority);
+  let opts =
+    options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(&env, e))?;
   let target = lock_table::prepare(&file).map_err(|e| js_error(&env, e))?;
   if lock_table::busy_here(&target) {
     return Err(js_error(

@@ -6,6 +6,11 @@
 //! server for the others), so a release anywhere hands over within one wake-up and waiting
 //! burns no CPU.
 //!
+//! A lock is held by one exclusive hold or by several shared ones (readers), and the queue is
+//! writer-preferring: a shared request is granted at once only while every hold is shared and
+//! nobody is queued (so never past a queued writer); queued readers pass one after another once
+//! they head the queue, and a writer behind them waits for those readers only.
+//!
 //! Each hold keeps its grant behind a guard of its own. Release takes the grant out under that
 //! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
 //! has ended, nothing of ours can write to that lock again.
@@ -18,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::backend::{Grant, Refreshed, Request};
+use crate::backend::{Grant, LockMode, Refreshed, Request};
 use crate::config;
 use crate::deadlines;
 use crate::error::{LockError, Result};
@@ -39,6 +44,8 @@ pub struct AcquireOptions {
   pub stale_after: Duration,
   /// Higher goes first among this process's waiters for the lock; 0 by default.
   pub priority: f64,
+  /// Exclusive (a writer, the default) or shared (a reader).
+  pub mode: LockMode,
 }
 
 /// A hold's grant, guarded: `None` once released.
@@ -57,6 +64,7 @@ fn guard(cell: &HoldCell) -> MutexGuard<'_, Hold> {
 struct Held {
   lock_id: String,
   file: PathBuf,
+  mode: LockMode,
   since: Instant,
   cell: HoldCell,
   /// The grant's own refresh period; `None`: the heartbeat's interval.
@@ -118,7 +126,8 @@ fn take_next(queue: &mut VecDeque<Waiter>) -> Option<Waiter> {
 
 #[derive(Default)]
 struct Entry {
-  held: Option<Held>,
+  /// This process's holds: none, one exclusive, or any number of shared ones.
+  held: Vec<Held>,
   /// The uncontended path is asking the backend right now (outside the table's mutex).
   claiming: bool,
   queue: VecDeque<Waiter>,
@@ -126,8 +135,20 @@ struct Entry {
 }
 
 impl Entry {
+  fn find(&self, lock_id: &str) -> Option<&Held> {
+    self.held.iter().find(|h| h.lock_id == lock_id)
+  }
+
+  /// Whether a request in `mode` conflicts with this process's holds.
+  fn conflicts(&self, mode: LockMode) -> bool {
+    match mode {
+      LockMode::Exclusive => !self.held.is_empty(),
+      LockMode::Shared => self.held.iter().any(|h| h.mode == LockMode::Exclusive),
+    }
+  }
+
   fn unused(&self) -> bool {
-    self.held.is_none() && !self.claiming && self.queue.is_empty() && !self.waiting_thread
+    self.held.is_empty() && !self.claiming && self.queue.is_empty() && !self.waiting_thread
   }
 }
 
@@ -159,13 +180,14 @@ pub fn prepare(file: &str) -> Result<Target> {
   Ok(target)
 }
 
-fn install(entry: &mut Entry, file: &Path, grant: Box<dyn Grant>) -> String {
+fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
   let next_refresh = Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval);
-  entry.held = Some(Held {
+  entry.held.push(Held {
     lock_id: lock_id.clone(),
-    file: file.to_path_buf(),
+    file: request.file.clone(),
+    mode: request.mode,
     since: Instant::now(),
     cell: Arc::new(Mutex::new(Hold {
       grant: Some(grant),
@@ -191,24 +213,25 @@ pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Opt
 /// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
   let backend = config::backend_for(target)?;
+  if options.mode == LockMode::Shared {
+    backend.check_shared(target)?;
+  }
   {
     let mut table = table();
     let entry = table.entry(target.lock_path.clone()).or_default();
-    if entry.held.is_some() || entry.claiming || !entry.queue.is_empty() {
+    // Anyone queued goes first (a reader never passes a queued writer).
+    if entry.conflicts(options.mode) || entry.claiming || !entry.queue.is_empty() {
       return Ok(None);
     }
     entry.claiming = true;
   }
-  let request = Request {
-    file: target.file.clone(),
-    stale_after: options.stale_after,
-  };
+  let request = request_of(target, options);
   let outcome = backend.try_acquire(target, &request);
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
   entry.claiming = false;
   let lock_id = match outcome {
-    Ok(Some(grant)) => install(entry, &target.file, grant),
+    Ok(Some(grant)) => install(entry, &request, grant),
     Ok(None) => return Ok(None),
     Err(e) => return Err(e),
   };
@@ -220,6 +243,14 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
     options.priority,
   );
   Ok(Some(lock_id))
+}
+
+fn request_of(target: &Target, options: &AcquireOptions) -> Request {
+  Request {
+    file: target.file.clone(),
+    stale_after: options.stale_after,
+    mode: options.mode,
+  }
 }
 
 /// Called exactly once with a queued waiter's outcome, from the thread that decided it.
@@ -300,10 +331,7 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
   }
   entry.queue.push_back(Waiter {
     id: waiter_id,
-    request: Request {
-      file: target.file.clone(),
-      stale_after: options.stale_after,
-    },
+    request: request_of(&target, &options),
     enqueued: started,
     priority: options.priority,
     complete,
@@ -323,7 +351,7 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
 pub fn busy_here(target: &Target) -> bool {
   table()
     .get(&target.lock_path)
-    .is_some_and(|e| e.held.is_some() || !e.queue.is_empty())
+    .is_some_and(|e| !e.held.is_empty() || !e.queue.is_empty())
 }
 
 /// How many holds a caller of `priority` arriving now would wait for: the current one (or the
@@ -334,7 +362,7 @@ pub fn ahead(target: &Target, priority: f64) -> usize {
     return 0;
   };
   let now = Instant::now();
-  let holding = usize::from(entry.held.is_some() || entry.claiming);
+  let holding = usize::from(!entry.held.is_empty() || entry.claiming);
   holding
     + entry
       .queue
@@ -394,7 +422,7 @@ fn wait_for_lock(target: Target) {
           grant.release();
           continue;
         };
-        let lock_id = install(entry, &waiter.request.file, grant);
+        let lock_id = install(entry, &waiter.request, grant);
         drop(table);
         let file = waiter.request.file.to_string_lossy();
         metrics::acquired(&file, waiter.enqueued.elapsed(), true, waiter.priority);
@@ -420,7 +448,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
   let idle_since = Instant::now();
   loop {
     let entry = table.entry(key.to_path_buf()).or_default();
-    let blocked = local_holder_blocks && (entry.held.is_some() || entry.claiming);
+    let blocked = local_holder_blocks && (!entry.held.is_empty() || entry.claiming);
     if !entry.queue.is_empty() && !blocked {
       return true;
     }
@@ -466,12 +494,10 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
       drop(table);
       return release_not_held(target, lock_id);
     };
-    match &entry.held {
-      Some(held) if held.lock_id == lock_id => (
-        entry.held.take().expect("checked above"),
-        entry.waiting_thread,
-      ),
-      Some(held) => {
+    match entry.held.iter().position(|h| h.lock_id == lock_id) {
+      Some(index) => (entry.held.remove(index), entry.waiting_thread),
+      None if !entry.held.is_empty() => {
+        let held = &entry.held[0];
         return Err(LockError::new(
           "ELOCKMISMATCH",
           format!(
@@ -479,7 +505,7 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
             target.file.display(),
             held.file.display()
           ),
-        ))
+        ));
       }
       None => {
         drop(table);
@@ -527,7 +553,7 @@ pub fn release_all() -> usize {
   let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
   let mut released = 0;
   for entry in entries {
-    if let Some(held) = entry.held {
+    for held in entry.held {
       end_hold(&held);
       released += 1;
     }
@@ -550,11 +576,20 @@ pub fn release_all() -> usize {
 /// hold's guard, and for backends that issue fencing tokens that no newer holder has committed
 /// (recording ours). A lock evicted while its holder stalled must not write.
 pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
-  let cell = table()
+  let held = table()
     .get(&target.lock_path)
-    .and_then(|e| e.held.as_ref())
-    .filter(|h| h.lock_id == lock_id)
-    .map(|h| h.cell.clone());
+    .and_then(|e| e.find(lock_id))
+    .map(|h| (h.cell.clone(), h.mode));
+  if let Some((_, LockMode::Shared)) = held {
+    return Err(LockError::new(
+      "ELOCKSHARED",
+      format!(
+        "The write to {} was refused: lock {lock_id} is a shared (read) lock, and a reader does not commit; the file was not changed. Write under an exclusive lock (acquireLock without mode: 'shared', withLock or updateWithLock).",
+        target.file.display()
+      ),
+    ));
+  }
+  let cell = held.map(|(cell, _)| cell);
   let lost = |why: &str| {
     LockError::new(
       "ELOCKLOST",
@@ -594,7 +629,7 @@ fn refresh_due() -> Option<Instant> {
     let mut table = table();
     let mut due = Vec::new();
     for entry in table.values_mut() {
-      if let Some(held) = entry.held.as_mut() {
+      for held in entry.held.iter_mut() {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
         if held.next_refresh <= now {
@@ -631,7 +666,7 @@ fn refresh_due() -> Option<Instant> {
   let mut table = table();
   let mut next: Option<Instant> = None;
   for entry in table.values_mut() {
-    if let Some(held) = entry.held.as_mut() {
+    for held in entry.held.iter_mut() {
       if held.next_refresh <= now {
         held.next_refresh = now + held.refresh_every();
       }
@@ -642,17 +677,35 @@ fn refresh_due() -> Option<Instant> {
 }
 
 /// What this process knows of a lock it may hold: adds `heldByThisProcess` (and the exact hold
-/// time) to a backend's view of it.
+/// time of an exclusive hold) to a backend's view of it, and to each of its `readers`.
 pub fn with_local_view(lock_path: &Path, mut info: Value) -> Value {
-  let here = table()
-    .get(lock_path)
-    .and_then(|e| e.held.as_ref())
-    .map(|h| h.since.elapsed());
-  if let Value::Object(map) = &mut info {
-    if let Some(age) = here {
+  let here: Vec<(String, LockMode, Duration)> = table().get(lock_path).map_or(Vec::new(), |e| {
+    e.held
+      .iter()
+      .map(|h| (h.lock_id.clone(), h.mode, h.since.elapsed()))
+      .collect()
+  });
+  let mark = |map: &mut serde_json::Map<String, Value>,
+              hold: Option<&(String, LockMode, Duration)>| {
+    if let Some((_, _, age)) = hold {
       map.insert("heldForMs".into(), Value::from(age.as_millis() as u64));
     }
-    map.insert("heldByThisProcess".into(), Value::from(here.is_some()));
+    map.insert("heldByThisProcess".into(), Value::from(hold.is_some()));
+  };
+  if let Value::Object(map) = &mut info {
+    if let Some(Value::Array(readers)) = map.get_mut("readers") {
+      for reader in readers.iter_mut() {
+        let id = reader["lockId"].as_str().unwrap_or("").to_string();
+        if let Value::Object(reader) = reader {
+          mark(reader, here.iter().find(|(lock_id, _, _)| *lock_id == id));
+        }
+      }
+    }
+    let exclusive = here
+      .iter()
+      .find(|(_, mode, _)| *mode == LockMode::Exclusive);
+    mark(map, exclusive);
+    map.insert("heldByThisProcess".into(), Value::from(!here.is_empty()));
   }
   info
 }
@@ -661,8 +714,7 @@ pub fn with_local_view(lock_path: &Path, mut info: Value) -> Value {
 pub fn inheritable_fd(target: &Target, lock_id: &str) -> Option<i32> {
   let cell = table()
     .get(&target.lock_path)
-    .and_then(|e| e.held.as_ref())
-    .filter(|h| h.lock_id == lock_id)
+    .and_then(|e| e.find(lock_id))
     .map(|h| h.cell.clone())?;
   let hold = guard(&cell);
   hold.grant.as_ref().and_then(|g| g.inheritable_fd())
@@ -671,8 +723,7 @@ pub fn inheritable_fd(target: &Target, lock_id: &str) -> Option<i32> {
 fn timeout_error(target: &Target, waited: Duration) -> LockError {
   let here = table()
     .get(&target.lock_path)
-    .and_then(|e| e.held.as_ref())
-    .map(|h| h.since.elapsed());
+    .and_then(|e| e.held.iter().map(|h| h.since.elapsed()).max());
   let holder = match here {
     Some(age) => format!(
       "held by this process (pid {}) for {:.1} s. If this call runs under that hold (a lock taken with acquireLock), pass its lockId (updateWithLock(file, fn, {{ lockId }})) or do the work inside FileLockManager.withLock, so it does not wait on itself",
@@ -723,6 +774,7 @@ mod tests {
       timeout,
       stale_after: Duration::from_millis(DEFAULT_STALE_MS),
       priority: 0.0,
+      mode: LockMode::Exclusive,
     }
   }
 
@@ -796,6 +848,7 @@ mod tests {
       request: Request {
         file: PathBuf::from("/x"),
         stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+        mode: LockMode::Exclusive,
       },
       enqueued,
       priority,

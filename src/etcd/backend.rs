@@ -300,6 +300,7 @@ mod real_etcd {
     Request {
       file: target.file.clone(),
       stale_after: Duration::from_secs(30),
+      mode: crate::backend::LockMode::Exclusive,
     }
   }
 
@@ -346,6 +347,7 @@ mod real_etcd {
           Some(Request {
             file: other_file.clone(),
             stale_after: Duration::from_secs(30),
+            mode: crate::backend::LockMode::Exclusive,
           })
         };
         let grant = backend.wait_acquire(&target, &head).unwrap().unwrap();

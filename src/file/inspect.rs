@@ -1,6 +1,8 @@
 //! Looking at locks from outside: is a file locked, by whom, is that holder stale; the list of
-//! every lock under a project; and removing the stale ones (`cleanupStaleLocks`).
-//! Nothing here ever takes a live lock away from its holder.
+//! every lock under a project; and removing the stale ones (`cleanupStaleLocks`). A lock's
+//! holders are its lock file's record (an exclusive holder) and its reader files (shared
+//! holders: readers.rs), each judged on its own. Nothing here ever takes a live lock away from
+//! its holder.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -10,37 +12,74 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::os_lock::{self, LockFile, Probe};
+use super::readers::{self, ReaderView};
 use super::staleness::{self, Verdict};
 use super::waiting_room::WaitingRoom;
+use crate::backend::LockMode;
 use crate::error::{LockError, Result};
 use crate::identity::{self, now_ms};
 use crate::paths::{self, LOCK_SUFFIX};
 use crate::record::Contents;
 
-/// One lock file, judged.
+/// One lock file, judged, with its readers.
 #[derive(Debug)]
 pub struct LockView {
   pub lock_file: PathBuf,
   pub contents: Contents,
+  /// The lock file's record (an exclusive holder's), judged.
   pub verdict: Verdict,
+  /// Its reader files, live and stale, oldest first.
+  pub readers: Vec<ReaderView>,
 }
 
 impl LockView {
   pub fn is_held(&self) -> bool {
-    self.verdict == Verdict::Live
+    self.verdict == Verdict::Live || self.readers.iter().any(ReaderView::is_live)
   }
 
-  pub fn state(&self) -> &'static str {
-    match self.verdict {
-      Verdict::Live => "held",
-      Verdict::Free => "free",
-      Verdict::Stale(_) => "stale",
+  /// Who holds it now: `exclusive` (the lock file's record), `shared` (live readers), or `None`.
+  pub fn mode(&self) -> Option<LockMode> {
+    if self.verdict == Verdict::Live {
+      Some(LockMode::Exclusive)
+    } else if self.readers.iter().any(ReaderView::is_live) {
+      Some(LockMode::Shared)
+    } else {
+      None
     }
   }
 
-  /// The record's fields plus `lockFile`, `state` (`held`/`stale`), `staleReason`,
-  /// `heldForMs` and `heartbeatAgeMs` (the lock table adds what this process knows of it).
+  /// `held`, `stale` (an abandoned record or reader file is left) or `free`.
+  pub fn state(&self) -> &'static str {
+    match (&self.verdict, self.mode()) {
+      (_, Some(_)) => "held",
+      (Verdict::Stale(_), None) => "stale",
+      _ if !self.readers.is_empty() => "stale",
+      _ => "free",
+    }
+  }
+
+  /// The holder's record fields plus `lockFile`, `state` (`held`/`stale`), `mode`,
+  /// `staleReason`, `heldForMs`, `heartbeatAgeMs` and `readers` (each reader file, judged).
+  /// Held shared, the top-level record is the oldest live reader's. The lock table adds what
+  /// this process knows of it.
   pub fn to_json(&self) -> Value {
+    let readers: Vec<Value> = self.readers.iter().map(ReaderView::to_json).collect();
+    let mode = self.mode();
+    if mode == Some(LockMode::Shared) {
+      let oldest = self
+        .readers
+        .iter()
+        .find(|r| r.is_live())
+        .expect("a live reader");
+      let mut out = oldest.to_json();
+      if let Value::Object(map) = &mut out {
+        map.remove("readerFile");
+      }
+      out["lockFile"] = json!(self.lock_file.to_string_lossy());
+      out["unreadable"] = Value::Null;
+      out["readers"] = Value::Array(readers);
+      return out;
+    }
     let now = now_ms();
     let mut out = match &self.contents {
       Contents::Record(record) => record.to_json(),
@@ -50,13 +89,26 @@ impl LockView {
       Contents::Record(r) => (r.acquired_at, r.heartbeat),
       _ => (None, None),
     };
+    let stale_reason = match (&self.verdict, self.readers.first()) {
+      (Verdict::Stale(why), _) => Some(why.clone()),
+      (
+        _,
+        Some(ReaderView {
+          verdict: Verdict::Stale(why),
+          ..
+        }),
+      ) => Some(format!("a reader's file is left: {why}")),
+      _ => None,
+    };
     let fields = json!({
       "lockFile": self.lock_file.to_string_lossy(),
       "state": self.state(),
-      "staleReason": match &self.verdict { Verdict::Stale(why) => Some(why.as_str()), _ => None },
+      "mode": mode.map(LockMode::name),
+      "staleReason": stale_reason,
       "unreadable": match &self.contents { Contents::Unreadable(why) => Some(why.as_str()), _ => None },
       "heldForMs": acquired_at.map(|t| now.saturating_sub(t)),
       "heartbeatAgeMs": heartbeat.map(|t| now.saturating_sub(t)),
+      "readers": readers,
     });
     if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
       out.extend(fields);
@@ -83,6 +135,7 @@ pub fn inspect(lock_path: &Path, stale_after: Duration) -> Result<Option<LockVie
     lock_file: lock_path.to_path_buf(),
     contents,
     verdict,
+    readers: readers::readers(lock_path, stale_after),
   }))
 }
 
@@ -91,7 +144,7 @@ pub fn inspect(lock_path: &Path, stale_after: Duration) -> Result<Option<LockVie
 pub fn lock_info(lock_path: &Path, stale_after: Duration) -> Result<Option<Value>> {
   Ok(
     inspect(lock_path, stale_after)?
-      .filter(|view| view.verdict != Verdict::Free)
+      .filter(|view| view.state() != "free")
       .map(|view| view.to_json()),
   )
 }
@@ -157,6 +210,11 @@ pub struct CleanupReport {
 pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<CleanupReport> {
   let mut report = CleanupReport::default();
   let now = now_ms();
+  // Dead readers' files first (also those of a lock file that is gone): a lock file that only
+  // they named is then free below.
+  let (removed, kept) = readers::cleanup(&paths::lock_dir_of(root), stale_after, dry_run);
+  report.removed.extend(removed);
+  report.kept.extend(kept);
   for path in lock_files(root)? {
     let entry = |state: &str, reason: &str, contents: Option<&Contents>| {
       let mut value = match contents {
@@ -216,6 +274,7 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
       if let Some(room) = WaitingRoom::existing(&path) {
         room.remove_if_empty();
       }
+      readers::remove_gate_if_unused(&path);
     }
   }
   Ok(report)

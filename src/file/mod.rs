@@ -6,10 +6,15 @@
 //! Between holds the lock file and an unlocked handle on it are kept for the next acquire, so an
 //! uncontended lock costs a handful of system calls; waiting processes sit in the lock's waiting
 //! room (`waiting_room.rs`) so that a releasing process does not barge in ahead of them.
+//!
+//! A shared (read) hold takes the same lock file's kernel lock in shared mode, on an open file
+//! description of its own, and keeps its record in a reader file beside it (`readers.rs`): the
+//! lock file's one record stays the exclusive holder's.
 
 pub mod claim;
 pub mod inspect;
 pub mod os_lock;
+pub mod readers;
 pub mod staleness;
 pub mod waiting_room;
 
@@ -20,7 +25,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::backend::{Backend, Grant, Refreshed, Request};
+use crate::backend::{Backend, Grant, LockMode, Refreshed, Request};
 use crate::error::{LockError, Result};
 use crate::failpoint;
 use crate::identity::{self, now_ms};
@@ -76,17 +81,20 @@ impl FileBackend {
       if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, slot.idle) {
         if lock.read() == record::Contents::Empty {
           lock.remove();
+          readers::remove_gate_if_unused(&path);
         }
       }
     }
   }
 }
 
-/// A kernel lock made ours, with our record in it.
+/// A kernel lock made ours, with our record in it (in the lock file, or for a shared hold in
+/// our reader file).
 struct FileGrant {
   lock_id: String,
   record: LockRecord,
   lock: LockFile,
+  reader: Option<readers::ReaderFile>,
 }
 
 enum Claim {
@@ -100,6 +108,9 @@ enum Claim {
 /// one claimer at a time may judge the record and write its own, even across hosts that share
 /// no kernel locks.
 fn claim(lock: LockFile, request: &Request) -> Result<Claim> {
+  if request.mode == LockMode::Shared {
+    return claim_shared(lock, request);
+  }
   let lock_dir = lock.path().parent().unwrap_or(Path::new("/"));
   if !claim::needed(lock_dir) {
     return claim_record(lock, request);
@@ -160,7 +171,36 @@ fn claim_record(mut lock: LockFile, request: &Request) -> Result<Claim> {
     lock_id,
     record,
     lock,
+    reader: None,
   })))
+}
+
+/// A shared hold: the lock file's record is left as it is (it is a writer's, live or not), unless
+/// it is a live record that the kernel lock does not cover (a legacy FlowForge lock), which we
+/// respect; our record goes into a reader file of our own. Shared mode is refused where claims
+/// are needed ([`Backend::check_shared`]), so no claim is taken here.
+fn claim_shared(lock: LockFile, request: &Request) -> Result<Claim> {
+  let me = identity::current();
+  let now = now_ms();
+  let stale_ms = request.stale_after.as_millis() as u64;
+  if staleness::judge(&lock.read(), false, me, now, stale_ms) == Verdict::Live {
+    lock.unlock();
+    return Ok(Claim::Respected(lock));
+  }
+  let lock_id = record::new_lock_id();
+  let record = LockRecord::new_for(me, &lock_id, &request.file.to_string_lossy(), now);
+  match readers::ReaderFile::create(lock.path(), &record) {
+    Ok(reader) => Ok(Claim::Won(Box::new(FileGrant {
+      lock_id,
+      record,
+      lock,
+      reader: Some(reader),
+    }))),
+    Err(e) => {
+      lock.unlock();
+      Err(e)
+    }
+  }
 }
 
 /// Another user's stale lock file that we may lock but not write: replace it with our own.
@@ -197,6 +237,16 @@ impl Grant for FileGrant {
     if !self.lock.still_at_path() {
       return Refreshed::Lost("its lock file was removed or replaced".into());
     }
+    if let Some(reader) = &mut self.reader {
+      if !reader.still_at_path() {
+        return Refreshed::Lost("its reader file was removed".into());
+      }
+      self.record.heartbeat = Some(now_ms());
+      return match reader.write(&self.record) {
+        Ok(()) => Refreshed::Held,
+        Err(e) => Refreshed::Unknown(e.message),
+      };
+    }
     let Ok(bytes) = self.lock.read_raw() else {
       return Refreshed::Unknown("cannot read the lock record".into());
     };
@@ -219,6 +269,12 @@ impl Grant for FileGrant {
     if !self.lock.still_at_path() {
       return Err(lost("its lock file was removed or replaced"));
     }
+    if let Some(reader) = &self.reader {
+      return match reader.still_at_path() {
+        true => Ok(()),
+        false => Err(lost("its reader file was removed")),
+      };
+    }
     match self.lock.read() {
       record::Contents::Record(r) if r.lock_id.as_deref() == Some(self.lock_id.as_str()) => Ok(()),
       record::Contents::Record(r) => Err(lost(&format!("{} took it over", r.describe()))),
@@ -230,8 +286,16 @@ impl Grant for FileGrant {
   /// through our own descriptor, so they only ever touch the inode we locked, even if the path
   /// names another one by now (the next acquire notices that).
   fn release(self: Box<Self>) {
-    let FileGrant { lock, lock_id, .. } = *self;
-    lock.clear_if_ours(&lock_id);
+    let FileGrant {
+      lock,
+      lock_id,
+      reader,
+      ..
+    } = *self;
+    match reader {
+      Some(reader) => reader.remove(),
+      None => lock.clear_if_ours(&lock_id),
+    }
     lock.unlock();
     backend().park_idle(lock);
   }
@@ -273,7 +337,7 @@ impl Backend for FileBackend {
       }
       return Ok(None);
     }
-    let lock = match LockFile::try_acquire(&target.lock_path, idle)? {
+    let lock = match LockFile::try_acquire_as(&target.lock_path, idle, request.mode)? {
       TryLock::Locked(lock) => lock,
       TryLock::Busy(lock) => {
         self.park_idle(lock);
@@ -289,8 +353,9 @@ impl Backend for FileBackend {
     }
   }
 
-  /// Blocks in the kernel for the lock (inside the waiting room, so the fast path of others
-  /// sees us), then claims it for whoever heads the queue by then.
+  /// Blocks in the kernel for the lock in the mode of the queue's head (inside the waiting
+  /// room, so the fast path of others sees us, and past the writers' gate: readers.rs), then
+  /// claims it for whoever heads the queue by then.
   fn wait_acquire(
     &self,
     target: &Target,
@@ -299,10 +364,15 @@ impl Backend for FileBackend {
     // A room handle of this wait's own: a kernel lock belongs to an open file description.
     let room = WaitingRoom::open(&target.lock_path);
     loop {
+      let Some(mode) = head().map(|request| request.mode) else {
+        return Ok(None);
+      };
       if let Some(room) = &room {
         room.enter();
       }
-      let acquired = LockFile::acquire_blocking(&target.lock_path);
+      let gate = readers::Gate::pass(&target.lock_path, mode);
+      let acquired = LockFile::acquire_blocking(&target.lock_path, mode);
+      drop(gate);
       if let Some(room) = &room {
         room.leave();
       }
@@ -312,6 +382,12 @@ impl Backend for FileBackend {
         lock.unlock();
         return Ok(None);
       };
+      if request.mode != mode {
+        // The head changed (a higher priority came, or the head gave up) and wants the other
+        // mode: wait again in its mode.
+        lock.unlock();
+        continue;
+      }
       match claim(lock, &request)? {
         Claim::Won(grant) => return Ok(Some(grant)),
         Claim::Respected(_) => std::thread::sleep(RECORD_POLL),
@@ -321,6 +397,24 @@ impl Backend for FileBackend {
 
   fn waits_for_local_holder(&self) -> bool {
     !os_lock::kernel_locks()
+  }
+
+  /// Shared holds rest on shared kernel locks. Where the lock directory may be shared by hosts
+  /// whose kernel locks we do not see (a network file system, or kernel locks off), a writer
+  /// there would judge only the lock file's record, which readers do not write: refused.
+  fn check_shared(&self, target: &Target) -> Result<()> {
+    let lock_dir = target.lock_path.parent().unwrap_or(Path::new("/"));
+    if !claim::needed(lock_dir) {
+      return Ok(());
+    }
+    Err(LockError::new(
+      "ELOCKUNSUPPORTED",
+      format!(
+        "Shared (read) locks are not supported for {}: its lock directory {} is on a network file system (or kernel locks are off), where a writer on another host cannot see this host's readers. Take an exclusive lock (drop mode: 'shared'), read without any lock with readJSON, or use a lock server backend for exclusive locks (docs/backends.md).",
+        target.file.display(),
+        lock_dir.display()
+      ),
+    ))
   }
 
   fn is_locked(&self, target: &Target, stale_after: Duration) -> Result<bool> {

@@ -11,6 +11,7 @@ use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::backend::LockMode;
 use crate::error::{LockError, Result};
 use crate::record::{self, Contents, LockRecord, MAX_RECORD_BYTES};
 
@@ -24,11 +25,19 @@ pub(crate) fn kernel_locks() -> bool {
   *ENABLED.get_or_init(|| std::env::var_os(SIMULATE_NO_KERNEL_LOCKS_ENV).is_none_or(|v| v != "1"))
 }
 
-fn try_lock(file: &File) -> std::result::Result<(), fs::TryLockError> {
-  if kernel_locks() {
-    file.try_lock()
-  } else {
-    Ok(())
+fn try_lock(file: &File, mode: LockMode) -> std::result::Result<(), fs::TryLockError> {
+  match (kernel_locks(), mode) {
+    (false, _) => Ok(()),
+    (true, LockMode::Exclusive) => file.try_lock(),
+    (true, LockMode::Shared) => file.try_lock_shared(),
+  }
+}
+
+fn lock_as(file: &File, mode: LockMode) -> io::Result<()> {
+  match (kernel_locks(), mode) {
+    (false, _) => Ok(()),
+    (true, LockMode::Exclusive) => file.lock(),
+    (true, LockMode::Shared) => file.lock_shared(),
   }
 }
 
@@ -101,13 +110,19 @@ impl LockFile {
   /// One non-blocking try with `handle` (or a fresh one), starting again on the file now at
   /// the path whenever the locked inode turns out to have been removed.
   pub fn try_acquire(path: &Path, handle: Option<LockFile>) -> Result<TryLock> {
+    LockFile::try_acquire_as(path, handle, LockMode::Exclusive)
+  }
+
+  /// [`LockFile::try_acquire`] in either mode: a shared lock (a reader's) coexists with other
+  /// shared ones on their own open file descriptions, never with an exclusive one.
+  pub fn try_acquire_as(path: &Path, handle: Option<LockFile>, mode: LockMode) -> Result<TryLock> {
     let mut handle = handle;
     loop {
       let lock = match handle.take() {
         Some(lock) => lock,
         None => LockFile::open(path)?,
       };
-      match try_lock(&lock.file) {
+      match try_lock(&lock.file, mode) {
         Ok(()) if lock.still_at_path() => return Ok(TryLock::Locked(lock)),
         Ok(()) => drop(lock),
         Err(fs::TryLockError::WouldBlock) => return Ok(TryLock::Busy(lock)),
@@ -121,24 +136,20 @@ impl LockFile {
     let Some(lock) = LockFile::open_existing(path)? else {
       return Ok(None);
     };
-    match try_lock(&lock.file) {
+    match try_lock(&lock.file, LockMode::Exclusive) {
       Ok(()) if lock.still_at_path() => Ok(Some(lock)),
       Ok(()) | Err(fs::TryLockError::WouldBlock) => Ok(None),
       Err(fs::TryLockError::Error(e)) => Err(LockError::io(&e, "Cannot lock", path)),
     }
   }
 
-  /// Waits in the kernel until the lock is ours. Only the per-lock-file waiting thread calls
+  /// Waits in the kernel until the lock is ours, in `mode`. Only the per-lock-file waiting thread calls
   /// this, with a handle of its own: a lock belongs to an open file description, so sharing
   /// one with the fast path would let both believe they hold it.
-  pub fn acquire_blocking(path: &Path) -> Result<LockFile> {
+  pub fn acquire_blocking(path: &Path, mode: LockMode) -> Result<LockFile> {
     loop {
       let lock = LockFile::open(path)?;
-      match if kernel_locks() {
-        lock.file.lock()
-      } else {
-        Ok(())
-      } {
+      match lock_as(&lock.file, mode) {
         Ok(()) if lock.still_at_path() => return Ok(lock),
         Ok(()) => drop(lock),
         Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -250,7 +261,7 @@ pub fn probe(path: &Path) -> Result<Probe> {
   }
 }
 
-fn open_no_follow(path: &Path, options: &OpenOptions) -> Result<File> {
+pub(crate) fn open_no_follow(path: &Path, options: &OpenOptions) -> Result<File> {
   let mut options = options.clone();
   options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
   options.open(path).map_err(|e| {
@@ -271,7 +282,7 @@ fn open_no_follow(path: &Path, options: &OpenOptions) -> Result<File> {
 
 /// A lock file must be a plain file with one name: a FIFO, a device or a hard link to some
 /// other file would turn our record writes into writes elsewhere.
-fn check_plain_file(file: &File, path: &Path) -> Result<fs::Metadata> {
+pub(crate) fn check_plain_file(file: &File, path: &Path) -> Result<fs::Metadata> {
   let meta = file
     .metadata()
     .map_err(|e| LockError::io(&e, "Cannot stat", path))?;
@@ -289,7 +300,7 @@ fn check_plain_file(file: &File, path: &Path) -> Result<fs::Metadata> {
 
 /// Reads the record until two reads agree, so a reader racing a heartbeat never acts on a
 /// torn record.
-fn read_stable(file: &File) -> Contents {
+pub(crate) fn read_stable(file: &File) -> Contents {
   let read = || read_all(file).map_err(|e| format!("cannot read the record: {e}"));
   let mut previous = read();
   for _ in 0..8 {
@@ -372,7 +383,9 @@ mod tests {
     let path = temp_dir("oslock").join("race.lock");
     let holder = locked(&path);
     let waiter_path = path.clone();
-    let waiter = std::thread::spawn(move || LockFile::acquire_blocking(&waiter_path).unwrap());
+    let waiter = std::thread::spawn(move || {
+      LockFile::acquire_blocking(&waiter_path, LockMode::Exclusive).unwrap()
+    });
     crate::test_support::wait_for_blocked_flock(&path);
     holder.remove();
     let lock = waiter.join().unwrap();

@@ -1,0 +1,372 @@
+//! Shared (read) holds of the file backend, beside the kernel lock that decides them: a reader
+//! holds `flock(LOCK_SH)` on the lock file (mod.rs), and this module owns what the lock file's
+//! single record cannot say: who the readers are, and whether a writer is waiting.
+//!
+//! Reader files. Each reader writes its record into a file of its own beside the lock file,
+//! `<name>.lock.r-<pid>-<n>`, created with `O_EXCL`, and holds an exclusive `flock` on it for
+//! the hold. On this host a reader file whose `flock` can be taken belongs to a reader that is
+//! gone (the kernel dropped its lock when it died), so anyone may remove it, and does so while
+//! holding that `flock`: a reader that created its file but had not locked it yet notices that
+//! its file was removed (the path names another inode, or none) and starts again. A record of
+//! another host is judged by its heartbeat, as for exclusive locks (staleness.rs).
+//!
+//! The writers' gate, `<name>.lock.gate`: writer preference across processes. The kernel grants
+//! `LOCK_SH` while only readers hold the lock even if a writer is blocked for `LOCK_EX`, so a
+//! steady stream of readers would starve it. So a waiting writer holds a shared `flock` on the
+//! gate while it blocks for the lock (writers hold it together, never waiting on each other),
+//! and a waiting reader first takes the gate exclusively, which it gets only once no writer is
+//! waiting, then drops it and blocks for `LOCK_SH`. A reader that arrives after a writer began
+//! to wait therefore gets the lock after that writer.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::os_lock;
+use super::staleness::{self, Verdict};
+use crate::backend::LockMode;
+use crate::error::{LockError, Result};
+use crate::identity::{self, now_ms};
+use crate::record::{Contents, LockRecord};
+
+/// What follows `<name>.lock` in a reader file's name.
+const READER_INFIX: &str = ".r-";
+const GATE_SUFFIX: &str = ".gate";
+
+fn with_suffix(lock_path: &Path, suffix: &str) -> PathBuf {
+  let mut name = lock_path.as_os_str().to_os_string();
+  name.push(suffix);
+  PathBuf::from(name)
+}
+
+/// A reader file of ours, locked for the hold.
+#[derive(Debug)]
+pub struct ReaderFile {
+  file: File,
+  path: PathBuf,
+  dev: u64,
+  ino: u64,
+  len: usize,
+}
+
+impl ReaderFile {
+  /// Creates our reader file beside `lock_path`, locked, with `record` in it.
+  pub fn create(lock_path: &Path, record: &LockRecord) -> Result<ReaderFile> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    loop {
+      let path = with_suffix(
+        lock_path,
+        &format!(
+          "{READER_INFIX}{}-{}",
+          identity::current().pid,
+          NEXT.fetch_add(1, Ordering::Relaxed)
+        ),
+      );
+      let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+      {
+        Ok(file) => file,
+        // A leftover of an earlier process that had our pid: take the next number.
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+        Err(e) => return Err(LockError::io(&e, "Cannot create the reader file", &path)),
+      };
+      // Only a remover holds it, for an instant; then our inode is gone and we start again.
+      lock_retrying(&file, LockMode::Exclusive)
+        .map_err(|e| LockError::io(&e, "Cannot lock the reader file", &path))?;
+      let meta = file
+        .metadata()
+        .map_err(|e| LockError::io(&e, "Cannot stat", &path))?;
+      let mut reader = ReaderFile {
+        file,
+        path,
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len: 0,
+      };
+      if !reader.still_at_path() {
+        continue;
+      }
+      if let Err(e) = reader.write(record) {
+        reader.remove();
+        return Err(e);
+      }
+      return Ok(reader);
+    }
+  }
+
+  pub fn path(&self) -> &Path {
+    &self.path
+  }
+
+  /// Whether the path still names our file (nobody removed it as a leftover).
+  pub fn still_at_path(&self) -> bool {
+    matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
+  }
+
+  /// Writes `record` over ours, in place: a rewrite is never shorter than what it covers.
+  pub fn write(&mut self, record: &LockRecord) -> Result<()> {
+    let bytes = record.to_bytes(self.len);
+    self
+      .file
+      .write_all_at(&bytes, 0)
+      .map_err(|e| LockError::io(&e, "Cannot write the reader record", &self.path))?;
+    self.len = bytes.len();
+    Ok(())
+  }
+
+  /// Ends the hold: the file goes, then its lock (closing it).
+  pub fn remove(self) {
+    if self.still_at_path() {
+      let _ = fs::remove_file(&self.path);
+    }
+  }
+}
+
+fn lock_retrying(file: &File, mode: LockMode) -> io::Result<()> {
+  loop {
+    let locked = match mode {
+      LockMode::Exclusive => file.lock(),
+      LockMode::Shared => file.lock_shared(),
+    };
+    match locked {
+      Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+      other => return other,
+    }
+  }
+}
+
+/// One reader file, judged.
+#[derive(Debug)]
+pub struct ReaderView {
+  pub path: PathBuf,
+  pub contents: Contents,
+  pub verdict: Verdict,
+}
+
+impl ReaderView {
+  pub fn is_live(&self) -> bool {
+    self.verdict == Verdict::Live
+  }
+
+  /// The record's fields plus `readerFile`, `state`, `staleReason`, `heldForMs`,
+  /// `heartbeatAgeMs`.
+  pub fn to_json(&self) -> Value {
+    let now = now_ms();
+    let (mut out, acquired_at, heartbeat) = match &self.contents {
+      Contents::Record(r) => (r.to_json(), r.acquired_at, r.heartbeat),
+      _ => (json!({}), None, None),
+    };
+    out["readerFile"] = json!(self.path.to_string_lossy());
+    out["mode"] = json!(LockMode::Shared.name());
+    out["state"] = json!(if self.is_live() { "held" } else { "stale" });
+    out["staleReason"] = match &self.verdict {
+      Verdict::Stale(why) => json!(why),
+      _ => Value::Null,
+    };
+    out["heldForMs"] = json!(acquired_at.map(|t| now.saturating_sub(t)));
+    out["heartbeatAgeMs"] = json!(heartbeat.map(|t| now.saturating_sub(t)));
+    out
+  }
+}
+
+/// The reader files of `lock_path`, oldest first (by acquisition time, then name).
+fn reader_files(lock_path: &Path) -> Vec<PathBuf> {
+  let (Some(dir), Some(name)) = (lock_path.parent(), lock_path.file_name()) else {
+    return Vec::new();
+  };
+  let mut prefix = name.to_string_lossy().into_owned();
+  prefix.push_str(READER_INFIX);
+  let Ok(entries) = fs::read_dir(dir) else {
+    return Vec::new();
+  };
+  let mut files: Vec<PathBuf> = entries
+    .flatten()
+    .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+    .map(|e| e.path())
+    .collect();
+  files.sort();
+  files
+}
+
+/// Every reader file in a lock directory, whatever its lock (for cleanup, which also finds the
+/// leftovers of a lock file that is gone).
+fn all_reader_files(lock_dir: &Path) -> Vec<PathBuf> {
+  let Ok(entries) = fs::read_dir(lock_dir) else {
+    return Vec::new();
+  };
+  let mut files: Vec<PathBuf> = entries
+    .flatten()
+    .filter(|e| {
+      let name = e.file_name();
+      let name = name.to_string_lossy();
+      name
+        .split_once(READER_INFIX)
+        .is_some_and(|(lock, _)| lock.ends_with(crate::paths::LOCK_SUFFIX))
+    })
+    .map(|e| e.path())
+    .collect();
+  files.sort();
+  files
+}
+
+/// Looks at one reader file; with `keep_lock`, a dead reader's file comes back locked by us
+/// (so that it can be removed safely). `None` when it vanished or is not a plain file.
+fn judge_file(path: &Path, stale_after: Duration) -> Option<(ReaderView, Option<File>)> {
+  let file = os_lock::open_no_follow(path, OpenOptions::new().read(true)).ok()?;
+  os_lock::check_plain_file(&file, path).ok()?;
+  let held = match file.try_lock() {
+    Ok(()) => false,
+    Err(fs::TryLockError::WouldBlock) => true,
+    Err(fs::TryLockError::Error(_)) => return None,
+  };
+  let contents = os_lock::read_stable(&file);
+  let verdict = match staleness::judge(
+    &contents,
+    held,
+    identity::current(),
+    now_ms(),
+    stale_after.as_millis() as u64,
+  ) {
+    // A reader file is never "released": an empty unlocked one is a reader that died (or one
+    // that is being created, which notices a removal and starts again).
+    Verdict::Free => Verdict::Stale("empty reader file, and nobody holds its lock".into()),
+    verdict => verdict,
+  };
+  let view = ReaderView {
+    path: path.to_path_buf(),
+    contents,
+    verdict,
+  };
+  Some((view, (!held).then_some(file)))
+}
+
+fn names(path: &Path, file: &File) -> bool {
+  matches!((file.metadata(), fs::symlink_metadata(path)),
+    (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino())
+}
+
+/// The readers of `lock_path`, live and stale, oldest first.
+pub fn readers(lock_path: &Path, stale_after: Duration) -> Vec<ReaderView> {
+  let mut views: Vec<ReaderView> = reader_files(lock_path)
+    .iter()
+    .filter_map(|path| judge_file(path, stale_after).map(|(view, _)| view))
+    .collect();
+  views.sort_by_key(|v| match &v.contents {
+    Contents::Record(r) => r.acquired_at.unwrap_or(u64::MAX),
+    _ => u64::MAX,
+  });
+  views
+}
+
+/// Removes the reader files of dead readers in `lock_dir` (with `dry_run`, only says which it
+/// would): `(removed, kept)`, each entry as `cleanupStaleLocks` reports it. A file is removed
+/// only while we hold its lock, so a live reader's file never goes.
+pub fn cleanup(lock_dir: &Path, stale_after: Duration, dry_run: bool) -> (Vec<Value>, Vec<Value>) {
+  let (mut removed, mut kept) = (Vec::new(), Vec::new());
+  for path in all_reader_files(lock_dir) {
+    let Some((view, lock)) = judge_file(&path, stale_after) else {
+      continue;
+    };
+    let mut entry = view.to_json();
+    entry["lockFile"] = json!(lock_path_of(&path).to_string_lossy());
+    if view.is_live() {
+      entry["reason"] = json!(if lock.is_none() {
+        "held: a reader holds its lock"
+      } else {
+        "held: its record is live"
+      });
+      kept.push(entry);
+      continue;
+    }
+    entry["reason"] = entry["staleReason"].clone();
+    removed.push(entry);
+    if !dry_run && lock.is_some_and(|ours| names(&path, &ours)) {
+      let _ = fs::remove_file(&path);
+    }
+  }
+  (removed, kept)
+}
+
+/// `<dir>/<name>.lock` of a reader file `<dir>/<name>.lock.r-<pid>-<n>`.
+fn lock_path_of(reader: &Path) -> PathBuf {
+  let text = reader.to_string_lossy();
+  match text.rfind(READER_INFIX) {
+    Some(at) => PathBuf::from(&text[..at]),
+    None => reader.to_path_buf(),
+  }
+}
+
+/// Where a waiter stands at the writers' gate (see the module's comment) while it blocks for
+/// the lock: a writer keeps a shared lock on it until it holds the lock; a reader has passed it
+/// and keeps nothing.
+#[derive(Debug)]
+pub struct Gate {
+  _writer: Option<File>,
+}
+
+impl Gate {
+  /// Before blocking for `lock_path` in `mode`. Without kernel locks there is no gate (shared
+  /// mode is refused there). A gate that cannot be opened only costs writer preference.
+  pub fn pass(lock_path: &Path, mode: LockMode) -> Gate {
+    let path = with_suffix(lock_path, GATE_SUFFIX);
+    let mut held = None;
+    if os_lock::kernel_locks() {
+      for _ in 0..8 {
+        let Ok(file) = open_gate(&path) else {
+          break;
+        };
+        let gate_mode = match mode {
+          LockMode::Exclusive => LockMode::Shared,
+          LockMode::Shared => LockMode::Exclusive,
+        };
+        if lock_retrying(&file, gate_mode).is_err() {
+          break;
+        }
+        // A gate removed meanwhile (process exit, cleanup) would mark nobody: use the new one.
+        if !names(&path, &file) {
+          continue;
+        }
+        if mode == LockMode::Exclusive {
+          held = Some(file);
+        }
+        break;
+      }
+    }
+    Gate { _writer: held }
+  }
+}
+
+fn open_gate(path: &Path) -> io::Result<File> {
+  OpenOptions::new()
+    .read(true)
+    .create(true)
+    .append(true)
+    .mode(0o666)
+    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+    .open(path)
+}
+
+/// Removes the gate of `lock_path` if no writer waits at it (process exit, cleanup).
+pub fn remove_gate_if_unused(lock_path: &Path) {
+  let path = with_suffix(lock_path, GATE_SUFFIX);
+  let Ok(file) = OpenOptions::new()
+    .read(true)
+    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+    .open(&path)
+  else {
+    return;
+  };
+  if file.try_lock().is_ok() {
+    let _ = fs::remove_file(&path);
+  }
+}
