@@ -911,6 +911,131 @@ mod tests {
     release(&target, &outcome.unwrap()).unwrap();
   }
 
+  fn shared() -> AcquireOptions {
+    AcquireOptions {
+      mode: LockMode::Shared,
+      ..options(None)
+    }
+  }
+
+  /// Queues an acquire in `opts`, its outcome on `done`, labelled.
+  fn queue_as(
+    target: &Target,
+    opts: AcquireOptions,
+    label: usize,
+    done: &mpsc::Sender<(usize, Result<String>)>,
+  ) {
+    let done = done.clone();
+    acquire(
+      target.clone(),
+      opts,
+      Box::new(move |outcome| done.send((label, outcome)).unwrap()),
+    );
+  }
+
+  #[test]
+  fn shared_holds_coexist_and_exclude_a_writer() {
+    let target = project_file("readers.json");
+    let first = try_acquire(&target, &shared()).unwrap().unwrap();
+    let second = try_acquire(&target, &shared()).unwrap().unwrap();
+    assert_ne!(first, second);
+    assert!(try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .is_none());
+    let info = config::backend_for(&target)
+      .unwrap()
+      .lock_info(&target, Duration::from_secs(30))
+      .unwrap()
+      .unwrap();
+    assert_eq!(info["mode"], "shared");
+    assert_eq!(info["readers"].as_array().unwrap().len(), 2);
+    assert!(release(&target, &first).unwrap());
+    assert!(try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .is_none());
+    assert!(release(&target, &second).unwrap());
+    let writer = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    // And a writer excludes readers.
+    assert!(try_acquire(&target, &shared()).unwrap().is_none());
+    release(&target, &writer).unwrap();
+  }
+
+  /// Writer preference inside one process: with readers holding and a writer queued, a reader
+  /// that arrives later is not let in beside the holders: it is served after the writer.
+  #[test]
+  fn a_reader_behind_a_queued_writer_is_served_after_it() {
+    let target = project_file("preference.json");
+    let reader = try_acquire(&target, &shared()).unwrap().unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue_as(&target, options(None), 0, &done);
+    crate::test_support::wait_for_blocked_flock(&target.lock_path);
+    assert!(try_acquire(&target, &shared()).unwrap().is_none());
+    queue_as(&target, shared(), 1, &done);
+    queue_as(&target, shared(), 2, &done);
+    assert!(release(&target, &reader).unwrap());
+    let (label, writer) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 0);
+    let writer = writer.unwrap();
+    // Nobody else holds while the writer does.
+    assert!(outcomes.try_recv().is_err());
+    assert!(release(&target, &writer).unwrap());
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+      let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+      readers.push((label, outcome.unwrap()));
+    }
+    readers.sort();
+    assert_eq!(readers.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
+    // Both readers hold at once.
+    let info = config::backend_for(&target)
+      .unwrap()
+      .lock_info(&target, Duration::from_secs(30))
+      .unwrap()
+      .unwrap();
+    assert_eq!(info["readers"].as_array().unwrap().len(), 2, "{info}");
+    for (_, id) in readers {
+      release(&target, &id).unwrap();
+    }
+  }
+
+  #[test]
+  fn a_shared_hold_does_not_commit() {
+    let target = project_file("nowrite.json");
+    let id = try_acquire(&target, &shared()).unwrap().unwrap();
+    let err = verify_held(&target, &id).unwrap_err();
+    assert_eq!(err.code, "ELOCKSHARED");
+    assert!(err.message.contains("nowrite.json"), "{}", err.message);
+    assert!(release(&target, &id).unwrap());
+    assert!(!release(&target, &id).unwrap());
+  }
+
+  #[test]
+  fn releasing_shared_holds_removes_their_reader_files() {
+    let target = project_file("exit.json");
+    let ids: Vec<String> = (0..3)
+      .map(|_| try_acquire(&target, &shared()).unwrap().unwrap())
+      .collect();
+    let lock_dir = target.lock_path.parent().unwrap().to_path_buf();
+    let readers = || {
+      std::fs::read_dir(&lock_dir)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+          e.file_name()
+            .to_string_lossy()
+            .contains("exit.json.lock.r-")
+        })
+        .count()
+    };
+    assert_eq!(readers(), 3);
+    for id in &ids {
+      assert!(release(&target, id).unwrap());
+    }
+    assert_eq!(readers(), 0);
+  }
+
   #[test]
   fn wrong_ids_do_not_release_and_a_second_release_says_false() {
     let target = project_file("ids.json");

@@ -379,6 +379,31 @@ mod tests {
   }
 
   #[test]
+  fn shared_holds_coexist_and_exclude_an_exclusive_one() {
+    let path = temp_dir("oslock").join("shared.lock");
+    let shared = |handle| LockFile::try_acquire_as(&path, handle, LockMode::Shared).unwrap();
+    let TryLock::Locked(first) = shared(None) else {
+      panic!("free")
+    };
+    let TryLock::Locked(second) = shared(None) else {
+      panic!("shared with the first")
+    };
+    assert!(matches!(
+      LockFile::try_acquire(&path, None).unwrap(),
+      TryLock::Busy(_)
+    ));
+    // A probe (getLockInfo) does not mistake readers for an exclusive holder.
+    assert!(matches!(probe(&path).unwrap(), Probe::Free(_)));
+    first.unlock();
+    second.unlock();
+    let TryLock::Locked(writer) = LockFile::try_acquire(&path, None).unwrap() else {
+      panic!("readers are gone")
+    };
+    assert!(matches!(shared(None), TryLock::Busy(_)));
+    writer.unlock();
+  }
+
+  #[test]
   fn a_waiter_on_a_removed_inode_starts_again() {
     let path = temp_dir("oslock").join("race.lock");
     let holder = locked(&path);

@@ -370,3 +370,87 @@ pub fn remove_gate_if_unused(lock_path: &Path) {
     let _ = fs::remove_file(&path);
   }
 }
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::test_support::{temp_dir, wait_for_blocked_flock};
+
+  const STALE: Duration = Duration::from_secs(30);
+
+  fn record(pid: i64, lock_id: &str) -> LockRecord {
+    let mut record = LockRecord::new_for(identity::current(), lock_id, "/p/tasks.json", now_ms());
+    record.pid = Some(pid);
+    record
+  }
+
+  #[test]
+  fn live_readers_are_listed_and_kept_dead_ones_removed() {
+    let dir = temp_dir("readers");
+    let lock = dir.join("tasks.json.lock");
+    let me = i64::from(identity::current().pid);
+    let live = ReaderFile::create(&lock, &record(me, "live")).unwrap();
+    // A reader that died: its file is left, and nobody holds its lock.
+    let dead = with_suffix(&lock, ".r-999999-0");
+    fs::write(&dead, record(999_999, "dead").to_bytes(0)).unwrap();
+    // Another lock's reader and a lone empty file (a reader that died creating it).
+    let other = ReaderFile::create(&dir.join("time.json.lock"), &record(me, "other")).unwrap();
+    let empty = with_suffix(&dir.join("gone.json.lock"), ".r-7-7");
+    fs::write(&empty, b"").unwrap();
+
+    let views = readers(&lock, STALE);
+    assert_eq!(views.len(), 2);
+    let by_id = |id: &str| {
+      views
+        .iter()
+        .find(|v| matches!(&v.contents, Contents::Record(r) if r.lock_id.as_deref() == Some(id)))
+        .unwrap()
+    };
+    assert!(by_id("live").is_live());
+    assert!(matches!(&by_id("dead").verdict, Verdict::Stale(why) if why.contains("gone")));
+
+    let (removed, kept) = cleanup(&dir, STALE, true);
+    assert_eq!((removed.len(), kept.len()), (2, 2));
+    assert!(dead.exists() && empty.exists());
+    let (removed, kept) = cleanup(&dir, STALE, false);
+    assert_eq!((removed.len(), kept.len()), (2, 2), "{removed:?}");
+    assert!(!dead.exists() && !empty.exists());
+    assert!(live.still_at_path() && other.still_at_path());
+    let path = live.path().to_path_buf();
+    live.remove();
+    other.remove();
+    assert!(!path.exists());
+    assert!(readers(&lock, STALE).is_empty());
+  }
+
+  #[test]
+  fn a_reader_file_removed_under_its_holder_is_noticed() {
+    let lock = temp_dir("readers").join("tasks.json.lock");
+    let reader = ReaderFile::create(&lock, &record(1, "x")).unwrap();
+    fs::remove_file(reader.path()).unwrap();
+    assert!(!reader.still_at_path());
+  }
+
+  /// A waiting writer holds the gate; a reader waiting for the lock passes it only once no
+  /// writer waits any more.
+  #[test]
+  fn a_reader_waits_at_the_gate_while_a_writer_waits() {
+    let lock = temp_dir("readers").join("tasks.json.lock");
+    let writer = Gate::pass(&lock, LockMode::Exclusive);
+    let second_writer = Gate::pass(&lock, LockMode::Exclusive);
+    let (passed, reader_passed) = std::sync::mpsc::channel();
+    let reader_lock = lock.clone();
+    let reader = std::thread::spawn(move || {
+      Gate::pass(&reader_lock, LockMode::Shared);
+      passed.send(()).unwrap();
+    });
+    wait_for_blocked_flock(&with_suffix(&lock, GATE_SUFFIX));
+    drop(writer);
+    assert!(reader_passed.try_recv().is_err());
+    drop(second_writer);
+    reader_passed.recv().unwrap();
+    reader.join().unwrap();
+    remove_gate_if_unused(&lock);
+    assert!(!with_suffix(&lock, GATE_SUFFIX).exists());
+  }
+}
