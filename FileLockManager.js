@@ -3,12 +3,13 @@
 // An object wrapper: withLock(file, fn) runs fn under the file's lock and always releases.
 // A nested withLock (or updateWithLock) on a file that the same async context already holds
 // re-enters: fn runs at once under the outer lock (AsyncLocalStorage tracks what a context holds).
+// withReadLock(file, fn) is the same under a shared (read) lock: many readers at once, no writer.
 
 const native = require('./native.js')
 const { acquireLock, releaseLock, assertHeld, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('./file-lock.js')
 const { updateWithLock } = require('./lib/update.js')
-const { heldInContext, runHolding } = require('./lib/context.js')
-const { checkString, checkFunction, checkLockOptions } = require('./lib/args.js')
+const { heldInContext, runHolding, isShared } = require('./lib/context.js')
+const { checkString, checkFunction, checkLockOptions, codedError } = require('./lib/args.js')
 const { installExitCleanup } = require('./lib/exit-cleanup.js')
 const { watchHold } = require('./lib/lost.js')
 
@@ -48,11 +49,34 @@ class FileLockManager {
    * fn runs (a lease that could not be renewed, a lock file taken over).
    */
   async withLock(filePath, fn, options) {
+    return this.#withMode(filePath, fn, options, 'exclusive')
+  }
+
+  /**
+   * withLock under a shared (read) lock: fn runs beside other readers of this and other
+   * processes, never beside a writer, and a writer waiting for the lock goes before readers that
+   * arrive after it. fn gets the same AbortSignal. Inside a withLock of the same lock it re-enters
+   * (a writer may read); a write under the read lock fails with ELOCKSHARED.
+   */
+  async withReadLock(filePath, fn, options) {
+    return this.#withMode(filePath, fn, options, 'shared')
+  }
+
+  async #withMode(filePath, fn, options, mode) {
     checkString('filePath', filePath)
     checkFunction('fn', fn)
     const outer = heldInContext(filePath)
-    if (outer !== undefined) return this.#underWatch(outer, (signal) => fn(signal))
-    const lockId = await this.acquire(filePath, options)
+    if (outer !== undefined) {
+      if (mode === 'exclusive' && isShared(outer)) {
+        throw codedError(
+          Error,
+          'ELOCKSHARED',
+          `withLock(${filePath}) inside withReadLock of the same lock: a read lock cannot become a write lock (it would wait on itself). Take the write lock (withLock) for the whole work instead.`,
+        )
+      }
+      return this.#underWatch(outer, (signal) => fn(signal))
+    }
+    const lockId = await this.acquire(filePath, { ...checkLockOptions(options, this.config), mode })
     try {
       return await this.#underWatch(lockId, (signal) => runHolding(filePath, lockId, () => fn(signal)))
     } finally {

@@ -6,7 +6,7 @@
 const native = require('./native.js')
 const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
 const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
-const { heldInContext, runHolding } = require('./lib/context.js')
+const { heldInContext, runHolding, noteShared, forgetShared } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
@@ -15,8 +15,10 @@ const STALE_THRESHOLD = native.STALE_THRESHOLD
 const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 
 /**
- * `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000, priority: 1 })`:
+ * `acquireLock(file, 5000)` or `acquireLock(file, { timeout: 5000, staleThreshold: 60000, priority: 1, mode })`:
  * among this process's waiters for the lock, higher priorities go first (docs/priorities.md).
+ * `mode: 'shared'` takes a read lock: held beside other readers, never beside a writer, and
+ * never granted past a writer that waits (docs/reads.md); a write under it fails with ELOCKSHARED.
  */
 async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
@@ -30,12 +32,13 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   }
   installExitCleanup()
   // An uncontended lock is taken right here; only a wait goes to a worker thread.
-  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority)
+  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, options.mode)
   if (lockId === null) {
     const wait = adaptiveOr(filePath, options)
-    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority)
+    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, options.mode)
   }
   noteAcquired(filePath, lockId)
+  if (options.mode === 'shared') noteShared(lockId)
   return lockId
 }
 
@@ -53,6 +56,7 @@ async function releaseLock(filePath, lockId) {
   checkString('lockId', lockId)
   const released = native.release(filePath, lockId)
   noteReleased(lockId)
+  forgetShared(lockId)
   return released
 }
 
@@ -66,8 +70,9 @@ function acquireLockSync(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
   const options = checkLockOptions(timeout, DEFAULTS)
   installExitCleanup()
-  const lockId = native.acquireSync(filePath, adaptiveOr(filePath, options), options.staleThreshold, options.priority)
+  const lockId = native.acquireSync(filePath, adaptiveOr(filePath, options), options.staleThreshold, options.priority, options.mode)
   noteAcquired(filePath, lockId)
+  if (options.mode === 'shared') noteShared(lockId)
   return lockId
 }
 
@@ -76,6 +81,7 @@ function releaseLockSync(filePath, lockId) {
   checkString('lockId', lockId)
   const released = native.release(filePath, lockId)
   noteReleased(lockId)
+  forgetShared(lockId)
   return released
 }
 

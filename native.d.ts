@@ -13,7 +13,7 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
  * Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
  * settled straight from the thread that decided it (no async runtime in between).
  */
-export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null): Promise<string>
+export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): Promise<string>
 
 /**
  * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
@@ -21,7 +21,7 @@ export declare function acquire(file: string, timeoutMs?: number | undefined | n
  * `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
  * need the event loop this call blocks.
  */
-export declare function acquireSync(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null): string
+export declare function acquireSync(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): string
 
 /** `timeout: 'adaptive'` for a caller of `priority` arriving now: see `metrics::adaptive_timeout`. */
 export declare function adaptiveTimeout(file: string, priority?: number | undefined | null): number
@@ -104,8 +104,11 @@ export declare const STALE_THRESHOLD: number
 /** Always throws: the `EJSONPARSE` error for `text`, read from `file`, that JSON.parse refused. */
 export declare function throwJsonParseError(file: string, text: string, reason: string): void
 
-/** One non-blocking try: the lockId, or `null` when the lock is taken. */
-export declare function tryAcquire(file: string, staleMs?: number | undefined | null, priority?: number | undefined | null): string | null
+/**
+ * One non-blocking try: the lockId, or `null` when the lock is taken. `mode`: `'exclusive'`
+ * (the default) or `'shared'`.
+ */
+export declare function tryAcquire(file: string, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): string | null
 
 /**
  * Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the

@@ -69,23 +69,36 @@ function checkPriority(name, value, fallback) {
   return value
 }
 
+/** A lock mode: 'exclusive' (one holder, who may write) or 'shared' (readers together); `fallback` when undefined. */
+function checkMode(name, value, fallback) {
+  if (value === undefined) return fallback
+  if (typeof value !== 'string') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `The "${name}" argument must be of type string. ${received(value)}`)
+  }
+  if (value !== 'exclusive' && value !== 'shared') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The "${name}" argument must be 'exclusive' (the default: one holder, who may write) or 'shared' (readers together, no writer). ${received(value)}`)
+  }
+  return value
+}
+
 /** A lock timeout: ms as checkMs takes them, or 'adaptive' (from the lock's holds and queue: docs/priorities.md). */
 const checkTimeout = (name, value, fallback) => (value === 'adaptive' ? value : checkMs(name, value, fallback))
 
 /**
  * Lock options as every entry point takes them: a timeout in ms (or 'adaptive'), or `{ timeout,
- * staleThreshold, priority }`; what is not given comes from `defaults` (the package's, or a
+ * staleThreshold, priority, mode }`; what is not given comes from `defaults` (the package's, or a
  * FileLockManager's config).
  */
 function checkLockOptions(timeoutOrOptions, defaults) {
   if (typeof timeoutOrOptions !== 'object' && timeoutOrOptions !== undefined) {
-    return { timeout: checkTimeout('timeout', timeoutOrOptions), staleThreshold: defaults.staleThreshold, priority: defaults.priority ?? 0 }
+    return { timeout: checkTimeout('timeout', timeoutOrOptions), staleThreshold: defaults.staleThreshold, priority: defaults.priority ?? 0, mode: defaults.mode ?? 'exclusive' }
   }
-  const { timeout, staleThreshold, priority } = checkObject('options', timeoutOrOptions)
+  const { timeout, staleThreshold, priority, mode } = checkObject('options', timeoutOrOptions)
   return {
     timeout: checkTimeout('options.timeout', timeout, defaults.timeout),
     staleThreshold: checkMs('options.staleThreshold', staleThreshold, defaults.staleThreshold, false),
     priority: checkPriority('options.priority', priority, defaults.priority ?? 0),
+    mode: checkMode('options.mode', mode, defaults.mode ?? 'exclusive'),
   }
 }
 

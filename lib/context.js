@@ -33,4 +33,12 @@ function runHolding(filePath, lockId, fn, outer = storage.getStore()) {
   return storage.run(held, fn)
 }
 
-module.exports = { heldInContext, heldNow, runHolding }
+/** The lockIds of this process's shared (read) holds: a write lock cannot re-enter one. */
+const SHARED = Symbol.for('flowforge-lock.shared-holds')
+const shared = (globalThis[SHARED] ??= new Set())
+
+const noteShared = (lockId) => shared.add(lockId)
+const forgetShared = (lockId) => shared.delete(lockId)
+const isShared = (lockId) => shared.has(lockId)
+
+module.exports = { heldInContext, heldNow, runHolding, noteShared, forgetShared, isShared }

@@ -40,6 +40,15 @@ function serialize(filePath, value) {
 
 const DEFAULTS = { timeout: DEFAULT_TIMEOUT, staleThreshold: STALE_THRESHOLD }
 
+/** The lock options of a write: `mode: 'shared'` is refused, since a reader does not commit. */
+function writeLockOptions(filePath, options) {
+  const lockOpts = checkLockOptions(options, DEFAULTS)
+  if (lockOpts.mode === 'shared') {
+    throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `An update of ${filePath} writes, so it takes the exclusive lock: mode 'shared' is for reading (FileLockManager.withReadLock, or acquireLock with mode: 'shared'). Drop the mode option.`)
+  }
+  return lockOpts
+}
+
 /** `options.ifVersion`: undefined, or a version number as readJSONVersioned gives it. */
 function checkIfVersion(options) {
   const ifVersion = typeof options === 'object' && options !== null ? options.ifVersion : undefined
@@ -82,7 +91,7 @@ function versionConflict(filePath, ifVersion, now, moved) {
 async function updateWithLock(filePath, updater, options) {
   checkString('filePath', filePath)
   checkFunction('updater', updater)
-  const lockOpts = checkLockOptions(options, DEFAULTS)
+  const lockOpts = writeLockOptions(filePath, options)
   const ifVersion = checkIfVersion(options)
   const lockId = typeof options === 'object' && options !== null ? options.lockId : undefined
   if (lockId !== undefined) {
@@ -130,7 +139,7 @@ function updateUnderSync(filePath, lockId, updater, ifVersion) {
 function updateWithLockSync(filePath, updater, options) {
   checkString('filePath', filePath)
   checkFunction('updater', updater)
-  const lockOpts = checkLockOptions(options, DEFAULTS)
+  const lockOpts = writeLockOptions(filePath, options)
   const ifVersion = checkIfVersion(options)
   const given = typeof options === 'object' && options !== null ? options.lockId : undefined
   const outer = given !== undefined ? checkString('options.lockId', given) : heldInContext(filePath)
