@@ -15,10 +15,10 @@ async function cleanup(root, values) {
   }
   const verb = dryRun ? 'would remove' : 'removed'
   for (const entry of report.removed) {
-    process.stdout.write(`${paint('red', verb)}  ${path.basename(entry.lockFile)}: ${entry.reason}\n`)
+    process.stdout.write(`${paint('red', verb)}  ${path.basename(entry.readerFile ?? entry.lockFile)}: ${entry.reason}\n`)
   }
   for (const entry of report.kept) {
-    process.stdout.write(`${paint('green', 'kept')}  ${path.basename(entry.lockFile)}: ${entry.reason}\n`)
+    process.stdout.write(`${paint('green', 'kept')}  ${path.basename(entry.readerFile ?? entry.lockFile)}: ${entry.reason}\n`)
   }
   process.stdout.write(`${report.removed.length} stale lock(s) ${verb}, ${report.kept.length} kept, in ${report.root}\n`)
   return EXIT.OK

@@ -1,7 +1,8 @@
 'use strict'
 // flowforge-lock status: every lock of a project, judged, as a table or as JSON. With a lock
 // server (Redis, etcd) each lock also shows its fencing token, its lease's time left and how many
-// wait for it; those columns appear when some lock has them.
+// wait for it; those columns appear when some lock has them. A lock held in shared mode shows one
+// row per reader (MODE shared), so every reader is listed.
 
 const path = require('node:path')
 const native = require('../../native.js')
@@ -19,27 +20,36 @@ const lockName = (lock) => (lock.backend === 'redis' ? lock.lockFile.slice(lock.
 function rowsOf(root) {
   const locks = listLocks(root === undefined ? undefined : { root })
   const projectRoot = native.projectRoot(root)
-  const rows = locks.map((lock) => ({
-    file: lock.file ?? path.basename(lockName(lock), '.lock'),
+  const row = (lock, holder) => ({
+    file: holder.file ?? lock.file ?? path.basename(lockName(lock), '.lock'),
     lockFile: lock.lockFile,
-    state: lock.state,
-    reason: lock.staleReason ?? null,
-    pid: lock.pid ?? null,
-    user: lock.username ?? null,
-    host: lock.hostname ?? null,
-    heldForMs: lock.heldForMs ?? null,
-    heartbeatAgeMs: lock.heartbeatAgeMs ?? null,
+    state: holder.state,
+    mode: holder.mode ?? null,
+    reason: holder.staleReason ?? null,
+    pid: holder.pid ?? null,
+    user: holder.username ?? null,
+    host: holder.hostname ?? null,
+    heldForMs: holder.heldForMs ?? null,
+    heartbeatAgeMs: holder.heartbeatAgeMs ?? null,
     token: lock.fencingToken ?? null,
     ttlLeftMs: lock.ttlLeftMs ?? null,
     queueLength: lock.queueLength ?? null,
-  }))
+    readerFile: holder.readerFile ?? null,
+  })
+  // Held shared: a row per reader (live, or left by a dead one); otherwise the lock's own row,
+  // plus any reader file a dead reader left beside it.
+  const rows = locks.flatMap((lock) => {
+    const readers = lock.readers ?? []
+    if (lock.mode === 'shared') return readers.map((reader) => row(lock, reader))
+    return [row(lock, lock), ...readers.map((reader) => row(lock, reader))]
+  })
   const taken = new Set(locks.map(lockName))
   // FlowForge's critical files are listed as free when they have no lock file.
   for (const relative of Object.values(FILES)) {
     const file = path.join(projectRoot, relative)
     const lockFile = path.join(projectRoot, '.flowforge', '.locks', `${path.basename(relative)}.lock`)
     if (!taken.has(path.basename(lockFile))) {
-      rows.push({ file, lockFile, state: 'free', reason: null, pid: null, user: null, host: null, heldForMs: null, heartbeatAgeMs: null, token: null, ttlLeftMs: null, queueLength: null })
+      rows.push({ file, lockFile, state: 'free', mode: null, reason: null, pid: null, user: null, host: null, heldForMs: null, heartbeatAgeMs: null, token: null, ttlLeftMs: null, queueLength: null, readerFile: null })
     }
   }
   return { root: projectRoot, rows }
@@ -61,13 +71,14 @@ function status(root, { json }) {
     shown(r.file),
     r.state,
     r.pid === null ? '-' : String(r.pid),
+    r.mode ?? '-',
     r.user ?? '-',
     r.host ?? '-',
     r.state === 'free' ? '-' : duration(r.heldForMs),
     ...(leased ? [r.token === null ? '-' : String(r.token), duration(r.ttlLeftMs), r.queueLength === null ? '-' : String(r.queueLength)] : [duration(r.heartbeatAgeMs)]),
     r.reason ?? '',
   ])
-  const headers = ['FILE', 'STATE', 'PID', 'USER', 'HOST', 'HELD FOR', ...(leased ? ['TOKEN', 'TTL LEFT', 'QUEUE'] : ['HEARTBEAT']), 'WHY STALE']
+  const headers = ['FILE', 'STATE', 'PID', 'MODE', 'USER', 'HOST', 'HELD FOR', ...(leased ? ['TOKEN', 'TTL LEFT', 'QUEUE'] : ['HEARTBEAT']), 'WHY STALE']
   process.stdout.write(`Locks of ${projectRoot}\n`)
   process.stdout.write(
     `${table(headers, cells, {
