@@ -14,6 +14,25 @@ export interface LockOptions {
    * keep arrival order; a waiter gains one level per second waited. Not across processes yet.
    */
   priority?: number
+  /**
+   * 'exclusive' (default): one holder, who may write. 'shared': a read lock, held beside other
+   * readers of any process and never beside a writer; a writer that waits goes before readers
+   * that arrive after it. A write under it fails with `ELOCKSHARED`. File backend only (lock
+   * servers, and lock directories on a network file system, refuse it with `ELOCKUNSUPPORTED`).
+   */
+  mode?: LockMode
+}
+
+/** How a lock is held: by one writer, or by readers together. */
+export type LockMode = 'exclusive' | 'shared'
+
+/** One shared holder of a lock: its record (in its reader file), judged. */
+export interface ReaderInfo extends Omit<LockInfo, 'state' | 'lockFile' | 'readers' | 'unreadable' | 'mode'> {
+  /** `<name>.lock.r-<pid>-<n>` beside the lock file: where this reader's record is. */
+  readerFile: string
+  mode: 'shared'
+  /** `stale`: the reader is gone and left its file (cleanupStaleLocks removes it). */
+  state: 'held' | 'stale'
 }
 
 export interface InspectOptions {
@@ -46,10 +65,19 @@ export interface LockInfo {
   heldForMs: number | null
   heartbeatAgeMs: number | null
   heldByThisProcess: boolean
+  /**
+   * Who holds it: one writer, or readers (then the record fields above are the oldest live
+   * reader's). `null` when nobody does (a stale lock).
+   */
+  mode: LockMode | null
+  /** Every reader file of the lock, live and stale, oldest first (empty unless readers used it). */
+  readers: ReaderInfo[]
 }
 
 export interface CleanupEntry extends Partial<Omit<LockInfo, 'state'>> {
   lockFile: string
+  /** Set when the entry is a reader's file rather than the lock file. */
+  readerFile?: string
   /** Removed: `stale`, or `free` (released, unused); kept: `held`, or `unsafe` (not inspected). */
   state: 'held' | 'free' | 'stale' | 'unsafe'
   reason: string
@@ -76,7 +104,10 @@ export interface ListedLock extends Partial<Omit<LockInfo, 'state'>> {
   code?: string
 }
 
-/** Resolves to the lockId. Rejects with `ELOCKTIMEOUT`, `ELOCKDEADLOCK`, `ELOCKDIRUNSAFE`, `ELOCKSYMLINK`, … */
+/**
+ * Resolves to the lockId. Rejects with `ELOCKTIMEOUT`, `ELOCKDEADLOCK`, `ELOCKDIRUNSAFE`, `ELOCKSYMLINK`,
+ * `ELOCKUNSUPPORTED` (`mode: 'shared'` where only exclusive locks exist), …
+ */
 export function acquireLock(filePath: string, timeout?: number | 'adaptive' | LockOptions): Promise<string>
 /** true: released; false: nothing to release. Rejects with `ELOCKMISMATCH` for a wrong lockId. */
 export function releaseLock(filePath: string, lockId: string): Promise<boolean>
@@ -97,7 +128,10 @@ export function isLocked(filePath: string, options?: InspectOptions): Promise<bo
 export function getLockInfo(filePath: string, options?: InspectOptions): Promise<LockInfo | null>
 export function cleanupStaleLocks(options?: CleanupOptions): Promise<CleanupReport>
 export function listLocks(options?: { root?: string; staleThreshold?: number }): ListedLock[]
-/** Throws `ELOCKLOST` unless this process still holds `lockId` on `filePath` (checked with the backend). */
+/**
+ * Throws `ELOCKLOST` unless this process still holds `lockId` on `filePath` (checked with the
+ * backend), and `ELOCKSHARED` when `lockId` is a shared (read) lock, under which nothing is written.
+ */
 export function assertHeld(filePath: string, lockId: string): void
 /**
  * The lock backend of this process: `'file'` (default), `'redis://host:6379/0?ttl=30000&refresh=5000'`,

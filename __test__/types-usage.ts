@@ -37,6 +37,8 @@ import {
   HEARTBEAT_INTERVAL,
   STALE_THRESHOLD,
   LockInfo,
+  LockMode,
+  ReaderInfo,
 } from 'flowforge-lock'
 import ManagerFromSubpath = require('flowforge-lock/FileLockManager')
 import * as fileLock from 'flowforge-lock/file-lock'
@@ -99,12 +101,23 @@ async function main(): Promise<void> {
   manager.config.timeout = 10000
   const value: number = await manager.withLock('custom.json', async () => 42)
   const aborted: boolean = await manager.withLock('custom.json', (signal: AbortSignal) => signal.aborted)
+  const readers: number = await manager.withReadLock('custom.json', async (signal: AbortSignal) => ((await getLockInfo('custom.json'))?.readers.length ?? 0) + Number(signal.aborted))
+  await manager.withReadLock('custom.json', () => 1, { timeout: 100, priority: 1 })
+  const mode: LockMode = 'shared'
+  const readId: string = await acquireLock('custom.json', { mode, timeout: 1000 })
+  const readInfo = await getLockInfo('custom.json')
+  const heldMode: LockMode | null = readInfo ? readInfo.mode : null
+  const reader: ReaderInfo | undefined = readInfo?.readers[0]
+  const readerFile: string | undefined = reader?.readerFile
+  await releaseLock('custom.json', readId)
+  releaseLockSync('custom.json', acquireLockSync('custom.json', { mode: 'shared', timeout: 0 }))
+  const readManaged: string = await manager.acquire('custom.json', { mode: 'shared' })
   const other = new ManagerFromSubpath.FileLockManager({ timeout: 1 })
   const count: number = await other.releaseAll()
   const constants: number = DEFAULT_TIMEOUT + HEARTBEAT_INTERVAL + STALE_THRESHOLD
   const sameFn: typeof fileLock.acquireLock = acquireLock
   const sameUpdate: typeof integration.updateWithLock = fileLock.updateWithLock
-  void adaptive, prioritised, kept, statuses, dropped, released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
+  void readers, heldMode, readerFile, readManaged, adaptive, prioritised, kept, statuses, dropped, released, locked, reasons, states, n, task, autoPaused, hours, removed, sessions, wait, value, count, constants, sameFn, sameUpdate
 }
 
 void main
