@@ -12,8 +12,15 @@
 //      (examples/flock_limit.rs pingpong: hold 1-10 ms, release, wait 1 ms) (goal: within 2x).
 //   R4 uncontended acquireLockSync + releaseLockSync cycle vs a raw flock lock+unlock cycle
 //      (goal: within 2x).
+//   R5 readers + a writer in separate processes: reads/s and writes/s when the readers take
+//      shared locks vs the same readers with exclusive locks (each read holds its lock for the
+//      parse plus 1 ms of "rendering").
+//   R6 a writer's wait for its lock while 4 reader processes stream shared holds (5 ms each,
+//      always overlapping, so the lock is never free of readers): p50/max, to show it is bounded
+//      by about one reader's hold (writer preference), not starved.
 //
-// Child modes (run by this script): `sync-pingpong <file> <rounds>`, `sync-cycle <file> <n>`.
+// Child modes (run by this script): `sync-pingpong <file> <rounds>`, `sync-cycle <file> <n>`,
+// `rw-reader <file> <mode> <ms> <holdMs>`, `rw-writer <file> <ms> <gapMs>`.
 
 const fs = require('node:fs')
 const os = require('node:os')
@@ -24,7 +31,7 @@ const { table } = require('../lib/table.js')
 const ROOT = path.resolve(__dirname, '..')
 const FLOCK = path.join(ROOT, 'target', 'release', 'examples', 'flock_limit')
 const SMOKE = process.argv.includes('--smoke')
-const N = SMOKE ? { reads: 300, cached: 2000, rounds: 40, cycles: 2000 } : { reads: 3000, cached: 20000, rounds: 300, cycles: 20000 }
+const N = SMOKE ? { reads: 300, cached: 2000, rounds: 40, cycles: 2000, rwMs: 600 } : { reads: 3000, cached: 20000, rounds: 300, cycles: 20000, rwMs: 4000 }
 
 const nowUs = () => (performance.timeOrigin + performance.now()) * 1000
 const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
@@ -137,6 +144,84 @@ async function r4Cycle() {
   return { syncP50Us: median(ours.cyclesUs), syncP99Us: pct(ours.cyclesUs, 99), flockP50Us: median(raw.cyclesUs), flockP99Us: pct(raw.cyclesUs, 99), asyncP50Us: median(viaAsync.cyclesUs) }
 }
 
+/** Starts `node bench/reads.js <args>` children, lets them go at once (a line on stdin), resolves with their JSON lines. */
+async function runTogether(argsList) {
+  const children = argsList.map((args) => {
+    const child = spawn(process.execPath, [__filename, ...args.map(String)], { stdio: ['pipe', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (chunk) => (out += chunk))
+    const ready = new Promise((resolve) => child.stdout.on('data', () => out.includes('READY') && resolve()))
+    const done = new Promise((resolve, reject) => child.on('close', (code) => (code === 0 ? resolve(JSON.parse(out.trim().split('\n').pop())) : reject(new Error(`${args.join(' ')} exited ${code}`)))))
+    return { child, ready, done }
+  })
+  for (const c of children) await c.ready
+  for (const c of children) c.child.stdin.end('go\n')
+  return Promise.all(children.map((c) => c.done))
+}
+
+async function r5ReadersAndAWriter() {
+  const lib = require('../file-lock-integration.js')
+  const out = {}
+  for (const mode of ['shared', 'exclusive']) {
+    const root = project()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    await lib.updateWithLock(file, () => tasksDoc(16 * 1024))
+    const reports = await runTogether([...[0, 1, 2].map(() => ['rw-reader', file, mode, N.rwMs, 1]), ['rw-writer', file, N.rwMs, 5]])
+    const reads = reports.slice(0, 3).reduce((sum, r) => sum + r.ops, 0)
+    const writer = reports[3]
+    out[mode] = { readsPerS: reads / (N.rwMs / 1000), writesPerS: writer.ops / (N.rwMs / 1000), writerWaitP50Us: median(writer.waitsUs), writerWaitMaxUs: Math.max(...writer.waitsUs) }
+  }
+  return out
+}
+
+async function r6WriterWaitUnderReaders() {
+  const lib = require('../file-lock-integration.js')
+  const root = project()
+  const file = path.join(root, '.flowforge', 'tasks.json')
+  await lib.updateWithLock(file, () => tasksDoc(16 * 1024))
+  const reports = await runTogether([...[0, 1, 2, 3].map(() => ['rw-reader', file, 'shared', N.rwMs, 5]), ['rw-writer', file, N.rwMs, 20]])
+  const writer = reports[4]
+  return { readerHoldMs: 5, readers: 4, readsPerS: reports.slice(0, 4).reduce((sum, r) => sum + r.ops, 0) / (N.rwMs / 1000), writes: writer.ops, writerWaitP50Us: median(writer.waitsUs), writerWaitP99Us: pct(writer.waitsUs, 99), writerWaitMaxUs: Math.max(...writer.waitsUs) }
+}
+
+async function waitForGo() {
+  console.log('READY')
+  await new Promise((resolve) => process.stdin.once('data', resolve))
+}
+
+/** A reader process: for `ms`, lock (in `mode`), read and parse the file, hold `holdMs` more, release. */
+async function rwReader(file, mode, ms, holdMs) {
+  const { acquireLock, releaseLock } = require('../file-lock.js')
+  await waitForGo()
+  const until = performance.now() + ms
+  let ops = 0
+  while (performance.now() < until) {
+    const lockId = await acquireLock(file, { mode, timeout: 60000 })
+    JSON.parse(fs.readFileSync(file, 'utf8'))
+    sleepSync(holdMs)
+    await releaseLock(file, lockId)
+    ops++
+  }
+  console.log(JSON.stringify({ ops }))
+}
+
+/** A writer process: for `ms`, every `gapMs`, an exclusive lock (its wait timed) and a commit under it. */
+async function rwWriter(file, ms, gapMs) {
+  const { acquireLock, releaseLock, updateWithLock } = require('../file-lock.js')
+  await waitForGo()
+  const until = performance.now() + ms
+  const waitsUs = []
+  while (performance.now() < until) {
+    const asked = performance.now()
+    const lockId = await acquireLock(file, 60000)
+    waitsUs.push((performance.now() - asked) * 1000)
+    await updateWithLock(file, (doc) => ({ ...doc, metadata: { ...doc.metadata, writes: (doc.metadata.writes ?? 0) + 1 } }), { lockId })
+    await releaseLock(file, lockId)
+    sleepSync(gapMs)
+  }
+  console.log(JSON.stringify({ ops: waitsUs.length, waitsUs }))
+}
+
 function syncPingpong(file, rounds) {
   const { acquireLockSync, releaseLockSync } = require('../file-lock.js')
   let seed = process.pid | 1
@@ -172,6 +257,8 @@ async function main() {
   const r2 = await r2CachedRead()
   const r3 = await r3Handoff()
   const r4 = await r4Cycle()
+  const r5 = await r5ReadersAndAWriter()
+  const r6 = await r6WriterWaitUnderReaders()
   const rows = [
     [`R1 read ${Math.round(r1.bytes / 1024)} KiB while another process holds the lock`, 'p50 µs', fmt(r1.readJsonP50Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP50Us), ratio(r1.readJsonP50Us / r1.rawP50Us), '<= 1x (no worse)'],
     ['R1 same, readJSONVersioned (async)', 'p50 µs', fmt(r1.versionedP50Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP50Us), ratio(r1.versionedP50Us / r1.rawP50Us), ''],
@@ -184,16 +271,24 @@ async function main() {
     ['R4 uncontended acquireLockSync+releaseLockSync', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock', fmt(r4.flockP50Us), ratio(r4.syncP50Us / r4.flockP50Us), '<= 2x'],
     ['R4 same', 'p99 µs', fmt(r4.syncP99Us), 'raw flock lock+unlock', fmt(r4.flockP99Us), ratio(r4.syncP99Us / r4.flockP99Us), ''],
     ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'acquireLock+releaseLock (async API)', fmt(r4.asyncP50Us), ratio(r4.syncP50Us / r4.asyncP50Us), ''],
+    ['R5 3 reader processes + 1 writer, readers shared', 'reads/s', fmt(r5.shared.readsPerS), 'same readers, exclusive locks', fmt(r5.exclusive.readsPerS), ratio(r5.shared.readsPerS / r5.exclusive.readsPerS), '> 1x'],
+    ['R5 same, the writer', 'writes/s', fmt(r5.shared.writesPerS), 'same readers, exclusive locks', fmt(r5.exclusive.writesPerS), ratio(r5.shared.writesPerS / r5.exclusive.writesPerS), ''],
+    ['R5 same, the writer\'s wait', 'p50 µs', fmt(r5.shared.writerWaitP50Us), 'same readers, exclusive locks', fmt(r5.exclusive.writerWaitP50Us), ratio(r5.shared.writerWaitP50Us / r5.exclusive.writerWaitP50Us), ''],
+    [`R6 writer's wait, 4 readers streaming ${r6.readerHoldMs} ms shared holds`, 'p50 µs', fmt(r6.writerWaitP50Us), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitP50Us / (r6.readerHoldMs * 1000)), 'bounded'],
+    ['R6 same', 'max µs', fmt(r6.writerWaitMaxUs), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitMaxUs / (r6.readerHoldMs * 1000)), ''],
   ]
   console.log(table(['scenario', 'metric', 'flowforge-lock', 'baseline', 'baseline value', 'ours / baseline', 'goal'], rows))
   console.log('\nR3/R4: the synchronous API adds nothing measurable to the asynchronous one (same core path, no event-loop turn);\nthe distance to raw flock is the file backend\'s own work per grant (its lock record), shared by both APIs.')
   console.log(`R1: the holder kept the lock for ${Math.round(r1.lockHeldForMs)} ms while this process read ${2 * N.reads} times without waiting.`)
-  if (process.argv.includes('--json')) console.log(JSON.stringify({ r1, r2, r3, r4 }))
+  console.log(`R6: ${r6.writes} writes, ${Math.round(r6.readsPerS)} reads/s around them; the lock was never free of readers, yet each write waited for at most the holds already under way.`)
+  if (process.argv.includes('--json')) console.log(JSON.stringify({ r1, r2, r3, r4, r5, r6 }))
 }
 
 const [mode, ...args] = process.argv.slice(2)
 if (mode === 'sync-pingpong') syncPingpong(args[0], Number(args[1]))
 else if (mode === 'sync-cycle') syncCycle(args[0], Number(args[1]))
+else if (mode === 'rw-reader') rwReader(args[0], args[1], Number(args[2]), Number(args[3]))
+else if (mode === 'rw-writer') rwWriter(args[0], Number(args[1]), Number(args[2]))
 else {
   main().catch((err) => {
     console.error(err)
