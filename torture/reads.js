@@ -3,7 +3,8 @@
 // at the worst instant (after the version sidecar names the new file, before the rename that
 // publishes it: the failpoint store::before_rename), and fuzzed version sidecars. A row fails
 // on any torn or half-applied document, a version that does not match its document, a version
-// that goes backwards, or a fuzzed sidecar that is believed.
+// that goes backwards, or a fuzzed sidecar that is believed. Also: shared (read) holders
+// SIGKILLed while a writer waits release at once, and never let the writer in beside a live one.
 
 const fs = require('node:fs')
 const path = require('node:path')
@@ -183,8 +184,79 @@ async function fuzzedSidecars(record, project, cases) {
   })
 }
 
+/** Resolves once some process is blocked in flock(2) on `file` (/proc/locks lists it). */
+async function blockedOn(file) {
+  const { dev, ino } = fs.statSync(file)
+  const id = ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
+  while (!fs.readFileSync('/proc/locks', 'utf8').split('\n').some((l) => l.includes('-> FLOCK') && l.includes(id))) {
+    await new Promise((resolve) => setImmediate(resolve))
+  }
+}
+
+/** The next line of `c` that starts with `prefix`, or null if none came within `ms` (a hang). */
+async function lineWithin(c, prefix, ms) {
+  let timer
+  const deadline = new Promise((resolve) => (timer = setTimeout(() => resolve(null), ms)))
+  const wanted = (async () => {
+    for (;;) {
+      const line = await c.nextLine()
+      if (line.startsWith(prefix)) return line
+    }
+  })()
+  return Promise.race([wanted, deadline]).finally(() => clearTimeout(timer))
+}
+
+/**
+ * Two readers hold shared, a writer waits for them (blocked in the kernel); both readers are
+ * SIGKILLed one after the other. The writer must get the lock once the second is dead, not before
+ * (checked on the enter/exit log), and the dead readers' files must be cleaned up.
+ */
+async function sigkilledReaders(record, project, runs) {
+  const { cleanupStaleLocks } = require('../file-lock.js')
+  let hung = 0
+  let overlaps = 0
+  let leftovers = 0
+  const handoffsMs = []
+  for (let run = 0; run < runs; run++) {
+    const root = project()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const lockFile = path.join(root, '.flowforge', '.locks', 'tasks.json.lock')
+    const log = path.join(root, 'holds.log')
+    const readers = [child('rw-holder.js', ['hold', file, 'shared', log]), child('rw-holder.js', ['hold', file, 'shared', log])]
+    for (const r of readers) await lineWithin(r, 'HOLDING', 30000)
+    const writer = child('rw-holder.js', ['hold', file, 'exclusive', log])
+    await lineWithin(writer, 'QUEUED', 30000)
+    await blockedOn(lockFile)
+    readers[0].proc.kill('SIGKILL')
+    await readers[0].closed
+    readers[1].proc.kill('SIGKILL')
+    const killed = performance.now()
+    const holding = await lineWithin(writer, 'HOLDING', 10000)
+    if (holding === null) hung++
+    else handoffsMs.push(performance.now() - killed)
+    await readers[1].closed
+    // The log: the writer entered only after both readers (which never logged an exit) were gone.
+    const lines = fs.readFileSync(log, 'utf8').trim().split('\n')
+    if (holding !== null && (lines.length !== 3 || !lines[2].startsWith('enter exclusive'))) overlaps++
+    const report = await cleanupStaleLocks({ root })
+    leftovers += 2 - report.removed.filter((r) => r.readerFile).length
+    if (holding === null) writer.proc.kill('SIGKILL')
+    else writer.proc.stdin.write('release\n')
+    await writer.closed
+  }
+  const sorted = handoffsMs.sort((a, b) => a - b)
+  record(8, 'SIGKILLed shared holders release at once; a waiting writer gets the lock only after the last one', {
+    runs,
+    hung,
+    corrupt: overlaps + leftovers,
+    ok: true,
+    note: `kill of the last reader to the writer's grant: p50 ${sorted[Math.floor(sorted.length / 2)]?.toFixed(1)} ms, max ${sorted[sorted.length - 1]?.toFixed(1)} ms; ${leftovers} dead readers' files left after cleanup`,
+  })
+}
+
 async function reads({ record, project, smoke }) {
-  console.log('8. Lock-free reads (issue 12)')
+  console.log('8. Lock-free reads and shared locks (issue 12)')
+  await sigkilledReaders(record, project, smoke ? 3 : 40)
   await randomKills(record, project, smoke ? 10 : 200)
   await killsBetweenTheRenames(record, project, failpointBinary(), smoke ? 6 : 60)
   await fuzzedSidecars(record, project, smoke ? 300 : 5000)
