@@ -41,6 +41,7 @@ fn hold(file: &Path) -> (Target, String) {
     priority: 0.0,
     timeout: Some(Duration::ZERO),
     stale_after: Duration::from_secs(30),
+    mode: Default::default(),
   };
   let id = lock_table::try_acquire(&target, &options).unwrap().unwrap();
   (target, id)
@@ -133,6 +134,7 @@ fn release_all_settles_every_queued_wait() {
       priority: 0.0,
       timeout: None,
       stale_after: Duration::from_secs(30),
+      mode: Default::default(),
     },
     Box::new(move |result| done.send(result).unwrap()),
   );
