@@ -225,7 +225,11 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
     }
     entry.claiming = true;
   }
-  let request = request_of(target, options);
+  let request = Request {
+    file: target.file.clone(),
+    stale_after: options.stale_after,
+    mode: options.mode,
+  };
   let outcome = backend.try_acquire(target, &request);
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
@@ -243,14 +247,6 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
     options.priority,
   );
   Ok(Some(lock_id))
-}
-
-fn request_of(target: &Target, options: &AcquireOptions) -> Request {
-  Request {
-    file: target.file.clone(),
-    stale_after: options.stale_after,
-    mode: options.mode,
-  }
 }
 
 /// Called exactly once with a queued waiter's outcome, from the thread that decided it.
@@ -331,7 +327,11 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
   }
   entry.queue.push_back(Waiter {
     id: waiter_id,
-    request: request_of(&target, &options),
+    request: Request {
+      file: target.file.clone(),
+      stale_after: options.stale_after,
+      mode: options.mode,
+    },
     enqueued: started,
     priority: options.priority,
     complete,
