@@ -11,6 +11,7 @@ const { spawn, spawnSync } = require('node:child_process')
 const { makeProject, PACKAGE_ROOT } = require('./helpers')
 const { startRedis } = require('./redis-server')
 const fileLock = require('../file-lock')
+const native = require('../native')
 const FileLockManager = require('../FileLockManager')
 
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, getLockInfo, listLocks, cleanupStaleLocks, updateWithLock, configure } = fileLock
@@ -263,6 +264,39 @@ describe('shared locks in one process', () => {
     const writer = await holder(file, 'exclusive', log)
     expect(() => acquireLockSync(file, { mode: 'shared', timeout: 0 })).toThrow(expect.objectContaining({ code: 'ELOCKTIMEOUT' }))
     await writer.release()
+  })
+
+  test("the heartbeat refreshes a reader's record; a reader file removed under it aborts withReadLock's signal", async () => {
+    const { root, file } = setup()
+    native.setHeartbeatInterval(20)
+    try {
+      const manager = new FileLockManager()
+      const reason = await manager.withReadLock(file, async (signal) => {
+        const [name] = readerFiles(root)
+        const readerFile = path.join(root, '.flowforge', '.locks', name)
+        const first = JSON.parse(fs.readFileSync(readerFile, 'utf8'))
+        // Each heartbeat rewrites the file: wait for one that moved the heartbeat on.
+        for (;;) {
+          await new Promise((resolve) => setImmediate(resolve))
+          let now
+          try {
+            now = JSON.parse(fs.readFileSync(readerFile, 'utf8'))
+          } catch {
+            continue // read while the heartbeat was writing it: read again
+          }
+          if (now.heartbeat > first.heartbeat) {
+            expect(now).toMatchObject({ lockId: first.lockId, acquiredAt: first.acquiredAt, pid: process.pid })
+            break
+          }
+        }
+        fs.rmSync(readerFile)
+        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))
+        return signal.reason
+      })
+      expect(reason).toMatchObject({ code: 'ELOCKLOST', message: expect.stringContaining('its reader file was removed') })
+    } finally {
+      native.setHeartbeatInterval(fileLock.HEARTBEAT_INTERVAL)
+    }
   })
 
   test('a bad mode is refused with ERR_INVALID_ARG_VALUE', async () => {
