@@ -8,9 +8,14 @@ const { isMainThread } = require('node:worker_threads')
 const native = require('../native.js')
 const { codedError } = require('./args.js')
 
-/** lockId -> AbortControllers watching that hold. */
-const watchers = new Map()
-let listening = false
+/**
+ * lockId -> AbortControllers watching that hold. One per process, shared by every copy of this
+ * module that is loaded (a second copy of the package, or a test runner's fresh module registry):
+ * the core takes one listener per process, registered by whichever copy came first.
+ */
+const STATE = Symbol.for('flowforge-lock.lost-watchers')
+const state = (globalThis[STATE] ??= { watchers: new Map(), listening: false })
+const { watchers } = state
 
 function lostError(file, reason) {
   return codedError(Error, 'ELOCKLOST', `The lock on ${file} was lost while held (${reason}). Stop writing under it; retry the work under a new lock.`)
@@ -29,9 +34,9 @@ function onLost(lockId, file, reason) {
  * lost; `stop()` ends the watch when the hold ends. The core reports losses to the main thread.
  */
 function watchHold(lockId) {
-  if (!listening && isMainThread) {
+  if (!state.listening && isMainThread) {
     native.onLockLost(onLost)
-    listening = true
+    state.listening = true
   }
   const controller = new AbortController()
   if (!watchers.has(lockId)) watchers.set(lockId, new Set())

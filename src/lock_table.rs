@@ -18,7 +18,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -165,12 +165,14 @@ fn table() -> MutexGuard<'static, HashMap<PathBuf, Entry>> {
 }
 
 /// Called with (lockId, file, reason) when a held lock is found lost (see [`on_lost`]).
-type LostListener = Box<dyn Fn(&str, &Path, &str) + Send + Sync>;
-static LOST_LISTENER: OnceLock<LostListener> = OnceLock::new();
+type LostListener = Arc<dyn Fn(&str, &Path, &str) + Send + Sync>;
+static LOST_LISTENER: RwLock<Option<LostListener>> = RwLock::new(None);
 
 /// Registers who hears about locks lost while held (the JS layer aborts their `AbortSignal`).
+/// The last registration wins: a JS realm loaded later in the same process (a test runner's
+/// fresh module registry) registers its own listener, and must hear the losses from then on.
 pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
-  let _ = LOST_LISTENER.set(Box::new(listener));
+  *LOST_LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(listener));
 }
 
 /// Resolves the caller's path and makes sure its lock directory is usable.
@@ -658,7 +660,11 @@ fn refresh_due() -> Option<Instant> {
     if let Some(why) = lost {
       hold.lost = Some(why.clone());
       drop(hold);
-      if let Some(listener) = LOST_LISTENER.get() {
+      let listener = LOST_LISTENER
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+      if let Some(listener) = listener {
         listener(&lock_id, &file, &why);
       }
     }
