@@ -1006,6 +1006,42 @@ mod tests {
     }
   }
 
+  /// The waiting thread blocks in the head's mode; when a higher priority of the other mode
+  /// becomes the head meanwhile, the lock it got is given back and taken again in that mode.
+  #[test]
+  fn a_head_that_changes_mode_is_served_in_its_own_mode() {
+    let target = project_file("switch.json");
+    let reader = try_acquire(&target, &shared()).unwrap().unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue_as(&target, options(None), 0, &done);
+    crate::test_support::wait_for_blocked_flock(&target.lock_path);
+    let urgent = AcquireOptions {
+      priority: 10.0,
+      ..shared()
+    };
+    queue_as(&target, urgent, 1, &done);
+    assert!(release(&target, &reader).unwrap());
+    let (label, first) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 1);
+    let info = config::backend_for(&target)
+      .unwrap()
+      .lock_info(&target, Duration::from_secs(30))
+      .unwrap()
+      .unwrap();
+    assert_eq!(info["mode"], "shared");
+    // Its kernel lock is a shared one: another reader's try gets in beside it.
+    match crate::file::os_lock::LockFile::try_acquire_as(&target.lock_path, None, LockMode::Shared)
+      .unwrap()
+    {
+      crate::file::os_lock::TryLock::Locked(beside) => beside.unlock(),
+      crate::file::os_lock::TryLock::Busy(_) => panic!("the reader was granted an exclusive lock"),
+    }
+    release(&target, &first.unwrap()).unwrap();
+    let (label, writer) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 0);
+    release(&target, &writer.unwrap()).unwrap();
+  }
+
   #[test]
   fn a_shared_hold_does_not_commit() {
     let target = project_file("nowrite.json");

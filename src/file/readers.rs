@@ -104,10 +104,6 @@ impl ReaderFile {
     }
   }
 
-  pub fn path(&self) -> &Path {
-    &self.path
-  }
-
   /// Whether the path still names our file (nobody removed it as a leftover).
   pub fn still_at_path(&self) -> bool {
     matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
@@ -416,18 +412,36 @@ mod tests {
     assert_eq!((removed.len(), kept.len()), (2, 2), "{removed:?}");
     assert!(!dead.exists() && !empty.exists());
     assert!(live.still_at_path() && other.still_at_path());
-    let path = live.path().to_path_buf();
+    let path = live.path.clone();
     live.remove();
     other.remove();
     assert!(!path.exists());
     assert!(readers(&lock, STALE).is_empty());
   }
 
+  /// A reader record of another host (a lock directory its kernel shares with nobody here) is
+  /// judged by its heartbeat, as an exclusive record would be.
+  #[test]
+  fn another_hosts_reader_is_judged_by_its_heartbeat() {
+    let lock = temp_dir("readers").join("tasks.json.lock");
+    let mut far = record(7, "far");
+    far.hostname = Some("another-host".into());
+    let fresh = with_suffix(&lock, ".r-7-0");
+    fs::write(&fresh, far.to_bytes(0)).unwrap();
+    far.heartbeat = Some(now_ms() - 60_000);
+    let old = with_suffix(&lock, ".r-7-1");
+    fs::write(&old, far.to_bytes(0)).unwrap();
+    let views = readers(&lock, STALE);
+    let verdict = |path: &Path| &views.iter().find(|v| v.path == path).unwrap().verdict;
+    assert_eq!(verdict(&fresh), &Verdict::Live);
+    assert!(matches!(verdict(&old), Verdict::Stale(why) if why.contains("another-host")));
+  }
+
   #[test]
   fn a_reader_file_removed_under_its_holder_is_noticed() {
     let lock = temp_dir("readers").join("tasks.json.lock");
     let reader = ReaderFile::create(&lock, &record(1, "x")).unwrap();
-    fs::remove_file(reader.path()).unwrap();
+    fs::remove_file(&reader.path).unwrap();
     assert!(!reader.still_at_path());
   }
 
