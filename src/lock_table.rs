@@ -1053,14 +1053,16 @@ mod tests {
     assert!(!release(&target, &id).unwrap());
   }
 
+  /// A released reader file stays, blank and locked, for the next shared hold of this process;
+  /// nobody counts it as a reader, and exit removes it.
   #[test]
-  fn releasing_shared_holds_removes_their_reader_files() {
+  fn released_reader_files_are_reused_and_removed_at_exit() {
     let target = project_file("exit.json");
     let ids: Vec<String> = (0..3)
       .map(|_| try_acquire(&target, &shared()).unwrap().unwrap())
       .collect();
     let lock_dir = target.lock_path.parent().unwrap().to_path_buf();
-    let readers = || {
+    let files = || {
       std::fs::read_dir(&lock_dir)
         .unwrap()
         .flatten()
@@ -1071,11 +1073,22 @@ mod tests {
         })
         .count()
     };
-    assert_eq!(readers(), 3);
+    let readers = || {
+      crate::file::readers::readers(&target.lock_path, Duration::from_secs(30))
+        .iter()
+        .filter(|r| r.is_live())
+        .count()
+    };
+    assert_eq!((files(), readers()), (3, 3));
     for id in &ids {
       assert!(release(&target, id).unwrap());
     }
-    assert_eq!(readers(), 0);
+    assert_eq!((files(), readers()), (3, 0));
+    let again = try_acquire(&target, &shared()).unwrap().unwrap();
+    assert_eq!((files(), readers()), (3, 1));
+    release(&target, &again).unwrap();
+    crate::file::readers::remove_idle(&target.lock_path);
+    assert_eq!(files(), 0);
   }
 
   #[test]

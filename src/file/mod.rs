@@ -75,6 +75,7 @@ impl FileBackend {
   pub fn remove_unused(&self) {
     let slots: Vec<(PathBuf, Slot)> = self.slots().drain().collect();
     for (path, slot) in slots {
+      readers::remove_idle(&path);
       if let Some(room) = slot.room {
         room.remove_if_empty();
       }
@@ -293,7 +294,7 @@ impl Grant for FileGrant {
       ..
     } = *self;
     match reader {
-      Some(reader) => reader.remove(),
+      Some(reader) => reader.release(lock.path()),
       None => lock.clear_if_ours(&lock_id),
     }
     lock.unlock();

@@ -10,6 +10,12 @@
 //! its file was removed (the path names another inode, or none) and starts again. A record of
 //! another host is judged by its heartbeat, as for exclusive locks (staleness.rs).
 //!
+//! Between holds a reader file stays, blanked and still locked, for this process's next shared
+//! hold of that lock (as the lock file and its handle stay): creating and removing a file per
+//! hold would cost more than the rest of an uncontended shared hold. A blank locked reader file
+//! is nobody's hold; the process removes its idle ones when it exits, and a blank unlocked one
+//! (its process died) is a leftover like any other.
+//!
 //! The writers' gate, `<name>.lock.gate`: writer preference across processes. The kernel grants
 //! `LOCK_SH` while only readers hold the lock even if a writer is blocked for `LOCK_EX`, so a
 //! steady stream of readers would starve it. So a waiting writer holds a shared `flock` on the
@@ -18,11 +24,13 @@
 //! waiting, then drops it and blocks for `LOCK_SH`. A reader that arrives after a writer began
 //! to wait therefore gets the lock after that writer.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -44,6 +52,13 @@ fn with_suffix(lock_path: &Path, suffix: &str) -> PathBuf {
   PathBuf::from(name)
 }
 
+/// This process's idle reader files, blank and locked, by lock path.
+static IDLE: LazyLock<Mutex<HashMap<PathBuf, Vec<ReaderFile>>>> = LazyLock::new(Default::default);
+
+fn idle() -> MutexGuard<'static, HashMap<PathBuf, Vec<ReaderFile>>> {
+  IDLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A reader file of ours, locked for the hold.
 #[derive(Debug)]
 pub struct ReaderFile {
@@ -55,9 +70,20 @@ pub struct ReaderFile {
 }
 
 impl ReaderFile {
-  /// Creates our reader file beside `lock_path`, locked, with `record` in it.
+  /// Our reader file beside `lock_path`, locked, with `record` in it: an idle one of ours, or a
+  /// new one.
   pub fn create(lock_path: &Path, record: &LockRecord) -> Result<ReaderFile> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    let kept = idle().get_mut(lock_path).and_then(Vec::pop);
+    if let Some(mut reader) = kept.filter(ReaderFile::still_at_path) {
+      return match reader.write(record) {
+        Ok(()) => Ok(reader),
+        Err(e) => {
+          reader.remove();
+          Err(e)
+        }
+      };
+    }
     loop {
       let path = with_suffix(
         lock_path,
@@ -120,11 +146,31 @@ impl ReaderFile {
     Ok(())
   }
 
-  /// Ends the hold: the file goes, then its lock (closing it).
-  pub fn remove(self) {
+  /// Ends the hold: the record is blanked in place (a blank record is nobody's) and the file
+  /// kept, locked, for this process's next shared hold of `lock_path`.
+  pub fn release(self, lock_path: &Path) {
+    if !self.still_at_path() || self.file.write_all_at(&vec![b' '; self.len], 0).is_err() {
+      return self.remove();
+    }
+    idle()
+      .entry(lock_path.to_path_buf())
+      .or_default()
+      .push(self);
+  }
+
+  /// The file goes, then its lock (closing it).
+  fn remove(self) {
     if self.still_at_path() {
       let _ = fs::remove_file(&self.path);
     }
+  }
+}
+
+/// Process exit: removes this process's idle reader files of `lock_path`.
+pub fn remove_idle(lock_path: &Path) {
+  let kept = idle().remove(lock_path).unwrap_or_default();
+  for reader in kept {
+    reader.remove();
   }
 }
 
@@ -226,6 +272,10 @@ fn judge_file(path: &Path, stale_after: Duration) -> Option<(ReaderView, Option<
     Err(fs::TryLockError::Error(_)) => return None,
   };
   let contents = os_lock::read_stable(&file);
+  if held && contents == Contents::Empty {
+    // An idle reader file of a live process (or one being created): nobody's hold.
+    return None;
+  }
   let verdict = match staleness::judge(
     &contents,
     held,
