@@ -107,8 +107,10 @@ impl ReaderFile {
         Err(e) => return Err(LockError::io(&e, "Cannot create the reader file", &path)),
       };
       // Only a remover holds it, for an instant; then our inode is gone and we start again.
-      lock_retrying(&file, LockMode::Exclusive)
-        .map_err(|e| LockError::io(&e, "Cannot lock the reader file", &path))?;
+      if let Err(e) = lock_retrying(&file, LockMode::Exclusive) {
+        let _ = fs::remove_file(&path);
+        return Err(LockError::io(&e, "Cannot lock the reader file", &path));
+      }
       let meta = file
         .metadata()
         .map_err(|e| LockError::io(&e, "Cannot stat", &path))?;
