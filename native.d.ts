@@ -17,7 +17,7 @@ export declare function acquire(file: string, timeoutMs?: number | undefined | n
 
 /**
  * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
- * (`ELOCKTIMEOUT`, enforced by the lock table's deadline thread). Fails at once with
+ * (`ELOCKTIMEOUT`); the wait happens on this thread (see `acquire_on_this_thread`). Fails at once with
  * `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
  * need the event loop this call blocks.
  */

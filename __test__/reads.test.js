@@ -281,7 +281,7 @@ describe('the synchronous API (item 5)', () => {
     const lockId = await acquireLock(file)
     const waiter = child('reads-sync', ['wait', file])
     expect(await waiter.nextLine()).toBe('WAITING')
-    // The child's waiting thread is in flock(2) on our lock: release, and it gets the lock.
+    // The child waits in flock(2) on our lock (on its own thread): release, and it gets it.
     await untilKernelWaiter(await require('../file-lock.js').getLockInfo(file).then((i) => i.lockFile), waiter.proc.pid)
     await releaseLock(file, lockId)
     expect(await waiter.nextLine()).toMatch(/^GOT \d+$/)

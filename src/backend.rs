@@ -104,7 +104,8 @@ pub trait Backend: Send + Sync {
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>>;
   /// Waits for the lock on behalf of this process's queue for `target`'s lock. `head` gives the
   /// request of whoever is first in that queue when the lock comes free, or `None` when nobody
-  /// waits any more, in which case the wait ends with `Ok(None)`.
+  /// waits any more, in which case the wait ends with `Ok(None)`. A blocking call interrupted by
+  /// a signal (a synchronous caller's deadline alarm, see thread_alarm.rs) asks `head` again.
   fn wait_acquire(
     &self,
     target: &Target,

@@ -33,6 +33,7 @@ pub mod redis;
 pub mod store;
 #[cfg(test)]
 mod test_support;
+pub mod thread_alarm;
 pub mod versions;
 
 use std::path::Path;
@@ -371,7 +372,7 @@ pub fn current_version(env: Env, file: String) -> Result<FileVersion> {
 }
 
 /// Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
-/// (`ELOCKTIMEOUT`, enforced by the lock table's deadline thread). Fails at once with
+/// (`ELOCKTIMEOUT`); the wait happens on this thread (see `acquire_on_this_thread`). Fails at once with
 /// `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
 /// need the event loop this call blocks.
 #[napi]
@@ -398,23 +399,7 @@ pub fn acquire_sync(
       ),
     ));
   }
-  let (done, outcome) = std::sync::mpsc::channel();
-  lock_table::acquire(
-    target,
-    opts,
-    Box::new(move |result| {
-      let _ = done.send(result);
-    }),
-  );
-  outcome
-    .recv()
-    .unwrap_or_else(|_| {
-      Err(LockError::new(
-        "ELOCKINTERNAL",
-        "the lock table dropped a synchronous wait without an answer",
-      ))
-    })
-    .map_err(|e| js_error(&env, e))
+  lock_table::acquire_on_this_thread(target, opts).map_err(|e| js_error(&env, e))
 }
 
 /// `writeTextAtomic` on the calling thread (the synchronous API).

@@ -33,6 +33,7 @@ use crate::identity;
 use crate::metrics;
 use crate::paths::{self, Target};
 use crate::record::{self, Contents};
+use crate::thread_alarm;
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 pub const DEFAULT_STALE_MS: u64 = 30_000;
@@ -347,6 +348,99 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
   }
 }
 
+/// The synchronous API's acquire. Where the backend waits in this host's kernel, the caller's
+/// own thread waits there, so a handoff wakes the caller directly instead of a waiting thread
+/// that then wakes the caller: one wake-up instead of two, the difference between raw `flock`
+/// handoff times and several times those. The deadline is an alarm signal that interrupts the
+/// blocked call (thread_alarm.rs). Elsewhere (lock servers, kernel locks off, no free signal)
+/// the caller blocks on the queue's answer, as the asynchronous API waits for it.
+pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result<String> {
+  let started = Instant::now();
+  let backend = config::backend_for(&target)?;
+  if !backend.tries_locally() || backend.waits_for_local_holder() {
+    return acquire_and_block(target, options);
+  }
+  if let Some(lock_id) = try_acquire(&target, &options)? {
+    return Ok(lock_id);
+  }
+  let timeout = options.timeout;
+  if timeout == Some(Duration::ZERO) {
+    metrics::timed_out(&target.file.to_string_lossy());
+    return Err(timeout_error(&target, Duration::ZERO));
+  }
+  let deadline = timeout.map(|t| started + t);
+  let alarm = match deadline.map(thread_alarm::arm) {
+    Some(None) => return acquire_and_block(target, options),
+    armed => armed.flatten(),
+  };
+  {
+    let mut table = table();
+    let entry = table.entry(target.lock_path.clone()).or_default();
+    if !entry.held.is_empty() || entry.claiming || !entry.queue.is_empty() {
+      // Another thread of this process (a worker) got there first: queue behind it.
+      drop(table);
+      drop(alarm);
+      return acquire_and_block(target, options);
+    }
+    // Others of this process queue behind us meanwhile (try_acquire sees a claim under way).
+    entry.claiming = true;
+  }
+  let request = Request {
+    file: target.file.clone(),
+    stale_after: options.stale_after,
+    mode: options.mode,
+  };
+  let head = || {
+    deadline
+      .is_none_or(|d| Instant::now() < d)
+      .then(|| request.clone())
+  };
+  let outcome = backend.wait_acquire(&target, &head);
+  drop(alarm);
+  let mut table = table();
+  let entry = table.entry(target.lock_path.clone()).or_default();
+  entry.claiming = false;
+  let file = target.file.to_string_lossy();
+  match outcome {
+    Ok(Some(grant)) => {
+      let lock_id = install(entry, &request, grant);
+      drop(table);
+      CHANGED.notify_all();
+      metrics::acquired(&file, started.elapsed(), true, options.priority);
+      Ok(lock_id)
+    }
+    Ok(None) => {
+      drop(table);
+      CHANGED.notify_all();
+      metrics::timed_out(&file);
+      Err(timeout_error(&target, timeout.unwrap_or_default()))
+    }
+    Err(e) => {
+      drop(table);
+      CHANGED.notify_all();
+      Err(e)
+    }
+  }
+}
+
+/// Queues like [`acquire`] and blocks this thread until the answer.
+fn acquire_and_block(target: Target, options: AcquireOptions) -> Result<String> {
+  let (done, outcome) = std::sync::mpsc::channel();
+  acquire(
+    target,
+    options,
+    Box::new(move |result| {
+      let _ = done.send(result);
+    }),
+  );
+  outcome.recv().unwrap_or_else(|_| {
+    Err(LockError::new(
+      "ELOCKINTERNAL",
+      "the lock table dropped a synchronous wait without an answer",
+    ))
+  })
+}
+
 /// Whether this process holds `target`'s lock or has waiters queued for it: a caller that
 /// blocks its thread until it gets the lock (the synchronous API) would then wait on holders
 /// or waiters whose event loop it is blocking.
@@ -490,14 +584,17 @@ fn fail_waiters(key: &Path, error: &LockError) {
 
 /// Releases a lock this process holds. `Ok(false)`: nothing to release (already released).
 pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
-  let (held, waiting_thread) = {
+  let (held, a_waiting_thread_listens) = {
     let mut table = table();
     let Some(entry) = table.get_mut(&target.lock_path) else {
       drop(table);
       return release_not_held(target, lock_id);
     };
     match entry.held.iter().position(|h| h.lock_id == lock_id) {
-      Some(index) => (entry.held.remove(index), entry.waiting_thread),
+      Some(index) => (
+        entry.held.remove(index),
+        entry.waiting_thread && !entry.queue.is_empty(),
+      ),
       None if !entry.held.is_empty() => {
         let held = &entry.held[0];
         return Err(LockError::new(
@@ -517,9 +614,10 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
   };
   end_hold(&held);
   metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
-  // Only a waiting thread listens (one that waits for this process's own holder to end): a
-  // notify costs a system call even with nobody listening, so none on the uncontended path.
-  if waiting_thread {
+  // Only a waiting thread with someone queued listens (it may wait for this process's own
+  // holder to end): a notify costs a system call, and waking an idle waiting thread costs a
+  // context switch that competes with the process the lock is being handed to.
+  if a_waiting_thread_listens {
     CHANGED.notify_all();
   }
   Ok(true)
@@ -1089,6 +1187,39 @@ mod tests {
     release(&target, &again).unwrap();
     crate::file::readers::remove_idle(&target.lock_path);
     assert_eq!(files(), 0);
+  }
+
+  #[test]
+  fn a_wait_on_the_callers_thread_times_out_or_gets_the_lock_when_another_process_frees_it() {
+    let target = project_file("sync.json");
+    // Another open file description, as another process would have.
+    let outsider = std::fs::OpenOptions::new()
+      .read(true)
+      .write(true)
+      .open(&target.lock_path)
+      .or_else(|_| std::fs::File::create(&target.lock_path))
+      .unwrap();
+    outsider.lock().unwrap();
+    let err =
+      acquire_on_this_thread(target.clone(), options(Some(Duration::from_millis(20)))).unwrap_err();
+    assert_eq!(err.code, "ELOCKTIMEOUT");
+    let (done, outcomes) = mpsc::channel();
+    std::thread::scope(|s| {
+      let (target, outsider) = (&target, &outsider);
+      s.spawn(move || {
+        crate::test_support::wait_for_blocked_flock(&target.lock_path);
+        // While this process's synchronous caller waits, an asynchronous caller of the same
+        // process queues: it neither fails nor takes the lock from under the other. Whichever
+        // the kernel wakes first holds it alone; the other follows.
+        queue(target, None, 1, &done);
+        outsider.unlock().unwrap();
+        let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+        assert_eq!(label, 1);
+        assert!(release(target, &outcome.unwrap()).unwrap());
+      });
+      let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
+      assert!(release(target, &lock_id).unwrap());
+    });
   }
 
   #[test]

@@ -377,7 +377,13 @@ impl Backend for FileBackend {
       if let Some(room) = &room {
         room.leave();
       }
-      let lock = acquired?;
+      let Some(lock) = acquired? else {
+        // Interrupted (a synchronous caller's deadline): wait on only for someone still waiting.
+        if head().is_none() {
+          return Ok(None);
+        }
+        continue;
+      };
       let Some(request) = head() else {
         // Everyone who waited gave up meanwhile: the lock goes back as we found it.
         lock.unlock();

@@ -143,16 +143,17 @@ impl LockFile {
     }
   }
 
-  /// Waits in the kernel until the lock is ours, in `mode`. Only the per-lock-file waiting thread calls
-  /// this, with a handle of its own: a lock belongs to an open file description, so sharing
-  /// one with the fast path would let both believe they hold it.
-  pub fn acquire_blocking(path: &Path, mode: LockMode) -> Result<LockFile> {
+  /// Waits in the kernel until the lock is ours, in `mode` (`None`: a signal interrupted the
+  /// wait, such as the caller's deadline alarm, see thread_alarm.rs). Only a waiting thread calls
+  /// this, with a handle of its own: a lock belongs to an open file description, so sharing one
+  /// with the fast path would let both believe they hold it.
+  pub fn acquire_blocking(path: &Path, mode: LockMode) -> Result<Option<LockFile>> {
     loop {
       let lock = LockFile::open(path)?;
       match lock_as(&lock.file, mode) {
-        Ok(()) if lock.still_at_path() => return Ok(lock),
+        Ok(()) if lock.still_at_path() => return Ok(Some(lock)),
         Ok(()) => drop(lock),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
         Err(e) => return Err(LockError::io(&e, "Cannot lock", path)),
       }
     }
@@ -409,7 +410,9 @@ mod tests {
     let holder = locked(&path);
     let waiter_path = path.clone();
     let waiter = std::thread::spawn(move || {
-      LockFile::acquire_blocking(&waiter_path, LockMode::Exclusive).unwrap()
+      LockFile::acquire_blocking(&waiter_path, LockMode::Exclusive)
+        .unwrap()
+        .unwrap()
     });
     crate::test_support::wait_for_blocked_flock(&path);
     holder.remove();
