@@ -92,8 +92,9 @@ pub struct RemoteLock {
 
 /// What a waiter is woken by.
 enum Wake {
-  /// A pub/sub message on the lock's channel: the id of the waiter whose turn it is.
-  Turn(String),
+  /// A pub/sub message on the lock's channel: the id of the waiter the lock was handed to, with
+  /// its token (or without one: that waiter is to ask for it itself).
+  Turn(String, Option<u64>),
   /// Look again now: the connection was re-established (messages may have been lost), or the
   /// caller interrupted the wait.
   Check,
@@ -138,8 +139,9 @@ enum Step {
     token: u64,
     client: u64,
   },
-  /// With the lease the holder has left, when the lock is held.
-  Blocked(Blocker, Option<Duration>),
+  /// With the lease the holder has left, when the lock is held, and the CLIENT ID our place in
+  /// the queue is registered under.
+  Blocked(Blocker, Option<Duration>, u64),
 }
 
 /// One acquisition: the caller's key, its Redis keys, and what the grant script is given.
@@ -286,7 +288,7 @@ impl RedisLocks {
         Step::Granted { token, client } => {
           return Ok(Some(self.granted(&attempt, token, client, start)))
         }
-        Step::Blocked(blocker, _) => {
+        Step::Blocked(blocker, _, _) => {
           if self.client_alive(blocker.client(), None)?
             || !self.take_over(&attempt.keys, &blocker, None)?
           {
@@ -344,6 +346,9 @@ impl RedisLocks {
     // holder's lease would run out (a frozen holder's lock expires without any message).
     let mut next_look = Instant::now();
     let mut next_check = Instant::now() + CHECK_EVERY;
+    // When our last refused request was sent, and the connection it registered our place under:
+    // a lock handed to us on a release was granted after that instant, to that connection.
+    let mut queued: Option<(Instant, u64)> = None;
     loop {
       if !wanted() || deadline.is_some_and(|d| Instant::now() >= d) {
         return Ok(None);
@@ -357,7 +362,8 @@ impl RedisLocks {
           Step::Granted { token, client } => {
             return Ok(Some(self.granted(attempt, token, client, start)))
           }
-          Step::Blocked(blocker, lease_left) => {
+          Step::Blocked(blocker, lease_left, client) => {
+            queued = Some((start, client));
             let lease_end = lease_left.map_or(RENEW_EVERY, |d| d + Duration::from_millis(5));
             next_look = start + lease_end.min(RENEW_EVERY);
             look = false;
@@ -388,12 +394,50 @@ impl RedisLocks {
       let wake_at = next_check.min(next_look).min(Instant::now() + WANTED_POLL);
       let until = deadline.map_or(wake_at, |d| d.min(wake_at));
       match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-        Ok(Wake::Turn(id)) if id == attempt.lock_id => look = true,
-        Ok(Wake::Turn(_)) => stale = true,
+        Ok(Wake::Turn(id, Some(token))) if id == attempt.lock_id && wanted() => {
+          if let Some(grant) = self.handed(attempt, token, queued, deadline)? {
+            return Ok(Some(grant));
+          }
+          look = true;
+        }
+        Ok(Wake::Turn(id, _)) if id == attempt.lock_id => look = true,
+        Ok(Wake::Turn(..)) => stale = true,
         Ok(Wake::Check) => look = true,
         Err(_) => {}
       }
     }
+  }
+
+  /// The lock was handed to us by a release (or a takeover, or a waiter that gave up) with
+  /// `token`. Our lease is counted from the send of our last refused request (the grant came
+  /// after it), unless that leaves less than half a lease, or our connection changed since (the
+  /// grant names the old one): then one compare-and-PEXPIRE confirms it and registers our
+  /// connection, and the lease counts from that. `None`: it is not ours after all (look again).
+  fn handed(
+    &self,
+    attempt: &Attempt,
+    token: u64,
+    queued: Option<(Instant, u64)>,
+    deadline: Option<Instant>,
+  ) -> Result<Option<RedisGrant>> {
+    let lease = self.config.ttl - self.config.margin();
+    if let Some((sent, client)) = queued {
+      let fresh = sent + lease >= Instant::now() + lease / 2;
+      if fresh && client == self.shared.client_id.load(Ordering::Relaxed) {
+        return Ok(Some(self.granted(attempt, token, client, sent)));
+      }
+    }
+    let start = Instant::now();
+    let args = [
+      attempt.lock_id.clone(),
+      token.to_string(),
+      String::new(),
+      self.config.ttl.as_millis().to_string(),
+    ];
+    Ok(match self.own(&attempt.keys, args, deadline)? {
+      Ok((_, client)) => Some(self.granted(attempt, token, client, start)),
+      Err(_) => None,
+    })
   }
 
   /// Wakes this process's waiter on `key` (if any) so that it calls `wanted()` again now.
@@ -486,14 +530,14 @@ impl RedisLocks {
     self.forget(&grant);
     let keys = Keys::new(&grant.key);
     let args = vec![grant.lock_id, grant.token.to_string(), keys.channel.clone()];
-    let reply = self.script(Script::Release, &keys.release(), args, None)?;
+    let reply = self.script(Script::Release, &keys.all(), args, None)?;
     Ok(reply.int(0) == 1)
   }
 
   /// The lock as Redis shows it, or `None` when it is not held.
   pub fn inspect(&self, key: &str) -> Result<Option<RemoteLock>> {
     let keys = Keys::new(key);
-    let reply = self.script(Script::Inspect, &keys.inspect(), vec![], None)?;
+    let reply = self.script(Script::Inspect, &keys.all(), vec![], None)?;
     if reply.len() < 6 {
       return Ok(None);
     }
@@ -582,7 +626,7 @@ impl RedisLocks {
       mode.to_string(),
       WAITER_TTL.as_millis().to_string(),
     ];
-    let reply = self.script(Script::Acquire, &attempt.keys.acquire(), args, deadline)?;
+    let reply = self.script(Script::Acquire, &attempt.keys.all(), args, deadline)?;
     let client = reply.client;
     if reply.int(0) == 1 {
       return Ok(Step::Granted {
@@ -600,9 +644,14 @@ impl RedisLocks {
           client,
         },
         lease_left,
+        reply.client,
       ));
     }
-    Ok(Step::Blocked(Blocker::Waiter { id, client }, None))
+    Ok(Step::Blocked(
+      Blocker::Waiter { id, client },
+      None,
+      reply.client,
+    ))
   }
 
   /// `true` when the blocker is still connected; `false` after removing a dead one.
@@ -631,7 +680,7 @@ impl RedisLocks {
       blocker.client().to_string(),
       keys.channel.clone(),
     ];
-    let reply = self.script(Script::Takeover, &keys.release(), args, deadline)?;
+    let reply = self.script(Script::Takeover, &keys.all(), args, deadline)?;
     Ok(reply.int(0) == 1)
   }
 
@@ -705,11 +754,11 @@ impl RedisLocks {
     let mut pipe = redis::pipe();
     if maybe_granted {
       let args = [lock_id, "*", &keys.channel];
-      pipe.add_command(scripts::evalsha(Script::Release, &keys.release(), &args));
+      pipe.add_command(scripts::evalsha(Script::Release, &keys.all(), &args));
     }
     let args = [lock_id, &keys.channel];
     pipe
-      .add_command(scripts::evalsha(Script::Leave, &keys.release(), &args))
+      .add_command(scripts::evalsha(Script::Leave, &keys.all(), &args))
       .ignore_errors();
     self.handle.spawn(async move {
       let _ = scripts::query(&mut conn, &pipe).await;
@@ -831,7 +880,12 @@ async fn dispatch(
         };
         let channel = text(push.data.first());
         if let Some(tx) = guard(&shared.wakers).get(&channel) {
-          let _ = tx.send(Wake::Turn(text(push.data.get(1))));
+          let message = text(push.data.get(1));
+          let wake = match message.split_once(' ') {
+            Some((id, token)) => Wake::Turn(id.to_string(), token.parse().ok()),
+            None => Wake::Turn(message, None),
+          };
+          let _ = tx.send(wake);
         }
       }
       PushKind::Disconnection => {

@@ -72,6 +72,7 @@ pub struct Keys {
   q: String,
   qx: String,
   qc: String,
+  qh: String,
   seq: String,
   pub channel: String,
 }
@@ -88,35 +89,24 @@ impl Keys {
       q: format!("{base}:q"),
       qx: format!("{base}:qx"),
       qc: format!("{base}:qc"),
+      qh: format!("{base}:qh"),
       seq: format!("{base}:seq"),
       channel: format!("{base}:wake"),
       lock: base,
     }
   }
 
-  pub fn acquire(&self) -> [String; 6] {
+  /// Every key, in the order of `prelude.lua` (all scripts but refresh take them all).
+  pub fn all(&self) -> [String; 7] {
     [
       self.lock.clone(),
       self.fence.clone(),
       self.q.clone(),
       self.qx.clone(),
       self.qc.clone(),
+      self.qh.clone(),
       self.seq.clone(),
     ]
-  }
-
-  /// For release, takeover and leave.
-  pub fn release(&self) -> [String; 4] {
-    [
-      self.lock.clone(),
-      self.q.clone(),
-      self.qx.clone(),
-      self.qc.clone(),
-    ]
-  }
-
-  pub fn inspect(&self) -> [String; 2] {
-    [self.lock.clone(), self.qx.clone()]
   }
 }
 

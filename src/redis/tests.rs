@@ -277,8 +277,8 @@ fn a_crashed_waiter_does_not_stall_the_queue() {
   ];
   let _: redis::Value = redis::cmd("EVAL")
     .arg(Script::Acquire.source())
-    .arg(6)
-    .arg(&Keys::new(KEY).acquire())
+    .arg(7)
+    .arg(&Keys::new(KEY).all())
     .arg(&args)
     .query(&mut ghost)
     .unwrap();
@@ -299,6 +299,49 @@ fn a_crashed_waiter_does_not_stall_the_queue() {
     "the live waiter got the lock, before the ghost's 60 s place ran out"
   );
   assert_eq!(waiters(&owner, KEY), 0);
+}
+
+#[test]
+fn a_release_hands_the_lock_over_in_the_same_step_and_a_waiter_that_left_gives_it_back() {
+  let server = RedisServer::start();
+  let owner = engine(&server);
+  let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let keys = Keys::new(KEY);
+  // A waiter queued from a connection of its own, whose caller is about to give up.
+  let mut quitter = server.connection();
+  let quitter_id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut quitter).unwrap();
+  let mut eval = |script: Script, args: &[&str]| -> redis::Value {
+    redis::cmd("EVAL")
+      .arg(script.source())
+      .arg(7)
+      .arg(&keys.all())
+      .arg(args)
+      .query(&mut quitter)
+      .unwrap()
+  };
+  let client = quitter_id.to_string();
+  eval(
+    Script::Acquire,
+    &["quitter", &client, "3000", "{}", "0", "wait", "60000"],
+  );
+  let next = engine(&server);
+  let next_thread = thread::spawn(move || {
+    next
+      .wait_acquire(KEY, &holder(), 0, None, &|| true)
+      .unwrap()
+  });
+  wait_until("the second waiter to queue", || waiters(&owner, KEY) == 2);
+  assert!(owner.release(first.clone()).unwrap());
+  // The release itself granted the first waiter, before that waiter did anything.
+  let shown = owner.inspect(KEY).unwrap().expect("handed over");
+  assert_eq!(
+    (shown.lock_id.as_str(), shown.token),
+    ("quitter", first.token + 1)
+  );
+  // It gives up: leaving gives the lock back, and it goes on to the next waiter at once.
+  eval(Script::Leave, &["quitter", &keys.channel]);
+  let grant = next_thread.join().unwrap().expect("granted");
+  assert_eq!(grant.token, first.token + 2);
 }
 
 #[test]
