@@ -39,10 +39,18 @@ local function head()
 end
 
 -- Grants the lock to `id` on connection `client`. The fencing token is issued in the same step:
--- max(counter, floor) + 1, so it rises on every grant, even after the counter was lost with a
--- restart.
+-- max(counter, floor) + 1, so it rises on every grant. The floor is the token recorded beside the
+-- data, which knows only the grants that committed: when the counter is gone (a restart without
+-- persistence, a flush) while the floor shows the lock was used, grants made before the loss may
+-- be outstanding above the floor, so the count resumes 2^20 above it instead of reusing theirs.
 local function grant(id, client, ttl, holder, floor, now)
-  local token = math.max(tonumber(redis.call('GET', K.fence) or '0'), tonumber(floor)) + 1
+  local counter, base = redis.call('GET', K.fence), tonumber(floor)
+  local token = base + 1
+  if counter then
+    token = math.max(tonumber(counter), base) + 1
+  elseif base > 0 then
+    token = base + 1048576
+  end
   local text = string.format('%d', token)
   redis.call('SET', K.fence, text)
   redis.call('HSET', K.lock, 'lockId', id, 'token', text, 'client', client, 'holder', holder,

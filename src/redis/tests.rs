@@ -456,8 +456,9 @@ fn a_restart_without_persistence_never_reuses_a_token() {
     last = g.token;
     assert!(locks.release(g).unwrap());
   }
+  // Held across the restart, never committed: the token beside the data stays at `last`.
   let mut held = locks.try_acquire(KEY, &holder(), last).unwrap().unwrap();
-  last = held.token;
+  assert_eq!(held.token, last + 1);
 
   server.stop();
   let e = locks.try_acquire(KEY, &holder(), last).unwrap_err();
@@ -486,11 +487,13 @@ fn a_restart_without_persistence_never_reuses_a_token() {
     }
   }
   let g = resumed.expect("work resumes after the restart");
+  // The floor alone would give `held`'s token again; the lost counter resumes far above it.
   assert_eq!(
     g.token,
-    last + 1,
-    "the floor carries the token over the empty restart"
+    last + (1 << 20),
+    "the count resumes above the floor and every grant made before the loss"
   );
+  assert!(g.token > held.token);
   // The lock held before the restart is gone from Redis: lost, never silently re-acquired.
   assert!(matches!(locks.refresh(&mut held), Refreshed::Lost(_)));
 }
@@ -780,10 +783,12 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     file: target.file.clone(),
     stale_after: Duration::from_secs(30),
   };
-  // A token recorded beside the data (as after a Redis restart) is the floor.
+  // A token recorded beside the data is the floor; with no counter in Redis (a restart lost
+  // it), the count resumes 2^20 above it.
   crate::fence::check_and_record(&target, 41, "an-earlier-hold").unwrap();
+  let token = 41 + (1 << 20);
   let grant = a.try_acquire(&target, &request).unwrap().expect("free");
-  assert_eq!(grant.fencing_token(), Some(42));
+  assert_eq!(grant.fencing_token(), Some(token));
   assert_eq!(grant.refresh_interval(), Some(Duration::from_millis(500)));
   grant.verify().unwrap();
   assert!(b.try_acquire(&target, &request).unwrap().is_none());
@@ -792,8 +797,8 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     .lock_info(&target, Duration::from_secs(30))
     .unwrap()
     .unwrap();
-  assert_eq!(info["token"], 42);
-  assert_eq!(info["fencingToken"], 42);
+  assert_eq!(info["token"], token);
+  assert_eq!(info["fencingToken"], token);
   assert_eq!(info["lockId"], grant.lock_id());
   assert_eq!(info["state"], "held");
   assert_eq!(info["file"], target.file.to_string_lossy().as_ref());
@@ -826,6 +831,6 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
       .is_some_and(|l| l.waiters == 1)
   });
   grant.release();
-  assert_eq!(waiting.join().unwrap(), Some(Some(43)));
+  assert_eq!(waiting.join().unwrap(), Some(Some(token + 1)));
   let _ = std::fs::remove_dir_all(root);
 }
