@@ -534,7 +534,14 @@ impl RedisLocks {
     Ok(reply.int(0) == 1)
   }
 
-  /// The lock as Redis shows it, or `None` when it is not held.
+  /// Whether Redis holds the lock: one round trip (no liveness check of the holder).
+  pub fn is_held(&self, key: &str) -> Result<bool> {
+    let reply = self.script(Script::Inspect, &Keys::new(key).all(), vec![], None)?;
+    Ok(reply.len() >= 6)
+  }
+
+  /// The lock as Redis shows it, or `None` when it is not held. A second round trip when held:
+  /// whether the holder's connection is still open.
   pub fn inspect(&self, key: &str) -> Result<Option<RemoteLock>> {
     let keys = Keys::new(key);
     let reply = self.script(Script::Inspect, &keys.all(), vec![], None)?;
