@@ -32,6 +32,8 @@ const { spawn, spawnSync } = require('node:child_process')
 const CLIENTS = ['flowforge-lock', 'redis-semaphore', 'redlock']
 const SMOKE = process.argv.includes('--smoke')
 const COUNTS = SMOKE ? { cycle: 20, handoff: 10, update: 3, ping: 50, window: 20 } : { cycle: 500, handoff: 200, update: 40, ping: 1000, window: 300 }
+// Every scenario runs ROUNDS times per client, the clients taking turns.
+const ROUNDS = SMOKE ? 1 : 3
 const now = () => Number(process.hrtime.bigint()) / 1e3 // µs, CLOCK_MONOTONIC
 
 // ---- worker side ------------------------------------------------------------------------
@@ -271,30 +273,39 @@ async function main() {
     const wake = await nodeWakeUp(COUNTS.ping)
     const rtt = await redisRoundTrip(url, COUNTS.ping)
     floor = { wake, rtt, total: wake + rtt }
+    // Rounds, each running every client in turn: the box is shared, so its load moves during a
+    // run; each figure is the median of its rounds, and every ratio compares clients measured
+    // minutes apart at most.
+    const runs = Object.fromEntries(CLIENTS.map((c) => [c, []]))
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const client of CLIENTS) {
+        const cycle = await scenario(url, client, 'cycle', 1, COUNTS.cycle)
+        const handoff = await scenario(url, client, 'cycle', 2, COUNTS.handoff)
+        const p8 = await scenario(url, client, 'write', 8, COUNTS.update)
+        // The peers' update is their write; ours is updateWithLock (commit check, token file).
+        const p8Update = client === 'flowforge-lock' ? await scenario(url, client, 'update', 8, COUNTS.update) : p8
+        runs[client].push({
+          cycle: p50(cycle.samples[0].map((s) => s.cycle)),
+          handoff: p50(handoffs(handoff.samples)),
+          handoffs: handoffs(handoff.samples).length,
+          p8: p8.rate,
+          p8Update: p8Update.rate,
+        })
+      }
+    }
     for (const client of CLIENTS) {
-      const cycle = await scenario(url, client, 'cycle', 1, COUNTS.cycle)
-      const handoff = await scenario(url, client, 'cycle', 2, COUNTS.handoff)
-      const p8 = await scenario(url, client, 'write', 8, COUNTS.update)
-      // The peers' update is their write; ours is updateWithLock (commit check, token file).
-      const p8Update = client === 'flowforge-lock' ? await scenario(url, client, 'update', 8, COUNTS.update) : p8
-      rows.push({
-        client,
-        cycle: p50(cycle.samples[0].map((s) => s.cycle)),
-        handoff: p50(handoffs(handoff.samples)),
-        handoffs: handoffs(handoff.samples).length,
-        p8: p8.rate,
-        p8Update: p8Update.rate,
-      })
+      const median = (key) => p50(runs[client].map((r) => r[key]))
+      rows.push({ client, ...Object.fromEntries(['cycle', 'handoff', 'handoffs', 'p8', 'p8Update'].map((k) => [k, median(k)])) })
     }
     window = checkToRename(url, COUNTS.window)
   } finally {
     await redis.stop()
   }
   const us = (v) => `${(v / 1000).toFixed(2)} ms`.padStart(12)
-  console.log(`redis bench: ${version}; loopback; ${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}, node ${process.version}`)
+  console.log(`redis bench: ${version}; loopback; median of ${ROUNDS} rounds; ${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}, node ${process.version}`)
   console.log(`floor: Node cross-process wake-up ${us(floor.wake).trim()} + Redis PING round trip ${us(floor.rtt).trim()} = ${us(floor.total).trim()}`)
   console.log(`${'client'.padEnd(18)}${'cycle p50'.padStart(12)}${'handoff p50'.padStart(12)}${'P=8 upd/s'.padStart(12)}${'P=8 update'.padStart(12)}`)
-  for (const r of rows) console.log(`${r.client.padEnd(18)}${us(r.cycle)}${us(r.handoff)}${r.p8.toFixed(1).padStart(12)}${r.p8Update.toFixed(1).padStart(12)}   (${r.handoffs} handoffs)`)
+  for (const r of rows) console.log(`${r.client.padEnd(18)}${us(r.cycle)}${us(r.handoff)}${r.p8.toFixed(1).padStart(12)}${r.p8Update.toFixed(1).padStart(12)}   (${r.handoffs} handoffs of ${COUNTS.handoff * 2} cycles)`)
   const ours = rows[0]
   for (const other of rows.slice(1)) {
     // Speed ratios: times are divided the other way round from rates.
