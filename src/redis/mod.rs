@@ -4,8 +4,12 @@
 //! deadline arithmetic are described in docs/redis-algorithm.md.
 //!
 //! The API is synchronous and may be called from any thread, including one that is inside
-//! another tokio runtime: every Redis call runs on this engine's own runtime and the caller waits
-//! for the answer on a std channel (never `block_on` on the caller's thread).
+//! another tokio runtime. Requests go out on a blocking connection from the caller's own thread
+//! (no hop to another thread and back: on a loaded 2-core box each hop costs as much as a
+//! loopback round trip). The connection that is registered as holder or waiter, and carries the
+//! pub/sub wake-ups, is a redis-rs ConnectionManager on this engine's own runtime; the few calls
+//! made on it hand their work to that runtime and wait on a std channel (never `block_on` on the
+//! caller's thread).
 
 mod backend;
 mod config;
@@ -167,10 +171,21 @@ impl<'a> Attempt<'a> {
   }
 }
 
+/// Blocking connections for the requests made on the caller's thread. Idle ones are kept for the
+/// next caller; one that failed is dropped, never reused (a late reply could still be on its way).
+/// There are as many as callers at once (usually one or two), each a client of its own in Redis.
+struct Pool {
+  client: redis::Client,
+  idle: Mutex<Vec<redis::Connection>>,
+}
+
 pub struct RedisLocks {
   runtime: Option<tokio::runtime::Runtime>,
   handle: tokio::runtime::Handle,
+  /// Registered as the holder of our locks and the client of our places in queues (it closes
+  /// when this process dies), and subscribed to the wake-up channels.
   conn: ConnectionManager,
+  pool: Pool,
   config: RedisConfig,
   shared: Arc<Shared>,
 }
@@ -228,6 +243,10 @@ impl RedisLocks {
       .set_push_sender(push_tx)
       .set_automatic_resubscription();
     let shared = Arc::new(Shared::default());
+    let pool = Pool {
+      client: client.clone(),
+      idle: Mutex::new(Vec::new()),
+    };
     let connecting = ConnectionManager::new_with_config(client, manager_config);
     let conn = bridge(
       &handle,
@@ -241,6 +260,7 @@ impl RedisLocks {
       runtime: Some(runtime),
       handle,
       conn,
+      pool,
       config,
       shared,
     })
@@ -252,12 +272,8 @@ impl RedisLocks {
 
   /// The server's version (`redis_version` of INFO server), for `doctor`.
   pub fn server_version(&self) -> Result<String> {
-    let mut conn = self.conn.clone();
-    let info: String = self.run("ask", None, async move {
-      redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
+    let info: String = self.blocking("ask", None, |conn| {
+      redis::cmd("INFO").arg("server").query(conn)
     })?;
     Ok(
       info
@@ -571,19 +587,16 @@ impl RedisLocks {
     let mut cursor = 0u64;
     let mut found = Vec::new();
     loop {
-      let mut conn = self.conn.clone();
-      let pattern = pattern.clone();
-      let (next, keys): (u64, Vec<String>) = self.run("list locks on", None, async move {
+      let (next, keys): (u64, Vec<String>) = self.blocking("list locks on", None, |conn| {
         redis::cmd("SCAN")
           .arg(cursor)
           .arg("MATCH")
-          .arg(pattern)
+          .arg(&pattern)
           .arg("TYPE")
           .arg("hash")
           .arg("COUNT")
           .arg(500)
-          .query_async(&mut conn)
-          .await
+          .query(conn)
       })?;
       for key in keys {
         // The queue's client table is a hash too; it has no lockId and inspects as `None`.
@@ -603,6 +616,20 @@ impl RedisLocks {
   fn granted(&self, attempt: &Attempt, token: u64, client: u64, start: Instant) -> RedisGrant {
     let lock_id = attempt.lock_id.clone();
     guard(&self.shared.held).insert(attempt.key.to_string(), (lock_id.clone(), token));
+    // The managed connection was re-established while the grant was on its way, so the grant
+    // names the old one and the re-registration (which clears the cached id first, then goes
+    // through `held`) may have missed it: register the new one now. A failure leaves it to the
+    // next refresh; meanwhile a waiter may take the lock over, which fencing makes safe.
+    if self.shared.client_id.load(Ordering::Relaxed) != client {
+      let keys = Keys::new(attempt.key);
+      let args = [
+        lock_id.clone(),
+        token.to_string(),
+        String::new(),
+        "0".into(),
+      ];
+      let _ = self.own(&keys, args, None);
+    }
     RedisGrant {
       key: attempt.key.to_string(),
       lock_id,
@@ -699,14 +726,12 @@ impl RedisLocks {
     if client == 0 {
       return Ok(false);
     }
-    let mut conn = self.conn.clone();
-    let listed: Option<String> = self.run("ask", deadline, async move {
+    let listed: Option<String> = self.blocking("ask", deadline, |conn| {
       let asked = redis::cmd("CLIENT")
         .arg("LIST")
         .arg("ID")
         .arg(client)
-        .query_async(&mut conn)
-        .await;
+        .query(conn);
       match asked {
         Err(e) if refused_command(&e) => Ok(None),
         other => other.map(Some),
@@ -788,19 +813,100 @@ impl RedisLocks {
     Ok(())
   }
 
+  /// Runs `script` on a blocking connection. The scripts that record our connection
+  /// (`client_slot`) are given the managed connection's CLIENT ID; if that connection was
+  /// re-established meanwhile (the id changed), the script, idempotent for the same caller, runs
+  /// again with the new id.
   fn script(
     &self,
     script: Script,
     keys: &[String],
-    args: Vec<String>,
+    mut args: Vec<String>,
     deadline: Option<Instant>,
   ) -> Result<Reply> {
+    let doing = "run a script on";
+    let Some(slot) = script.client_slot() else {
+      return self.blocking(doing, deadline, |conn| {
+        scripts::run_blocking(conn, script, keys, &args, 0)
+      });
+    };
+    // A connection that changes under every try gives up after a few; the caller sees the last.
+    let mut attempt = 0;
+    loop {
+      attempt += 1;
+      let id = self.client_id(deadline)?;
+      args[slot] = id.to_string();
+      let reply = self.blocking(doing, deadline, |conn| {
+        scripts::run_blocking(conn, script, keys, &args, id)
+      })?;
+      if attempt == 3 || self.shared.client_id.load(Ordering::Relaxed) == id {
+        return Ok(reply);
+      }
+    }
+  }
+
+  /// The managed connection's CLIENT ID: cached, asked again after a reconnect cleared it.
+  fn client_id(&self, deadline: Option<Instant>) -> Result<u64> {
+    let cached = self.shared.client_id.load(Ordering::Relaxed);
+    if cached != 0 {
+      return Ok(cached);
+    }
     let mut conn = self.conn.clone();
-    let keys = keys.to_vec();
-    let shared = self.shared.clone();
-    self.run("run a script on", deadline, async move {
-      scripts::run(&mut conn, script, &keys, args, &shared.client_id).await
+    let id: u64 = self.run("ask", deadline, async move {
+      redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await
+    })?;
+    self.shared.client_id.store(id, Ordering::Relaxed);
+    Ok(id)
+  }
+
+  /// Within the caller's deadline, but never so short that a healthy server cannot answer.
+  fn limit(&self, deadline: Option<Instant>) -> Duration {
+    let limit = self.config.command_timeout;
+    deadline.map_or(limit, |d| {
+      limit.min(
+        d.saturating_duration_since(Instant::now())
+          .max(Duration::from_millis(100)),
+      )
     })
+  }
+
+  /// Runs `f` on a blocking connection from the pool (a new one when none is idle), on this
+  /// thread, within [`RedisLocks::limit`]. A kept connection that turns out closed (the server
+  /// restarted, or dropped it while idle) is replaced once, with the rest of the idle ones.
+  fn blocking<T>(
+    &self,
+    doing: &str,
+    deadline: Option<Instant>,
+    mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+  ) -> Result<T> {
+    let mut kept = guard(&self.pool.idle).pop();
+    loop {
+      let limit = self.limit(deadline);
+      let reused = kept.is_some();
+      let mut conn = match kept.take() {
+        Some(conn) => conn,
+        None => self
+          .pool
+          .client
+          .get_connection_with_timeout(limit)
+          .map_err(|e| backend_error(&self.config, "connect to", &e))?,
+      };
+      let outcome = conn
+        .set_read_timeout(Some(limit))
+        .and_then(|()| conn.set_write_timeout(Some(limit)))
+        .and_then(|()| f(&mut conn));
+      match outcome {
+        Ok(value) => {
+          guard(&self.pool.idle).push(conn);
+          return Ok(value);
+        }
+        Err(e) if reused && e.is_connection_dropped() && !e.is_timeout() => {
+          guard(&self.pool.idle).clear();
+        }
+        Err(e) if e.is_timeout() => return Err(no_answer(&self.config, limit)),
+        Err(e) => return Err(backend_error(&self.config, doing, &e)),
+      }
+    }
   }
 
   fn run<T: Send + 'static>(
@@ -809,15 +915,7 @@ impl RedisLocks {
     deadline: Option<Instant>,
     fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
   ) -> Result<T> {
-    let mut limit = self.config.command_timeout;
-    if let Some(d) = deadline {
-      // Within the caller's deadline, but never so short that a healthy server cannot answer.
-      limit = limit.min(
-        d.saturating_duration_since(Instant::now())
-          .max(Duration::from_millis(100)),
-      );
-    }
-    bridge(&self.handle, &self.config, doing, limit, fut)
+    bridge(&self.handle, &self.config, doing, self.limit(deadline), fut)
   }
 }
 
@@ -837,16 +935,20 @@ fn bridge<T: Send + 'static>(
   match rx.recv_timeout(limit + Duration::from_secs(1)) {
     Ok(Ok(Ok(value))) => Ok(value),
     Ok(Ok(Err(e))) => Err(backend_error(config, doing, &e)),
-    Ok(Err(_)) | Err(_) => Err(LockError::new(
-      "ELOCKBACKEND",
-      format!(
-        "Redis at {} did not answer within {} ms. Check that redis-server is running there and \
-         reachable from this machine (or choose another backend with FLOWFORGE_LOCK_BACKEND).",
-        config.addr,
-        limit.as_millis()
-      ),
-    )),
+    Ok(Err(_)) | Err(_) => Err(no_answer(config, limit)),
   }
+}
+
+fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {
+  LockError::new(
+    "ELOCKBACKEND",
+    format!(
+      "Redis at {} did not answer within {} ms. Check that redis-server is running there and \
+       reachable from this machine (or choose another backend with FLOWFORGE_LOCK_BACKEND).",
+      config.addr,
+      limit.as_millis()
+    ),
+  )
 }
 
 /// The server refuses the command itself: the ACL forbids it, or it was renamed away.
@@ -916,7 +1018,7 @@ async fn dispatch(
               String::new(),
               "0".into(),
             ];
-            let run = scripts::run(&mut conn, Script::Refresh, &keys, args, &shared.client_id);
+            let run = scripts::reregister(&mut conn, &keys, args, &shared.client_id);
             if let Ok(reply) = run.await {
               if reply.int(0) != 1 {
                 let mut held = guard(&shared.held);

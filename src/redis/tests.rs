@@ -247,10 +247,16 @@ fn a_holder_whose_connection_is_reset_registers_its_new_connection() {
     .arg(old)
     .query(&mut admin)
     .unwrap();
-  // The lock is still ours (nobody waited); after the reconnect it is held by the new client.
-  wait_until("the refresh to go through the new connection", || {
-    matches!(locks.refresh(&mut grant), Refreshed::Held)
+  // The reconnect re-registers the lock under the new connection, with no call of ours: Redis
+  // shows its holder connected again (the killed one is gone from CLIENT LIST).
+  wait_until("the lock to be registered under the new connection", || {
+    locks
+      .inspect(KEY)
+      .unwrap()
+      .is_some_and(|l| l.holder_connected)
   });
+  // The lock is still ours (nobody waited), held by the new client.
+  assert!(matches!(locks.refresh(&mut grant), Refreshed::Held));
   assert_ne!(grant.client_id, old);
   let shown = locks.inspect(KEY).unwrap().unwrap();
   assert!(shown.holder_connected);
