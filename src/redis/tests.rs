@@ -1,6 +1,7 @@
 //! The Redis engine against real `redis-server` processes (see `test_server`): grants and
 //! fencing tokens, compare-and-delete, refresh after expiry, FIFO order across connections, dead
-//! holders, a restart without persistence, the command count of a 5 s wait, unreachable servers.
+//! holders, a restart without persistence, the command count of a 5 s wait, unreachable servers,
+//! connections the server closed while idle.
 //! Tests assert order and outcome; where they wait, they wait for an observable state.
 
 use std::net::TcpListener;
@@ -261,6 +262,42 @@ fn a_holder_whose_connection_is_reset_registers_its_new_connection() {
   let shown = locks.inspect(KEY).unwrap().unwrap();
   assert!(shown.holder_connected);
   assert_eq!(shown.lock_id, grant.lock_id);
+}
+
+#[test]
+fn connections_closed_while_idle_are_replaced_without_an_error() {
+  let server = RedisServer::start();
+  let locks = engine(&server);
+  let first = locks.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  assert!(locks.release(first).unwrap());
+  // The server drops every client but the admin's (a `timeout` setting, a proxy restart, …):
+  // the engine's pooled connection and its registered one.
+  let mut admin = server.connection();
+  let killed: u64 = redis::cmd("CLIENT")
+    .arg("KILL")
+    .arg("TYPE")
+    .arg("normal")
+    .arg("SKIPME")
+    .arg("yes")
+    .query(&mut admin)
+    .unwrap();
+  assert!(killed >= 2, "killed {killed} clients");
+  // The next request meets the dead pooled connection and goes out again on a new one.
+  let grant = locks
+    .try_acquire(KEY, &holder(), 0)
+    .expect("no error for a connection the server closed while it was idle")
+    .expect("free");
+  // And the lock ends up registered under the live, re-established connection.
+  wait_until(
+    "the holder to be registered under a live connection",
+    || {
+      locks
+        .inspect(KEY)
+        .unwrap()
+        .is_some_and(|l| l.holder_connected)
+    },
+  );
+  assert!(locks.release(grant).unwrap());
 }
 
 #[test]
