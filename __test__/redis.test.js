@@ -171,6 +171,104 @@ describe('Redis backend', () => {
     await next.exited
   }, 60000)
 
+  /** The holder's view of the lock (getLockInfo through its `info` command). */
+  async function infoOf(worker) {
+    worker.send('info')
+    return JSON.parse((await worker.until(/^INFO /)).slice(5))
+  }
+
+  /** Resolves once Redis's queue for `key` (the zset `<key>:q`) holds `n` waiters: asked of the
+   * server itself, one round trip per look, so a waiter counts once its place is taken. */
+  async function queuedInRedis(key, n) {
+    while (Number(await redis.command('ZCARD', `${key}:q`)) < n);
+  }
+
+  test('arrival order across processes: waiters are granted in the order they queued, and a releaser asking again at once comes last', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const env = backend(`${redis.url}?ttl=30000&refresh=5000`)
+    const holder = start('etcd-worker', [file], env)
+    await holder.until(/^READY$/)
+    holder.send('acquire 5000')
+    const first = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
+    const { key } = await infoOf(holder)
+    const waiters = []
+    for (let i = 0; i < 4; i++) {
+      const w = start('etcd-worker', [file], env)
+      await w.until(/^READY$/)
+      w.send('acquire 60000')
+      // The next one starts only once this one has its place in Redis's queue.
+      await queuedInRedis(key, i + 1)
+      waiters.push(w)
+    }
+    const all = [...waiters, holder]
+    const order = []
+    const grants = all.map((w, i) =>
+      w.until(/^ACQUIRED /).then((line) => {
+        order.push({ who: i === waiters.length ? 'releaser' : i, token: Number(line.split(' ')[2]) })
+        w.send('release')
+      }),
+    )
+    // Release and ask again at once (the fixture runs the two commands back to back).
+    holder.send('release')
+    holder.send('acquire 60000')
+    await Promise.all(grants)
+    await holder.until(/^RELEASED true$/)
+    expect(order.map((o) => o.who)).toEqual([0, 1, 2, 3, 'releaser'])
+    expect(order.map((o) => o.token)).toEqual([first + 1, first + 2, first + 3, first + 4, first + 5])
+    for (const w of all) w.child.stdin.end()
+    await Promise.all(all.map((w) => w.exited))
+  }, 120000)
+
+  test('a single try (timeout 0) on a held lock leaves no place behind in Redis’s queue', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const env = backend(`${redis.url}?ttl=30000&refresh=5000`)
+    const holder = start('etcd-worker', [file], env)
+    const trier = start('etcd-worker', [file], env)
+    await Promise.all([holder.until(/^READY$/), trier.until(/^READY$/)])
+    holder.send('acquire 5000')
+    await holder.until(/^ACQUIRED /)
+    const { key } = await infoOf(holder)
+    trier.send('acquire 0')
+    expect(await trier.until(/^(ACQUIRED|ERR) /)).toMatch(/^ERR ELOCKTIMEOUT /)
+    expect(Number(await redis.command('ZCARD', `${key}:q`))).toBe(0)
+    expect((await infoOf(holder)).queueLength).toBe(0)
+    holder.send('release')
+    await holder.until(/^RELEASED true$/)
+    trier.send('acquire 0')
+    expect(await trier.until(/^(ACQUIRED|ERR) /)).toMatch(/^ACQUIRED /)
+    for (const w of [holder, trier]) w.child.stdin.end()
+    await Promise.all([holder.exited, trier.exited])
+  }, 60000)
+
+  test('a SIGKILLed waiter at the head of the queue does not stall it: the next waiter is served after the release', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const env = backend(`${redis.url}?ttl=120000&refresh=20000`)
+    const holder = start('etcd-worker', [file], env)
+    await holder.until(/^READY$/)
+    holder.send('acquire 5000')
+    await holder.until(/^ACQUIRED /)
+    const { key } = await infoOf(holder)
+    const dead = start('etcd-worker', [file], env)
+    await dead.until(/^READY$/)
+    dead.send('acquire 60000')
+    await queuedInRedis(key, 1)
+    const next = start('etcd-worker', [file], env)
+    await next.until(/^READY$/)
+    next.send('acquire 60000')
+    await queuedInRedis(key, 2)
+    dead.child.kill('SIGKILL')
+    await dead.exited
+    const releasedAt = Date.now()
+    holder.send('release')
+    expect(await next.until(/^(ACQUIRED|ERR) /)).toMatch(/^ACQUIRED /)
+    console.log(`redis: a dead waiter at the head of the queue held the next one up ${Date.now() - releasedAt} ms after the release`)
+    for (const w of [holder, next]) w.child.stdin.end()
+    await Promise.all([holder.exited, next.exited])
+  }, 60000)
+
   /**
    * Rounds of: A takes the lock and reads; A is frozen (SIGSTOP) with its connection open, so
    * only the TTL can free the lock; B, waiting, gets it and commits an increment; A resumes and

@@ -7,8 +7,11 @@
 //   handoff   two processes contend for one lock; the handoff is the time from one's release to
 //             the other's grant (p50, from CLOCK_MONOTONIC, which all processes share)
 //   P=8       eight processes do locked read-increment-writes of one file (updates/s; the final
-//             count is checked exact). flowforge-lock's write is updateWithLock (temp file,
-//             fsync, the commit check, rename); the others read, write a temp file, fsync and rename.
+//             count is checked exact). Every client's write reads, writes a temp file, fsyncs and
+//             renames (the same function), so the column compares the locks alone.
+//   P=8 update  the same with flowforge-lock's own updateWithLock (the commit check's round trip,
+//             and fsyncs of the temp file, the version sidecar, the token file and the directory),
+//             beside the peers' write above (they have nothing of the kind).
 // The floor of a handoff: Node's own cross-process wake-up (half the round trip of a ping over a
 // Unix socket between two Node processes) plus one Redis round trip (PING over ioredis).
 // The peers run with their documented defaults except for retries: redis-semaphore polls
@@ -29,6 +32,8 @@ const { spawn, spawnSync } = require('node:child_process')
 const CLIENTS = ['flowforge-lock', 'redis-semaphore', 'redlock']
 const SMOKE = process.argv.includes('--smoke')
 const COUNTS = SMOKE ? { cycle: 20, handoff: 10, update: 3, ping: 50, window: 20 } : { cycle: 500, handoff: 200, update: 40, ping: 1000, window: 300 }
+// Every scenario runs ROUNDS times per client, the clients taking turns.
+const ROUNDS = SMOKE ? 1 : 3
 const now = () => Number(process.hrtime.bigint()) / 1e3 // µs, CLOCK_MONOTONIC
 
 // ---- worker side ------------------------------------------------------------------------
@@ -44,6 +49,15 @@ function lockClient(client, url, file) {
         return () => releaseLock(file, lockId)
       },
       update: () => updateWithLock(file, (data) => ({ count: data.count + 1 }), { timeout: 60000 }),
+      // The peers' own write under our lock: the lock compared alone.
+      async write() {
+        const lockId = await acquireLock(file, 60000)
+        try {
+          incrementJson(file)
+        } finally {
+          await releaseLock(file, lockId)
+        }
+      },
       close() {},
     }
   }
@@ -67,18 +81,15 @@ function lockClient(client, url, file) {
       return () => held.unlock()
     }
   }
-  return {
-    lock,
-    async update() {
-      const release = await lock()
-      try {
-        incrementJson(file)
-      } finally {
-        await release()
-      }
-    },
-    close: () => redis.quit(),
+  async function write() {
+    const release = await lock()
+    try {
+      incrementJson(file)
+    } finally {
+      await release()
+    }
   }
+  return { lock, write, update: write, close: () => redis.quit() }
 }
 
 /** The peers' write: as durable as updateWithLock's (temp file, fsync, rename), without a check. */
@@ -99,8 +110,8 @@ async function workerMain([client, url, file, mode, n]) {
   process.stdin.pause()
   const samples = []
   for (let i = 0; i < Number(n); i++) {
-    if (mode === 'update') {
-      await client_.update()
+    if (mode === 'update' || mode === 'write') {
+      await client_[mode]()
       continue
     }
     const start = now()
@@ -158,7 +169,7 @@ async function scenario(url, client, mode, procs, n) {
   await Promise.all(workers.map((w) => w.done))
   const seconds = Number(process.hrtime.bigint() - started) / 1e9
   for (const w of workers) w.child.stdin.end()
-  const exact = mode !== 'update' || JSON.parse(fs.readFileSync(file, 'utf8')).count === procs * n
+  const exact = mode === 'cycle' || JSON.parse(fs.readFileSync(file, 'utf8')).count === procs * n
   fs.rmSync(root, { recursive: true, force: true })
   if (!exact) throw new Error(`${client}: lost updates in ${mode} with ${procs} processes`)
   return { rate: (procs * n) / seconds, samples: workers.map((w) => w.result()) }
@@ -262,32 +273,47 @@ async function main() {
     const wake = await nodeWakeUp(COUNTS.ping)
     const rtt = await redisRoundTrip(url, COUNTS.ping)
     floor = { wake, rtt, total: wake + rtt }
+    // Rounds, each running every client in turn: the box is shared, so its load moves during a
+    // run; each figure is the median of its rounds, and every ratio compares clients measured
+    // minutes apart at most.
+    const runs = Object.fromEntries(CLIENTS.map((c) => [c, []]))
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const client of CLIENTS) {
+        const cycle = await scenario(url, client, 'cycle', 1, COUNTS.cycle)
+        const handoff = await scenario(url, client, 'cycle', 2, COUNTS.handoff)
+        const p8 = await scenario(url, client, 'write', 8, COUNTS.update)
+        // The peers' update is their write; ours is updateWithLock (commit check, token file).
+        const p8Update = client === 'flowforge-lock' ? await scenario(url, client, 'update', 8, COUNTS.update) : p8
+        runs[client].push({
+          cycle: p50(cycle.samples[0].map((s) => s.cycle)),
+          handoff: p50(handoffs(handoff.samples)),
+          handoffs: handoffs(handoff.samples).length,
+          p8: p8.rate,
+          p8Update: p8Update.rate,
+        })
+      }
+    }
     for (const client of CLIENTS) {
-      const cycle = await scenario(url, client, 'cycle', 1, COUNTS.cycle)
-      const handoff = await scenario(url, client, 'cycle', 2, COUNTS.handoff)
-      const p8 = await scenario(url, client, 'update', 8, COUNTS.update)
-      rows.push({
-        client,
-        cycle: p50(cycle.samples[0].map((s) => s.cycle)),
-        handoff: p50(handoffs(handoff.samples)),
-        handoffs: handoffs(handoff.samples).length,
-        p8: p8.rate,
-      })
+      const median = (key) => p50(runs[client].map((r) => r[key]))
+      rows.push({ client, ...Object.fromEntries(['cycle', 'handoff', 'handoffs', 'p8', 'p8Update'].map((k) => [k, median(k)])) })
     }
     window = checkToRename(url, COUNTS.window)
   } finally {
     await redis.stop()
   }
   const us = (v) => `${(v / 1000).toFixed(2)} ms`.padStart(12)
-  console.log(`redis bench: ${version}; loopback; ${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}, node ${process.version}`)
+  console.log(`redis bench: ${version}; loopback; median of ${ROUNDS} rounds; ${os.cpus().length} CPUs, load ${os.loadavg()[0].toFixed(1)}, node ${process.version}`)
   console.log(`floor: Node cross-process wake-up ${us(floor.wake).trim()} + Redis PING round trip ${us(floor.rtt).trim()} = ${us(floor.total).trim()}`)
-  console.log(`${'client'.padEnd(18)}${'cycle p50'.padStart(12)}${'handoff p50'.padStart(12)}${'P=8 upd/s'.padStart(12)}`)
-  for (const r of rows) console.log(`${r.client.padEnd(18)}${us(r.cycle)}${us(r.handoff)}${r.p8.toFixed(1).padStart(12)}   (${r.handoffs} handoffs)`)
+  console.log(`${'client'.padEnd(18)}${'cycle p50'.padStart(12)}${'handoff p50'.padStart(12)}${'P=8 upd/s'.padStart(12)}${'P=8 update'.padStart(12)}`)
+  for (const r of rows) console.log(`${r.client.padEnd(18)}${us(r.cycle)}${us(r.handoff)}${r.p8.toFixed(1).padStart(12)}${r.p8Update.toFixed(1).padStart(12)}   (${r.handoffs} handoffs of ${COUNTS.handoff * 2} cycles)`)
   const ours = rows[0]
   for (const other of rows.slice(1)) {
     // Speed ratios: times are divided the other way round from rates.
     const x = (v) => `${v.toFixed(2)}x`
-    console.log(`flowforge-lock / ${other.client} (above 1: flowforge-lock ahead): cycle ${x(other.cycle / ours.cycle)}, handoff ${x(other.handoff / ours.handoff)}, P=8 ${x(ours.p8 / other.p8)}`)
+    console.log(
+      `flowforge-lock / ${other.client} (above 1: flowforge-lock ahead): cycle ${x(other.cycle / ours.cycle)}, handoff ${x(other.handoff / ours.handoff)}, ` +
+        `P=8 same write ${x(ours.p8 / other.p8)}, P=8 updateWithLock vs their write ${x(ours.p8Update / other.p8)}`,
+    )
   }
   console.log(`flowforge-lock handoff p50 / floor: ${(ours.handoff / floor.total).toFixed(2)}x`)
   if (window) {

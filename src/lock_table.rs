@@ -258,8 +258,11 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 /// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
 /// (`ELOCKTIMEOUT` at the deadline, …) once decided, possibly right away. Called on the caller's
 /// thread, so arrival order is the order of the calls; the queue serves by [`next_waiter`]. For
-/// a lock server the first try (a round trip) runs on a thread of its own, never on Node's event
-/// loop.
+/// a lock server nothing is asked on Node's event loop: a wait joins the queue at once, and the
+/// waiting thread's first request both asks for the lock and, refused, takes a place in the
+/// server's queue in the same step (a separate try first would let a releaser barge in between,
+/// so order across processes is the order of that first request); a single try (timeout 0),
+/// which must leave no place behind, runs on a thread of its own.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
   let local = match config::backend_for(&target) {
@@ -268,6 +271,9 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   };
   if local {
     return acquire_from(started, target, options, complete);
+  }
+  if options.timeout != Some(Duration::ZERO) {
+    return enqueue(started, target, options, complete);
   }
   // Kept outside the thread's closure, so that a thread that cannot start still settles it.
   let slot = Arc::new(Mutex::new(Some(complete)));
@@ -303,6 +309,11 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
     metrics::timed_out(&target.file.to_string_lossy());
     return complete(Err(timeout_error(&target, Duration::ZERO)));
   }
+  enqueue(started, target, options, complete);
+}
+
+/// Joins the lock's queue in this process (starting its waiting thread if needed).
+fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
   if let Err(why) = options
     .timeout
     .map_or(Ok(()), |_| deadlines::ensure_running())

@@ -155,7 +155,7 @@ impl Backend for RedisBackend {
   }
 
   fn is_locked(&self, target: &Target, _stale_after: Duration) -> Result<bool> {
-    Ok(self.locks.inspect(&self.key(target)?)?.is_some())
+    self.locks.is_held(&self.key(target)?)
   }
 
   fn lock_info(&self, target: &Target, _stale_after: Duration) -> Result<Option<Value>> {

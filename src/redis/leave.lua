@@ -1,10 +1,14 @@
--- KEYS: lock, q, qx, qc
+-- KEYS: lock, fence, q, qx, qc, qh, seq
 -- ARGV: waiterId, channel
--- A waiter gives up (deadline, or no longer wanted): leaves the queue and, if the lock is free,
--- wakes whoever is now first.
-local lock, q, qx, qc = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-drop_waiter(q, qx, qc, ARGV[1])
-if redis.call('EXISTS', lock) == 0 then
-  wake_head(q, qc, ARGV[2])
+-- A waiter gives up (deadline, or no longer wanted): leaves the queue, gives back the lock if it
+-- was handed to it meanwhile, and, if the lock is free, hands it to whoever is now first.
+drop_waiter(ARGV[1])
+local cur = redis.call('HGET', K.lock, 'lockId')
+if cur == ARGV[1] then
+  redis.call('DEL', K.lock)
+  cur = false
+end
+if not cur then
+  hand_to_head(ARGV[2], now_ms())
 end
 return 1

@@ -4,8 +4,12 @@
 //! deadline arithmetic are described in docs/redis-algorithm.md.
 //!
 //! The API is synchronous and may be called from any thread, including one that is inside
-//! another tokio runtime: every Redis call runs on this engine's own runtime and the caller waits
-//! for the answer on a std channel (never `block_on` on the caller's thread).
+//! another tokio runtime. Requests go out on a blocking connection from the caller's own thread
+//! (no hop to another thread and back: on a loaded 2-core box each hop costs as much as a
+//! loopback round trip). The connection that is registered as holder or waiter, and carries the
+//! pub/sub wake-ups, is a redis-rs ConnectionManager on this engine's own runtime; the few calls
+//! made on it hand their work to that runtime and wait on a std channel (never `block_on` on the
+//! caller's thread).
 
 mod backend;
 mod config;
@@ -92,8 +96,9 @@ pub struct RemoteLock {
 
 /// What a waiter is woken by.
 enum Wake {
-  /// A pub/sub message on the lock's channel: the id of the waiter whose turn it is.
-  Turn(String),
+  /// A pub/sub message on the lock's channel: the id of the waiter the lock was handed to, with
+  /// its token (or without one: that waiter is to ask for it itself).
+  Turn(String, Option<u64>),
   /// Look again now: the connection was re-established (messages may have been lost), or the
   /// caller interrupted the wait.
   Check,
@@ -138,8 +143,9 @@ enum Step {
     token: u64,
     client: u64,
   },
-  /// With the lease the holder has left, when the lock is held.
-  Blocked(Blocker, Option<Duration>),
+  /// With the lease the holder has left, when the lock is held, and the CLIENT ID our place in
+  /// the queue is registered under.
+  Blocked(Blocker, Option<Duration>, u64),
 }
 
 /// One acquisition: the caller's key, its Redis keys, and what the grant script is given.
@@ -165,10 +171,21 @@ impl<'a> Attempt<'a> {
   }
 }
 
+/// Blocking connections for the requests made on the caller's thread. Idle ones are kept for the
+/// next caller; one that failed is dropped, never reused (a late reply could still be on its way).
+/// There are as many as callers at once (usually one or two), each a client of its own in Redis.
+struct Pool {
+  client: redis::Client,
+  idle: Mutex<Vec<redis::Connection>>,
+}
+
 pub struct RedisLocks {
   runtime: Option<tokio::runtime::Runtime>,
   handle: tokio::runtime::Handle,
+  /// Registered as the holder of our locks and the client of our places in queues (it closes
+  /// when this process dies), and subscribed to the wake-up channels.
   conn: ConnectionManager,
+  pool: Pool,
   config: RedisConfig,
   shared: Arc<Shared>,
 }
@@ -226,6 +243,10 @@ impl RedisLocks {
       .set_push_sender(push_tx)
       .set_automatic_resubscription();
     let shared = Arc::new(Shared::default());
+    let pool = Pool {
+      client: client.clone(),
+      idle: Mutex::new(Vec::new()),
+    };
     let connecting = ConnectionManager::new_with_config(client, manager_config);
     let conn = bridge(
       &handle,
@@ -239,6 +260,7 @@ impl RedisLocks {
       runtime: Some(runtime),
       handle,
       conn,
+      pool,
       config,
       shared,
     })
@@ -250,12 +272,8 @@ impl RedisLocks {
 
   /// The server's version (`redis_version` of INFO server), for `doctor`.
   pub fn server_version(&self) -> Result<String> {
-    let mut conn = self.conn.clone();
-    let info: String = self.run("ask", None, async move {
-      redis::cmd("INFO")
-        .arg("server")
-        .query_async(&mut conn)
-        .await
+    let info: String = self.blocking("ask", None, |conn| {
+      redis::cmd("INFO").arg("server").query(conn)
     })?;
     Ok(
       info
@@ -286,7 +304,7 @@ impl RedisLocks {
         Step::Granted { token, client } => {
           return Ok(Some(self.granted(&attempt, token, client, start)))
         }
-        Step::Blocked(blocker, _) => {
+        Step::Blocked(blocker, _, _) => {
           if self.client_alive(blocker.client(), None)?
             || !self.take_over(&attempt.keys, &blocker, None)?
           {
@@ -344,6 +362,9 @@ impl RedisLocks {
     // holder's lease would run out (a frozen holder's lock expires without any message).
     let mut next_look = Instant::now();
     let mut next_check = Instant::now() + CHECK_EVERY;
+    // When our last refused request was sent, and the connection it registered our place under:
+    // a lock handed to us on a release was granted after that instant, to that connection.
+    let mut queued: Option<(Instant, u64)> = None;
     loop {
       if !wanted() || deadline.is_some_and(|d| Instant::now() >= d) {
         return Ok(None);
@@ -357,7 +378,8 @@ impl RedisLocks {
           Step::Granted { token, client } => {
             return Ok(Some(self.granted(attempt, token, client, start)))
           }
-          Step::Blocked(blocker, lease_left) => {
+          Step::Blocked(blocker, lease_left, client) => {
+            queued = Some((start, client));
             let lease_end = lease_left.map_or(RENEW_EVERY, |d| d + Duration::from_millis(5));
             next_look = start + lease_end.min(RENEW_EVERY);
             look = false;
@@ -388,12 +410,50 @@ impl RedisLocks {
       let wake_at = next_check.min(next_look).min(Instant::now() + WANTED_POLL);
       let until = deadline.map_or(wake_at, |d| d.min(wake_at));
       match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-        Ok(Wake::Turn(id)) if id == attempt.lock_id => look = true,
-        Ok(Wake::Turn(_)) => stale = true,
+        Ok(Wake::Turn(id, Some(token))) if id == attempt.lock_id && wanted() => {
+          if let Some(grant) = self.handed(attempt, token, queued, deadline)? {
+            return Ok(Some(grant));
+          }
+          look = true;
+        }
+        Ok(Wake::Turn(id, _)) if id == attempt.lock_id => look = true,
+        Ok(Wake::Turn(..)) => stale = true,
         Ok(Wake::Check) => look = true,
         Err(_) => {}
       }
     }
+  }
+
+  /// The lock was handed to us by a release (or a takeover, or a waiter that gave up) with
+  /// `token`. Our lease is counted from the send of our last refused request (the grant came
+  /// after it), unless that leaves less than half a lease, or our connection changed since (the
+  /// grant names the old one): then one compare-and-PEXPIRE confirms it and registers our
+  /// connection, and the lease counts from that. `None`: it is not ours after all (look again).
+  fn handed(
+    &self,
+    attempt: &Attempt,
+    token: u64,
+    queued: Option<(Instant, u64)>,
+    deadline: Option<Instant>,
+  ) -> Result<Option<RedisGrant>> {
+    let lease = self.config.ttl - self.config.margin();
+    if let Some((sent, client)) = queued {
+      let fresh = sent + lease >= Instant::now() + lease / 2;
+      if fresh && client == self.shared.client_id.load(Ordering::Relaxed) {
+        return Ok(Some(self.granted(attempt, token, client, sent)));
+      }
+    }
+    let start = Instant::now();
+    let args = [
+      attempt.lock_id.clone(),
+      token.to_string(),
+      String::new(),
+      self.config.ttl.as_millis().to_string(),
+    ];
+    Ok(match self.own(&attempt.keys, args, deadline)? {
+      Ok((_, client)) => Some(self.granted(attempt, token, client, start)),
+      Err(_) => None,
+    })
   }
 
   /// Wakes this process's waiter on `key` (if any) so that it calls `wanted()` again now.
@@ -486,14 +546,21 @@ impl RedisLocks {
     self.forget(&grant);
     let keys = Keys::new(&grant.key);
     let args = vec![grant.lock_id, grant.token.to_string(), keys.channel.clone()];
-    let reply = self.script(Script::Release, &keys.release(), args, None)?;
+    let reply = self.script(Script::Release, &keys.all(), args, None)?;
     Ok(reply.int(0) == 1)
   }
 
-  /// The lock as Redis shows it, or `None` when it is not held.
+  /// Whether Redis holds the lock: one round trip (no liveness check of the holder).
+  pub fn is_held(&self, key: &str) -> Result<bool> {
+    let reply = self.script(Script::Inspect, &Keys::new(key).all(), vec![], None)?;
+    Ok(reply.len() >= 6)
+  }
+
+  /// The lock as Redis shows it, or `None` when it is not held. A second round trip when held:
+  /// whether the holder's connection is still open.
   pub fn inspect(&self, key: &str) -> Result<Option<RemoteLock>> {
     let keys = Keys::new(key);
-    let reply = self.script(Script::Inspect, &keys.inspect(), vec![], None)?;
+    let reply = self.script(Script::Inspect, &keys.all(), vec![], None)?;
     if reply.len() < 6 {
       return Ok(None);
     }
@@ -520,19 +587,16 @@ impl RedisLocks {
     let mut cursor = 0u64;
     let mut found = Vec::new();
     loop {
-      let mut conn = self.conn.clone();
-      let pattern = pattern.clone();
-      let (next, keys): (u64, Vec<String>) = self.run("list locks on", None, async move {
+      let (next, keys): (u64, Vec<String>) = self.blocking("list locks on", None, |conn| {
         redis::cmd("SCAN")
           .arg(cursor)
           .arg("MATCH")
-          .arg(pattern)
+          .arg(&pattern)
           .arg("TYPE")
           .arg("hash")
           .arg("COUNT")
           .arg(500)
-          .query_async(&mut conn)
-          .await
+          .query(conn)
       })?;
       for key in keys {
         // The queue's client table is a hash too; it has no lockId and inspects as `None`.
@@ -552,6 +616,20 @@ impl RedisLocks {
   fn granted(&self, attempt: &Attempt, token: u64, client: u64, start: Instant) -> RedisGrant {
     let lock_id = attempt.lock_id.clone();
     guard(&self.shared.held).insert(attempt.key.to_string(), (lock_id.clone(), token));
+    // The managed connection was re-established while the grant was on its way, so the grant
+    // names the old one and the re-registration (which clears the cached id first, then goes
+    // through `held`) may have missed it: register the new one now. A failure leaves it to the
+    // next refresh; meanwhile a waiter may take the lock over, which fencing makes safe.
+    if self.shared.client_id.load(Ordering::Relaxed) != client {
+      let keys = Keys::new(attempt.key);
+      let args = [
+        lock_id.clone(),
+        token.to_string(),
+        String::new(),
+        "0".into(),
+      ];
+      let _ = self.own(&keys, args, None);
+    }
     RedisGrant {
       key: attempt.key.to_string(),
       lock_id,
@@ -582,7 +660,7 @@ impl RedisLocks {
       mode.to_string(),
       WAITER_TTL.as_millis().to_string(),
     ];
-    let reply = self.script(Script::Acquire, &attempt.keys.acquire(), args, deadline)?;
+    let reply = self.script(Script::Acquire, &attempt.keys.all(), args, deadline)?;
     let client = reply.client;
     if reply.int(0) == 1 {
       return Ok(Step::Granted {
@@ -600,9 +678,14 @@ impl RedisLocks {
           client,
         },
         lease_left,
+        reply.client,
       ));
     }
-    Ok(Step::Blocked(Blocker::Waiter { id, client }, None))
+    Ok(Step::Blocked(
+      Blocker::Waiter { id, client },
+      None,
+      reply.client,
+    ))
   }
 
   /// `true` when the blocker is still connected; `false` after removing a dead one.
@@ -631,7 +714,7 @@ impl RedisLocks {
       blocker.client().to_string(),
       keys.channel.clone(),
     ];
-    let reply = self.script(Script::Takeover, &keys.release(), args, deadline)?;
+    let reply = self.script(Script::Takeover, &keys.all(), args, deadline)?;
     Ok(reply.int(0) == 1)
   }
 
@@ -643,14 +726,12 @@ impl RedisLocks {
     if client == 0 {
       return Ok(false);
     }
-    let mut conn = self.conn.clone();
-    let listed: Option<String> = self.run("ask", deadline, async move {
+    let listed: Option<String> = self.blocking("ask", deadline, |conn| {
       let asked = redis::cmd("CLIENT")
         .arg("LIST")
         .arg("ID")
         .arg(client)
-        .query_async(&mut conn)
-        .await;
+        .query(conn);
       match asked {
         Err(e) if refused_command(&e) => Ok(None),
         other => other.map(Some),
@@ -705,11 +786,11 @@ impl RedisLocks {
     let mut pipe = redis::pipe();
     if maybe_granted {
       let args = [lock_id, "*", &keys.channel];
-      pipe.add_command(scripts::evalsha(Script::Release, &keys.release(), &args));
+      pipe.add_command(scripts::evalsha(Script::Release, &keys.all(), &args));
     }
     let args = [lock_id, &keys.channel];
     pipe
-      .add_command(scripts::evalsha(Script::Leave, &keys.release(), &args))
+      .add_command(scripts::evalsha(Script::Leave, &keys.all(), &args))
       .ignore_errors();
     self.handle.spawn(async move {
       let _ = scripts::query(&mut conn, &pipe).await;
@@ -732,19 +813,100 @@ impl RedisLocks {
     Ok(())
   }
 
+  /// Runs `script` on a blocking connection. The scripts that record our connection
+  /// (`client_slot`) are given the managed connection's CLIENT ID; if that connection was
+  /// re-established meanwhile (the id changed), the script, idempotent for the same caller, runs
+  /// again with the new id.
   fn script(
     &self,
     script: Script,
     keys: &[String],
-    args: Vec<String>,
+    mut args: Vec<String>,
     deadline: Option<Instant>,
   ) -> Result<Reply> {
+    let doing = "run a script on";
+    let Some(slot) = script.client_slot() else {
+      return self.blocking(doing, deadline, |conn| {
+        scripts::run_blocking(conn, script, keys, &args, 0)
+      });
+    };
+    // A connection that changes under every try gives up after a few; the caller sees the last.
+    let mut attempt = 0;
+    loop {
+      attempt += 1;
+      let id = self.client_id(deadline)?;
+      args[slot] = id.to_string();
+      let reply = self.blocking(doing, deadline, |conn| {
+        scripts::run_blocking(conn, script, keys, &args, id)
+      })?;
+      if attempt == 3 || self.shared.client_id.load(Ordering::Relaxed) == id {
+        return Ok(reply);
+      }
+    }
+  }
+
+  /// The managed connection's CLIENT ID: cached, asked again after a reconnect cleared it.
+  fn client_id(&self, deadline: Option<Instant>) -> Result<u64> {
+    let cached = self.shared.client_id.load(Ordering::Relaxed);
+    if cached != 0 {
+      return Ok(cached);
+    }
     let mut conn = self.conn.clone();
-    let keys = keys.to_vec();
-    let shared = self.shared.clone();
-    self.run("run a script on", deadline, async move {
-      scripts::run(&mut conn, script, &keys, args, &shared.client_id).await
+    let id: u64 = self.run("ask", deadline, async move {
+      redis::cmd("CLIENT").arg("ID").query_async(&mut conn).await
+    })?;
+    self.shared.client_id.store(id, Ordering::Relaxed);
+    Ok(id)
+  }
+
+  /// Within the caller's deadline, but never so short that a healthy server cannot answer.
+  fn limit(&self, deadline: Option<Instant>) -> Duration {
+    let limit = self.config.command_timeout;
+    deadline.map_or(limit, |d| {
+      limit.min(
+        d.saturating_duration_since(Instant::now())
+          .max(Duration::from_millis(100)),
+      )
     })
+  }
+
+  /// Runs `f` on a blocking connection from the pool (a new one when none is idle), on this
+  /// thread, within [`RedisLocks::limit`]. A kept connection that turns out closed (the server
+  /// restarted, or dropped it while idle) is replaced once, with the rest of the idle ones.
+  fn blocking<T>(
+    &self,
+    doing: &str,
+    deadline: Option<Instant>,
+    mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+  ) -> Result<T> {
+    let mut kept = guard(&self.pool.idle).pop();
+    loop {
+      let limit = self.limit(deadline);
+      let reused = kept.is_some();
+      let mut conn = match kept.take() {
+        Some(conn) => conn,
+        None => self
+          .pool
+          .client
+          .get_connection_with_timeout(limit)
+          .map_err(|e| backend_error(&self.config, "connect to", &e))?,
+      };
+      let outcome = conn
+        .set_read_timeout(Some(limit))
+        .and_then(|()| conn.set_write_timeout(Some(limit)))
+        .and_then(|()| f(&mut conn));
+      match outcome {
+        Ok(value) => {
+          guard(&self.pool.idle).push(conn);
+          return Ok(value);
+        }
+        Err(e) if reused && e.is_connection_dropped() && !e.is_timeout() => {
+          guard(&self.pool.idle).clear();
+        }
+        Err(e) if e.is_timeout() => return Err(no_answer(&self.config, limit)),
+        Err(e) => return Err(backend_error(&self.config, doing, &e)),
+      }
+    }
   }
 
   fn run<T: Send + 'static>(
@@ -753,15 +915,7 @@ impl RedisLocks {
     deadline: Option<Instant>,
     fut: impl Future<Output = redis::RedisResult<T>> + Send + 'static,
   ) -> Result<T> {
-    let mut limit = self.config.command_timeout;
-    if let Some(d) = deadline {
-      // Within the caller's deadline, but never so short that a healthy server cannot answer.
-      limit = limit.min(
-        d.saturating_duration_since(Instant::now())
-          .max(Duration::from_millis(100)),
-      );
-    }
-    bridge(&self.handle, &self.config, doing, limit, fut)
+    bridge(&self.handle, &self.config, doing, self.limit(deadline), fut)
   }
 }
 
@@ -781,16 +935,20 @@ fn bridge<T: Send + 'static>(
   match rx.recv_timeout(limit + Duration::from_secs(1)) {
     Ok(Ok(Ok(value))) => Ok(value),
     Ok(Ok(Err(e))) => Err(backend_error(config, doing, &e)),
-    Ok(Err(_)) | Err(_) => Err(LockError::new(
-      "ELOCKBACKEND",
-      format!(
-        "Redis at {} did not answer within {} ms. Check that redis-server is running there and \
-         reachable from this machine (or choose another backend with FLOWFORGE_LOCK_BACKEND).",
-        config.addr,
-        limit.as_millis()
-      ),
-    )),
+    Ok(Err(_)) | Err(_) => Err(no_answer(config, limit)),
   }
+}
+
+fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {
+  LockError::new(
+    "ELOCKBACKEND",
+    format!(
+      "Redis at {} did not answer within {} ms. Check that redis-server is running there and \
+       reachable from this machine (or choose another backend with FLOWFORGE_LOCK_BACKEND).",
+      config.addr,
+      limit.as_millis()
+    ),
+  )
 }
 
 /// The server refuses the command itself: the ACL forbids it, or it was renamed away.
@@ -831,7 +989,12 @@ async fn dispatch(
         };
         let channel = text(push.data.first());
         if let Some(tx) = guard(&shared.wakers).get(&channel) {
-          let _ = tx.send(Wake::Turn(text(push.data.get(1))));
+          let message = text(push.data.get(1));
+          let wake = match message.split_once(' ') {
+            Some((id, token)) => Wake::Turn(id.to_string(), token.parse().ok()),
+            None => Wake::Turn(message, None),
+          };
+          let _ = tx.send(wake);
         }
       }
       PushKind::Disconnection => {
@@ -855,7 +1018,7 @@ async fn dispatch(
               String::new(),
               "0".into(),
             ];
-            let run = scripts::run(&mut conn, Script::Refresh, &keys, args, &shared.client_id);
+            let run = scripts::reregister(&mut conn, &keys, args, &shared.client_id);
             if let Ok(reply) = run.await {
               if reply.int(0) != 1 {
                 let mut held = guard(&shared.held);

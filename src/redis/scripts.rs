@@ -1,7 +1,8 @@
 //! The Lua scripts of the Redis lock engine (the `.lua` files beside this one, each with the
 //! shared prelude in front), the keys of one lock, and the way a script is sent: EVALSHA, loaded
-//! again after a server restart forgot it, with our connection's CLIENT ID checked in the same
-//! round trip when the script records it.
+//! again after a server restart forgot it; on a blocking connection from the caller's thread, or
+//! on the managed connection with its CLIENT ID checked in the same round trip (the re-registration
+//! after a reconnect).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
@@ -54,7 +55,7 @@ impl Script {
   }
 
   /// The argument that carries the caller's CLIENT ID, for the scripts that record it.
-  fn client_slot(self) -> Option<usize> {
+  pub(super) fn client_slot(self) -> Option<usize> {
     match self {
       Script::Acquire => Some(1),
       Script::Refresh => Some(2),
@@ -72,6 +73,7 @@ pub struct Keys {
   q: String,
   qx: String,
   qc: String,
+  qh: String,
   seq: String,
   pub channel: String,
 }
@@ -88,35 +90,24 @@ impl Keys {
       q: format!("{base}:q"),
       qx: format!("{base}:qx"),
       qc: format!("{base}:qc"),
+      qh: format!("{base}:qh"),
       seq: format!("{base}:seq"),
       channel: format!("{base}:wake"),
       lock: base,
     }
   }
 
-  pub fn acquire(&self) -> [String; 6] {
+  /// Every key, in the order of `prelude.lua` (all scripts but refresh take them all).
+  pub fn all(&self) -> [String; 7] {
     [
       self.lock.clone(),
       self.fence.clone(),
       self.q.clone(),
       self.qx.clone(),
       self.qc.clone(),
+      self.qh.clone(),
       self.seq.clone(),
     ]
-  }
-
-  /// For release, takeover and leave.
-  pub fn release(&self) -> [String; 4] {
-    [
-      self.lock.clone(),
-      self.q.clone(),
-      self.qx.clone(),
-      self.qc.clone(),
-    ]
-  }
-
-  pub fn inspect(&self) -> [String; 2] {
-    [self.lock.clone(), self.qx.clone()]
   }
 }
 
@@ -146,22 +137,54 @@ pub fn evalsha(script: Script, keys: &[String], args: &[&str]) -> Cmd {
   cmd
 }
 
-/// Sends `pipe` (built with `ignore_errors`); when the server has forgotten our scripts (it
-/// restarted), loads them all and sends it once more.
-pub async fn query(conn: &mut ConnectionManager, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
-  let values: Vec<Value> = pipe.query_async(conn).await?;
-  let forgotten = values
+fn forgotten(values: &[Value]) -> bool {
+  values
     .iter()
-    .any(|v| matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript)));
-  if !forgotten {
-    return Ok(values);
-  }
+    .any(|v| matches!(v, Value::ServerError(e) if e.kind() == Some(ServerErrorKind::NoScript)))
+}
+
+fn load_all() -> Pipeline {
   let mut load = redis::pipe();
   for script in ALL {
     load.cmd("SCRIPT").arg("LOAD").arg(script.source()).ignore();
   }
-  load.exec_async(conn).await?;
+  load
+}
+
+/// Sends `pipe` (built with `ignore_errors`); when the server has forgotten our scripts (it
+/// restarted), loads them all and sends it once more.
+pub async fn query(conn: &mut ConnectionManager, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+  let values: Vec<Value> = pipe.query_async(conn).await?;
+  if !forgotten(&values) {
+    return Ok(values);
+  }
+  load_all().exec_async(conn).await?;
   pipe.query_async(conn).await
+}
+
+/// Runs `script` on a blocking connection, its arguments as given (the caller has put in the
+/// CLIENT ID it registers, `client`, which the reply carries back).
+pub fn run_blocking(
+  conn: &mut redis::Connection,
+  script: Script,
+  keys: &[String],
+  args: &[String],
+  client: u64,
+) -> RedisResult<Reply> {
+  let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+  let mut pipe = redis::pipe();
+  pipe
+    .add_command(evalsha(script, keys, &refs))
+    .ignore_errors();
+  let mut values: Vec<Value> = pipe.query(conn)?;
+  if forgotten(&values) {
+    load_all().exec(conn)?;
+    values = pipe.query(conn)?;
+  }
+  Ok(Reply {
+    values: script_reply(values.into_iter().next())?,
+    client,
+  })
 }
 
 /// A script's reply, and the CLIENT ID it was run under (0 when not asked for).
@@ -193,21 +216,18 @@ impl Reply {
   }
 }
 
-/// Runs `script`. When it records our connection (`client_slot`), `client` is the cached CLIENT
-/// ID of the managed connection: it is put into the arguments and `CLIENT ID` is asked in the same
-/// pipeline, so we learn which connection the script really ran on. If that differs (the
-/// connection was re-established since), the cache is corrected and the script run again — the
-/// scripts are idempotent for the same caller.
-pub async fn run(
+/// Runs the refresh script on the managed connection, registering that connection as the
+/// holder (after a reconnect). `client` is the cached CLIENT ID of the managed connection: it is
+/// put into the arguments and `CLIENT ID` is asked in the same pipeline, so we learn which
+/// connection the script really ran on. If that differs (the connection was re-established
+/// since), the cache is corrected and the script run again — it is idempotent for the same caller.
+pub async fn reregister(
   conn: &mut ConnectionManager,
-  script: Script,
   keys: &[String],
   mut args: Vec<String>,
   client: &AtomicU64,
 ) -> RedisResult<Reply> {
-  let Some(slot) = script.client_slot() else {
-    return single(conn, script, keys, &args).await;
-  };
+  let slot = Script::Refresh.client_slot().unwrap_or(2);
   // A connection that changes under every try gives up after a few; the caller sees the last.
   let mut attempt = 0;
   loop {
@@ -223,7 +243,7 @@ pub async fn run(
     pipe
       .cmd("CLIENT")
       .arg("ID")
-      .add_command(evalsha(script, keys, &refs))
+      .add_command(evalsha(Script::Refresh, keys, &refs))
       .ignore_errors();
     let mut values = query(conn, &pipe).await?.into_iter();
     let ran_on = match values.next() {
@@ -239,24 +259,6 @@ pub async fn run(
     }
     client.store(ran_on, Ordering::Relaxed);
   }
-}
-
-async fn single(
-  conn: &mut ConnectionManager,
-  script: Script,
-  keys: &[String],
-  args: &[String],
-) -> RedisResult<Reply> {
-  let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-  let mut pipe = redis::pipe();
-  pipe
-    .add_command(evalsha(script, keys, &refs))
-    .ignore_errors();
-  let value = query(conn, &pipe).await?.into_iter().next();
-  Ok(Reply {
-    values: script_reply(value)?,
-    client: 0,
-  })
 }
 
 fn script_reply(value: Option<Value>) -> RedisResult<Vec<Value>> {

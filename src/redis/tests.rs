@@ -1,6 +1,7 @@
 //! The Redis engine against real `redis-server` processes (see `test_server`): grants and
 //! fencing tokens, compare-and-delete, refresh after expiry, FIFO order across connections, dead
-//! holders, a restart without persistence, the command count of a 5 s wait, unreachable servers.
+//! holders, a restart without persistence, the command count of a 5 s wait, unreachable servers,
+//! connections the server closed while idle.
 //! Tests assert order and outcome; where they wait, they wait for an observable state.
 
 use std::net::TcpListener;
@@ -247,14 +248,56 @@ fn a_holder_whose_connection_is_reset_registers_its_new_connection() {
     .arg(old)
     .query(&mut admin)
     .unwrap();
-  // The lock is still ours (nobody waited); after the reconnect it is held by the new client.
-  wait_until("the refresh to go through the new connection", || {
-    matches!(locks.refresh(&mut grant), Refreshed::Held)
+  // The reconnect re-registers the lock under the new connection, with no call of ours: Redis
+  // shows its holder connected again (the killed one is gone from CLIENT LIST).
+  wait_until("the lock to be registered under the new connection", || {
+    locks
+      .inspect(KEY)
+      .unwrap()
+      .is_some_and(|l| l.holder_connected)
   });
+  // The lock is still ours (nobody waited), held by the new client.
+  assert!(matches!(locks.refresh(&mut grant), Refreshed::Held));
   assert_ne!(grant.client_id, old);
   let shown = locks.inspect(KEY).unwrap().unwrap();
   assert!(shown.holder_connected);
   assert_eq!(shown.lock_id, grant.lock_id);
+}
+
+#[test]
+fn connections_closed_while_idle_are_replaced_without_an_error() {
+  let server = RedisServer::start();
+  let locks = engine(&server);
+  let first = locks.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  assert!(locks.release(first).unwrap());
+  // The server drops every client but the admin's (a `timeout` setting, a proxy restart, …):
+  // the engine's pooled connection and its registered one.
+  let mut admin = server.connection();
+  let killed: u64 = redis::cmd("CLIENT")
+    .arg("KILL")
+    .arg("TYPE")
+    .arg("normal")
+    .arg("SKIPME")
+    .arg("yes")
+    .query(&mut admin)
+    .unwrap();
+  assert!(killed >= 2, "killed {killed} clients");
+  // The next request meets the dead pooled connection and goes out again on a new one.
+  let grant = locks
+    .try_acquire(KEY, &holder(), 0)
+    .expect("no error for a connection the server closed while it was idle")
+    .expect("free");
+  // And the lock ends up registered under the live, re-established connection.
+  wait_until(
+    "the holder to be registered under a live connection",
+    || {
+      locks
+        .inspect(KEY)
+        .unwrap()
+        .is_some_and(|l| l.holder_connected)
+    },
+  );
+  assert!(locks.release(grant).unwrap());
 }
 
 #[test]
@@ -277,8 +320,8 @@ fn a_crashed_waiter_does_not_stall_the_queue() {
   ];
   let _: redis::Value = redis::cmd("EVAL")
     .arg(Script::Acquire.source())
-    .arg(6)
-    .arg(&Keys::new(KEY).acquire())
+    .arg(7)
+    .arg(&Keys::new(KEY).all())
     .arg(&args)
     .query(&mut ghost)
     .unwrap();
@@ -299,6 +342,49 @@ fn a_crashed_waiter_does_not_stall_the_queue() {
     "the live waiter got the lock, before the ghost's 60 s place ran out"
   );
   assert_eq!(waiters(&owner, KEY), 0);
+}
+
+#[test]
+fn a_release_hands_the_lock_over_in_the_same_step_and_a_waiter_that_left_gives_it_back() {
+  let server = RedisServer::start();
+  let owner = engine(&server);
+  let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let keys = Keys::new(KEY);
+  // A waiter queued from a connection of its own, whose caller is about to give up.
+  let mut quitter = server.connection();
+  let quitter_id: u64 = redis::cmd("CLIENT").arg("ID").query(&mut quitter).unwrap();
+  let mut eval = |script: Script, args: &[&str]| -> redis::Value {
+    redis::cmd("EVAL")
+      .arg(script.source())
+      .arg(7)
+      .arg(&keys.all())
+      .arg(args)
+      .query(&mut quitter)
+      .unwrap()
+  };
+  let client = quitter_id.to_string();
+  eval(
+    Script::Acquire,
+    &["quitter", &client, "3000", "{}", "0", "wait", "60000"],
+  );
+  let next = engine(&server);
+  let next_thread = thread::spawn(move || {
+    next
+      .wait_acquire(KEY, &holder(), 0, None, &|| true)
+      .unwrap()
+  });
+  wait_until("the second waiter to queue", || waiters(&owner, KEY) == 2);
+  assert!(owner.release(first.clone()).unwrap());
+  // The release itself granted the first waiter, before that waiter did anything.
+  let shown = owner.inspect(KEY).unwrap().expect("handed over");
+  assert_eq!(
+    (shown.lock_id.as_str(), shown.token),
+    ("quitter", first.token + 1)
+  );
+  // It gives up: leaving gives the lock back, and it goes on to the next waiter at once.
+  eval(Script::Leave, &["quitter", &keys.channel]);
+  let grant = next_thread.join().unwrap().expect("granted");
+  assert_eq!(grant.token, first.token + 2);
 }
 
 #[test]
@@ -413,8 +499,9 @@ fn a_restart_without_persistence_never_reuses_a_token() {
     last = g.token;
     assert!(locks.release(g).unwrap());
   }
+  // Held across the restart, never committed: the token beside the data stays at `last`.
   let mut held = locks.try_acquire(KEY, &holder(), last).unwrap().unwrap();
-  last = held.token;
+  assert_eq!(held.token, last + 1);
 
   server.stop();
   let e = locks.try_acquire(KEY, &holder(), last).unwrap_err();
@@ -443,11 +530,13 @@ fn a_restart_without_persistence_never_reuses_a_token() {
     }
   }
   let g = resumed.expect("work resumes after the restart");
+  // The floor alone would give `held`'s token again; the lost counter resumes far above it.
   assert_eq!(
     g.token,
-    last + 1,
-    "the floor carries the token over the empty restart"
+    last + (1 << 20),
+    "the count resumes above the floor and every grant made before the loss"
   );
+  assert!(g.token > held.token);
   // The lock held before the restart is gone from Redis: lost, never silently re-acquired.
   assert!(matches!(locks.refresh(&mut held), Refreshed::Lost(_)));
 }
@@ -738,10 +827,12 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     stale_after: Duration::from_secs(30),
     mode: crate::backend::LockMode::Exclusive,
   };
-  // A token recorded beside the data (as after a Redis restart) is the floor.
+  // A token recorded beside the data is the floor; with no counter in Redis (a restart lost
+  // it), the count resumes 2^20 above it.
   crate::fence::check_and_record(&target, 41, "an-earlier-hold").unwrap();
+  let token = 41 + (1 << 20);
   let grant = a.try_acquire(&target, &request).unwrap().expect("free");
-  assert_eq!(grant.fencing_token(), Some(42));
+  assert_eq!(grant.fencing_token(), Some(token));
   assert_eq!(grant.refresh_interval(), Some(Duration::from_millis(500)));
   grant.verify().unwrap();
   assert!(b.try_acquire(&target, &request).unwrap().is_none());
@@ -750,8 +841,8 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     .lock_info(&target, Duration::from_secs(30))
     .unwrap()
     .unwrap();
-  assert_eq!(info["token"], 42);
-  assert_eq!(info["fencingToken"], 42);
+  assert_eq!(info["token"], token);
+  assert_eq!(info["fencingToken"], token);
   assert_eq!(info["lockId"], grant.lock_id());
   assert_eq!(info["state"], "held");
   assert_eq!(info["file"], target.file.to_string_lossy().as_ref());
@@ -784,6 +875,6 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
       .is_some_and(|l| l.waiters == 1)
   });
   grant.release();
-  assert_eq!(waiting.join().unwrap(), Some(Some(43)));
+  assert_eq!(waiting.join().unwrap(), Some(Some(token + 1)));
   let _ = std::fs::remove_dir_all(root);
 }
