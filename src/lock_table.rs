@@ -265,11 +265,16 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 /// which must leave no place behind, runs on a thread of its own.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();
-  let local = match config::backend_for(&target) {
-    Ok(backend) => backend.tries_locally(),
+  let backend = match config::backend_for(&target) {
+    Ok(backend) => backend,
     Err(e) => return complete(Err(e)),
   };
-  if local {
+  if options.mode == LockMode::Shared {
+    if let Err(e) = backend.check_shared(&target) {
+      return complete(Err(e));
+    }
+  }
+  if backend.tries_locally() {
     return acquire_from(started, target, options, complete);
   }
   if options.timeout != Some(Duration::ZERO) {
