@@ -19,6 +19,10 @@ pub struct Request {
   pub file: std::path::PathBuf,
   /// How old another host's heartbeat may be before its lock counts as abandoned.
   pub stale_after: Duration,
+  /// The priority and arrival of the waiter this is for (the head of this process's queue for
+  /// a wait): they rank it among other processes' waiters (the file backend's ticket queue).
+  pub priority: f64,
+  pub arrival: Instant,
 }
 
 /// The outcome of a refresh (heartbeat, lease renewal).

@@ -202,6 +202,8 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
   let request = Request {
     file: target.file.clone(),
     stale_after: options.stale_after,
+    priority: options.priority,
+    arrival: Instant::now(),
   };
   let outcome = backend.try_acquire(target, &request);
   let mut table = table();
@@ -303,6 +305,8 @@ fn acquire_from(started: Instant, target: Target, options: AcquireOptions, compl
     request: Request {
       file: target.file.clone(),
       stale_after: options.stale_after,
+      priority: options.priority,
+      arrival: started,
     },
     enqueued: started,
     priority: options.priority,
@@ -796,6 +800,8 @@ mod tests {
       request: Request {
         file: PathBuf::from("/x"),
         stale_after: Duration::from_millis(DEFAULT_STALE_MS),
+        priority,
+        arrival: enqueued,
       },
       enqueued,
       priority,

@@ -300,6 +300,8 @@ mod real_etcd {
     Request {
       file: target.file.clone(),
       stale_after: Duration::from_secs(30),
+      priority: 0.0,
+      arrival: std::time::Instant::now(),
     }
   }
 
@@ -346,6 +348,8 @@ mod real_etcd {
           Some(Request {
             file: other_file.clone(),
             stale_after: Duration::from_secs(30),
+            priority: 0.0,
+            arrival: std::time::Instant::now(),
           })
         };
         let grant = backend.wait_acquire(&target, &head).unwrap().unwrap();

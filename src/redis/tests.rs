@@ -736,6 +736,8 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
   let request = Request {
     file: target.file.clone(),
     stale_after: Duration::from_secs(30),
+    priority: 0.0,
+    arrival: std::time::Instant::now(),
   };
   // A token recorded beside the data (as after a Redis restart) is the floor.
   crate::fence::check_and_record(&target, 41, "an-earlier-hold").unwrap();
