@@ -203,16 +203,15 @@ describe('fair order across processes (the ticket queue)', () => {
     const queue = path.join(path.dirname(file), '.locks', `${path.basename(file)}.lock.wait`)
     return {
       tickets() {
-        const { dev, ino } = fs.statSync(queue)
-        // /proc/locks names a file by "major:minor:inode", major and minor in hex.
-        const id = `${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino}`
+        const { ino } = fs.statSync(queue)
+        // "N: OFDLCK ADVISORY WRITE -1 major:minor:inode start end", not a blocked request ("->"),
+        // matched on the inode (overlay file systems report another device). Byte 0 is the
+        // holder's; every other single locked byte is a waiting process's ticket.
         return fs
           .readFileSync('/proc/locks', 'utf8')
           .split('\n')
           .map((line) => line.trim().split(/\s+/))
-          // "N: OFDLCK ADVISORY WRITE -1 dev:ino start end", not a blocked request ("->"); byte 0
-          // is the holder's, every other locked byte a waiting process's ticket.
-          .filter((f) => f[1] === 'OFDLCK' && f[3] === 'WRITE' && f[5] === id && f[6] !== '0' && f[6] === f[7]).length
+          .filter((f) => f[1] === 'OFDLCK' && f[3] === 'WRITE' && f[5].endsWith(`:${ino}`) && f[6] !== '0' && f[6] === f[7]).length
       },
     }
   }
