@@ -203,7 +203,9 @@ describe('fair order across processes (the ticket queue)', () => {
     const queue = path.join(path.dirname(file), '.locks', `${path.basename(file)}.lock.wait`)
     return {
       tickets() {
-        const { ino } = fs.statSync(queue)
+        // No queue file: nobody queued (the last process out removes it).
+        const ino = fs.statSync(queue, { throwIfNoEntry: false })?.ino
+        if (ino === undefined) return 0
         // "N: OFDLCK ADVISORY WRITE -1 major:minor:inode start end", not a blocked request ("->"),
         // matched on the inode (overlay file systems report another device). Byte 0 is the
         // holder's; every other single locked byte is a waiting process's ticket.
@@ -298,5 +300,28 @@ describe('fair order across processes (the ticket queue)', () => {
     expect(await holder.exited).toMatchObject({ code: 0 })
     expect(await next).toMatchObject({ code: 0 })
     expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
+  }, 120000)
+
+  test('a waiter that timed out in a live process passes its turn on, without the lock', async () => {
+    const file = fileIn('gave-up.json')
+    const log = path.join(path.dirname(file), 'grants.log')
+    fs.writeFileSync(log, '')
+    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
+    const queue = queueOf(file)
+    // Ranked first (priority 10); its 3 s deadline passes while it is queued: its process's
+    // waiting thread still holds the ticket, blocked for its turn.
+    const quitter = await startFixture('queue-waiter', [file, 'quitter', 10, log, '--give-up-after=3000'], 'GAVE_UP ELOCKTIMEOUT')
+    expect(queue.tickets()).toBe(1)
+    const next = runFixture('queue-waiter', [file, 'next', 0, log])
+    await until(() => queue.tickets() === 2, 'the second waiter to queue')
+    holder.child.kill('SIGUSR2')
+    expect(await holder.exited).toMatchObject({ code: 0 })
+    expect(await next).toMatchObject({ code: 0 })
+    expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
+    // It passed its turn on and left the queue, without ever holding the lock.
+    await until(() => queue.tickets() === 0, 'the timed-out waiter to leave')
+    expect(quitter.child.exitCode).toBe(null)
+    quitter.child.kill('SIGKILL')
+    await quitter.exited
   }, 120000)
 })
