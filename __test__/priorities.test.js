@@ -1,7 +1,8 @@
 'use strict'
-// Priorities within a process and adaptive timeouts (issue 14, items 2, 3 and 6). The queue's
-// exact order, aging included, is unit-tested in src/lock_table.rs; these check that every entry
-// point passes the option through, the order seen from JS, and the metrics.
+// Priorities within a process and across processes, and adaptive timeouts (issue 14, items 1,
+// 2, 3 and 6). The queue's exact order, aging included, is unit-tested in src/lock_table.rs and
+// src/file/ticket_queue.rs; these check that every entry point passes the option through, the
+// order seen from JS and between real processes, and the metrics.
 const fs = require('node:fs')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
@@ -191,4 +192,136 @@ describe('waiting that shows itself (exec and update on a terminal)', () => {
     expect(piped.stderr).not.toContain('waiting for')
     expect(piped.stderr).toContain('ELOCKTIMEOUT')
   })
+})
+
+describe('fair order across processes (the ticket queue)', () => {
+  const { spawn } = require('node:child_process')
+  const { runFixture, startFixture } = require('./helpers')
+
+  /** The queue file of `file`'s lock, and a count of the tickets on it (from /proc/locks). */
+  function queueOf(file) {
+    const queue = path.join(path.dirname(file), '.locks', `${path.basename(file)}.lock.wait`)
+    return {
+      tickets() {
+        // No queue file: nobody queued (the last process out removes it).
+        const ino = fs.statSync(queue, { throwIfNoEntry: false })?.ino
+        if (ino === undefined) return 0
+        // "N: OFDLCK ADVISORY WRITE -1 major:minor:inode start end", not a blocked request ("->"),
+        // matched on the inode (overlay file systems report another device). Byte 0 is the
+        // holder's; every other single locked byte is a waiting process's ticket.
+        return fs
+          .readFileSync('/proc/locks', 'utf8')
+          .split('\n')
+          .map((line) => line.trim().split(/\s+/))
+          .filter((f) => f[1] === 'OFDLCK' && f[3] === 'WRITE' && f[5].endsWith(`:${ino}`) && f[6] !== '0' && f[6] === f[7]).length
+      },
+    }
+  }
+
+  /** Resolves once `predicate()` holds: checked again every few ms (an observable state, no timed guess). */
+  async function until(predicate, what) {
+    const deadline = Date.now() + 60000
+    while (!predicate()) {
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+  }
+
+  /**
+   * A holder holds `file`; then each of `waiters` ([label, priority] or a function starting the
+   * process) is started only once the previous one holds its ticket. Then the holder releases;
+   * returns the log (one label per grant, in grant order) once all are done.
+   */
+  async function queueBehindHolder(file, waiters, { holderMode = '--hold' } = {}) {
+    const log = path.join(path.dirname(file), 'grants.log')
+    fs.writeFileSync(log, '')
+    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, holderMode], 'LOCKED')
+    const queue = queueOf(file)
+    const done = []
+    for (const [i, waiter] of waiters.entries()) {
+      const exited = typeof waiter === 'function' ? waiter(log) : runFixture('queue-waiter', [file, waiter[0], waiter[1], log])
+      let ended
+      exited.then((result) => (ended = result))
+      done.push(exited)
+      await until(() => {
+        if (ended) throw new Error(`waiter ${i} ended before it queued: ${JSON.stringify(ended)}`)
+        return queue.tickets() === i + 1
+      }, `waiter ${i} to queue`)
+    }
+    holder.child.kill('SIGUSR2')
+    const results = [await holder.exited, ...(await Promise.all(done))]
+    for (const r of results) expect(r).toMatchObject({ code: 0 })
+    return fs.readFileSync(log, 'utf8').split('\n').filter(Boolean)
+  }
+
+  test('mixed priorities in five processes: higher first, equals in arrival order', async () => {
+    const file = fileIn('cross.json')
+    // Gaps of 50 levels: aging (one level per second) cannot reorder them within this test.
+    const waiters = [['a', 0], ['b', 50], ['c', 0], ['d', 100], ['e', 50]]
+    const order = await queueBehindHolder(file, waiters)
+    console.log(`cross-process grant sequence: ${JSON.stringify(waiters)} -> ${order.join(' ')}`)
+    expect(order).toEqual(['d', 'b', 'e', 'a', 'c'])
+  }, 120000)
+
+  test('equal priorities in five processes: arrival order; a releaser asking again goes last', async () => {
+    const file = fileIn('fifo.json')
+    const waiters = ['w1', 'w2', 'w3', 'w4', 'w5'].map((label) => [label, 0])
+    const order = await queueBehindHolder(file, waiters, { holderMode: '--hold-requeue' })
+    expect(order).toEqual(['w1', 'w2', 'w3', 'w4', 'w5', 'holder'])
+  }, 120000)
+
+  test('flowforge-lock exec --priority orders separate commands', async () => {
+    const file = fileIn('exec.json')
+    const exec = (label, priority) => (log) =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, [BIN, 'exec', `--priority=${priority}`, '--timeout', '120000', file, '--', 'sh', '-c', `echo ${label} >> ${log}`], { stdio: 'ignore' })
+        child.on('close', (code) => resolve({ code }))
+      })
+    const order = await queueBehindHolder(file, [exec('low', -5), exec('mid', 0), exec('top', 20), exec('mid2', 0)])
+    expect(order).toEqual(['top', 'mid', 'mid2', 'low'])
+  }, 120000)
+
+  test('a SIGKILLed waiter leaves the queue at once and the next one is served', async () => {
+    const file = fileIn('killed.json')
+    const log = path.join(path.dirname(file), 'grants.log')
+    fs.writeFileSync(log, '')
+    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
+    const queue = queueOf(file)
+    // The doomed waiter ranks first (priority 10), so the other one waits behind its ticket.
+    const doomed = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'queue-waiter.js'), file, 'doomed', '10', log], { stdio: 'ignore' })
+    const doomedExit = new Promise((resolve) => doomed.on('close', (code, signal) => resolve({ code, signal })))
+    await until(() => queue.tickets() === 1, 'the first waiter to queue')
+    const next = runFixture('queue-waiter', [file, 'next', 0, log])
+    await until(() => queue.tickets() === 2, 'the second waiter to queue')
+    doomed.kill('SIGKILL')
+    expect(await doomedExit).toEqual({ code: null, signal: 'SIGKILL' })
+    await until(() => queue.tickets() === 1, 'the killed waiter to leave')
+    holder.child.kill('SIGUSR2')
+    expect(await holder.exited).toMatchObject({ code: 0 })
+    expect(await next).toMatchObject({ code: 0 })
+    expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
+  }, 120000)
+
+  test('a waiter that timed out in a live process passes its turn on, without the lock', async () => {
+    const file = fileIn('gave-up.json')
+    const log = path.join(path.dirname(file), 'grants.log')
+    fs.writeFileSync(log, '')
+    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
+    const queue = queueOf(file)
+    // Ranked first (priority 10); its 3 s deadline passes while it is queued: its process's
+    // waiting thread still holds the ticket, blocked for its turn.
+    const quitter = await startFixture('queue-waiter', [file, 'quitter', 10, log, '--give-up-after=3000'], 'GAVE_UP ELOCKTIMEOUT')
+    expect(queue.tickets()).toBe(1)
+    const next = runFixture('queue-waiter', [file, 'next', 0, log])
+    await until(() => queue.tickets() === 2, 'the second waiter to queue')
+    holder.child.kill('SIGUSR2')
+    expect(await holder.exited).toMatchObject({ code: 0 })
+    expect(await next).toMatchObject({ code: 0 })
+    expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
+    // It passed its turn on and left the queue, without ever holding the lock.
+    await until(() => queue.tickets() === 0, 'the timed-out waiter to leave')
+    expect(quitter.child.exitCode).toBe(null)
+    quitter.child.kill('SIGKILL')
+    await quitter.exited
+  }, 120000)
 })

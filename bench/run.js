@@ -3,7 +3,8 @@
 // npm run bench: flowforge-lock side by side with proper-lockfile, lockfile and a raw flock
 // loop (the physical limit), same scenarios, same run. Each scenario runs 3 times; the median
 // run is reported. Prints a table, writes bench-results/results.json and bench/chart.svg.
-// `--smoke` runs every scenario once with tiny counts (CI), writing nothing.
+// `--smoke` runs every scenario once with tiny counts (CI), writing nothing. `--only-b` runs only
+// scenario B, flowforge-lock alone, at P = 2, 4, 8 and 16 (fairness work), writing nothing.
 
 const fs = require('node:fs')
 const os = require('node:os')
@@ -16,6 +17,7 @@ const { table } = require('../lib/table.js')
 
 const run = promisify(execFile)
 const SMOKE = process.argv.includes('--smoke')
+const ONLY_B = process.argv.includes('--only-b')
 const RUNS = SMOKE ? 1 : 3
 const ROOT = path.resolve(__dirname, '..')
 const WORKER = path.join(__dirname, 'worker.js')
@@ -78,6 +80,8 @@ async function scenarioB(lib, processes) {
     )
     const seconds = (performance.now() - started) / 1000
     const waits = results.flatMap((r) => r.waitsUs)
+    // Without each process's first 10% (its start-up: first calls, other processes starting).
+    const steady = results.flatMap((r) => r.waitsUs.slice(Math.floor(r.waitsUs.length / 10)))
     const expected = processes * COUNTS.counter
     const { count } = JSON.parse(fs.readFileSync(data, 'utf8'))
     return {
@@ -86,6 +90,7 @@ async function scenarioB(lib, processes) {
       medianWaitUs: median(waits),
       p99WaitUs: pct(waits, 99),
       maxWaitUs: Math.max(...waits),
+      steadyMaxOverMedian: Math.max(...steady) / Math.max(median(steady), 1),
     }
   }, 'updatesPerSec')
 }
@@ -196,7 +201,21 @@ function machine() {
 
 const fmt = (n, digits = 1) => (n === undefined ? '-' : n >= 100 ? Math.round(n).toLocaleString('en') : n.toFixed(digits))
 
+/** `--only-b`: B's rows for flowforge-lock at P = 2, 4, 8, 16. */
+async function onlyB() {
+  const rows = []
+  for (const p of [2, 4, 8, 16]) {
+    const r = await scenarioB('flowforge-lock', p)
+    const ratio = fmt(r.maxWaitUs / Math.max(r.medianWaitUs, 1), 1)
+    rows.push([`B P=${p}`, fmt(r.updatesPerSec, 0), String(r.lost), fmt(r.medianWaitUs, 0), fmt(r.p99WaitUs, 0), fmt(r.maxWaitUs, 0), ratio, fmt(r.steadyMaxOverMedian, 1)])
+  }
+  const headers = ['scenario', 'updates/s', 'lost', 'median wait µs', 'p99 wait µs', 'max wait µs', 'max/median', 'after warm-up']
+  console.log(table(headers, rows))
+  console.log('"after warm-up": max/median without the first 10% of each process\'s waits (its start-up), as A does.')
+}
+
 async function main() {
+  if (ONLY_B) return onlyB()
   execFileSync('cargo', ['build', '--release', '--quiet', '--example', 'flock_limit'], { cwd: ROOT, stdio: 'inherit' })
   const env = machine()
   console.log(`flowforge-lock bench${SMOKE ? ' (smoke)' : ''}: ${env.cpu}, ${env.cores} cores, ${env.memoryGiB} GiB, ${env.os}`)

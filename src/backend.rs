@@ -50,6 +50,10 @@ pub struct Request {
   pub stale_after: Duration,
   /// Exclusive (a writer) or shared (one of several readers).
   pub mode: LockMode,
+  /// The priority and arrival of the waiter this is for (the head of this process's queue for
+  /// a wait): they rank it among other processes' waiters (the file backend's ticket queue).
+  pub priority: f64,
+  pub arrival: Instant,
 }
 
 /// The outcome of a refresh (heartbeat, lease renewal).

@@ -232,6 +232,8 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
     file: target.file.clone(),
     stale_after: options.stale_after,
     mode: options.mode,
+    priority: options.priority,
+    arrival: Instant::now(),
   };
   let outcome = backend.try_acquire(target, &request);
   let mut table = table();
@@ -350,6 +352,8 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
       file: target.file.clone(),
       stale_after: options.stale_after,
       mode: options.mode,
+      priority: options.priority,
+      arrival: started,
     },
     enqueued: started,
     priority: options.priority,
@@ -405,6 +409,8 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
     file: target.file.clone(),
     stale_after: options.stale_after,
     mode: options.mode,
+    priority: options.priority,
+    arrival: started,
   };
   let head = || {
     deadline
@@ -969,6 +975,8 @@ mod tests {
         file: PathBuf::from("/x"),
         stale_after: Duration::from_millis(DEFAULT_STALE_MS),
         mode: LockMode::Exclusive,
+        priority,
+        arrival: enqueued,
       },
       enqueued,
       priority,

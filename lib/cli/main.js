@@ -14,9 +14,9 @@ const COMMANDS = {
     details: `Like flock(1): stdin, stdout and stderr pass through; SIGINT and SIGTERM are forwarded to
 COMMAND and the lock is released after it ends. A Node process using flowforge-lock on the
 same FILE is excluded, and excludes it. On timeout (default 30000 ms) exits 75 and names the
-holder on stderr. --priority N (a number, default 0) is passed to acquireLock: it orders the
-waiters of one process; between exec commands (separate processes) the order is still the
-kernel's until cross-process priorities exist (see docs/priorities.md). On a terminal, a wait
+holder on stderr. --priority N (a number, default 0) is passed to acquireLock: higher goes
+first, between exec commands and other processes too (aging and arrival order as in
+docs/priorities.md; not on network file systems). On a terminal, a wait
 longer than a second shows one line (holder, time held, time left); --quiet hides it.`,
   },
   update: {

@@ -301,6 +301,8 @@ mod real_etcd {
       file: target.file.clone(),
       stale_after: Duration::from_secs(30),
       mode: crate::backend::LockMode::Exclusive,
+      priority: 0.0,
+      arrival: std::time::Instant::now(),
     }
   }
 
@@ -348,6 +350,8 @@ mod real_etcd {
             file: other_file.clone(),
             stale_after: Duration::from_secs(30),
             mode: crate::backend::LockMode::Exclusive,
+            priority: 0.0,
+            arrival: std::time::Instant::now(),
           })
         };
         let grant = backend.wait_acquire(&target, &head).unwrap().unwrap();

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::os_lock::{self, LockFile, Probe};
 use super::readers::{self, ReaderView};
 use super::staleness::{self, Verdict};
-use super::waiting_room::WaitingRoom;
+use super::ticket_queue::QueueFile;
 use crate::backend::LockMode;
 use crate::error::{LockError, Result};
 use crate::identity::{self, now_ms};
@@ -270,11 +270,11 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
       }
     };
     if removed && !dry_run {
-      lock.remove();
-      if let Some(room) = WaitingRoom::existing(&path) {
-        room.remove_if_empty();
+      // The queue file first, under the lock (see the file backend's `try_acquire`).
+      if let Some(queue) = QueueFile::existing(&path) {
+        queue.remove_if_unused();
       }
-      readers::remove_gate_if_unused(&path);
+      lock.remove();
     }
   }
   Ok(report)

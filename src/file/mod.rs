@@ -4,24 +4,29 @@
 //! directory without sharing kernel locks judge the record by its heartbeat (`staleness.rs`).
 //!
 //! Between holds the lock file and an unlocked handle on it are kept for the next acquire, so an
-//! uncontended lock costs a handful of system calls; waiting processes sit in the lock's waiting
-//! room (`waiting_room.rs`) so that a releasing process does not barge in ahead of them.
+//! uncontended lock costs a handful of system calls. Waiting processes line up in the lock's
+//! ticket queue (`ticket_queue.rs`), which serves them by priority and arrival across processes
+//! and keeps a releasing process from barging in ahead of them; where kernel locks are off or
+//! the directory is on a network file system there is no queue, and waiters are woken in the
+//! kernel's order.
 //!
 //! A shared (read) hold takes the same lock file's kernel lock in shared mode, on an open file
 //! description of its own, and keeps its record in a reader file beside it (`readers.rs`): the
-//! lock file's one record stays the exclusive holder's.
+//! lock file's one record stays the exclusive holder's. Readers wait in the same ticket queue,
+//! which is what gives writers preference: a reader that arrives after a waiting writer is
+//! served after it. Shared mode is refused wherever there is no queue (`check_shared`).
 
 pub mod claim;
 pub mod inspect;
 pub mod os_lock;
 pub mod readers;
 pub mod staleness;
-pub mod waiting_room;
+pub mod ticket_queue;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -32,21 +37,38 @@ use crate::identity::{self, now_ms};
 use crate::metrics;
 use crate::paths::Target;
 use crate::record::{self, LockRecord};
+use crate::thread_alarm;
 use os_lock::{LockFile, TryLock};
 use staleness::Verdict;
-use waiting_room::WaitingRoom;
+use ticket_queue::QueueFile;
 
 /// How often a waiter looks again at a lock that only a record protects (another host's, or a
 /// legacy one): no kernel wake-up comes for those.
 const RECORD_POLL: Duration = Duration::from_millis(25);
+
+/// How often a waiter blocked for its turn looks at the queue for waiters ahead of it that do
+/// not move (a stopped process, such as a `flowforge-lock exec` suspended with Ctrl-Z): seen
+/// with the lock free on two looks this far apart, they are passed. See docs/priorities.md.
+const STALL_LOOK: Duration = Duration::from_millis(500);
 
 /// What this process keeps of a lock file between holds.
 #[derive(Default)]
 struct Slot {
   /// The handle of the last hold, unlocked, for the next uncontended acquire.
   idle: Option<LockFile>,
-  /// Where the uncontended path looks for waiting processes before taking the lock.
-  room: Option<WaitingRoom>,
+  /// Handles on the lock's queue file holding no lock, for reuse: the fast path's check and
+  /// hold, a waiting thread's ticket and turn (two at most are ever in use at once).
+  queues: Vec<QueueFile>,
+}
+
+/// How many spare queue handles a slot keeps.
+const SPARE_QUEUES: usize = 2;
+
+/// Whether waiters of this lock line up in its ticket queue: only where the kernel's locks are
+/// the whole truth (on a network file system other hosts would not see our byte-range locks, and
+/// a waiter there could block on a lock of a frozen host).
+fn queued(lock_path: &Path) -> bool {
+  os_lock::kernel_locks() && !claim::needed(lock_path.parent().unwrap_or(Path::new("/")))
 }
 
 #[derive(Default)]
@@ -70,19 +92,39 @@ impl FileBackend {
     self.slots().entry(path).or_default().idle = Some(lock);
   }
 
-  /// Process exit: removes the lock files and waiting rooms this process used that nobody
-  /// uses now, so a project's lock directory does not fill up. Held locks are released first.
+  /// Takes a spare handle on the queue of `lock_path`, or opens one.
+  fn take_queue(&self, lock_path: &Path) -> Option<QueueFile> {
+    let spare = self
+      .slots()
+      .get_mut(lock_path)
+      .and_then(|slot| slot.queues.pop());
+    spare.or_else(|| QueueFile::open(lock_path))
+  }
+
+  /// Keeps queue handles (holding no lock any more) for reuse.
+  fn park_queues(&self, lock_path: &Path, queues: impl IntoIterator<Item = QueueFile>) {
+    let mut slots = self.slots();
+    let slot = slots.entry(lock_path.to_path_buf()).or_default();
+    for queue in queues {
+      if slot.queues.len() < SPARE_QUEUES {
+        slot.queues.push(queue);
+      }
+    }
+  }
+
+  /// Process exit: removes the lock files and queue files this process used that nobody uses
+  /// now, so a project's lock directory does not fill up. Held locks are released first.
   pub fn remove_unused(&self) {
     let slots: Vec<(PathBuf, Slot)> = self.slots().drain().collect();
-    for (path, slot) in slots {
+    for (path, mut slot) in slots {
       readers::remove_idle(&path);
-      if let Some(room) = slot.room {
-        room.remove_if_empty();
-      }
       if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, slot.idle) {
         if lock.read() == record::Contents::Empty {
+          // The queue first, under the lock: see `try_acquire`'s check after locking.
+          if let Some(queue) = slot.queues.pop().or_else(|| QueueFile::existing(&path)) {
+            queue.remove_if_unused();
+          }
           lock.remove();
-          readers::remove_gate_if_unused(&path);
         }
       }
     }
@@ -96,6 +138,8 @@ struct FileGrant {
   record: LockRecord,
   lock: LockFile,
   reader: Option<readers::ReaderFile>,
+  /// Our handle on the lock's queue, holding the holder's byte (none where there is no queue).
+  queue: Option<QueueFile>,
 }
 
 enum Claim {
@@ -173,6 +217,7 @@ fn claim_record(mut lock: LockFile, request: &Request) -> Result<Claim> {
     record,
     lock,
     reader: None,
+    queue: None,
   })))
 }
 
@@ -196,6 +241,7 @@ fn claim_shared(lock: LockFile, request: &Request) -> Result<Claim> {
       record,
       lock,
       reader: Some(reader),
+      queue: None,
     }))),
     Err(e) => {
       lock.unlock();
@@ -283,14 +329,17 @@ impl Grant for FileGrant {
     }
   }
 
-  /// Blanks our record and unlocks; the handle goes back to the backend for reuse. Writes go
+  /// Blanks our record and unlocks; the handles go back to the backend for reuse. Writes go
   /// through our own descriptor, so they only ever touch the inode we locked, even if the path
-  /// names another one by now (the next acquire notices that).
+  /// names another one by now (the next acquire notices that). The holder's byte goes last: the
+  /// waiter whose turn it wakes then finds the kernel lock free, and a newcomer meanwhile still
+  /// sees the queue taken.
   fn release(self: Box<Self>) {
     let FileGrant {
       lock,
       lock_id,
       reader,
+      queue,
       ..
     } = *self;
     match reader {
@@ -298,11 +347,138 @@ impl Grant for FileGrant {
       None => lock.clear_if_ours(&lock_id),
     }
     lock.unlock();
+    if let Some(queue) = queue {
+      queue.unhold();
+      backend().park_queues(lock.path(), [queue]);
+    }
     backend().park_idle(lock);
   }
 
   fn inheritable_fd(&self) -> Option<i32> {
     Some(self.lock.raw_fd())
+  }
+}
+
+impl FileBackend {
+  /// A try that found the lock taken or others queued: the handles go back for the next one.
+  fn not_now(
+    &self,
+    path: &Path,
+    idle: Option<LockFile>,
+    queue: Option<QueueFile>,
+  ) -> Option<Box<dyn Grant>> {
+    if let Some(idle) = idle {
+      self.park_idle(idle);
+    }
+    self.park_queues(path, queue);
+    None
+  }
+}
+
+/// Takes a ticket at `rank` (or just after it) in the queue file now at the path, with `turn` a
+/// handle on that same file; `None` if the queue file cannot be used.
+fn line_up(path: &Path, ticket: &mut QueueFile, turn: &mut QueueFile, rank: i64) -> Option<i64> {
+  loop {
+    let place = ticket.line_up(rank).ok()?;
+    // A queue file removed by a process tidying up (only ever while nobody held a lock on it)
+    // would hide our ticket: line up in the file now at the path instead.
+    if ticket.still_at_path() {
+      if !turn.same_file(ticket) {
+        *turn = QueueFile::open(path)?;
+        if !turn.same_file(ticket) {
+          ticket.leave(place);
+          continue;
+        }
+      }
+      return Some(place);
+    }
+    *ticket = QueueFile::open(path)?;
+  }
+}
+
+/// Waits in the kernel's order (no ticket queue), then claims for whoever heads our queue.
+fn wait_unqueued(
+  target: &Target,
+  head: &dyn Fn() -> Option<Request>,
+) -> Result<Option<Box<dyn Grant>>> {
+  loop {
+    let Some(mode) = head().map(|request| request.mode) else {
+      return Ok(None);
+    };
+    let Some(lock) = LockFile::acquire_blocking(&target.lock_path, mode)? else {
+      // Interrupted (a synchronous caller's deadline): the loop asks `head` again.
+      continue;
+    };
+    let Some(request) = head() else {
+      // Everyone who waited gave up meanwhile: the lock goes back as we found it.
+      lock.unlock();
+      return Ok(None);
+    };
+    if request.mode != mode {
+      // The head changed (a higher priority came, or the head gave up) and wants the other
+      // mode: wait again in its mode.
+      lock.unlock();
+      continue;
+    }
+    match claim(lock, &request)? {
+      Claim::Won(grant) => return Ok(Some(grant)),
+      Claim::Respected(_) => std::thread::sleep(RECORD_POLL),
+    }
+  }
+}
+
+/// How a wait for a turn in the ticket queue ended.
+enum Turn {
+  /// No holder in the way and nobody ranked ahead, or only waiters that do not move.
+  Came,
+  /// Everyone of ours who waited gave up (a synchronous caller's deadline).
+  GaveUp,
+  /// The head of our waiters now ranks lower, or wants the other mode: line up again.
+  Changed,
+  /// The queue file failed (an error of the file system): wait in the kernel's order.
+  Failed,
+}
+
+/// Waits at `place` for the turn of a waiter lined up at `rank` in `mode`. The wait is woken
+/// every [`STALL_LOOK`] (a timer signal of this thread: thread_alarm.rs) to look for waiters
+/// ahead that do not move; without a free signal it is not, and only the deadline ends it.
+fn wait_turn(
+  turn: &QueueFile,
+  place: i64,
+  rank: i64,
+  mode: LockMode,
+  head: &dyn Fn() -> Option<Request>,
+) -> Turn {
+  let mut stalled: Option<(i64, Instant)> = None;
+  loop {
+    let waited = {
+      let _look = thread_alarm::arm(Instant::now() + STALL_LOOK);
+      turn.wait_turn(place, mode)
+    };
+    match waited {
+      Ok(true) => return Turn::Came,
+      Err(_) => return Turn::Failed,
+      Ok(false) => {}
+    }
+    match head() {
+      None => return Turn::GaveUp,
+      Some(now) if now.mode != mode || ticket_queue::key(now.priority, now.arrival) > rank => {
+        return Turn::Changed
+      }
+      Some(_) => {}
+    }
+    // The same ticket ahead with the lock free, a look apart: it is not moving. (Any signal ends
+    // the wait, so the looks are timed here rather than counted.)
+    let ahead = turn.stalled_ahead(place);
+    match (stalled, ahead) {
+      (Some((key, since)), Some(now_key)) if key == now_key => {
+        if since.elapsed() >= STALL_LOOK {
+          return Turn::Came;
+        }
+      }
+      (_, Some(key)) => stalled = Some((key, Instant::now())),
+      (_, None) => stalled = None,
+    }
   }
 }
 
@@ -322,82 +498,149 @@ impl Backend for FileBackend {
   }
 
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
-    let (idle, room_says_wait) = {
-      let mut slots = self.slots();
-      let slot = slots.entry(target.lock_path.clone()).or_default();
-      if slot.room.is_none() {
-        slot.room = WaitingRoom::open(&target.lock_path);
-      }
-      // Others are waiting: queue behind them rather than barge in.
-      let waiting = slot.room.as_ref().is_some_and(WaitingRoom::others_waiting);
-      (slot.idle.take(), waiting)
+    let path = &target.lock_path;
+    let idle = self.slots().entry(path.clone()).or_default().idle.take();
+    let mut queue = if queued(path) {
+      self.take_queue(path)
+    } else {
+      None
     };
-    if room_says_wait {
-      if let Some(idle) = idle {
-        self.park_idle(idle);
-      }
-      return Ok(None);
+    // Others hold the lock or are queued for it: queue behind them rather than barge in.
+    if queue.as_ref().is_some_and(|queue| queue.others_queued(request.mode)) {
+      return Ok(self.not_now(path, idle, queue));
     }
-    let lock = match LockFile::try_acquire_as(&target.lock_path, idle, request.mode)? {
+    let lock = match LockFile::try_acquire_as(path, idle, request.mode)? {
       TryLock::Locked(lock) => lock,
-      TryLock::Busy(lock) => {
-        self.park_idle(lock);
-        return Ok(None);
-      }
+      TryLock::Busy(lock) => return Ok(self.not_now(path, Some(lock), queue)),
     };
+    if let Some(current) = &queue {
+      // Queue files are only removed by someone holding the kernel lock, which is ours now: a
+      // handle on the file at the path stays good for the whole hold. One that was removed may
+      // have hidden newcomers (they line up in the new file): look again there.
+      if !current.still_at_path() {
+        queue = QueueFile::open(path);
+        if queue.as_ref().is_some_and(|queue| queue.others_queued(request.mode)) {
+          lock.unlock();
+          return Ok(self.not_now(path, Some(lock), queue));
+        }
+      }
+    }
+    if let Some(queue) = &queue {
+      queue.hold(request.mode);
+    }
     match claim(lock, request)? {
-      Claim::Won(grant) => Ok(Some(grant)),
+      Claim::Won(mut grant) => {
+        grant.queue = queue;
+        Ok(Some(grant))
+      }
       Claim::Respected(lock) => {
-        self.park_idle(lock);
-        Ok(None)
+        if let Some(queue) = &queue {
+          queue.unhold();
+        }
+        Ok(self.not_now(path, Some(lock), queue))
       }
     }
   }
 
-  /// Blocks in the kernel for the lock in the mode of the queue's head (inside the waiting
-  /// room, so the fast path of others sees us, and past the writers' gate: readers.rs), then
-  /// claims it for whoever heads the queue by then.
+  /// Blocks until the lock is ours, on behalf of this process's waiters, then claims it for
+  /// whoever heads their queue by then. With a ticket queue the process waits for its turn
+  /// there first (ranked by the head's priority and arrival, in the head's mode), so that the
+  /// kernel lock is only ever asked for by the waiters whose turn it is.
   fn wait_acquire(
     &self,
     target: &Target,
     head: &dyn Fn() -> Option<Request>,
   ) -> Result<Option<Box<dyn Grant>>> {
-    // A room handle of this wait's own: a kernel lock belongs to an open file description.
-    let room = WaitingRoom::open(&target.lock_path);
+    let path = &target.lock_path;
+    if !queued(path) {
+      return wait_unqueued(target, head);
+    }
+    let (Some(mut ticket), Some(mut turn)) = (self.take_queue(path), self.take_queue(path)) else {
+      return wait_unqueued(target, head);
+    };
     loop {
-      let Some(mode) = head().map(|request| request.mode) else {
+      let Some(request) = head() else {
+        self.park_queues(path, [ticket, turn]);
         return Ok(None);
       };
-      if let Some(room) = &room {
-        room.enter();
-      }
-      let gate = readers::Gate::pass(&target.lock_path, mode);
-      let acquired = LockFile::acquire_blocking(&target.lock_path, mode);
-      drop(gate);
-      if let Some(room) = &room {
-        room.leave();
-      }
-      let Some(lock) = acquired? else {
-        // Interrupted (a synchronous caller's deadline): wait on only for someone still waiting.
-        if head().is_none() {
+      let (rank, mode) = (ticket_queue::key(request.priority, request.arrival), request.mode);
+      let Some(place) = line_up(path, &mut ticket, &mut turn, rank) else {
+        // No usable queue file (an error of the file system): wait in the kernel's order.
+        return wait_unqueued(target, head);
+      };
+      match wait_turn(&turn, place, rank, mode, head) {
+        Turn::Came => {}
+        Turn::GaveUp => {
+          ticket.leave(place);
+          self.park_queues(path, [ticket, turn]);
           return Ok(None);
         }
-        continue;
-      };
-      let Some(request) = head() else {
-        // Everyone who waited gave up meanwhile: the lock goes back as we found it.
-        lock.unlock();
-        return Ok(None);
-      };
-      if request.mode != mode {
-        // The head changed (a higher priority came, or the head gave up) and wants the other
-        // mode: wait again in its mode.
-        lock.unlock();
-        continue;
+        Turn::Changed => {
+          ticket.leave(place);
+          continue;
+        }
+        Turn::Failed => {
+          ticket.leave(place);
+          return wait_unqueued(target, head);
+        }
       }
-      match claim(lock, &request)? {
-        Claim::Won(grant) => return Ok(Some(grant)),
-        Claim::Respected(_) => std::thread::sleep(RECORD_POLL),
+      // Our turn: nobody in the way, nobody ranked ahead. Our own waiters may have changed.
+      match head() {
+        None => {
+          // Everyone who waited gave up: pass the turn on without touching the lock.
+          ticket.leave(place);
+          self.park_queues(path, [ticket, turn]);
+          return Ok(None);
+        }
+        Some(now) if now.mode != mode || ticket_queue::key(now.priority, now.arrival) > rank => {
+          // The waiter we lined up for left and the next ranks lower or wants the other mode:
+          // go back to its place.
+          ticket.leave(place);
+          continue;
+        }
+        Some(_) => {}
+      }
+      let acquired = match LockFile::acquire_blocking(path, mode) {
+        Ok(Some(lock)) => Ok(lock),
+        // Interrupted (a synchronous caller's deadline): give the turn back and ask `head`.
+        Ok(None) => {
+          ticket.leave(place);
+          continue;
+        }
+        Err(e) => Err(e),
+      };
+      if acquired.is_ok() {
+        ticket.hold(mode);
+      }
+      // Only now, with the holder's byte taken: a newcomer always sees someone in the queue.
+      ticket.leave(place);
+      let lock = acquired?;
+      let request = match head() {
+        Some(request) if request.mode == mode => request,
+        gone_or_changed => {
+          lock.unlock();
+          ticket.unhold();
+          if gone_or_changed.is_some() {
+            continue;
+          }
+          self.park_queues(path, [ticket, turn]);
+          return Ok(None);
+        }
+      };
+      match claim(lock, &request) {
+        Ok(Claim::Won(mut grant)) => {
+          grant.queue = Some(ticket);
+          self.park_queues(path, [turn]);
+          return Ok(Some(grant));
+        }
+        Ok(Claim::Respected(_)) => {
+          ticket.unhold();
+          std::thread::sleep(RECORD_POLL);
+        }
+        Err(e) => {
+          ticket.unhold();
+          return Err(e);
+        }
       }
     }
   }

@@ -1,6 +1,6 @@
 //! Shared (read) holds of the file backend, beside the kernel lock that decides them: a reader
 //! holds `flock(LOCK_SH)` on the lock file (mod.rs), and this module owns what the lock file's
-//! single record cannot say: who the readers are, and whether a writer is waiting.
+//! single record cannot say: who the readers are.
 //!
 //! Reader files. Each reader writes its record into a file of its own beside the lock file,
 //! `<name>.lock.r-<pid>-<n>`, created with `O_EXCL`, and holds an exclusive `flock` on it for
@@ -16,13 +16,10 @@
 //! is nobody's hold; the process removes its idle ones when it exits, and a blank unlocked one
 //! (its process died) is a leftover like any other.
 //!
-//! The writers' gate, `<name>.lock.gate`: writer preference across processes. The kernel grants
-//! `LOCK_SH` while only readers hold the lock even if a writer is blocked for `LOCK_EX`, so a
-//! steady stream of readers would starve it. So a waiting writer holds a shared `flock` on the
-//! gate while it blocks for the lock (writers hold it together, never waiting on each other),
-//! and a waiting reader first takes the gate exclusively, which it gets only once no writer is
-//! waiting, then drops it and blocks for `LOCK_SH`. A reader that arrives after a writer began
-//! to wait therefore gets the lock after that writer.
+//! Writer preference (a steady stream of readers must not starve a waiting writer, though the
+//! kernel grants `LOCK_SH` while only readers hold the lock) comes from the lock's ticket queue
+//! (ticket_queue.rs): waiters are served in arrival order, readers queue behind an earlier
+//! writer's ticket, and the fast path of a reader stops at any ticket.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -44,7 +41,6 @@ use crate::record::{Contents, LockRecord};
 
 /// What follows `<name>.lock` in a reader file's name.
 const READER_INFIX: &str = ".r-";
-const GATE_SUFFIX: &str = ".gate";
 
 fn with_suffix(lock_path: &Path, suffix: &str) -> PathBuf {
   let mut name = lock_path.as_os_str().to_os_string();
@@ -354,71 +350,6 @@ fn lock_path_of(reader: &Path) -> PathBuf {
   }
 }
 
-/// Where a waiter stands at the writers' gate (see the module's comment) while it blocks for
-/// the lock: a writer keeps a shared lock on it until it holds the lock; a reader has passed it
-/// and keeps nothing.
-#[derive(Debug)]
-pub struct Gate {
-  _writer: Option<File>,
-}
-
-impl Gate {
-  /// Before blocking for `lock_path` in `mode`. Without kernel locks there is no gate (shared
-  /// mode is refused there). A gate that cannot be opened only costs writer preference.
-  pub fn pass(lock_path: &Path, mode: LockMode) -> Gate {
-    let path = with_suffix(lock_path, GATE_SUFFIX);
-    let mut held = None;
-    if os_lock::kernel_locks() {
-      for _ in 0..8 {
-        let Ok(file) = open_gate(&path) else {
-          break;
-        };
-        let gate_mode = match mode {
-          LockMode::Exclusive => LockMode::Shared,
-          LockMode::Shared => LockMode::Exclusive,
-        };
-        if lock_retrying(&file, gate_mode).is_err() {
-          break;
-        }
-        // A gate removed meanwhile (process exit, cleanup) would mark nobody: use the new one.
-        if !names(&path, &file) {
-          continue;
-        }
-        if mode == LockMode::Exclusive {
-          held = Some(file);
-        }
-        break;
-      }
-    }
-    Gate { _writer: held }
-  }
-}
-
-fn open_gate(path: &Path) -> io::Result<File> {
-  OpenOptions::new()
-    .read(true)
-    .create(true)
-    .append(true)
-    .mode(0o666)
-    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-    .open(path)
-}
-
-/// Removes the gate of `lock_path` if no writer waits at it (process exit, cleanup).
-pub fn remove_gate_if_unused(lock_path: &Path) {
-  let path = with_suffix(lock_path, GATE_SUFFIX);
-  let Ok(file) = OpenOptions::new()
-    .read(true)
-    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
-    .open(&path)
-  else {
-    return;
-  };
-  if file.try_lock().is_ok() {
-    let _ = fs::remove_file(&path);
-  }
-}
-
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -495,28 +426,5 @@ mod tests {
     let reader = ReaderFile::create(&lock, &record(1, "x")).unwrap();
     fs::remove_file(&reader.path).unwrap();
     assert!(!reader.still_at_path());
-  }
-
-  /// A waiting writer holds the gate; a reader waiting for the lock passes it only once no
-  /// writer waits any more.
-  #[test]
-  fn a_reader_waits_at_the_gate_while_a_writer_waits() {
-    let lock = temp_dir("readers").join("tasks.json.lock");
-    let writer = Gate::pass(&lock, LockMode::Exclusive);
-    let second_writer = Gate::pass(&lock, LockMode::Exclusive);
-    let (passed, reader_passed) = std::sync::mpsc::channel();
-    let reader_lock = lock.clone();
-    let reader = std::thread::spawn(move || {
-      Gate::pass(&reader_lock, LockMode::Shared);
-      passed.send(()).unwrap();
-    });
-    wait_for_blocked_flock(&with_suffix(&lock, GATE_SUFFIX));
-    drop(writer);
-    assert!(reader_passed.try_recv().is_err());
-    drop(second_writer);
-    reader_passed.recv().unwrap();
-    reader.join().unwrap();
-    remove_gate_if_unused(&lock);
-    assert!(!with_suffix(&lock, GATE_SUFFIX).exists());
   }
 }

@@ -826,6 +826,8 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
     file: target.file.clone(),
     stale_after: Duration::from_secs(30),
     mode: crate::backend::LockMode::Exclusive,
+    priority: 0.0,
+    arrival: std::time::Instant::now(),
   };
   // A token recorded beside the data is the floor; with no counter in Redis (a restart lost
   // it), the count resumes 2^20 above it.

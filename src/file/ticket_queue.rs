@@ -1,0 +1,417 @@
+//! The ticket queue: fair order between the processes of one host waiting for a lock file, by
+//! priority with aging and in arrival order among equals, as this process's own queue serves
+//! its waiters (lock_table.rs). It lives in `<lock file>.wait` and is made only of
+//! open-file-description (OFD) byte-range locks, so the kernel drops a dead process's place at
+//! once; the kernel lock on the lock file itself stays the whole truth for exclusion, and a lost,
+//! removed or unusable queue file only costs fairness.
+//!
+//! - **Byte 0, the holder's byte**: locked exclusively by whoever holds the lock, from just after
+//!   it took the kernel lock until just after it gave it up.
+//! - **A ticket**: a waiting process locks exclusively one byte at its key (below). Keys order by
+//!   rank, smallest first: `key = BIAS + arrival - priority x AGING_STEP`, with `arrival` on
+//!   CLOCK_MONOTONIC (shared by every process of the host). Serving the smallest `arrival -
+//!   priority x step` is exactly the lock table's rule (highest `priority + waited / step`, ties
+//!   to the earliest arrival), with no one re-ranking anybody as time passes. A byte already taken
+//!   (two equal keys) sends the newcomer to the next free byte.
+//! - **Its turn**: a waiter asks, through a second handle, for a shared lock over `[0, key)`,
+//!   blocking: the kernel grants it once no holder and no better-ranked waiter is left. It gives
+//!   that range back at once, takes the kernel lock (free by then), locks the holder's byte and
+//!   only then leaves the queue, so a newcomer always sees somebody ahead of it.
+//! - **The fast path** asks whether anyone else holds any lock on the queue file (a holder, a
+//!   ticket, a waiter passing its turn) and, if so, queues behind them instead of barging in.
+//!
+//! Why a holder's byte rather than the head of the queue blocking on the kernel lock: the head
+//! would be decided when it started blocking, and a better-ranked waiter arriving during the
+//! hold would then race it in the kernel's unordered wake-up. With the holder's byte the head is
+//! decided when the lock comes free, as in the lock table.
+//!
+//! OFD locks (not POSIX `F_SETLK` locks, which belong to a process): two handles of one process
+//! must be able to wait for each other (a waiting thread's ticket and the same process's fast
+//! path), and closing any descriptor of a file must not drop a process's locks on it. Linux only;
+//! elsewhere the queue is off (fairness as the kernel's wake-up gives it).
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use crate::backend::LockMode;
+use crate::lock_table::AGING_STEP;
+
+/// Held exclusively by the lock's holder for its whole hold.
+const HOLDER_BYTE: i64 = 0;
+/// Keys start here: above the holder's byte, and positive whatever the priority and the clock.
+const BIAS: i64 = 1 << 62;
+/// The priority range that ranks across processes: beyond it a priority counts as its bound.
+/// A million steps of a second (11.6 days of aging) keeps every key within 2^50 of `BIAS +
+/// arrival`; this process's own queue still ranks by the exact value.
+pub const PRIORITY_LIMIT: f64 = 1e6;
+
+/// The rank of a waiter of `priority` that arrived at `arrival`: smaller is served first.
+pub fn key(priority: f64, arrival: Instant) -> i64 {
+  let step_ns = AGING_STEP.as_nanos() as f64;
+  let boost = priority.clamp(-PRIORITY_LIMIT, PRIORITY_LIMIT) * step_ns;
+  BIAS + monotonic_ns(arrival) - boost as i64
+}
+
+/// `at` on CLOCK_MONOTONIC, in ns. `Instant` reads that clock on Linux but does not show its
+/// value, so the clock is read once beside an `Instant` and every other `Instant` is placed from
+/// there: the key of one arrival is then the same each time it is computed.
+fn monotonic_ns(at: Instant) -> i64 {
+  static ANCHOR: LazyLock<(Instant, i64)> = LazyLock::new(|| {
+    let now = Instant::now();
+    let clock = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+      .map_or(0, |t| t.tv_sec() * 1_000_000_000 + t.tv_nsec());
+    (now, clock)
+  });
+  let (anchor, anchor_ns) = *ANCHOR;
+  if at >= anchor {
+    anchor_ns + (at - anchor).as_nanos() as i64
+  } else {
+    anchor_ns - (anchor - at).as_nanos() as i64
+  }
+}
+
+/// One open file description of a lock's queue file. Its locks belong to it: a process uses one
+/// for its tickets and its hold, another to wait for its turn.
+#[derive(Debug)]
+pub struct QueueFile {
+  file: File,
+  path: PathBuf,
+  dev: u64,
+  ino: u64,
+}
+
+impl QueueFile {
+  /// The queue of a lock file, made if it does not exist yet.
+  pub fn open(lock_path: &Path) -> Option<QueueFile> {
+    QueueFile::at(lock_path, true)
+  }
+
+  /// The queue of a lock file, if it has one.
+  pub fn existing(lock_path: &Path) -> Option<QueueFile> {
+    QueueFile::at(lock_path, false)
+  }
+
+  fn at(lock_path: &Path, create: bool) -> Option<QueueFile> {
+    let mut name = lock_path.as_os_str().to_os_string();
+    name.push(".wait");
+    let path = PathBuf::from(name);
+    // Read and write: an exclusive byte-range lock needs a descriptor open for writing.
+    let file = OpenOptions::new()
+      .read(true)
+      .write(true)
+      .create(create)
+      .mode(0o666)
+      .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+      .open(&path)
+      .ok()?;
+    let meta = file.metadata().ok()?;
+    Some(QueueFile {
+      file,
+      path,
+      dev: meta.dev(),
+      ino: meta.ino(),
+    })
+  }
+
+  /// Whether the path still names this queue file: a process tidying up may have removed it
+  /// (only ever while nobody holds a lock on it: [`QueueFile::remove_if_unused`]).
+  pub fn still_at_path(&self) -> bool {
+    matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
+  }
+
+  /// Whether `other` is a handle on the same queue file.
+  pub fn same_file(&self, other: &QueueFile) -> bool {
+    self.dev == other.dev && self.ino == other.ino
+  }
+
+  /// Whether another handle (another process, or another thread of ours) holds a lock on the
+  /// queue that a newcomer in `mode` must queue behind: a holder, a waiter, or one passing its
+  /// turn. Readers' shared holder's bytes do not stop a reader, so consecutive readers pass one
+  /// after another; tickets are exclusive and stop everyone. An error counts as nobody (fairness
+  /// only).
+  pub fn others_queued(&self, mode: LockMode) -> bool {
+    matches!(self.conflict(kind(mode), 0, 0), Ok(Some(_)))
+  }
+
+  /// Marks us as the lock's holder in `mode` (readers together, a writer alone); called right
+  /// after taking the kernel lock. A failure only costs fairness: waiters then stop at the
+  /// kernel lock, in its wake-up order.
+  pub fn hold(&self, mode: LockMode) {
+    let _ = self.set(kind(mode), HOLDER_BYTE, 1, false);
+  }
+
+  /// Called right after giving the kernel lock up: the best-ranked waiter's turn comes.
+  pub fn unhold(&self) {
+    let _ = self.set(libc::F_UNLCK, HOLDER_BYTE, 1, false);
+  }
+
+  /// Takes a ticket at `key`, or at the first free key after it; returns the ticket's key.
+  pub fn line_up(&self, key: i64) -> io::Result<i64> {
+    let mut key = key;
+    loop {
+      match self.set(libc::F_WRLCK, key, 1, false) {
+        Ok(()) => return Ok(key),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {
+          match self.conflict(libc::F_WRLCK, key, 1)? {
+            // Another waiter's ticket at the same key: the next byte.
+            Some(lock) if lock.l_start == key && lock.l_len == 1 => key += 1,
+            // A waiter passing its turn (it gives the range back at once) or a process removing
+            // the queue file (the caller then finds the path changed): wait for it to finish.
+            Some(_) => {
+              self.set_blocking(libc::F_WRLCK, key, 1)?;
+              return Ok(key);
+            }
+            None => {}
+          }
+        }
+        Err(e) => return Err(e),
+      }
+    }
+  }
+
+  /// Gives a ticket back.
+  pub fn leave(&self, ticket: i64) {
+    let _ = self.set(libc::F_UNLCK, ticket, 1, false);
+  }
+
+  /// Blocks until every waiter ranked ahead of `ticket` has left and no holder is in the way
+  /// of `mode` (a reader waits for a writer only, a writer for any holder); a dead waiter leaves
+  /// at once (the kernel drops its locks). `false`: a signal interrupted the wait (a deadline,
+  /// or the periodic look for stopped waiters, see `stalled_ahead`), to be resumed by the caller
+  /// with the ticket kept. Called on a handle other than the ticket's: one description's own
+  /// locks never conflict with each other.
+  pub fn wait_turn(&self, ticket: i64, mode: LockMode) -> io::Result<bool> {
+    match self.set(kind(mode), 0, ticket, true) {
+      Ok(()) => self.set(libc::F_UNLCK, 0, ticket, false).map(|()| true),
+      Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(false),
+      Err(e) => Err(e),
+    }
+  }
+
+  /// A ticket ranked ahead of `ticket` while nobody holds the lock: `Some(its key)`. Seen twice
+  /// over a while with the same key, that waiter is not moving (a stopped process: a dead one
+  /// would have left at once), and the waiter behind it stops waiting for it.
+  pub fn stalled_ahead(&self, ticket: i64) -> Option<i64> {
+    if !matches!(self.conflict(libc::F_WRLCK, HOLDER_BYTE, 1), Ok(None)) {
+      return None;
+    }
+    let ahead = self.conflict(libc::F_WRLCK, HOLDER_BYTE + 1, ticket - HOLDER_BYTE - 1);
+    ahead.ok().flatten().map(|lock| lock.l_start)
+  }
+
+  /// Removes the queue file if nobody holds a lock on it (process exit, cleanup): under an
+  /// exclusive lock on the whole file, so that a newcomer's ticket either stops the removal or
+  /// waits for it and then sees the path changed. Closing the handle drops that lock.
+  pub fn remove_if_unused(self) {
+    if self.set(libc::F_WRLCK, 0, 0, false).is_ok() && self.still_at_path() {
+      let _ = fs::remove_file(&self.path);
+    }
+  }
+
+  fn set_blocking(&self, kind: libc::c_int, start: i64, len: i64) -> io::Result<()> {
+    loop {
+      match self.set(kind, start, len, true) {
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
+        other => return other,
+      }
+    }
+  }
+
+  fn set(&self, kind: libc::c_int, start: i64, len: i64, wait: bool) -> io::Result<()> {
+    ofd::set(&self.file, &range(kind, start, len), wait)
+  }
+
+  /// The first lock of another description that would conflict with `kind` over the range.
+  fn conflict(&self, kind: libc::c_int, start: i64, len: i64) -> io::Result<Option<libc::flock>> {
+    let mut probe = range(kind, start, len);
+    ofd::get(&self.file, &mut probe)?;
+    Ok((probe.l_type != libc::F_UNLCK as libc::c_short).then_some(probe))
+  }
+}
+
+/// The byte-range lock type of `mode`.
+fn kind(mode: LockMode) -> libc::c_int {
+  match mode {
+    LockMode::Exclusive => libc::F_WRLCK,
+    LockMode::Shared => libc::F_RDLCK,
+  }
+}
+
+/// A byte range from `start`, `len` bytes long (0: to the end of the file and beyond).
+fn range(kind: libc::c_int, start: i64, len: i64) -> libc::flock {
+  // SAFETY: `flock` is plain data (integers); all zeroes is a valid value.
+  let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+  lock.l_type = kind as libc::c_short;
+  lock.l_whence = libc::SEEK_SET as libc::c_short;
+  lock.l_start = start;
+  lock.l_len = len;
+  lock
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod ofd {
+  use nix::fcntl::{fcntl, FcntlArg};
+  use std::fs::File;
+  use std::io;
+
+  pub fn set(file: &File, lock: &libc::flock, wait: bool) -> io::Result<()> {
+    let arg = if wait {
+      FcntlArg::F_OFD_SETLKW(lock)
+    } else {
+      FcntlArg::F_OFD_SETLK(lock)
+    };
+    fcntl(file, arg).map(drop).map_err(io::Error::from)
+  }
+
+  pub fn get(file: &File, lock: &mut libc::flock) -> io::Result<()> {
+    fcntl(file, FcntlArg::F_OFD_GETLK(lock))
+      .map(drop)
+      .map_err(io::Error::from)
+  }
+}
+
+/// No OFD locks here: every call fails, and the file backend then waits without a queue.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod ofd {
+  use std::fs::File;
+  use std::io;
+
+  pub fn set(_: &File, _: &libc::flock, _: bool) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+  }
+
+  pub fn get(_: &File, _: &mut libc::flock) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+  }
+}
+
+#[cfg(test)]
+mod tests {
+  use super::*;
+  use crate::test_support::temp_dir;
+  use std::time::Duration;
+
+  fn queue_of(name: &str) -> (PathBuf, QueueFile) {
+    let lock = temp_dir("queue").join(format!("{name}.lock"));
+    let queue = QueueFile::open(&lock).unwrap();
+    (lock, queue)
+  }
+
+  /// Whether a waiter holding `ticket` would be served now (nobody holds or ranks ahead of it).
+  fn turn_now(queue: &QueueFile, ticket: i64) -> bool {
+    queue.conflict(libc::F_RDLCK, 0, ticket).unwrap().is_none()
+  }
+
+  #[test]
+  fn keys_rank_as_the_lock_table_does() {
+    let now = Instant::now();
+    let ago = |seconds: f64| now - Duration::from_secs_f64(seconds);
+    // Higher priority first; among equals, arrival order.
+    assert!(key(5.0, now) < key(0.0, ago(1.0)));
+    assert!(key(0.0, ago(2.0)) < key(0.0, ago(1.0)));
+    // Aging: priority 0 waiting 3.5 steps (3.5) passes priority 3 arriving now (3), not priority
+    // 4 that came half a step ago (4.5): the lock table's own example.
+    assert!(key(0.0, ago(3.5)) < key(3.0, now));
+    assert!(key(4.0, ago(0.5)) < key(0.0, ago(3.5)));
+    // The same arrival gives the same key each time; priorities beyond the limit are clamped.
+    assert_eq!(key(1.5, ago(1.0)), key(1.5, ago(1.0)));
+    assert_eq!(key(1e300, now), key(PRIORITY_LIMIT, now));
+    assert!(key(-PRIORITY_LIMIT, now) > HOLDER_BYTE && key(PRIORITY_LIMIT, now) > HOLDER_BYTE);
+  }
+
+  #[test]
+  fn equal_keys_take_the_next_byte_and_a_closed_handle_leaves_at_once() {
+    let (lock, first) = queue_of("collide");
+    let second = QueueFile::open(&lock).unwrap();
+    let checker = QueueFile::open(&lock).unwrap();
+    let key = key(0.0, Instant::now());
+    assert!(!checker.others_queued(LockMode::Exclusive));
+    assert_eq!(first.line_up(key).unwrap(), key);
+    assert_eq!(second.line_up(key).unwrap(), key + 1);
+    assert!(checker.others_queued(LockMode::Exclusive));
+    assert!(turn_now(&checker, key) && !turn_now(&checker, key + 1));
+    // Closing the description (what the kernel does for a process that dies) frees its place.
+    drop(first);
+    assert!(turn_now(&checker, key + 1));
+    second.leave(key + 1);
+    assert!(!checker.others_queued(LockMode::Exclusive));
+  }
+
+  #[test]
+  fn a_turn_waits_for_the_holder_and_better_ranks_only() {
+    let (lock, holder) = queue_of("turn");
+    let (early, late, gate) = (
+      QueueFile::open(&lock).unwrap(),
+      QueueFile::open(&lock).unwrap(),
+      QueueFile::open(&lock).unwrap(),
+    );
+    let (k_early, k_late) = (key(0.0, Instant::now()), key(0.0, Instant::now()) + 10);
+    holder.hold(LockMode::Exclusive);
+    early.line_up(k_early).unwrap();
+    late.line_up(k_late).unwrap();
+    assert!(!turn_now(&gate, k_early), "the holder's byte comes first");
+    holder.unhold();
+    assert!(turn_now(&gate, k_early) && !turn_now(&gate, k_late));
+    // The early waiter's turn: granted at once, and given back (nothing left behind).
+    assert!(gate.wait_turn(k_early, LockMode::Exclusive).unwrap());
+    early.hold(LockMode::Exclusive);
+    early.leave(k_early);
+    assert!(!turn_now(&gate, k_late), "the new holder comes first");
+    early.unhold();
+    assert!(turn_now(&gate, k_late));
+  }
+
+  #[test]
+  fn a_killed_waiter_leaves_the_queue_at_once() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, pipe, read, write, ForkResult};
+    let (lock, mine) = queue_of("killed");
+    let theirs = QueueFile::open(&lock).unwrap();
+    let gate = QueueFile::open(&lock).unwrap();
+    let k = key(0.0, Instant::now());
+    let (ready_r, ready_w) = pipe().unwrap();
+    // SAFETY: the child only makes system calls (no allocation, no locks) until it is killed.
+    match unsafe { fork() }.unwrap() {
+      ForkResult::Child => {
+        let ok = theirs.line_up(k).is_ok();
+        let _ = write(&ready_w, &[u8::from(ok)]);
+        loop {
+          nix::unistd::pause();
+        }
+      }
+      ForkResult::Parent { child } => {
+        drop(theirs);
+        let mut byte = [0u8];
+        assert_eq!(read(&ready_r, &mut byte).unwrap(), 1);
+        assert_eq!(byte[0], 1);
+        // The child's ticket stands: ours goes behind it, and our turn has not come.
+        assert_eq!(mine.line_up(k).unwrap(), k + 1);
+        assert!(!turn_now(&gate, k + 1));
+        kill(child, Signal::SIGKILL).unwrap();
+        waitpid(child, None).unwrap();
+        assert!(gate.wait_turn(k + 1, LockMode::Exclusive).unwrap());
+        mine.leave(k + 1);
+      }
+    }
+  }
+
+  #[test]
+  fn the_queue_file_is_removed_only_when_unused() {
+    let (lock, queue) = queue_of("remove");
+    let waiter = QueueFile::open(&lock).unwrap();
+    let k = key(0.0, Instant::now());
+    waiter.line_up(k).unwrap();
+    queue.remove_if_unused();
+    assert!(waiter.still_at_path());
+    waiter.leave(k);
+    QueueFile::existing(&lock).unwrap().remove_if_unused();
+    assert!(!waiter.still_at_path());
+    assert!(QueueFile::existing(&lock).is_none());
+  }
+}
