@@ -302,26 +302,49 @@ describe('fair order across processes (the ticket queue)', () => {
     expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
   }, 120000)
 
-  test('a waiter that timed out in a live process passes its turn on, without the lock', async () => {
+  test('a waiter that timed out in a live process leaves the queue, without the lock', async () => {
     const file = fileIn('gave-up.json')
     const log = path.join(path.dirname(file), 'grants.log')
     fs.writeFileSync(log, '')
     const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
     const queue = queueOf(file)
-    // Ranked first (priority 10); its 3 s deadline passes while it is queued: its process's
-    // waiting thread still holds the ticket, blocked for its turn.
+    // Ranked first (priority 10); its 3 s deadline passes while it is queued. Its process's
+    // waiting thread, blocked for its turn, gives the ticket back at its next periodic look.
     const quitter = await startFixture('queue-waiter', [file, 'quitter', 10, log, '--give-up-after=3000'], 'GAVE_UP ELOCKTIMEOUT')
-    expect(queue.tickets()).toBe(1)
+    await until(() => queue.tickets() === 0, 'the timed-out waiter to leave')
     const next = runFixture('queue-waiter', [file, 'next', 0, log])
-    await until(() => queue.tickets() === 2, 'the second waiter to queue')
+    await until(() => queue.tickets() === 1, 'the next waiter to queue')
     holder.child.kill('SIGUSR2')
     expect(await holder.exited).toMatchObject({ code: 0 })
     expect(await next).toMatchObject({ code: 0 })
     expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
-    // It passed its turn on and left the queue, without ever holding the lock.
-    await until(() => queue.tickets() === 0, 'the timed-out waiter to leave')
     expect(quitter.child.exitCode).toBe(null)
     quitter.child.kill('SIGKILL')
     await quitter.exited
+  }, 120000)
+
+  test('a SIGSTOPped waiter is passed while stopped, and served once continued', async () => {
+    const file = fileIn('stopped.json')
+    const log = path.join(path.dirname(file), 'grants.log')
+    fs.writeFileSync(log, '')
+    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
+    const queue = queueOf(file)
+    // The stopped waiter ranks first (priority 10), so the other one queues behind its ticket.
+    const stopped = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'queue-waiter.js'), file, 'stopped', '10', log], { stdio: 'ignore' })
+    const stoppedExit = new Promise((resolve) => stopped.on('close', (code, signal) => resolve({ code, signal })))
+    await until(() => queue.tickets() === 1, 'the first waiter to queue')
+    // Ctrl-Z on a waiting process: its ticket stays, and it does not move.
+    stopped.kill('SIGSTOP')
+    const next = runFixture('queue-waiter', [file, 'next', 0, log])
+    await until(() => queue.tickets() === 2, 'the second waiter to queue')
+    holder.child.kill('SIGUSR2')
+    expect(await holder.exited).toMatchObject({ code: 0 })
+    // The lock is free and the ticket ahead does not move: the next waiter passes it.
+    expect(await next).toMatchObject({ code: 0 })
+    expect(fs.readFileSync(log, 'utf8')).toBe('next\n')
+    expect(queue.tickets()).toBe(1)
+    stopped.kill('SIGCONT')
+    expect(await stoppedExit).toEqual({ code: 0, signal: null })
+    expect(fs.readFileSync(log, 'utf8')).toBe('next\nstopped\n')
   }, 120000)
 })

@@ -178,7 +178,7 @@ fn connected(url: &str) -> Result<&'static dyn Backend> {
 }
 
 /// Process exit, after every hold was released: the backends remove what this process left
-/// that nobody uses (the file backend's free lock files and waiting rooms).
+/// that nobody uses (the file backend's free lock files, queue files and idle reader files).
 pub fn tidy_up_at_exit() {
   file::backend().remove_unused();
 }

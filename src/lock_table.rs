@@ -1098,7 +1098,7 @@ mod tests {
     let reader = try_acquire(&target, &shared()).unwrap().unwrap();
     let (done, outcomes) = mpsc::channel();
     queue_as(&target, options(None), 0, &done);
-    crate::test_support::wait_for_blocked_flock(&target.lock_path);
+    crate::test_support::wait_for_blocked_waiter(&target.lock_path);
     assert!(try_acquire(&target, &shared()).unwrap().is_none());
     queue_as(&target, shared(), 1, &done);
     queue_as(&target, shared(), 2, &done);
@@ -1136,7 +1136,7 @@ mod tests {
     let reader = try_acquire(&target, &shared()).unwrap().unwrap();
     let (done, outcomes) = mpsc::channel();
     queue_as(&target, options(None), 0, &done);
-    crate::test_support::wait_for_blocked_flock(&target.lock_path);
+    crate::test_support::wait_for_blocked_waiter(&target.lock_path);
     let urgent = AcquireOptions {
       priority: 10.0,
       ..shared()
@@ -1231,7 +1231,7 @@ mod tests {
     std::thread::scope(|s| {
       let (target, outsider) = (&target, &outsider);
       s.spawn(move || {
-        crate::test_support::wait_for_blocked_flock(&target.lock_path);
+        crate::test_support::wait_for_blocked_waiter(&target.lock_path);
         // While this process's synchronous caller waits, an asynchronous caller of the same
         // process queues: it neither fails nor takes the lock from under the other. Whichever
         // the kernel wakes first holds it alone; the other follows.
@@ -1244,6 +1244,41 @@ mod tests {
       let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
       assert!(release(target, &lock_id).unwrap());
     });
+  }
+
+  /// The synchronous caller's deadline also ends a wait for its turn in the ticket queue (not
+  /// only one in `flock`), and its ticket goes: nobody is left queued behind a waiter gone.
+  #[test]
+  fn a_sync_wait_for_its_turn_in_the_queue_times_out_and_leaves_the_queue() {
+    use crate::file::os_lock::{LockFile, TryLock};
+    use crate::file::ticket_queue::{self, QueueFile};
+    let target = project_file("sync-queue.json");
+    // Another process's hold (kernel lock and holder's byte) and its waiter's earlier ticket.
+    let TryLock::Locked(outsider) = LockFile::try_acquire(&target.lock_path, None).unwrap() else {
+      panic!("busy")
+    };
+    let holder = QueueFile::open(&target.lock_path).unwrap();
+    holder.hold(LockMode::Exclusive);
+    let ahead = QueueFile::open(&target.lock_path).unwrap();
+    let earlier = ahead
+      .line_up(ticket_queue::key(
+        0.0,
+        Instant::now() - Duration::from_secs(1),
+      ))
+      .unwrap();
+    let err =
+      acquire_on_this_thread(target.clone(), options(Some(Duration::from_millis(50)))).unwrap_err();
+    assert_eq!(err.code, "ELOCKTIMEOUT");
+    outsider.unlock();
+    holder.unhold();
+    ahead.leave(earlier);
+    let checker = QueueFile::open(&target.lock_path).unwrap();
+    assert!(
+      !checker.others_queued(LockMode::Exclusive),
+      "a ticket was left behind"
+    );
+    let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
+    assert!(release(&target, &lock_id).unwrap());
   }
 
   #[test]

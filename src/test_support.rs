@@ -1,7 +1,7 @@
 //! Helpers for the core's unit tests: fresh temporary directories, and waiting for a thread to
 //! be blocked in the kernel on a lock (an observable event: /proc/locks lists blocked waiters).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub fn temp_dir(prefix: &str) -> PathBuf {
@@ -18,28 +18,46 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
 
 /// Returns once some thread is blocked in `flock` on `path`'s inode (a `->` line of
 /// /proc/locks names it), so a test can act while the waiter is really waiting.
-pub fn wait_for_blocked_flock(path: &std::path::Path) {
+pub fn wait_for_blocked_flock(path: &Path) {
+  wait_for_blocked(&[(path, "-> FLOCK")]);
+}
+
+/// Returns once some waiter of the file lock at `lock_path` is blocked in the kernel: for its
+/// turn in the lock's ticket queue (an OFD lock on `<lock>.wait`), or for the lock itself.
+pub fn wait_for_blocked_waiter(lock_path: &Path) {
+  let mut queue = lock_path.as_os_str().to_os_string();
+  queue.push(".wait");
+  let queue = PathBuf::from(queue);
+  wait_for_blocked(&[(lock_path, "-> FLOCK"), (&queue, "-> OFDLCK")]);
+}
+
+/// Returns once a `->` line of /proc/locks of one of the kinds given names its file's inode.
+fn wait_for_blocked(files: &[(&Path, &str)]) {
   use std::os::unix::fs::MetadataExt;
-  let meta = std::fs::metadata(path).unwrap();
-  let inode = format!(
-    " {:02x}:{:02x}:{} ",
-    nix::sys::stat::major(meta.dev()),
-    nix::sys::stat::minor(meta.dev()),
-    meta.ino()
-  );
   let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
   loop {
     let locks = std::fs::read_to_string("/proc/locks").unwrap();
-    if locks
-      .lines()
-      .any(|line| line.contains("-> FLOCK") && line.contains(&inode))
-    {
+    // A file not made yet has no waiter.
+    let blocked = files.iter().any(|(path, kind)| {
+      std::fs::metadata(path).is_ok_and(|meta| {
+        let inode = format!(
+          " {:02x}:{:02x}:{} ",
+          nix::sys::stat::major(meta.dev()),
+          nix::sys::stat::minor(meta.dev()),
+          meta.ino()
+        );
+        locks
+          .lines()
+          .any(|line| line.contains(kind) && line.contains(&inode))
+      })
+    });
+    if blocked {
       return;
     }
     assert!(
       std::time::Instant::now() < deadline,
       "no waiter blocked on {}",
-      path.display()
+      files[0].0.display()
     );
     std::thread::yield_now();
   }

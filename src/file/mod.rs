@@ -506,7 +506,10 @@ impl Backend for FileBackend {
       None
     };
     // Others hold the lock or are queued for it: queue behind them rather than barge in.
-    if queue.as_ref().is_some_and(|queue| queue.others_queued(request.mode)) {
+    if queue
+      .as_ref()
+      .is_some_and(|queue| queue.others_queued(request.mode))
+    {
       return Ok(self.not_now(path, idle, queue));
     }
     let lock = match LockFile::try_acquire_as(path, idle, request.mode)? {
@@ -519,7 +522,10 @@ impl Backend for FileBackend {
       // have hidden newcomers (they line up in the new file): look again there.
       if !current.still_at_path() {
         queue = QueueFile::open(path);
-        if queue.as_ref().is_some_and(|queue| queue.others_queued(request.mode)) {
+        if queue
+          .as_ref()
+          .is_some_and(|queue| queue.others_queued(request.mode))
+        {
           lock.unlock();
           return Ok(self.not_now(path, Some(lock), queue));
         }
@@ -563,7 +569,10 @@ impl Backend for FileBackend {
         self.park_queues(path, [ticket, turn]);
         return Ok(None);
       };
-      let (rank, mode) = (ticket_queue::key(request.priority, request.arrival), request.mode);
+      let (rank, mode) = (
+        ticket_queue::key(request.priority, request.arrival),
+        request.mode,
+      );
       let Some(place) = line_up(path, &mut ticket, &mut turn, rank) else {
         // No usable queue file (an error of the file system): wait in the kernel's order.
         return wait_unqueued(target, head);

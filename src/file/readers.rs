@@ -103,7 +103,7 @@ impl ReaderFile {
         Err(e) => return Err(LockError::io(&e, "Cannot create the reader file", &path)),
       };
       // Only a remover holds it, for an instant; then our inode is gone and we start again.
-      if let Err(e) = lock_retrying(&file, LockMode::Exclusive) {
+      if let Err(e) = lock_retrying(&file) {
         let _ = fs::remove_file(&path);
         return Err(LockError::io(&e, "Cannot lock the reader file", &path));
       }
@@ -172,13 +172,10 @@ pub fn remove_idle(lock_path: &Path) {
   }
 }
 
-fn lock_retrying(file: &File, mode: LockMode) -> io::Result<()> {
+/// Locks a reader file exclusively, through signals that interrupt the wait.
+fn lock_retrying(file: &File) -> io::Result<()> {
   loop {
-    let locked = match mode {
-      LockMode::Exclusive => file.lock(),
-      LockMode::Shared => file.lock_shared(),
-    };
-    match locked {
+    match file.lock() {
       Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
       other => return other,
     }
@@ -353,7 +350,7 @@ fn lock_path_of(reader: &Path) -> PathBuf {
 #[cfg(test)]
 mod tests {
   use super::*;
-  use crate::test_support::{temp_dir, wait_for_blocked_flock};
+  use crate::test_support::temp_dir;
 
   const STALE: Duration = Duration::from_secs(30);
 

@@ -5,20 +5,26 @@
 //! once; the kernel lock on the lock file itself stays the whole truth for exclusion, and a lost,
 //! removed or unusable queue file only costs fairness.
 //!
-//! - **Byte 0, the holder's byte**: locked exclusively by whoever holds the lock, from just after
-//!   it took the kernel lock until just after it gave it up.
+//! - **Byte 0, the holder's byte**: locked by whoever holds the lock, from just after it took the
+//!   kernel lock until just after it gave it up: exclusively by a writer, shared by readers.
 //! - **A ticket**: a waiting process locks exclusively one byte at its key (below). Keys order by
 //!   rank, smallest first: `key = BIAS + arrival - priority x AGING_STEP`, with `arrival` on
 //!   CLOCK_MONOTONIC (shared by every process of the host). Serving the smallest `arrival -
 //!   priority x step` is exactly the lock table's rule (highest `priority + waited / step`, ties
 //!   to the earliest arrival), with no one re-ranking anybody as time passes. A byte already taken
 //!   (two equal keys) sends the newcomer to the next free byte.
-//! - **Its turn**: a waiter asks, through a second handle, for a shared lock over `[0, key)`,
-//!   blocking: the kernel grants it once no holder and no better-ranked waiter is left. It gives
+//! - **Its turn**: a waiter asks, through a second handle, for a lock over `[0, key)` in its mode,
+//!   blocking: the kernel grants it once no better-ranked waiter is left and no holder is in the
+//!   way (a reader's shared request passes readers' byte 0, so consecutive readers hold together;
+//!   a writer's exclusive one waits for every holder). Tickets are exclusive, so a reader arriving
+//!   after a waiting writer is served after it: writer preference by arrival order. It gives
 //!   that range back at once, takes the kernel lock (free by then), locks the holder's byte and
 //!   only then leaves the queue, so a newcomer always sees somebody ahead of it.
-//! - **The fast path** asks whether anyone else holds any lock on the queue file (a holder, a
-//!   ticket, a waiter passing its turn) and, if so, queues behind them instead of barging in.
+//! - **The fast path** asks whether anyone else holds a lock on the queue file that conflicts
+//!   with its mode (a holder in the way, a ticket, a waiter passing its turn) and, if so, queues
+//!   behind them instead of barging in.
+//! - **Stopped waiters** (SIGSTOP) keep their tickets; a waiter behind one passes it once it has
+//!   seen the lock free with the same ticket ahead for a while (`stalled_ahead`, file/mod.rs).
 //!
 //! Why a holder's byte rather than the head of the queue blocking on the kernel lock: the head
 //! would be decided when it started blocking, and a better-ranked waiter arriving during the
