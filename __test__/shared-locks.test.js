@@ -57,12 +57,25 @@ async function holder(file, mode, log) {
   return c
 }
 
-/** Resolves once some process is blocked in flock(2) on `file` (a `->` line of /proc/locks names its inode). */
+/**
+ * Resolves once some process is blocked in the kernel waiting for the lock file `file`: in
+ * flock(2) on it, or for its turn in its ticket queue (an OFD lock on `<file>.wait`,
+ * src/file/ticket_queue.rs), where a waiter waits while the lock is held by this library's
+ * processes. A `->` line of /proc/locks names the inode.
+ */
 async function blockedOn(file) {
-  const { dev, ino } = fs.statSync(file)
-  const id = ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
+  const idOf = (name) => {
+    const stat = fs.statSync(name, { throwIfNoEntry: false })
+    if (stat === undefined) return null
+    const { dev, ino } = stat
+    return ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
+  }
+  const lockId = idOf(file)
   for (;;) {
-    if (fs.readFileSync('/proc/locks', 'utf8').split('\n').some((l) => l.includes('-> FLOCK') && l.includes(id))) return
+    // The queue file is made by the first waiter: looked up again each time.
+    const queueId = idOf(`${file}.wait`)
+    const lines = fs.readFileSync('/proc/locks', 'utf8').split('\n')
+    if (lines.some((l) => (l.includes('-> FLOCK') && l.includes(lockId)) || (queueId !== null && l.includes('-> OFDLCK') && l.includes(queueId)))) return
     await new Promise((resolve) => setImmediate(resolve))
   }
 }

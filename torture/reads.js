@@ -184,11 +184,26 @@ async function fuzzedSidecars(record, project, cases) {
   })
 }
 
-/** Resolves once some process is blocked in flock(2) on `file` (/proc/locks lists it). */
+/**
+ * Resolves once some process is blocked in the kernel waiting for the lock file `file`: in
+ * flock(2) on it, or for its turn in its ticket queue (an OFD lock on `<file>.wait`); /proc/locks
+ * lists it.
+ */
 async function blockedOn(file) {
-  const { dev, ino } = fs.statSync(file)
-  const id = ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
-  while (!fs.readFileSync('/proc/locks', 'utf8').split('\n').some((l) => l.includes('-> FLOCK') && l.includes(id))) {
+  const idOf = (name) => {
+    const stat = fs.statSync(name, { throwIfNoEntry: false })
+    if (stat === undefined) return null
+    const { dev, ino } = stat
+    return ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
+  }
+  const lockId = idOf(file)
+  const blocked = () => {
+    // The queue file is made by the first waiter: looked up again each time.
+    const queueId = idOf(`${file}.wait`)
+    const lines = fs.readFileSync('/proc/locks', 'utf8').split('\n')
+    return lines.some((l) => (l.includes('-> FLOCK') && l.includes(lockId)) || (queueId !== null && l.includes('-> OFDLCK') && l.includes(queueId)))
+  }
+  while (!blocked()) {
     await new Promise((resolve) => setImmediate(resolve))
   }
 }
