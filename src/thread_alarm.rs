@@ -4,6 +4,8 @@
 //! `F_OFD_SETLKW` take no timeout. As util-linux `flock -w` does with `SIGALRM`, a timer sends
 //! this thread a signal at the deadline; its handler does nothing and is installed without
 //! `SA_RESTART`, so the blocked call fails with `EINTR` and the waiter looks at its deadline.
+//! The file backend's waiting threads use it too, to wake from a wait for their turn in the
+//! ticket queue and look for waiters ahead that do not move (file/mod.rs, `STALL_LOOK`).
 //!
 //! Hand-written on `libc` because `nix`'s timers take only the classic signals, and every classic
 //! signal may mean something to Node or to the application; this uses a real-time signal that
