@@ -431,7 +431,7 @@ fn wait_unqueued(
 enum Turn {
   /// No holder in the way and nobody ranked ahead, or only waiters that do not move.
   Came,
-  /// Everyone of ours who waited gave up (a synchronous caller's deadline).
+  /// Everyone of ours who waited gave up (timed out or cancelled).
   GaveUp,
   /// The head of our waiters now ranks lower, or wants the other mode: line up again.
   Changed,
@@ -441,7 +441,8 @@ enum Turn {
 
 /// Waits at `place` for the turn of a waiter lined up at `rank` in `mode`. The wait is woken
 /// every [`STALL_LOOK`] (a timer signal of this thread: thread_alarm.rs) to look for waiters
-/// ahead that do not move; without a free signal it is not, and only the deadline ends it.
+/// ahead that do not move, and to give the place up once our waiters are gone. Without a free
+/// signal there are no looks: only the turn (or a synchronous caller's deadline alarm) ends it.
 fn wait_turn(
   turn: &QueueFile,
   place: i64,
