@@ -56,6 +56,11 @@ pub struct Request {
   pub arrival: Instant,
 }
 
+/// Aging: a waiter's effective priority rises by one level per this much waiting. Shared by this
+/// process's queue (lock_table.rs) and the file backend's queue between processes, which must
+/// rank alike.
+pub const AGING_STEP: Duration = Duration::from_secs(1);
+
 /// The outcome of a refresh (heartbeat, lease renewal).
 #[derive(Debug)]
 pub enum Refreshed {

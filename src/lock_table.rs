@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::backend::{Grant, LockMode, Refreshed, Request};
+use crate::backend::{Grant, LockMode, Refreshed, Request, AGING_STEP};
 use crate::config;
 use crate::deadlines;
 use crate::error::{LockError, Result};
@@ -87,9 +87,6 @@ struct Waiter {
   priority: f64,
   complete: Completion,
 }
-
-/// Aging: a waiter's effective priority rises by one level per this much waiting.
-pub const AGING_STEP: Duration = Duration::from_secs(1);
 
 /// `priority + waited / AGING_STEP`: see [`next_waiter`].
 fn effective_priority(waiter: &Waiter, now: Instant) -> f64 {

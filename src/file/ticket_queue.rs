@@ -43,8 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Instant;
 
-use crate::backend::LockMode;
-use crate::lock_table::AGING_STEP;
+use crate::backend::{LockMode, AGING_STEP};
 
 /// Held exclusively by the lock's holder for its whole hold.
 const HOLDER_BYTE: i64 = 0;
