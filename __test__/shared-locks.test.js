@@ -9,6 +9,7 @@ const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
 const { makeProject, PACKAGE_ROOT } = require('./helpers')
+const { untilAnyKernelWaiter } = require('./fixtures/wait-for.js')
 const { startRedis } = require('./redis-server')
 const fileLock = require('../file-lock')
 const native = require('../native')
@@ -55,29 +56,6 @@ async function holder(file, mode, log) {
   const c = child(['hold', file, mode, log])
   c.lockId = (await c.next('HOLDING ')).split(' ')[1]
   return c
-}
-
-/**
- * Resolves once some process is blocked in the kernel waiting for the lock file `file`: in
- * flock(2) on it, or for its turn in its ticket queue (an OFD lock on `<file>.wait`,
- * src/file/ticket_queue.rs), where a waiter waits while the lock is held by this library's
- * processes. A `->` line of /proc/locks names the inode.
- */
-async function blockedOn(file) {
-  const idOf = (name) => {
-    const stat = fs.statSync(name, { throwIfNoEntry: false })
-    if (stat === undefined) return null
-    const { dev, ino } = stat
-    return ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
-  }
-  const lockId = idOf(file)
-  for (;;) {
-    // The queue file is made by the first waiter: looked up again each time.
-    const queueId = idOf(`${file}.wait`)
-    const lines = fs.readFileSync('/proc/locks', 'utf8').split('\n')
-    if (lines.some((l) => (l.includes('-> FLOCK') && l.includes(lockId)) || (queueId !== null && l.includes('-> OFDLCK') && l.includes(queueId)))) return
-    await new Promise((resolve) => setImmediate(resolve))
-  }
 }
 
 /** The enter/exit lines of a log, checked: no exclusive interval overlaps any other. Returns the most holders seen at once. */
@@ -135,7 +113,7 @@ describe('shared locks across processes', () => {
     // A writer queues behind the four; it gets the lock only once the last one released.
     const writer = child(['hold', file, 'exclusive', log])
     await writer.next('QUEUED')
-    await blockedOn(lockFile)
+    await untilAnyKernelWaiter(lockFile)
     for (const r of readers) await r.release()
     await writer.next('HOLDING')
     expect(await getLockInfo(file)).toMatchObject({ mode: 'exclusive', pid: writer.proc.pid, readers: [] })
@@ -152,7 +130,7 @@ describe('shared locks across processes', () => {
     const reader = child(['hold', file, 'shared', log, '--try-first'])
     expect(await reader.next('TRY ')).toBe('TRY ELOCKTIMEOUT')
     await reader.next('QUEUED')
-    await blockedOn(lockFile)
+    await untilAnyKernelWaiter(lockFile)
     await writer.release()
     await reader.next('HOLDING')
     await reader.release()
@@ -164,7 +142,7 @@ describe('shared locks across processes', () => {
     const first = await holder(file, 'shared', log)
     const writer = child(['hold', file, 'exclusive', log])
     await writer.next('QUEUED')
-    await blockedOn(lockFile)
+    await untilAnyKernelWaiter(lockFile)
     // Only a reader holds, yet the late reader is refused at once: a writer waits.
     const late = child(['hold', file, 'shared', log, '--try-first'])
     expect(await late.next('TRY ')).toBe('TRY ELOCKTIMEOUT')
@@ -193,7 +171,7 @@ describe('shared locks across processes', () => {
     const reader = await holder(file, 'shared', log)
     const writer = child(['hold', file, 'exclusive', log])
     await writer.next('QUEUED')
-    await blockedOn(lockFile)
+    await untilAnyKernelWaiter(lockFile)
     reader.proc.kill('SIGKILL')
     await reader.closed
     await writer.next('HOLDING')
@@ -238,7 +216,7 @@ describe('shared locks in one process', () => {
     const order = []
     const reader = await acquireLock(file, { mode: 'shared' })
     const writing = manager.withLock(file, async () => order.push('writer'))
-    await blockedOn(lockFile)
+    await untilAnyKernelWaiter(lockFile)
     await expect(acquireLock(file, { mode: 'shared', timeout: 0 })).rejects.toMatchObject({ code: 'ELOCKTIMEOUT' })
     const reading = manager.withReadLock(file, async () => order.push('late reader'))
     expect(order).toEqual([])

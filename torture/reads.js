@@ -11,6 +11,7 @@ const path = require('node:path')
 const readline = require('node:readline')
 const { spawn } = require('node:child_process')
 const { failpointBinary, failpointEnv } = require('../__test__/failpoint-binary.js')
+const { untilAnyKernelWaiter } = require('../__test__/fixtures/wait-for.js')
 
 const FIXTURES = path.join(__dirname, '..', '__test__', 'fixtures')
 
@@ -184,30 +185,6 @@ async function fuzzedSidecars(record, project, cases) {
   })
 }
 
-/**
- * Resolves once some process is blocked in the kernel waiting for the lock file `file`: in
- * flock(2) on it, or for its turn in its ticket queue (an OFD lock on `<file>.wait`); /proc/locks
- * lists it.
- */
-async function blockedOn(file) {
-  const idOf = (name) => {
-    const stat = fs.statSync(name, { throwIfNoEntry: false })
-    if (stat === undefined) return null
-    const { dev, ino } = stat
-    return ` ${(dev >> 8).toString(16).padStart(2, '0')}:${(dev & 0xff).toString(16).padStart(2, '0')}:${ino} `
-  }
-  const lockId = idOf(file)
-  const blocked = () => {
-    // The queue file is made by the first waiter: looked up again each time.
-    const queueId = idOf(`${file}.wait`)
-    const lines = fs.readFileSync('/proc/locks', 'utf8').split('\n')
-    return lines.some((l) => (l.includes('-> FLOCK') && l.includes(lockId)) || (queueId !== null && l.includes('-> OFDLCK') && l.includes(queueId)))
-  }
-  while (!blocked()) {
-    await new Promise((resolve) => setImmediate(resolve))
-  }
-}
-
 /** The next line of `c` that starts with `prefix`, or null if none came within `ms` (a hang). */
 async function lineWithin(c, prefix, ms) {
   let timer
@@ -241,7 +218,7 @@ async function sigkilledReaders(record, project, runs) {
     for (const r of readers) await lineWithin(r, 'HOLDING', 30000)
     const writer = child('rw-holder.js', ['hold', file, 'exclusive', log])
     await lineWithin(writer, 'QUEUED', 30000)
-    await blockedOn(lockFile)
+    await untilAnyKernelWaiter(lockFile)
     readers[0].proc.kill('SIGKILL')
     await readers[0].closed
     readers[1].proc.kill('SIGKILL')
