@@ -227,16 +227,28 @@ describe('fair order across processes (the ticket queue)', () => {
     }
   }
 
+  /** A queue-waiter process holding `file`'s lock, an empty grants log beside it, and its queue. */
+  async function heldBy(file, holderMode = '--hold') {
+    const log = path.join(path.dirname(file), 'grants.log')
+    fs.writeFileSync(log, '')
+    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, holderMode], 'LOCKED')
+    return { log, holder, queue: queueOf(file) }
+  }
+
+  /** A queue-waiter process the test will signal, and how it ends. */
+  function spawnWaiter(file, label, priority, log) {
+    const child = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'queue-waiter.js'), file, label, String(priority), log], { stdio: 'ignore' })
+    const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })))
+    return { child, exited }
+  }
+
   /**
    * A holder holds `file`; then each of `waiters` ([label, priority] or a function starting the
    * process) is started only once the previous one holds its ticket. Then the holder releases;
    * returns the log (one label per grant, in grant order) once all are done.
    */
   async function queueBehindHolder(file, waiters, { holderMode = '--hold' } = {}) {
-    const log = path.join(path.dirname(file), 'grants.log')
-    fs.writeFileSync(log, '')
-    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, holderMode], 'LOCKED')
-    const queue = queueOf(file)
+    const { log, holder, queue } = await heldBy(file, holderMode)
     const done = []
     for (const [i, waiter] of waiters.entries()) {
       const exited = typeof waiter === 'function' ? waiter(log) : runFixture('queue-waiter', [file, waiter[0], waiter[1], log])
@@ -283,13 +295,9 @@ describe('fair order across processes (the ticket queue)', () => {
 
   test('a SIGKILLed waiter leaves the queue at once and the next one is served', async () => {
     const file = fileIn('killed.json')
-    const log = path.join(path.dirname(file), 'grants.log')
-    fs.writeFileSync(log, '')
-    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
-    const queue = queueOf(file)
+    const { log, holder, queue } = await heldBy(file)
     // The doomed waiter ranks first (priority 10), so the other one waits behind its ticket.
-    const doomed = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'queue-waiter.js'), file, 'doomed', '10', log], { stdio: 'ignore' })
-    const doomedExit = new Promise((resolve) => doomed.on('close', (code, signal) => resolve({ code, signal })))
+    const { child: doomed, exited: doomedExit } = spawnWaiter(file, 'doomed', 10, log)
     await until(() => queue.tickets() === 1, 'the first waiter to queue')
     const next = runFixture('queue-waiter', [file, 'next', 0, log])
     await until(() => queue.tickets() === 2, 'the second waiter to queue')
@@ -304,10 +312,7 @@ describe('fair order across processes (the ticket queue)', () => {
 
   test('a waiter that timed out in a live process leaves the queue, without the lock', async () => {
     const file = fileIn('gave-up.json')
-    const log = path.join(path.dirname(file), 'grants.log')
-    fs.writeFileSync(log, '')
-    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
-    const queue = queueOf(file)
+    const { log, holder, queue } = await heldBy(file)
     // Ranked first (priority 10); its 3 s deadline passes while it is queued. Its process's
     // waiting thread, blocked for its turn, gives the ticket back at its next periodic look.
     const quitter = await startFixture('queue-waiter', [file, 'quitter', 10, log, '--give-up-after=3000'], 'GAVE_UP ELOCKTIMEOUT')
@@ -325,13 +330,9 @@ describe('fair order across processes (the ticket queue)', () => {
 
   test('a SIGSTOPped waiter is passed while stopped, and served once continued', async () => {
     const file = fileIn('stopped.json')
-    const log = path.join(path.dirname(file), 'grants.log')
-    fs.writeFileSync(log, '')
-    const holder = await startFixture('queue-waiter', [file, 'holder', 0, log, '--hold'], 'LOCKED')
-    const queue = queueOf(file)
+    const { log, holder, queue } = await heldBy(file)
     // The stopped waiter ranks first (priority 10), so the other one queues behind its ticket.
-    const stopped = spawn(process.execPath, [path.join(__dirname, 'fixtures', 'queue-waiter.js'), file, 'stopped', '10', log], { stdio: 'ignore' })
-    const stoppedExit = new Promise((resolve) => stopped.on('close', (code, signal) => resolve({ code, signal })))
+    const { child: stopped, exited: stoppedExit } = spawnWaiter(file, 'stopped', 10, log)
     await until(() => queue.tickets() === 1, 'the first waiter to queue')
     // Ctrl-Z on a waiting process: its ticket stays, and it does not move.
     stopped.kill('SIGSTOP')
