@@ -416,6 +416,8 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
   };
   let outcome = backend.wait_acquire(&target, &head);
   drop(alarm);
+  // No notify: this path runs only where waiting threads do not wait for this process's own
+  // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
   entry.claiming = false;
@@ -424,21 +426,15 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
     Ok(Some(grant)) => {
       let lock_id = install(entry, &request, grant);
       drop(table);
-      CHANGED.notify_all();
       metrics::acquired(&file, started.elapsed(), true, options.priority);
       Ok(lock_id)
     }
     Ok(None) => {
       drop(table);
-      CHANGED.notify_all();
       metrics::timed_out(&file);
       Err(timeout_error(&target, timeout.unwrap_or_default()))
     }
-    Err(e) => {
-      drop(table);
-      CHANGED.notify_all();
-      Err(e)
-    }
+    Err(e) => Err(e),
   }
 }
 
