@@ -11,7 +11,15 @@
 //! signal may mean something to Node or to the application; this uses a real-time signal that
 //! nobody in the process handles. When none is free (or someone replaced our handler), `arm`
 //! says so and the caller waits on a helper thread instead, as the asynchronous API does.
+//!
+//! Each thread has one timer, made the first time it arms an alarm and deleted when the thread
+//! ends; arming and disarming only re-aim it (`timer_settime`), since a wait arms an alarm or two
+//! each time (its deadline, and the look for stalled waiters inside it) and creating and deleting
+//! a timer for each cost more system calls than the rest of a lock handoff. Alarms armed at once
+//! on one thread nest: the timer aims at the earliest deadline among them.
 
+use std::cell::RefCell;
+use std::marker::PhantomData;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -58,45 +66,141 @@ fn still_ours((signal, handler): (libc::c_int, libc::sighandler_t)) -> bool {
   }
 }
 
-/// An armed timer: blocking calls of the thread that armed it fail with `EINTR` from the
-/// deadline on. Disarmed (and the thread's signal mask restored) when dropped.
-pub struct Alarm {
+/// This thread's timer and the alarms armed on it now.
+struct ThreadTimer {
   timer: libc::timer_t,
-  old_mask: libc::sigset_t,
+  /// The deadlines of this thread's armed alarms (nested, so a handful at most).
+  armed: Vec<Instant>,
+  /// The outermost alarm found our signal blocked in this thread and unblocked it: blocked again
+  /// once the last alarm is gone.
+  reblock: bool,
+}
+
+thread_local! {
+  static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
+}
+
+impl ThreadTimer {
+  /// A timer that signals this thread (not any thread of the process) with `signal`.
+  fn create(signal: libc::c_int) -> Option<ThreadTimer> {
+    // SAFETY: plain libc calls on zero-initialised structs that they fill in; the timer is
+    // deleted by Drop, when the thread ends.
+    unsafe {
+      let mut event: libc::sigevent = std::mem::zeroed();
+      event.sigev_notify = libc::SIGEV_THREAD_ID;
+      event.sigev_signo = signal;
+      event.sigev_notify_thread_id = libc::gettid();
+      let mut timer: libc::timer_t = std::mem::zeroed();
+      if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
+        return None;
+      }
+      Some(ThreadTimer {
+        timer,
+        armed: Vec::new(),
+        reblock: false,
+      })
+    }
+  }
+
+  /// Aims the timer at `deadline` (and every [`REPEAT`] after it), or stops it (`None`).
+  fn aim(&self, deadline: Option<Instant>) -> bool {
+    let schedule = match deadline {
+      Some(deadline) => libc::itimerspec {
+        it_interval: timespec(REPEAT),
+        it_value: timespec(
+          deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_nanos(1)),
+        ),
+      },
+      None => libc::itimerspec {
+        it_interval: timespec(Duration::ZERO),
+        it_value: timespec(Duration::ZERO),
+      },
+    };
+    // SAFETY: the timer was created by `create` and is deleted only by Drop.
+    unsafe { libc::timer_settime(self.timer, 0, &schedule, std::ptr::null_mut()) == 0 }
+  }
+
+  fn earliest(&self) -> Option<Instant> {
+    self.armed.iter().min().copied()
+  }
+}
+
+impl Drop for ThreadTimer {
+  fn drop(&mut self) {
+    // SAFETY: created by `create`, deleted once; the thread is ending, so no alarm of it is armed.
+    unsafe {
+      libc::timer_delete(self.timer);
+    }
+  }
+}
+
+/// Unblocks `signal` in this thread; true if it was blocked.
+fn unblock(signal: libc::c_int) -> bool {
+  // SAFETY: sigset operations on zero-initialised sets; pthread_sigmask only changes this thread.
+  unsafe {
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigaddset(&mut set, signal);
+    let mut old: libc::sigset_t = std::mem::zeroed();
+    libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, &mut old) == 0
+      && libc::sigismember(&old, signal) == 1
+  }
+}
+
+fn block(signal: libc::c_int) {
+  // SAFETY: as in `unblock`.
+  unsafe {
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigaddset(&mut set, signal);
+    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+  }
+}
+
+/// An armed alarm: blocking calls of the thread that armed it fail with `EINTR` from the
+/// deadline on (or from an earlier one armed inside it). Disarmed when dropped, on that thread
+/// (it cannot be sent to another).
+pub struct Alarm {
+  deadline: Instant,
+  signal: libc::c_int,
+  _this_thread: PhantomData<*const ()>,
 }
 
 /// Arms an alarm for `deadline` on this thread; `None` if no signal can be used for it.
 pub fn arm(deadline: Instant) -> Option<Alarm> {
-  let (signal, _) = our_signal().filter(|&ours| still_ours(ours))?;
-  let first = deadline
-    .saturating_duration_since(Instant::now())
-    .max(Duration::from_nanos(1));
-  // SAFETY: plain libc calls on zero-initialised structs that the calls fill in; the timer is
-  // deleted by Drop, and the mask restored there.
-  unsafe {
-    let mut event: libc::sigevent = std::mem::zeroed();
-    event.sigev_notify = libc::SIGEV_THREAD_ID;
-    event.sigev_signo = signal;
-    event.sigev_notify_thread_id = libc::gettid();
-    let mut timer: libc::timer_t = std::mem::zeroed();
-    if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
-      return None;
-    }
-    let mut unblock: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut unblock);
-    libc::sigaddset(&mut unblock, signal);
-    let mut old_mask: libc::sigset_t = std::mem::zeroed();
-    libc::pthread_sigmask(libc::SIG_UNBLOCK, &unblock, &mut old_mask);
-    let alarm = Alarm { timer, old_mask };
-    let schedule = libc::itimerspec {
-      it_interval: timespec(REPEAT),
-      it_value: timespec(first),
-    };
-    if libc::timer_settime(timer, 0, &schedule, std::ptr::null_mut()) != 0 {
-      return None; // dropping `alarm` deletes the timer and restores the mask
-    }
-    Some(alarm)
-  }
+  let (signal, handler) = our_signal()?;
+  TIMER
+    .try_with(|cell| {
+      let mut slot = cell.borrow_mut();
+      let outermost = slot.as_ref().is_none_or(|timer| timer.armed.is_empty());
+      // An alarm inside another was checked with it: nothing can have changed on this thread.
+      if outermost && !still_ours((signal, handler)) {
+        return None;
+      }
+      let timer = match slot.as_mut() {
+        Some(timer) => timer,
+        None => slot.insert(ThreadTimer::create(signal)?),
+      };
+      if outermost {
+        timer.reblock = unblock(signal);
+      }
+      if timer.earliest().is_none_or(|earliest| deadline < earliest) && !timer.aim(Some(deadline)) {
+        if outermost && timer.reblock {
+          block(signal);
+        }
+        return None;
+      }
+      timer.armed.push(deadline);
+      Some(Alarm {
+        deadline,
+        signal,
+        _this_thread: PhantomData,
+      })
+    })
+    .ok()
+    .flatten()
 }
 
 fn timespec(d: Duration) -> libc::timespec {
@@ -107,13 +211,26 @@ fn timespec(d: Duration) -> libc::timespec {
 }
 
 impl Drop for Alarm {
+  /// Re-aims the timer at the earliest alarm left, or stops it. A signal already sent is
+  /// delivered to the do-nothing handler (or stays pending if the thread blocks it again).
   fn drop(&mut self) {
-    // SAFETY: the timer was created by `arm` and is deleted once; a signal already sent is
-    // delivered to the do-nothing handler, or stays pending if the restored mask blocks it.
-    unsafe {
-      libc::timer_delete(self.timer);
-      libc::pthread_sigmask(libc::SIG_SETMASK, &self.old_mask, std::ptr::null_mut());
-    }
+    let _ = TIMER.try_with(|cell| {
+      let mut slot = cell.borrow_mut();
+      let Some(timer) = slot.as_mut() else {
+        return;
+      };
+      let aimed_at = timer.earliest();
+      if let Some(index) = timer.armed.iter().rposition(|&d| d == self.deadline) {
+        timer.armed.swap_remove(index);
+      }
+      let next = timer.earliest();
+      if next != aimed_at {
+        timer.aim(next);
+      }
+      if next.is_none() && timer.reblock {
+        block(self.signal);
+      }
+    });
   }
 }
 
@@ -152,5 +269,51 @@ mod tests {
       File::open(&path).unwrap().lock().unwrap();
       released.join().unwrap();
     });
+  }
+
+  /// A look armed inside a wait (the ticket queue's stall look inside a synchronous caller's
+  /// deadline) interrupts first; once dropped, the outer deadline is what interrupts next, not
+  /// the inner alarm repeating.
+  #[test]
+  fn nested_alarms_interrupt_at_the_earliest_and_then_at_the_outer_deadline() {
+    let path = crate::test_support::temp_dir("alarm").join("nested.lock");
+    let holder = File::create(&path).unwrap();
+    holder.lock().unwrap();
+    let waiter = File::open(&path).unwrap();
+    let started = Instant::now();
+    let outer = arm(started + Duration::from_millis(200)).expect("a free real-time signal");
+    let inner = arm(started + Duration::from_millis(20)).expect("nested");
+    let first = waiter.lock().expect_err("the holder still holds it");
+    assert_eq!(first.kind(), std::io::ErrorKind::Interrupted);
+    drop(inner);
+    let second = waiter.lock().expect_err("the holder still holds it");
+    assert_eq!(second.kind(), std::io::ErrorKind::Interrupted);
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    drop(outer);
+  }
+
+  /// POSIX timers of the process that signal thread `tid` (/proc/self/timers lists them all).
+  fn timers_of(tid: libc::pid_t) -> usize {
+    let listing = std::fs::read_to_string("/proc/self/timers").unwrap();
+    let ours = format!("notify: signal/tid.{tid}");
+    listing.lines().filter(|line| line.trim() == ours).count()
+  }
+
+  #[test]
+  fn a_thread_makes_one_timer_for_all_its_alarms_and_deletes_it_when_it_ends() {
+    let tid = std::thread::spawn(|| {
+      // SAFETY: gettid has no preconditions.
+      let tid = unsafe { libc::gettid() };
+      for _ in 0..50 {
+        let outer = arm(Instant::now() + Duration::from_secs(60)).expect("a free signal");
+        drop(arm(Instant::now() + Duration::from_secs(1)).expect("nested"));
+        drop(outer);
+      }
+      assert_eq!(timers_of(tid), 1);
+      tid
+    })
+    .join()
+    .unwrap();
+    assert_eq!(timers_of(tid), 0);
   }
 }
