@@ -34,7 +34,10 @@ const SMOKE = process.argv.includes('--smoke')
 const N = SMOKE ? { reads: 300, cached: 2000, rounds: 40, cycles: 2000, rwMs: 600 } : { reads: 3000, cached: 20000, rounds: 300, cycles: 20000, rwMs: 4000 }
 
 const nowUs = () => (performance.timeOrigin + performance.now()) * 1000
-const sleepSync = (ms) => Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, ms)
+// One cell for every sleep: a fresh SharedArrayBuffer per call would put an allocation between a
+// release and the releaser's sleep, inside the handoff R3 times (raw flock's loop has none).
+const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4))
+const sleepSync = (ms) => Atomics.wait(SLEEP_CELL, 0, 0, ms)
 const median = (xs) => pct(xs, 50)
 function pct(xs, p) {
   const sorted = [...xs].sort((a, b) => a - b)

@@ -627,8 +627,10 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
       }
     }
   };
-  end_hold(&held);
+  // Before the hold ends: its end wakes the next holder, which, on a shared CPU, would wait for
+  // whatever the releaser still does.
   metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
+  end_hold(&held);
   // Only a waiting thread with someone queued listens (it may wait for this process's own
   // holder to end): a notify costs a system call, and waking an idle waiting thread costs a
   // context switch that competes with the process the lock is being handed to.

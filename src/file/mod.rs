@@ -87,9 +87,28 @@ impl FileBackend {
     self.slots.lock().unwrap_or_else(|e| e.into_inner())
   }
 
+  /// The handle kept from the last hold of `lock_path`, now the caller's alone.
+  fn take_idle(&self, lock_path: &Path) -> Option<LockFile> {
+    self
+      .slots()
+      .get_mut(lock_path)
+      .and_then(|slot| slot.idle.take())
+  }
+
   fn park_idle(&self, lock: LockFile) {
-    let path = lock.path().to_path_buf();
-    self.slots().entry(path).or_default().idle = Some(lock);
+    self.park(lock, None);
+  }
+
+  /// Keeps a released hold's handles for the next acquire, in one visit to the slot.
+  fn park(&self, lock: LockFile, queue: Option<QueueFile>) {
+    let mut slots = self.slots();
+    let slot = slots.entry(lock.path().to_path_buf()).or_default();
+    if let Some(queue) = queue {
+      if slot.queues.len() < SPARE_QUEUES {
+        slot.queues.push(queue);
+      }
+    }
+    slot.idle = Some(lock);
   }
 
   /// Takes a spare handle on the queue of `lock_path`, or opens one.
@@ -333,7 +352,8 @@ impl Grant for FileGrant {
   /// through our own descriptor, so they only ever touch the inode we locked, even if the path
   /// names another one by now (the next acquire notices that). The holder's byte goes last: the
   /// waiter whose turn it wakes then finds the kernel lock free, and a newcomer meanwhile still
-  /// sees the queue taken.
+  /// sees the queue taken. That wake-up is the last system call: whatever the releaser does
+  /// after it delays the waiter it woke when both share a CPU.
   fn release(self: Box<Self>) {
     let FileGrant {
       lock,
@@ -347,11 +367,10 @@ impl Grant for FileGrant {
       None => lock.clear_if_ours(&lock_id),
     }
     lock.unlock();
-    if let Some(queue) = queue {
+    if let Some(queue) = &queue {
       queue.unhold();
-      backend().park_queues(lock.path(), [queue]);
     }
-    backend().park_idle(lock);
+    backend().park(lock, queue);
   }
 
   fn inheritable_fd(&self) -> Option<i32> {
@@ -396,33 +415,46 @@ fn line_up(path: &Path, ticket: &mut QueueFile, turn: &mut QueueFile, rank: i64)
   }
 }
 
-/// Waits in the kernel's order (no ticket queue), then claims for whoever heads our queue.
-fn wait_unqueued(
-  target: &Target,
-  head: &dyn Fn() -> Option<Request>,
-) -> Result<Option<Box<dyn Grant>>> {
-  loop {
-    let Some(mode) = head().map(|request| request.mode) else {
-      return Ok(None);
-    };
-    let Some(lock) = LockFile::acquire_blocking(&target.lock_path, mode)? else {
-      // Interrupted (a synchronous caller's deadline): the loop asks `head` again.
-      continue;
-    };
-    let Some(request) = head() else {
-      // Everyone who waited gave up meanwhile: the lock goes back as we found it.
-      lock.unlock();
-      return Ok(None);
-    };
-    if request.mode != mode {
-      // The head changed (a higher priority came, or the head gave up) and wants the other
-      // mode: wait again in its mode.
-      lock.unlock();
-      continue;
-    }
-    match claim(lock, &request)? {
-      Claim::Won(grant) => return Ok(Some(grant)),
-      Claim::Respected(_) => std::thread::sleep(RECORD_POLL),
+impl FileBackend {
+  /// Waits in the kernel's order (no ticket queue), then claims for whoever heads our queue.
+  fn wait_unqueued(
+    &self,
+    target: &Target,
+    head: &dyn Fn() -> Option<Request>,
+  ) -> Result<Option<Box<dyn Grant>>> {
+    let path = &target.lock_path;
+    loop {
+      let Some(mode) = head().map(|request| request.mode) else {
+        return Ok(None);
+      };
+      let lock = match LockFile::acquire_blocking(path, self.take_idle(path), mode)? {
+        TryLock::Locked(lock) => lock,
+        TryLock::Busy(lock) => {
+          // Interrupted (a synchronous caller's deadline): the loop asks `head` again.
+          self.park_idle(lock);
+          continue;
+        }
+      };
+      let Some(request) = head() else {
+        // Everyone who waited gave up meanwhile: the lock goes back as we found it.
+        lock.unlock();
+        self.park_idle(lock);
+        return Ok(None);
+      };
+      if request.mode != mode {
+        // The head changed (a higher priority came, or the head gave up) and wants the other
+        // mode: wait again in its mode.
+        lock.unlock();
+        self.park_idle(lock);
+        continue;
+      }
+      match claim(lock, &request)? {
+        Claim::Won(grant) => return Ok(Some(grant)),
+        Claim::Respected(lock) => {
+          self.park_idle(lock);
+          std::thread::sleep(RECORD_POLL);
+        }
+      }
     }
   }
 }
@@ -500,7 +532,7 @@ impl Backend for FileBackend {
 
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
     let path = &target.lock_path;
-    let idle = self.slots().entry(path.clone()).or_default().idle.take();
+    let idle = self.take_idle(path);
     let mut queue = if queued(path) {
       self.take_queue(path)
     } else {
@@ -560,10 +592,10 @@ impl Backend for FileBackend {
   ) -> Result<Option<Box<dyn Grant>>> {
     let path = &target.lock_path;
     if !queued(path) {
-      return wait_unqueued(target, head);
+      return self.wait_unqueued(target, head);
     }
     let (Some(mut ticket), Some(mut turn)) = (self.take_queue(path), self.take_queue(path)) else {
-      return wait_unqueued(target, head);
+      return self.wait_unqueued(target, head);
     };
     loop {
       let Some(request) = head() else {
@@ -576,7 +608,7 @@ impl Backend for FileBackend {
       );
       let Some(place) = line_up(path, &mut ticket, &mut turn, rank) else {
         // No usable queue file (an error of the file system): wait in the kernel's order.
-        return wait_unqueued(target, head);
+        return self.wait_unqueued(target, head);
       };
       match wait_turn(&turn, place, rank, mode, head) {
         Turn::Came => {}
@@ -591,7 +623,7 @@ impl Backend for FileBackend {
         }
         Turn::Failed => {
           ticket.leave(place);
-          return wait_unqueued(target, head);
+          return self.wait_unqueued(target, head);
         }
       }
       // Our turn: nobody in the way, nobody ranked ahead. Our own waiters may have changed.
@@ -610,10 +642,11 @@ impl Backend for FileBackend {
         }
         Some(_) => {}
       }
-      let acquired = match LockFile::acquire_blocking(path, mode) {
-        Ok(Some(lock)) => Ok(lock),
+      let acquired = match LockFile::acquire_blocking(path, self.take_idle(path), mode) {
+        Ok(TryLock::Locked(lock)) => Ok(lock),
         // Interrupted (a synchronous caller's deadline): give the turn back and ask `head`.
-        Ok(None) => {
+        Ok(TryLock::Busy(lock)) => {
+          self.park_idle(lock);
           ticket.leave(place);
           continue;
         }
@@ -629,6 +662,7 @@ impl Backend for FileBackend {
         Some(request) if request.mode == mode => request,
         gone_or_changed => {
           lock.unlock();
+          self.park_idle(lock);
           ticket.unhold();
           if gone_or_changed.is_some() {
             continue;
@@ -643,7 +677,8 @@ impl Backend for FileBackend {
           self.park_queues(path, [turn]);
           return Ok(Some(grant));
         }
-        Ok(Claim::Respected(_)) => {
+        Ok(Claim::Respected(lock)) => {
+          self.park_idle(lock);
           ticket.unhold();
           std::thread::sleep(RECORD_POLL);
         }

@@ -143,17 +143,27 @@ impl LockFile {
     }
   }
 
-  /// Waits in the kernel until the lock is ours, in `mode` (`None`: a signal interrupted the
-  /// wait, such as the caller's deadline alarm, see thread_alarm.rs). Only a waiting thread calls
-  /// this, with a handle of its own: a lock belongs to an open file description, so sharing one
-  /// with the fast path would let both believe they hold it.
-  pub fn acquire_blocking(path: &Path, mode: LockMode) -> Result<Option<LockFile>> {
+  /// Waits in the kernel until the lock is ours, in `mode`, with `handle` (one kept from an earlier
+  /// hold, which saves opening the file again) or a fresh one, starting again on the file now at
+  /// the path whenever the locked inode turns out to have been removed. [`TryLock::Busy`]: a
+  /// signal interrupted the wait (the caller's deadline alarm, see thread_alarm.rs), and the
+  /// unlocked handle comes back. The handle must be the caller's alone: a lock belongs to an
+  /// open file description, so sharing one with the fast path would let both believe they hold it.
+  pub fn acquire_blocking(
+    path: &Path,
+    handle: Option<LockFile>,
+    mode: LockMode,
+  ) -> Result<TryLock> {
+    let mut handle = handle;
     loop {
-      let lock = LockFile::open(path)?;
+      let lock = match handle.take() {
+        Some(lock) => lock,
+        None => LockFile::open(path)?,
+      };
       match lock_as(&lock.file, mode) {
-        Ok(()) if lock.still_at_path() => return Ok(Some(lock)),
+        Ok(()) if lock.still_at_path() => return Ok(TryLock::Locked(lock)),
         Ok(()) => drop(lock),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(TryLock::Busy(lock)),
         Err(e) => return Err(LockError::io(&e, "Cannot lock", path)),
       }
     }
@@ -211,11 +221,12 @@ impl LockFile {
   /// after we stalled is left alone): a blank record means free, and rewriting the same bytes
   /// costs no block allocation, unlike truncating and growing the file again.
   pub fn clear_if_ours(&self, lock_id: &str) {
-    let Ok(bytes) = self.read_raw() else {
+    let Ok(mut bytes) = self.read_raw() else {
       return;
     };
     if mentions(&bytes, lock_id) {
-      let _ = self.file.write_all_at(&vec![b' '; bytes.len()], 0);
+      bytes.fill(b' ');
+      let _ = self.file.write_all_at(&bytes, 0);
     }
   }
 
@@ -407,12 +418,16 @@ mod tests {
   #[test]
   fn a_waiter_on_a_removed_inode_starts_again() {
     let path = temp_dir("oslock").join("race.lock");
+    // The waiter's handle is one kept from an earlier hold of the file about to be removed.
+    let kept = locked(&path);
+    kept.unlock();
     let holder = locked(&path);
     let waiter_path = path.clone();
     let waiter = std::thread::spawn(move || {
-      LockFile::acquire_blocking(&waiter_path, LockMode::Exclusive)
-        .unwrap()
-        .unwrap()
+      match LockFile::acquire_blocking(&waiter_path, Some(kept), LockMode::Exclusive).unwrap() {
+        TryLock::Locked(lock) => lock,
+        TryLock::Busy(_) => panic!("nothing interrupts this wait"),
+      }
     });
     crate::test_support::wait_for_blocked_flock(&path);
     holder.remove();
