@@ -20,7 +20,8 @@
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
 /// After the deadline the signal repeats this often: a signal that lands just before the call
@@ -74,6 +75,17 @@ struct ThreadTimer {
   /// The outermost alarm found our signal blocked in this thread and unblocked it: blocked again
   /// once the last alarm is gone.
   reblock: bool,
+  /// [`FORKS`] when it was made.
+  generation: u64,
+}
+
+/// Counts the forks this process came out of as the child: a child inherits the thread's
+/// `ThreadTimer` but not the timer it names (timers are not inherited), and that id may later
+/// name a timer some other code of the child makes. The child makes its own.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn in_forked_child() {
+  FORKS.fetch_add(1, Ordering::Relaxed);
 }
 
 thread_local! {
@@ -83,6 +95,12 @@ thread_local! {
 impl ThreadTimer {
   /// A timer that signals this thread (not any thread of the process) with `signal`.
   fn create(signal: libc::c_int) -> Option<ThreadTimer> {
+    static WATCH_FORKS: Once = Once::new();
+    // SAFETY: the handler only bumps an atomic counter, which is safe in a child after fork.
+    WATCH_FORKS.call_once(|| unsafe {
+      libc::pthread_atfork(None, None, Some(in_forked_child));
+    });
+    let generation = FORKS.load(Ordering::Relaxed);
     // SAFETY: plain libc calls on zero-initialised structs that they fill in; the timer is
     // deleted by Drop, when the thread ends.
     unsafe {
@@ -98,6 +116,7 @@ impl ThreadTimer {
         timer,
         armed: Vec::new(),
         reblock: false,
+        generation,
       })
     }
   }
@@ -174,6 +193,11 @@ pub fn arm(deadline: Instant) -> Option<Alarm> {
   TIMER
     .try_with(|cell| {
       let mut slot = cell.borrow_mut();
+      let forked = FORKS.load(Ordering::Relaxed);
+      if let Some(inherited) = slot.take_if(|timer| timer.generation != forked) {
+        // The parent's timer: nothing of this process's to delete.
+        std::mem::forget(inherited);
+      }
       let outermost = slot.as_ref().is_none_or(|timer| timer.armed.is_empty());
       // An alarm inside another was checked with it: nothing can have changed on this thread.
       if outermost && !still_ours((signal, handler)) {
@@ -315,5 +339,38 @@ mod tests {
     .join()
     .unwrap();
     assert_eq!(timers_of(tid), 0);
+  }
+
+  /// A child process made by `fork` after this thread made its timer makes its own: the
+  /// parent's id names no timer in the child (timers are not inherited).
+  #[test]
+  fn a_forked_child_makes_its_own_timer() {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+    let path = crate::test_support::temp_dir("alarm").join("fork.lock");
+    let holder = File::create(&path).unwrap();
+    holder.lock().unwrap();
+    let waiter = File::open(&path).unwrap();
+    drop(arm(Instant::now() + Duration::from_secs(60)).expect("a free real-time signal"));
+    // SAFETY: the child arms an alarm, blocks on the lock and exits; glibc makes malloc usable
+    // in a child of a threaded parent.
+    match unsafe { fork() }.unwrap() {
+      ForkResult::Child => {
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() };
+        let alarm = arm(Instant::now() + Duration::from_millis(20));
+        let interrupted = alarm.is_some()
+          && waiter
+            .lock()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::Interrupted)
+          && timers_of(tid) == 1;
+        drop(alarm);
+        // SAFETY: ends the child at once, without the parent's exit handlers.
+        unsafe { libc::_exit(i32::from(!interrupted)) }
+      }
+      ForkResult::Parent { child } => {
+        assert_eq!(waitpid(child, None).unwrap(), WaitStatus::Exited(child, 0));
+      }
+    }
   }
 }
