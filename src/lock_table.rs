@@ -627,10 +627,9 @@ pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
       }
     }
   };
-  // Before the hold ends: its end wakes the next holder, which, on a shared CPU, would wait for
-  // whatever the releaser still does.
-  metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
   end_hold(&held);
+  // After the hold ends: before it, this bookkeeping would delay a waiter woken on another CPU.
+  metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
   // Only a waiting thread with someone queued listens (it may wait for this process's own
   // holder to end): a notify costs a system call, and waking an idle waiting thread costs a
   // context switch that competes with the process the lock is being handed to.
