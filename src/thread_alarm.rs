@@ -16,7 +16,11 @@
 //! ends; arming and disarming only re-aim it (`timer_settime`), since a wait arms an alarm or two
 //! each time (its deadline, and the look for stalled waiters inside it) and creating and deleting
 //! a timer for each cost more system calls than the rest of a lock handoff. Alarms armed at once
-//! on one thread nest: the timer aims at the earliest deadline among them.
+//! on one thread nest: the timer aims at the earliest deadline among them when one is armed, and
+//! stops when the last is dropped. Dropping an inner alarm leaves the timer where it is, at or
+//! before the deadlines left: a blocked call may then be interrupted before any of them, which
+//! every caller already takes as "look at the deadline again", and it saves re-aiming the timer
+//! at the moment a waiter gets its turn (the look inside the wait is dropped right then).
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
@@ -77,6 +81,8 @@ struct ThreadTimer {
   reblock: bool,
   /// [`FORKS`] when it was made.
   generation: u64,
+  /// Where the timer is aimed now (`None`: stopped); never later than the earliest armed alarm.
+  aimed_at: Option<Instant>,
 }
 
 /// Counts the forks this process came out of as the child: a child inherits the thread's
@@ -117,12 +123,13 @@ impl ThreadTimer {
         armed: Vec::new(),
         reblock: false,
         generation,
+        aimed_at: None,
       })
     }
   }
 
   /// Aims the timer at `deadline` (and every [`REPEAT`] after it), or stops it (`None`).
-  fn aim(&self, deadline: Option<Instant>) -> bool {
+  fn aim(&mut self, deadline: Option<Instant>) -> bool {
     let schedule = match deadline {
       Some(deadline) => libc::itimerspec {
         it_interval: timespec(REPEAT),
@@ -138,7 +145,11 @@ impl ThreadTimer {
       },
     };
     // SAFETY: the timer was created by `create` and is deleted only by Drop.
-    unsafe { libc::timer_settime(self.timer, 0, &schedule, std::ptr::null_mut()) == 0 }
+    let aimed = unsafe { libc::timer_settime(self.timer, 0, &schedule, std::ptr::null_mut()) == 0 };
+    if aimed {
+      self.aimed_at = deadline;
+    }
+    aimed
   }
 
   fn earliest(&self) -> Option<Instant> {
@@ -210,13 +221,17 @@ pub fn arm(deadline: Instant) -> Option<Alarm> {
       if outermost {
         timer.reblock = unblock(signal);
       }
-      if timer.earliest().is_none_or(|earliest| deadline < earliest) && !timer.aim(Some(deadline)) {
+      timer.armed.push(deadline);
+      // Also when the timer is aimed earlier, at an inner alarm dropped since: left there, an
+      // expired one would interrupt every REPEAT.
+      let earliest = timer.earliest();
+      if timer.aimed_at != earliest && !timer.aim(earliest) {
+        timer.armed.pop();
         if outermost && timer.reblock {
           block(signal);
         }
         return None;
       }
-      timer.armed.push(deadline);
       Some(Alarm {
         deadline,
         signal,
@@ -235,24 +250,25 @@ fn timespec(d: Duration) -> libc::timespec {
 }
 
 impl Drop for Alarm {
-  /// Re-aims the timer at the earliest alarm left, or stops it. A signal already sent is
-  /// delivered to the do-nothing handler (or stays pending if the thread blocks it again).
+  /// Stops the timer when this was the last alarm of the thread; otherwise leaves it aimed (see
+  /// the module's comment). A signal already sent is delivered to the do-nothing handler (or
+  /// stays pending if the thread blocks it again).
   fn drop(&mut self) {
     let _ = TIMER.try_with(|cell| {
       let mut slot = cell.borrow_mut();
       let Some(timer) = slot.as_mut() else {
         return;
       };
-      let aimed_at = timer.earliest();
       if let Some(index) = timer.armed.iter().rposition(|&d| d == self.deadline) {
         timer.armed.swap_remove(index);
       }
-      let next = timer.earliest();
-      if next != aimed_at {
-        timer.aim(next);
-      }
-      if next.is_none() && timer.reblock {
-        block(self.signal);
+      if timer.armed.is_empty() {
+        if timer.aimed_at.is_some() {
+          timer.aim(None);
+        }
+        if timer.reblock {
+          block(self.signal);
+        }
       }
     });
   }
@@ -296,23 +312,34 @@ mod tests {
   }
 
   /// A look armed inside a wait (the ticket queue's stall look inside a synchronous caller's
-  /// deadline) interrupts first; once dropped, the outer deadline is what interrupts next, not
-  /// the inner alarm repeating.
+  /// deadline) interrupts first. Dropped, it may go on interrupting (early, which callers take as
+  /// "look again"), but the next look armed is aimed at anew, and the outer deadline still holds.
   #[test]
-  fn nested_alarms_interrupt_at_the_earliest_and_then_at_the_outer_deadline() {
+  fn nested_alarms_interrupt_at_the_earliest_and_a_new_look_is_aimed_anew() {
     let path = crate::test_support::temp_dir("alarm").join("nested.lock");
     let holder = File::create(&path).unwrap();
     holder.lock().unwrap();
     let waiter = File::open(&path).unwrap();
+    let interrupted = || {
+      waiter
+        .lock()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::Interrupted)
+    };
     let started = Instant::now();
-    let outer = arm(started + Duration::from_millis(200)).expect("a free real-time signal");
-    let inner = arm(started + Duration::from_millis(20)).expect("nested");
-    let first = waiter.lock().expect_err("the holder still holds it");
-    assert_eq!(first.kind(), std::io::ErrorKind::Interrupted);
-    drop(inner);
-    let second = waiter.lock().expect_err("the holder still holds it");
-    assert_eq!(second.kind(), std::io::ErrorKind::Interrupted);
-    assert!(started.elapsed() >= Duration::from_millis(200));
+    let outer = arm(started + Duration::from_millis(400)).expect("a free real-time signal");
+    let first = arm(started + Duration::from_millis(20)).expect("nested");
+    assert!(interrupted());
+    assert!(started.elapsed() >= Duration::from_millis(20));
+    drop(first);
+    // The expired look repeats every REPEAT until the next look is armed; that one is aimed at.
+    let again = Instant::now();
+    let second = arm(again + Duration::from_millis(150)).expect("nested");
+    assert!(interrupted());
+    assert!(again.elapsed() >= Duration::from_millis(150));
+    drop(second);
+    while started.elapsed() < Duration::from_millis(400) {
+      assert!(interrupted());
+    }
     drop(outer);
   }
 
