@@ -61,11 +61,12 @@ pub enum Probe {
   Free(Contents),
 }
 
-/// The outcome of one non-blocking try.
+/// The outcome of one non-blocking try, or of a wait ([`LockFile::acquire_blocking`]).
 #[derive(Debug)]
 pub enum TryLock {
   Locked(LockFile),
-  /// Somebody else holds it; the (unlocked) handle is handed back for reuse.
+  /// Somebody else holds it (or a signal ended the wait); the unlocked handle is handed back
+  /// for reuse.
   Busy(LockFile),
 }
 
