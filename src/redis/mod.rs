@@ -46,6 +46,12 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// still open) holds up the queue at most this long; one that died is removed within
 /// `CHECK_EVERY` because its connection is gone.
 const WAITER_TTL: Duration = Duration::from_secs(6);
+/// For this long after the server refused a try on the caller's thread, acquires of that lock
+/// queue at once: a lock that is contended is most likely still taken (or has waiters, whom a
+/// try never passes), and a try would only add a round trip on the event loop before the
+/// queue's own request. Once a second: a lock that stopped being contended gets its
+/// caller-thread tries back within a second, for one wasted round trip a second while it is.
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// How often a waiting caller re-checks `wanted()` and its deadline between wake-ups (local
 /// only, no command), so an abort is noticed promptly without `interrupt`.
 pub const WANTED_POLL: Duration = Duration::from_millis(50);
@@ -113,6 +119,8 @@ struct Shared {
   held: Mutex<HashMap<String, (String, u64)>>,
   /// The lock channels subscribed to.
   subscribed: Mutex<HashSet<String>>,
+  /// Lock key → when the server last refused a try on the caller's thread (`try_acquire_idle`).
+  refused: Mutex<HashMap<String, Instant>>,
   /// Set when this user may not run CLIENT LIST: dead holders then wait for their TTL.
   no_client_list: AtomicBool,
   /// The CLIENT ID of the managed connection as last seen (0: ask); see `scripts::run`.
@@ -311,6 +319,65 @@ impl RedisLocks {
             return Ok(None);
           }
         }
+      }
+    }
+  }
+
+  /// One try on the caller's thread, which may be Node's event loop, made only when it waits on
+  /// nothing but one answer: over an idle pooled connection (a connect could take the whole
+  /// connect timeout), with the registered connection's CLIENT ID known, within the command
+  /// timeout (as a release). `None` when refused, and also when not made: no connection idle,
+  /// the idle one found closed, or the lock looked contended (see [`CONTENDED_FOR`]). A blocker
+  /// is not checked for liveness here: the waiting thread the caller then queues on checks it at
+  /// once.
+  pub fn try_acquire_idle(
+    &self,
+    key: &str,
+    holder: &LockRecord,
+    token_floor: u64,
+  ) -> Result<Option<RedisGrant>> {
+    let client = self.shared.client_id.load(Ordering::Relaxed);
+    let contended = guard(&self.shared.refused)
+      .get(key)
+      .is_some_and(|at| at.elapsed() < CONTENDED_FOR);
+    if client == 0 || contended {
+      return Ok(None);
+    }
+    let Some(conn) = guard(&self.pool.idle).pop() else {
+      return Ok(None);
+    };
+    let attempt = Attempt::new(key, holder, token_floor);
+    let keys = attempt.keys.all();
+    let mut args = self.acquire_args(&attempt, "try");
+    args[1] = client.to_string();
+    let limit = self.limit(None);
+    let start = Instant::now();
+    let sent = self.request_on(conn, limit, |conn| {
+      scripts::run_blocking(conn, Script::Acquire, &keys, &args, client)
+    });
+    let reply = match sent {
+      Ok(reply) => reply,
+      Err(e) => {
+        // The grant may have been made before the connection failed.
+        self.abandon(&attempt, true);
+        if found_closed(&e) {
+          // The waiting thread connects anew, off the event loop.
+          guard(&self.pool.idle).clear();
+          return Ok(None);
+        }
+        return Err(self.failed("run a script on", limit, &e));
+      }
+    };
+    match step_of(&reply) {
+      Step::Granted { token, client } => {
+        guard(&self.shared.refused).remove(key);
+        Ok(Some(self.granted(&attempt, token, client, start)))
+      }
+      Step::Blocked(..) => {
+        let mut refused = guard(&self.shared.refused);
+        refused.retain(|_, at| at.elapsed() < CONTENDED_FOR);
+        refused.insert(key.to_string(), Instant::now());
+        Ok(None)
       }
     }
   }
@@ -649,43 +716,24 @@ impl RedisLocks {
     }
   }
 
-  /// One run of the acquire script, with our CLIENT ID read in the same round trip.
+  /// One run of the acquire script.
   fn step(&self, attempt: &Attempt, mode: &str, deadline: Option<Instant>) -> Result<Step> {
-    let args = vec![
+    let args = self.acquire_args(attempt, mode);
+    let reply = self.script(Script::Acquire, &attempt.keys.all(), args, deadline)?;
+    Ok(step_of(&reply))
+  }
+
+  /// The acquire script's arguments, the CLIENT ID (slot 1) still blank.
+  fn acquire_args(&self, attempt: &Attempt, mode: &str) -> Vec<String> {
+    vec![
       attempt.lock_id.clone(),
-      String::new(), // the CLIENT ID, filled in by `scripts::run`
+      String::new(),
       self.config.ttl.as_millis().to_string(),
       attempt.holder_json.clone(),
       attempt.token_floor.to_string(),
       mode.to_string(),
       WAITER_TTL.as_millis().to_string(),
-    ];
-    let reply = self.script(Script::Acquire, &attempt.keys.all(), args, deadline)?;
-    let client = reply.client;
-    if reply.int(0) == 1 {
-      return Ok(Step::Granted {
-        token: u64::try_from(reply.int(1)).unwrap_or(0),
-        client,
-      });
-    }
-    let id = reply.text(2);
-    let client = reply.text(3).parse().unwrap_or(0);
-    if reply.text(1) == "holder" {
-      let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
-      return Ok(Step::Blocked(
-        Blocker::Holder {
-          lock_id: id,
-          client,
-        },
-        lease_left,
-        reply.client,
-      ));
-    }
-    Ok(Step::Blocked(
-      Blocker::Waiter { id, client },
-      None,
-      reply.client,
-    ))
+    ]
   }
 
   /// `true` when the blocker is still connected; `false` after removing a dead one.
@@ -883,7 +931,7 @@ impl RedisLocks {
     loop {
       let limit = self.limit(deadline);
       let reused = kept.is_some();
-      let mut conn = match kept.take() {
+      let conn = match kept.take() {
         Some(conn) => conn,
         None => self
           .pool
@@ -891,21 +939,35 @@ impl RedisLocks {
           .get_connection_with_timeout(limit)
           .map_err(|e| backend_error(&self.config, "connect to", &e))?,
       };
-      let outcome = conn
-        .set_read_timeout(Some(limit))
-        .and_then(|()| conn.set_write_timeout(Some(limit)))
-        .and_then(|()| f(&mut conn));
-      match outcome {
-        Ok(value) => {
-          guard(&self.pool.idle).push(conn);
-          return Ok(value);
-        }
-        Err(e) if reused && e.is_connection_dropped() && !e.is_timeout() => {
-          guard(&self.pool.idle).clear();
-        }
-        Err(e) if e.is_timeout() => return Err(no_answer(&self.config, limit)),
-        Err(e) => return Err(backend_error(&self.config, doing, &e)),
+      match self.request_on(conn, limit, &mut f) {
+        Ok(value) => return Ok(value),
+        Err(e) if reused && found_closed(&e) => guard(&self.pool.idle).clear(),
+        Err(e) => return Err(self.failed(doing, limit, &e)),
       }
+    }
+  }
+
+  /// Runs `f` on `conn` within `limit`. A connection that worked goes back to the pool; one that
+  /// failed is dropped (a late reply could still be on its way).
+  fn request_on<T>(
+    &self,
+    mut conn: redis::Connection,
+    limit: Duration,
+    f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+  ) -> redis::RedisResult<T> {
+    let value = conn
+      .set_read_timeout(Some(limit))
+      .and_then(|()| conn.set_write_timeout(Some(limit)))
+      .and_then(|()| f(&mut conn))?;
+    guard(&self.pool.idle).push(conn);
+    Ok(value)
+  }
+
+  fn failed(&self, doing: &str, limit: Duration, e: &redis::RedisError) -> LockError {
+    if e.is_timeout() {
+      no_answer(&self.config, limit)
+    } else {
+      backend_error(&self.config, doing, e)
     }
   }
 
@@ -939,6 +1001,30 @@ fn bridge<T: Send + 'static>(
   }
 }
 
+/// What a run of the acquire script says.
+fn step_of(reply: &Reply) -> Step {
+  if reply.int(0) == 1 {
+    return Step::Granted {
+      token: u64::try_from(reply.int(1)).unwrap_or(0),
+      client: reply.client,
+    };
+  }
+  let id = reply.text(2);
+  let client = reply.text(3).parse().unwrap_or(0);
+  if reply.text(1) == "holder" {
+    let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
+    return Step::Blocked(
+      Blocker::Holder {
+        lock_id: id,
+        client,
+      },
+      lease_left,
+      reply.client,
+    );
+  }
+  Step::Blocked(Blocker::Waiter { id, client }, None, reply.client)
+}
+
 fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {
   LockError::new(
     "ELOCKBACKEND",
@@ -949,6 +1035,12 @@ fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {
       limit.as_millis()
     ),
   )
+}
+
+/// A kept connection turned out closed while idle: the request got no answer (the scripts are
+/// idempotent for the same attempt, so it may be sent again on a new connection).
+fn found_closed(e: &redis::RedisError) -> bool {
+  e.is_connection_dropped() && !e.is_timeout()
 }
 
 /// The server refuses the command itself: the ACL forbids it, or it was renamed away.
