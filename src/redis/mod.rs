@@ -184,7 +184,14 @@ impl<'a> Attempt<'a> {
 /// There are as many as callers at once (usually one or two), each a client of its own in Redis.
 struct Pool {
   client: redis::Client,
-  idle: Mutex<Vec<redis::Connection>>,
+  idle: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+  conn: redis::Connection,
+  /// The read and write timeouts set on its socket (`None`: not yet), so that a request with the
+  /// same limit as the last costs no `setsockopt`.
+  timeout: Option<Duration>,
 }
 
 pub struct RedisLocks {
@@ -933,11 +940,14 @@ impl RedisLocks {
       let reused = kept.is_some();
       let conn = match kept.take() {
         Some(conn) => conn,
-        None => self
-          .pool
-          .client
-          .get_connection_with_timeout(limit)
-          .map_err(|e| backend_error(&self.config, "connect to", &e))?,
+        None => Pooled {
+          conn: self
+            .pool
+            .client
+            .get_connection_with_timeout(limit)
+            .map_err(|e| backend_error(&self.config, "connect to", &e))?,
+          timeout: None,
+        },
       };
       match self.request_on(conn, limit, &mut f) {
         Ok(value) => return Ok(value),
@@ -951,15 +961,18 @@ impl RedisLocks {
   /// failed is dropped (a late reply could still be on its way).
   fn request_on<T>(
     &self,
-    mut conn: redis::Connection,
+    mut pooled: Pooled,
     limit: Duration,
     f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
   ) -> redis::RedisResult<T> {
-    let value = conn
-      .set_read_timeout(Some(limit))
-      .and_then(|()| conn.set_write_timeout(Some(limit)))
-      .and_then(|()| f(&mut conn))?;
-    guard(&self.pool.idle).push(conn);
+    let conn = &mut pooled.conn;
+    if pooled.timeout != Some(limit) {
+      conn.set_read_timeout(Some(limit))?;
+      conn.set_write_timeout(Some(limit))?;
+      pooled.timeout = Some(limit);
+    }
+    let value = f(conn)?;
+    guard(&self.pool.idle).push(pooled);
     Ok(value)
   }
 
