@@ -121,6 +121,8 @@ struct Shared {
   subscribed: Mutex<HashSet<String>>,
   /// Lock key → when the server last refused a try on the caller's thread (`try_acquire_idle`).
   refused: Mutex<HashMap<String, Instant>>,
+  /// CLIENT ID of a blocker → when a waiter's `CLIENT LIST` last showed it connected.
+  seen_connected: Mutex<HashMap<u64, Instant>>,
   /// Set when this user may not run CLIENT LIST: dead holders then wait for their TTL.
   no_client_list: AtomicBool,
   /// The CLIENT ID of the managed connection as last seen (0: ask); see `scripts::run`.
@@ -427,7 +429,9 @@ impl RedisLocks {
     rx: &mpsc::Receiver<Wake>,
   ) -> Result<Option<RedisGrant>> {
     let keys = &attempt.keys;
-    // The blocker last seen connected; a new one is checked at once.
+    // The blocker last seen connected; a new one is checked at once, unless its connection was
+    // seen connected less than CHECK_EVERY ago (the next holder of a contended lock is mostly a
+    // process whose previous hold was just checked): then it is checked when that check is due.
     let mut known: Option<Blocker> = None;
     let mut look = true;
     // Another waiter's turn came (the lock changed hands): read the lock again at the next check.
@@ -460,13 +464,18 @@ impl RedisLocks {
             stale = false;
             if known.as_ref() != Some(&blocker) {
               known = None;
-              if !self.check_blocker(keys, &blocker, deadline)? {
-                look = true;
-                continue;
-              }
+              next_check = match self.seen_connected(blocker.client()) {
+                Some(seen) => seen + CHECK_EVERY,
+                None => {
+                  if !self.check_blocker(keys, &blocker, deadline)? {
+                    look = true;
+                    continue;
+                  }
+                  Instant::now() + CHECK_EVERY
+                }
+              };
               known = Some(blocker);
               just_checked = true;
-              next_check = Instant::now() + CHECK_EVERY;
             }
           }
         }
@@ -751,10 +760,21 @@ impl RedisLocks {
     deadline: Option<Instant>,
   ) -> Result<bool> {
     if self.client_alive(blocker.client(), deadline)? {
+      let mut seen = guard(&self.shared.seen_connected);
+      seen.retain(|_, at| at.elapsed() < CHECK_EVERY);
+      seen.insert(blocker.client(), Instant::now());
       return Ok(true);
     }
     self.take_over(keys, blocker, deadline)?;
     Ok(false)
+  }
+
+  /// When a waiter last saw connection `client` connected, if less than [`CHECK_EVERY`] ago.
+  fn seen_connected(&self, client: u64) -> Option<Instant> {
+    guard(&self.shared.seen_connected)
+      .get(&client)
+      .copied()
+      .filter(|at| at.elapsed() < CHECK_EVERY)
   }
 
   /// Removes a holder (or first waiter) whose connection is gone, if it is still that one.
