@@ -242,6 +242,83 @@ describe('Redis backend', () => {
     await Promise.all([holder.exited, trier.exited])
   }, 60000)
 
+  /** The commands clients sent themselves (never from inside a script) since the last CONFIG
+   * RESETSTAT, from INFO commandstats: `{ evalsha: 1, … }` (as client_commands in
+   * src/redis/tests.rs; the test's own CONFIG and INFO are left out). */
+  async function clientCommands() {
+    const direct = ['evalsha', 'eval', 'script|load', 'client|id', 'client|list', 'subscribe', 'unsubscribe', 'ping', 'hello', 'client|setinfo', 'select']
+    const calls = {}
+    for (const [, name, n] of String(await redis.command('INFO', 'commandstats')).matchAll(/^cmdstat_([^:]+):calls=(\d+)/gm)) {
+      if (direct.includes(name)) calls[name] = Number(n)
+    }
+    return calls
+  }
+
+  test('an uncontended acquire is answered on the caller’s thread in one round trip; a refused one leaves no place and queues as before', async () => {
+    const root = makeProject()
+    const file = counterFile(root)
+    const env = backend(`${redis.url}?ttl=60000&refresh=20000`)
+    // tryAcquire is what acquireLock asks first, synchronously: a lockId returned from it was
+    // granted on this (Node's) thread. The first acquire of a process connects, so it waits
+    // on the waiting thread; after it, a pooled connection is idle.
+    const script = `
+      const { acquireLock, releaseLock } = require(${JSON.stringify(path.join(__dirname, '..', 'file-lock'))})
+      const native = require(${JSON.stringify(path.join(__dirname, '..', 'native.js'))})
+      const file = ${JSON.stringify(file)}
+      const lines = require('node:readline').createInterface({ input: process.stdin })[Symbol.asyncIterator]()
+      ;(async () => {
+        await releaseLock(file, await acquireLock(file, 5000))
+        console.log('WARM')
+        await lines.next()
+        const tried = native.tryAcquire(file)
+        console.log('TRIED ' + tried)
+        await releaseLock(file, tried)
+        console.log('RELEASED')
+        await lines.next()
+        console.log('TRIED ' + native.tryAcquire(file))
+        await lines.next()
+        const lockId = await acquireLock(file, 30000)
+        console.log('ACQUIRED ' + lockId)
+        await releaseLock(file, lockId)
+      })()`
+    const holder = start('etcd-worker', [file], env)
+    await holder.until(/^READY$/)
+    const child = require('node:child_process').spawn(process.execPath, ['--unhandled-rejections=strict', '-e', script], {
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    try {
+      const out = require('node:readline').createInterface({ input: child.stdout })[Symbol.asyncIterator]()
+      const next = async () => (await out.next()).value
+      expect(await next()).toBe('WARM')
+      await redis.command('CONFIG', 'RESETSTAT')
+      child.stdin.write('go\n')
+      const tried = await next()
+      expect(tried).toMatch(/^TRIED [0-9a-f-]{8,}$/)
+      expect(await next()).toBe('RELEASED')
+      // The try and the release: one EVALSHA each, nothing else.
+      expect(await clientCommands()).toEqual({ evalsha: 2 })
+      holder.send('acquire 5000')
+      await holder.until(/^ACQUIRED /)
+      const { key } = await infoOf(holder)
+      await redis.command('CONFIG', 'RESETSTAT')
+      child.stdin.write('go\n')
+      expect(await next()).toBe('TRIED null')
+      // Refused in one round trip, and it left no place in Redis's queue behind …
+      expect(await clientCommands()).toEqual({ evalsha: 1 })
+      expect(Number(await redis.command('ZCARD', `${key}:q`))).toBe(0)
+      // … while the acquire that follows takes its place and gets the lock on the release.
+      child.stdin.write('go\n')
+      await queuedInRedis(key, 1)
+      holder.send('release')
+      expect(await next()).toMatch(/^ACQUIRED /)
+    } finally {
+      child.kill('SIGKILL')
+      holder.child.stdin.end()
+    }
+    await holder.exited
+  }, 60000)
+
   test('a SIGKILLed waiter at the head of the queue does not stall it: the next waiter is served after the release', async () => {
     const root = makeProject()
     const file = counterFile(root)

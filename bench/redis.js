@@ -32,7 +32,8 @@ const { spawn, spawnSync } = require('node:child_process')
 const CLIENTS = ['flowforge-lock', 'redis-semaphore', 'redlock']
 const SMOKE = process.argv.includes('--smoke')
 const COUNTS = SMOKE ? { cycle: 20, handoff: 10, update: 3, ping: 50, window: 20 } : { cycle: 500, handoff: 200, update: 40, ping: 1000, window: 300 }
-// Every scenario runs ROUNDS times per client, the clients taking turns.
+// Every scenario runs ROUNDS times per client; in each round, each scenario runs for every client
+// back to back, the first client rotating from round to round.
 const ROUNDS = SMOKE ? 1 : 3
 const now = () => Number(process.hrtime.bigint()) / 1e3 // µs, CLOCK_MONOTONIC
 
@@ -273,17 +274,21 @@ async function main() {
     const wake = await nodeWakeUp(COUNTS.ping)
     const rtt = await redisRoundTrip(url, COUNTS.ping)
     floor = { wake, rtt, total: wake + rtt }
-    // Rounds, each running every client in turn: the box is shared, so its load moves during a
-    // run; each figure is the median of its rounds, and every ratio compares clients measured
-    // minutes apart at most.
+    // Rounds: the box is shared, so its load moves during a run; each figure is the median of
+    // its rounds.
     const runs = Object.fromEntries(CLIENTS.map((c) => [c, []]))
     for (let round = 0; round < ROUNDS; round++) {
+      // Each scenario runs for every client back to back (the figures a ratio compares are
+      // seconds apart, not a whole client's turn), starting with another client each round.
+      const order = CLIENTS.map((_, i) => CLIENTS[(i + round) % CLIENTS.length])
+      const result = Object.fromEntries(CLIENTS.map((c) => [c, {}]))
+      for (const client of order) result[client].cycle = await scenario(url, client, 'cycle', 1, COUNTS.cycle)
+      for (const client of order) result[client].handoff = await scenario(url, client, 'cycle', 2, COUNTS.handoff)
+      for (const client of order) result[client].p8 = await scenario(url, client, 'write', 8, COUNTS.update)
+      // The peers' update is their write; ours is updateWithLock (commit check, token file).
+      result['flowforge-lock'].p8Update = await scenario(url, 'flowforge-lock', 'update', 8, COUNTS.update)
       for (const client of CLIENTS) {
-        const cycle = await scenario(url, client, 'cycle', 1, COUNTS.cycle)
-        const handoff = await scenario(url, client, 'cycle', 2, COUNTS.handoff)
-        const p8 = await scenario(url, client, 'write', 8, COUNTS.update)
-        // The peers' update is their write; ours is updateWithLock (commit check, token file).
-        const p8Update = client === 'flowforge-lock' ? await scenario(url, client, 'update', 8, COUNTS.update) : p8
+        const { cycle, handoff, p8, p8Update = p8 } = result[client]
         runs[client].push({
           cycle: p50(cycle.samples[0].map((s) => s.cycle)),
           handoff: p50(handoffs(handoff.samples)),

@@ -105,12 +105,24 @@ pub trait Grant: Send {
 /// Where locks are decided.
 pub trait Backend: Send + Sync {
   /// Whether a try costs only local system calls (the file backend), so it may run on the
-  /// caller's thread. A lock server's try is a round trip, never made on Node's event loop.
+  /// caller's thread whenever it likes. A lock server's try is a round trip: see
+  /// [`Backend::try_acquire_here`].
   fn tries_locally(&self) -> bool {
     false
   }
   /// One try without waiting: `Ok(None)` when somebody else holds the lock.
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>>;
+  /// One try on the caller's thread, which may be Node's event loop: made only when it waits on
+  /// nothing but local system calls or one answer from a connection already open (never a
+  /// connect), within a bound. `Ok(None)` when refused or not made (the caller then queues,
+  /// and the waiting thread asks). By default the local try, and none for a lock server.
+  fn try_acquire_here(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
+    if self.tries_locally() {
+      self.try_acquire(target, request)
+    } else {
+      Ok(None)
+    }
+  }
   /// Waits for the lock on behalf of this process's queue for `target`'s lock. `head` gives the
   /// request of whoever is first in that queue when the lock comes free, or `None` when nobody
   /// waits any more, in which case the wait ends with `Ok(None)`. A blocking call interrupted by

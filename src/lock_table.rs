@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::backend::{Grant, LockMode, Refreshed, Request, AGING_STEP};
+use crate::backend::{Backend, Grant, LockMode, Refreshed, Request, AGING_STEP};
 use crate::config;
 use crate::deadlines;
 use crate::error::{LockError, Result};
@@ -200,18 +200,33 @@ fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> Strin
   lock_id
 }
 
-/// The uncontended path on the caller's thread: one try where that costs only system calls.
-/// `Ok(None)` means somebody holds the lock, others in this process are queued for it or are
-/// taking it, or the backend is a lock server (whose try is a round trip: see [`acquire`]).
+/// The uncontended path on the caller's thread (Node's event loop, for `acquireLock`): one try
+/// where it waits on nothing but system calls, or on one answer from a lock server over a
+/// connection already open ([`Backend::try_acquire_here`]: bounded by the server's command
+/// timeout, never a connect). `Ok(None)` means somebody holds the lock, others (here or, for a
+/// lock server, anywhere) are queued for it or are taking it, or the try was not made here; the
+/// caller then joins the queue with [`acquire`]. A refused try leaves no place behind, so the
+/// order among queued waiters is still the order of their first request in the queue.
 pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  if !config::backend_for(target)?.tries_locally() {
-    return Ok(None);
-  }
-  try_acquire(target, options)
+  claim(target, options, |backend, request| {
+    backend.try_acquire_here(target, request)
+  })
 }
 
 /// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
+  claim(target, options, |backend, request| {
+    backend.try_acquire(target, request)
+  })
+}
+
+/// One try through `try_once`, unless this process's holds or queue stand in the way; a grant is
+/// installed as this process's hold.
+fn claim(
+  target: &Target,
+  options: &AcquireOptions,
+  try_once: impl FnOnce(&dyn Backend, &Request) -> Result<Option<Box<dyn Grant>>>,
+) -> Result<Option<String>> {
   let backend = config::backend_for(target)?;
   if options.mode == LockMode::Shared {
     backend.check_shared(target)?;
@@ -232,7 +247,7 @@ pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<S
     priority: options.priority,
     arrival: Instant::now(),
   };
-  let outcome = backend.try_acquire(target, &request);
+  let outcome = try_once(backend, &request);
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
   entry.claiming = false;
@@ -257,10 +272,12 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 /// Takes the lock if it is free, else joins its queue; `complete` gets the lockId or the error
 /// (`ELOCKTIMEOUT` at the deadline, …) once decided, possibly right away. Called on the caller's
 /// thread, so arrival order is the order of the calls; the queue serves by [`next_waiter`]. For
-/// a lock server nothing is asked on Node's event loop: a wait joins the queue at once, and the
-/// waiting thread's first request both asks for the lock and, refused, takes a place in the
-/// server's queue in the same step (a separate try first would let a releaser barge in between,
-/// so order across processes is the order of that first request); a single try (timeout 0),
+/// a lock server the only request made on the caller's thread is [`try_acquire_here`]'s, before
+/// this (`acquireLock`); here a wait joins the queue at once, and the waiting thread's first
+/// request both asks for the lock again and, refused, takes a place in the server's queue in the
+/// same step. Order across processes is the order of that first request: the try before it
+/// never takes a place, and a try is refused while anyone is queued, so a releaser that asks
+/// again at once cannot barge in ahead of a waiter already queued. A single try (timeout 0),
 /// which must leave no place behind, runs on a thread of its own.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   let started = Instant::now();

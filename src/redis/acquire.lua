@@ -6,9 +6,6 @@
 -- Returns {1, token} when granted, else {0, kind, id, clientId, pttl}: kind 'holder' (the lock is
 -- held by lockId `id` on connection `clientId`) or 'waiter' (free, but waiter `id` is first).
 local id, client, ttl, holder, floor = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local now = now_ms()
-purge(now)
-
 local cur = redis.call('HMGET', K.lock, 'lockId', 'client', 'token')
 if cur[1] == id then
   -- Ours already: handed to us on a release whose message we have not read yet, or the reply
@@ -17,9 +14,17 @@ if cur[1] == id then
   return {1, tonumber(cur[3])}
 end
 
+-- Free, and nobody queued (the queue's keys are written and expire together, so there is
+-- nothing to purge either): the uncontended grant, in as few commands as it takes.
+if not cur[1] and redis.call('EXISTS', K.q) == 0 then
+  return {1, grant(id, client, ttl, holder, floor)}
+end
+
+local now = now_ms()
+purge(now)
 local first, first_client = head()
 if not cur[1] and (not first or first == id) then
-  local token = grant(id, client, ttl, holder, floor, now)
+  local token = grant(id, client, ttl, holder, floor)
   if first then
     drop_waiter(id)
   end

@@ -67,6 +67,19 @@ impl RedisBackend {
       record,
     })
   }
+
+  /// One try through `try_once` (the engine's try, or its try on the caller's thread).
+  fn try_with(
+    &self,
+    target: &Target,
+    request: &Request,
+    try_once: impl FnOnce(&RedisLocks, &str, &LockRecord, u64) -> Result<Option<RedisGrant>>,
+  ) -> Result<Option<Box<dyn Grant>>> {
+    let key = self.key(target)?;
+    let record = holder_for(request);
+    let floor = fence::floor(target)?;
+    Ok(try_once(&self.locks, &key, &record, floor)?.map(|grant| self.held(grant, record)))
+  }
 }
 
 fn holder_for(request: &Request) -> LockRecord {
@@ -111,15 +124,12 @@ fn remote_json(lock: &RemoteLock) -> Value {
 
 impl Backend for RedisBackend {
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
-    let key = self.key(target)?;
-    let record = holder_for(request);
-    let floor = fence::floor(target)?;
-    Ok(
-      self
-        .locks
-        .try_acquire(&key, &record, floor)?
-        .map(|grant| self.held(grant, record)),
-    )
+    self.try_with(target, request, RedisLocks::try_acquire)
+  }
+
+  /// Over an idle connection only, one round trip (`RedisLocks::try_acquire_idle`).
+  fn try_acquire_here(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
+    self.try_with(target, request, RedisLocks::try_acquire_idle)
   }
 
   /// Waits in the lock's Redis queue while anyone in this process's queue still wants the lock;

@@ -9,6 +9,6 @@ if cur == ARGV[1] then
   cur = false
 end
 if not cur then
-  hand_to_head(ARGV[2], now_ms())
+  hand_to_head(ARGV[2])
 end
 return 1

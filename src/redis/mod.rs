@@ -46,6 +46,12 @@ const RENEW_EVERY: Duration = Duration::from_secs(3);
 /// still open) holds up the queue at most this long; one that died is removed within
 /// `CHECK_EVERY` because its connection is gone.
 const WAITER_TTL: Duration = Duration::from_secs(6);
+/// For this long after the server refused a try on the caller's thread, acquires of that lock
+/// queue at once: a lock that is contended is most likely still taken (or has waiters, whom a
+/// try never passes), and a try would only add a round trip on the event loop before the
+/// queue's own request. Once a second: a lock that stopped being contended gets its
+/// caller-thread tries back within a second, for one wasted round trip a second while it is.
+const CONTENDED_FOR: Duration = Duration::from_secs(1);
 /// How often a waiting caller re-checks `wanted()` and its deadline between wake-ups (local
 /// only, no command), so an abort is noticed promptly without `interrupt`.
 pub const WANTED_POLL: Duration = Duration::from_millis(50);
@@ -113,6 +119,10 @@ struct Shared {
   held: Mutex<HashMap<String, (String, u64)>>,
   /// The lock channels subscribed to.
   subscribed: Mutex<HashSet<String>>,
+  /// Lock key → when the server last refused a try on the caller's thread (`try_acquire_idle`).
+  refused: Mutex<HashMap<String, Instant>>,
+  /// CLIENT ID of a blocker → when a waiter's `CLIENT LIST` last showed it connected.
+  seen_connected: Mutex<HashMap<u64, Instant>>,
   /// Set when this user may not run CLIENT LIST: dead holders then wait for their TTL.
   no_client_list: AtomicBool,
   /// The CLIENT ID of the managed connection as last seen (0: ask); see `scripts::run`.
@@ -176,7 +186,14 @@ impl<'a> Attempt<'a> {
 /// There are as many as callers at once (usually one or two), each a client of its own in Redis.
 struct Pool {
   client: redis::Client,
-  idle: Mutex<Vec<redis::Connection>>,
+  idle: Mutex<Vec<Pooled>>,
+}
+
+struct Pooled {
+  conn: redis::Connection,
+  /// The read and write timeouts set on its socket (`None`: not yet), so that a request with the
+  /// same limit as the last costs no `setsockopt`.
+  timeout: Option<Duration>,
 }
 
 pub struct RedisLocks {
@@ -315,6 +332,65 @@ impl RedisLocks {
     }
   }
 
+  /// One try on the caller's thread, which may be Node's event loop, made only when it waits on
+  /// nothing but one answer: over an idle pooled connection (a connect could take the whole
+  /// connect timeout), with the registered connection's CLIENT ID known, within the command
+  /// timeout (as a release). `None` when refused, and also when not made: no connection idle,
+  /// the idle one found closed, or the lock looked contended (see [`CONTENDED_FOR`]). A blocker
+  /// is not checked for liveness here: the waiting thread the caller then queues on checks it at
+  /// once.
+  pub fn try_acquire_idle(
+    &self,
+    key: &str,
+    holder: &LockRecord,
+    token_floor: u64,
+  ) -> Result<Option<RedisGrant>> {
+    let client = self.shared.client_id.load(Ordering::Relaxed);
+    let contended = guard(&self.shared.refused)
+      .get(key)
+      .is_some_and(|at| at.elapsed() < CONTENDED_FOR);
+    if client == 0 || contended {
+      return Ok(None);
+    }
+    let Some(conn) = guard(&self.pool.idle).pop() else {
+      return Ok(None);
+    };
+    let attempt = Attempt::new(key, holder, token_floor);
+    let keys = attempt.keys.all();
+    let mut args = self.acquire_args(&attempt, "try");
+    args[1] = client.to_string();
+    let limit = self.limit(None);
+    let start = Instant::now();
+    let sent = self.request_on(conn, limit, |conn| {
+      scripts::run_blocking(conn, Script::Acquire, &keys, &args, client)
+    });
+    let reply = match sent {
+      Ok(reply) => reply,
+      Err(e) => {
+        // The grant may have been made before the connection failed.
+        self.abandon(&attempt, true);
+        if found_closed(&e) {
+          // The waiting thread connects anew, off the event loop.
+          guard(&self.pool.idle).clear();
+          return Ok(None);
+        }
+        return Err(self.failed("run a script on", limit, &e));
+      }
+    };
+    match step_of(&reply) {
+      Step::Granted { token, client } => {
+        guard(&self.shared.refused).remove(key);
+        Ok(Some(self.granted(&attempt, token, client, start)))
+      }
+      Step::Blocked(..) => {
+        let mut refused = guard(&self.shared.refused);
+        refused.retain(|_, at| at.elapsed() < CONTENDED_FOR);
+        refused.insert(key.to_string(), Instant::now());
+        Ok(None)
+      }
+    }
+  }
+
   /// Waits in the lock's queue until granted, until `deadline` (→ `None`), or until `wanted()`
   /// says no (→ `None`; checked every [`WANTED_POLL`], or at once after [`RedisLocks::interrupt`]);
   /// either way a waiter that gives up leaves the queue. One wait per lock per process at a time
@@ -353,7 +429,9 @@ impl RedisLocks {
     rx: &mpsc::Receiver<Wake>,
   ) -> Result<Option<RedisGrant>> {
     let keys = &attempt.keys;
-    // The blocker last seen connected; a new one is checked at once.
+    // The blocker last seen connected; a new one is checked at once, unless its connection was
+    // seen connected less than CHECK_EVERY ago (the next holder of a contended lock is mostly a
+    // process whose previous hold was just checked): then it is checked when that check is due.
     let mut known: Option<Blocker> = None;
     let mut look = true;
     // Another waiter's turn came (the lock changed hands): read the lock again at the next check.
@@ -386,13 +464,18 @@ impl RedisLocks {
             stale = false;
             if known.as_ref() != Some(&blocker) {
               known = None;
-              if !self.check_blocker(keys, &blocker, deadline)? {
-                look = true;
-                continue;
-              }
+              next_check = match self.seen_connected(blocker.client()) {
+                Some(seen) => seen + CHECK_EVERY,
+                None => {
+                  if !self.check_blocker(keys, &blocker, deadline)? {
+                    look = true;
+                    continue;
+                  }
+                  Instant::now() + CHECK_EVERY
+                }
+              };
               known = Some(blocker);
               just_checked = true;
-              next_check = Instant::now() + CHECK_EVERY;
             }
           }
         }
@@ -649,43 +732,24 @@ impl RedisLocks {
     }
   }
 
-  /// One run of the acquire script, with our CLIENT ID read in the same round trip.
+  /// One run of the acquire script.
   fn step(&self, attempt: &Attempt, mode: &str, deadline: Option<Instant>) -> Result<Step> {
-    let args = vec![
+    let args = self.acquire_args(attempt, mode);
+    let reply = self.script(Script::Acquire, &attempt.keys.all(), args, deadline)?;
+    Ok(step_of(&reply))
+  }
+
+  /// The acquire script's arguments, the CLIENT ID (slot 1) still blank.
+  fn acquire_args(&self, attempt: &Attempt, mode: &str) -> Vec<String> {
+    vec![
       attempt.lock_id.clone(),
-      String::new(), // the CLIENT ID, filled in by `scripts::run`
+      String::new(),
       self.config.ttl.as_millis().to_string(),
       attempt.holder_json.clone(),
       attempt.token_floor.to_string(),
       mode.to_string(),
       WAITER_TTL.as_millis().to_string(),
-    ];
-    let reply = self.script(Script::Acquire, &attempt.keys.all(), args, deadline)?;
-    let client = reply.client;
-    if reply.int(0) == 1 {
-      return Ok(Step::Granted {
-        token: u64::try_from(reply.int(1)).unwrap_or(0),
-        client,
-      });
-    }
-    let id = reply.text(2);
-    let client = reply.text(3).parse().unwrap_or(0);
-    if reply.text(1) == "holder" {
-      let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
-      return Ok(Step::Blocked(
-        Blocker::Holder {
-          lock_id: id,
-          client,
-        },
-        lease_left,
-        reply.client,
-      ));
-    }
-    Ok(Step::Blocked(
-      Blocker::Waiter { id, client },
-      None,
-      reply.client,
-    ))
+    ]
   }
 
   /// `true` when the blocker is still connected; `false` after removing a dead one.
@@ -696,10 +760,21 @@ impl RedisLocks {
     deadline: Option<Instant>,
   ) -> Result<bool> {
     if self.client_alive(blocker.client(), deadline)? {
+      let mut seen = guard(&self.shared.seen_connected);
+      seen.retain(|_, at| at.elapsed() < CHECK_EVERY);
+      seen.insert(blocker.client(), Instant::now());
       return Ok(true);
     }
     self.take_over(keys, blocker, deadline)?;
     Ok(false)
+  }
+
+  /// When a waiter last saw connection `client` connected, if less than [`CHECK_EVERY`] ago.
+  fn seen_connected(&self, client: u64) -> Option<Instant> {
+    guard(&self.shared.seen_connected)
+      .get(&client)
+      .copied()
+      .filter(|at| at.elapsed() < CHECK_EVERY)
   }
 
   /// Removes a holder (or first waiter) whose connection is gone, if it is still that one.
@@ -883,29 +958,49 @@ impl RedisLocks {
     loop {
       let limit = self.limit(deadline);
       let reused = kept.is_some();
-      let mut conn = match kept.take() {
+      let conn = match kept.take() {
         Some(conn) => conn,
-        None => self
-          .pool
-          .client
-          .get_connection_with_timeout(limit)
-          .map_err(|e| backend_error(&self.config, "connect to", &e))?,
+        None => Pooled {
+          conn: self
+            .pool
+            .client
+            .get_connection_with_timeout(limit)
+            .map_err(|e| backend_error(&self.config, "connect to", &e))?,
+          timeout: None,
+        },
       };
-      let outcome = conn
-        .set_read_timeout(Some(limit))
-        .and_then(|()| conn.set_write_timeout(Some(limit)))
-        .and_then(|()| f(&mut conn));
-      match outcome {
-        Ok(value) => {
-          guard(&self.pool.idle).push(conn);
-          return Ok(value);
-        }
-        Err(e) if reused && e.is_connection_dropped() && !e.is_timeout() => {
-          guard(&self.pool.idle).clear();
-        }
-        Err(e) if e.is_timeout() => return Err(no_answer(&self.config, limit)),
-        Err(e) => return Err(backend_error(&self.config, doing, &e)),
+      match self.request_on(conn, limit, &mut f) {
+        Ok(value) => return Ok(value),
+        Err(e) if reused && found_closed(&e) => guard(&self.pool.idle).clear(),
+        Err(e) => return Err(self.failed(doing, limit, &e)),
       }
+    }
+  }
+
+  /// Runs `f` on `conn` within `limit`. A connection that worked goes back to the pool; one that
+  /// failed is dropped (a late reply could still be on its way).
+  fn request_on<T>(
+    &self,
+    mut pooled: Pooled,
+    limit: Duration,
+    f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+  ) -> redis::RedisResult<T> {
+    let conn = &mut pooled.conn;
+    if pooled.timeout != Some(limit) {
+      conn.set_read_timeout(Some(limit))?;
+      conn.set_write_timeout(Some(limit))?;
+      pooled.timeout = Some(limit);
+    }
+    let value = f(conn)?;
+    guard(&self.pool.idle).push(pooled);
+    Ok(value)
+  }
+
+  fn failed(&self, doing: &str, limit: Duration, e: &redis::RedisError) -> LockError {
+    if e.is_timeout() {
+      no_answer(&self.config, limit)
+    } else {
+      backend_error(&self.config, doing, e)
     }
   }
 
@@ -939,6 +1034,30 @@ fn bridge<T: Send + 'static>(
   }
 }
 
+/// What a run of the acquire script says.
+fn step_of(reply: &Reply) -> Step {
+  if reply.int(0) == 1 {
+    return Step::Granted {
+      token: u64::try_from(reply.int(1)).unwrap_or(0),
+      client: reply.client,
+    };
+  }
+  let id = reply.text(2);
+  let client = reply.text(3).parse().unwrap_or(0);
+  if reply.text(1) == "holder" {
+    let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
+    return Step::Blocked(
+      Blocker::Holder {
+        lock_id: id,
+        client,
+      },
+      lease_left,
+      reply.client,
+    );
+  }
+  Step::Blocked(Blocker::Waiter { id, client }, None, reply.client)
+}
+
 fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {
   LockError::new(
     "ELOCKBACKEND",
@@ -949,6 +1068,12 @@ fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {
       limit.as_millis()
     ),
   )
+}
+
+/// A kept connection turned out closed while idle: the request got no answer (the scripts are
+/// idempotent for the same attempt, so it may be sent again on a new connection).
+fn found_closed(e: &redis::RedisError) -> bool {
+  e.is_connection_dropped() && !e.is_timeout()
 }
 
 /// The server refuses the command itself: the ACL forbids it, or it was renamed away.

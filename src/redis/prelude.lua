@@ -1,6 +1,6 @@
 -- Shared by every script (prepended at compile time). Keys of one lock, all in one hash slot, in
 -- this order in KEYS (refresh passes the lock alone):
---   lock  : hash {lockId, token, client, holder, grantedAt}, PEXPIRE = the lease
+--   lock  : hash {lockId, token, client, holder}, PEXPIRE = the lease
 --   fence : string, the highest fencing token ever granted for this lock (never expires)
 --   q     : zset waiterId -> arrival number (arrival order across machines)
 --   qx    : zset waiterId -> expiry (server ms); a waiter that stops renewing drops out
@@ -43,18 +43,22 @@ end
 -- data, which knows only the grants that committed: when the counter is gone (a restart without
 -- persistence, a flush) while the floor shows the lock was used, grants made before the loss may
 -- be outstanding above the floor, so the count resumes 2^20 above it instead of reusing theirs.
-local function grant(id, client, ttl, holder, floor, now)
-  local counter, base = redis.call('GET', K.fence), tonumber(floor)
-  local token = base + 1
-  if counter then
-    token = math.max(tonumber(counter), base) + 1
-  elseif base > 0 then
+-- The counter moves with one INCR, which returns 1 exactly when the counter was gone (tokens start
+-- at 1); only a token raised to the floor is written back.
+local function grant(id, client, ttl, holder, floor)
+  local base = tonumber(floor)
+  local counted = redis.call('INCR', K.fence)
+  local token = counted
+  if counted == 1 and base > 0 then
     token = base + 1048576
+  elseif counted <= base then
+    token = base + 1
   end
   local text = string.format('%d', token)
-  redis.call('SET', K.fence, text)
-  redis.call('HSET', K.lock, 'lockId', id, 'token', text, 'client', client, 'holder', holder,
-    'grantedAt', now)
+  if token ~= counted then
+    redis.call('SET', K.fence, text)
+  end
+  redis.call('HSET', K.lock, 'lockId', id, 'token', text, 'client', client, 'holder', holder)
   redis.call('PEXPIRE', K.lock, ttl)
   return token
 end
@@ -62,7 +66,12 @@ end
 -- The lock is free: hands it to the first waiter in this same step and tells that waiter alone
 -- (`<id> <token>` on the channel), so the grant costs it no request of its own and the others
 -- stay asleep. A waiter queued without its request (an older client) is only woken by id.
-local function hand_to_head(channel, now)
+local function hand_to_head(channel)
+  -- Nobody queued: the queue's keys are written and expire together, so nothing to purge either.
+  if redis.call('EXISTS', K.q) == 0 then
+    return
+  end
+  local now = now_ms()
   purge(now)
   local h, client = head()
   if not h then
@@ -74,7 +83,7 @@ local function hand_to_head(channel, now)
     return
   end
   local ttl, floor, holder = string.match(request, '^(%d+) (%d+) (.*)$')
-  local token = grant(h, client, ttl, holder, floor, now)
+  local token = grant(h, client, ttl, holder, floor)
   drop_waiter(h)
   redis.call('PUBLISH', channel, h .. ' ' .. string.format('%d', token))
 end

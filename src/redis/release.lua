@@ -7,5 +7,5 @@ if cur[1] ~= ARGV[1] or (ARGV[2] ~= '*' and cur[2] ~= ARGV[2]) then
   return 0
 end
 redis.call('DEL', K.lock)
-hand_to_head(ARGV[3], now_ms())
+hand_to_head(ARGV[3])
 return 1

@@ -20,5 +20,5 @@ else
     return 1
   end
 end
-hand_to_head(ARGV[4], now_ms())
+hand_to_head(ARGV[4])
 return 1

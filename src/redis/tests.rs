@@ -488,6 +488,34 @@ fn a_five_second_wait_sends_only_a_handful_of_commands() {
   assert!(owner.release(grant).unwrap());
 }
 
+/// The try made on the caller's thread (Node's event loop): none without an idle pooled
+/// connection and a known CLIENT ID (a fresh engine would have to connect and ask), else one
+/// EVALSHA; a refused one leaves no place in the queue.
+#[test]
+fn a_try_on_the_callers_thread_sends_one_command_over_an_idle_connection_or_none() {
+  let server = RedisServer::start();
+  let (a, b) = (engine(&server), engine(&server));
+  let before = client_commands(&server);
+  assert!(a.try_acquire_idle(KEY, &holder(), 0).unwrap().is_none());
+  assert_eq!(client_commands(&server), before);
+  // An ordinary try and release: the CLIENT ID is known and a pooled connection idle.
+  let first = a.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  assert!(a.release(first).unwrap());
+  let before = client_commands(&server);
+  let grant = a
+    .try_acquire_idle(KEY, &holder(), 0)
+    .unwrap()
+    .expect("free lock");
+  assert_eq!(client_commands(&server) - before, 1);
+  assert_eq!(grant.token, 2);
+  assert!(b.try_acquire(KEY, &holder(), 0).unwrap().is_none());
+  let before = client_commands(&server);
+  assert!(b.try_acquire_idle(KEY, &holder(), 0).unwrap().is_none());
+  assert_eq!(client_commands(&server) - before, 1);
+  assert_eq!(waiters(&b, KEY), 0);
+  assert!(a.release(grant).unwrap());
+}
+
 #[test]
 fn a_restart_without_persistence_never_reuses_a_token() {
   let mut server = RedisServer::start();
