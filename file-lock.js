@@ -31,8 +31,10 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
     )
   }
   installExitCleanup()
-  // An uncontended lock is taken right here; only a wait goes to a worker thread.
-  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, options.mode)
+  // An uncontended lock is taken right here (a lock server's one answer waited for no longer than
+  // the caller's timeout); only a wait goes to a worker thread.
+  const bound = Number.isFinite(options.timeout) ? options.timeout : null
+  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, options.mode, bound)
   if (lockId === null) {
     const wait = adaptiveOr(filePath, options)
     lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, options.mode)

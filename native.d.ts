@@ -106,9 +106,10 @@ export declare function throwJsonParseError(file: string, text: string, reason: 
 
 /**
  * One non-blocking try: the lockId, or `null` when the lock is taken. `mode`: `'exclusive'`
- * (the default) or `'shared'`.
+ * (the default) or `'shared'`. `timeoutMs`, the caller's whole wait, also bounds the one answer
+ * a lock server's try may wait for here (0: no try is made here; `null`: the command timeout).
  */
-export declare function tryAcquire(file: string, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): string | null
+export declare function tryAcquire(file: string, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null, timeoutMs?: number | undefined | null): string | null
 
 /**
  * Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the

@@ -449,6 +449,31 @@ describe('Redis backend', () => {
     worker.child.stdin.end()
     expect(await worker.exited).toEqual({ code: 0, signal: null })
   }, 60000)
+
+  test('a server that stops answering holds the caller no longer than its timeout, even on the uncontended path', async () => {
+    // The uncontended acquire asks Redis on Node's own thread over an idle pooled connection;
+    // with a command timeout far beyond the test's, only the caller's timeout can end that wait.
+    const own = await startRedis()
+    const root = makeProject()
+    const file = counterFile(root)
+    const worker = start('etcd-worker', [file], backend(`${own.url}?ttl=2000&refresh=500&commandTimeout=600000`))
+    try {
+      await worker.until(/^READY$/)
+      worker.send('acquire 10000')
+      await worker.until(/^ACQUIRED /)
+      worker.send('release')
+      await worker.until(/^RELEASED true$/)
+      process.kill(own.pid, 'SIGSTOP')
+      worker.send('acquire 500')
+      const line = await worker.until(/^(ACQUIRED|ERR) /)
+      expect(line).toMatch(/^ERR ELOCKBACKEND /)
+      expect(line).toContain(`127.0.0.1:${own.port}`)
+    } finally {
+      if (own.pid) process.kill(own.pid, 'SIGCONT')
+      worker.child.kill('SIGKILL')
+      await own.stop()
+    }
+  }, 60000)
 })
 
 describe('Redis backend behind a proxy that delays and drops', () => {

@@ -114,9 +114,15 @@ pub trait Backend: Send + Sync {
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>>;
   /// One try on the caller's thread, which may be Node's event loop: made only when it waits on
   /// nothing but local system calls or one answer from a connection already open (never a
-  /// connect), within a bound. `Ok(None)` when refused or not made (the caller then queues,
-  /// and the waiting thread asks). By default the local try, and none for a lock server.
-  fn try_acquire_here(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
+  /// connect), within `within` (the caller's whole wait; `None`: for ever) and the backend's own
+  /// bound. `Ok(None)` when refused or not made (the caller then queues, and the waiting thread
+  /// asks). By default the local try, and none for a lock server.
+  fn try_acquire_here(
+    &self,
+    target: &Target,
+    request: &Request,
+    _within: Option<Duration>,
+  ) -> Result<Option<Box<dyn Grant>>> {
     if self.tries_locally() {
       self.try_acquire(target, request)
     } else {

@@ -83,7 +83,8 @@ fn options(
 }
 
 /// One non-blocking try: the lockId, or `null` when the lock is taken. `mode`: `'exclusive'`
-/// (the default) or `'shared'`.
+/// (the default) or `'shared'`. `timeoutMs`, the caller's whole wait, also bounds the one answer
+/// a lock server's try may wait for here (0: no try is made here; `null`: the command timeout).
 #[napi]
 pub fn try_acquire(
   env: Env,
@@ -91,8 +92,9 @@ pub fn try_acquire(
   stale_ms: Option<f64>,
   priority: Option<f64>,
   mode: Option<String>,
+  timeout_ms: Option<f64>,
 ) -> Result<Option<String>> {
-  options(Some(0.0), stale_ms, priority, mode.as_deref())
+  options(timeout_ms, stale_ms, priority, mode.as_deref())
     .and_then(|opts| {
       let target = lock_table::prepare(&file)?;
       lock_table::try_acquire_here(&target, &opts)

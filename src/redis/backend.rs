@@ -128,8 +128,15 @@ impl Backend for RedisBackend {
   }
 
   /// Over an idle connection only, one round trip (`RedisLocks::try_acquire_idle`).
-  fn try_acquire_here(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
-    self.try_with(target, request, RedisLocks::try_acquire_idle)
+  fn try_acquire_here(
+    &self,
+    target: &Target,
+    request: &Request,
+    within: Option<Duration>,
+  ) -> Result<Option<Box<dyn Grant>>> {
+    self.try_with(target, request, |locks, key, holder, floor| {
+      locks.try_acquire_idle(key, holder, floor, within)
+    })
   }
 
   /// Waits in the lock's Redis queue while anyone in this process's queue still wants the lock;

@@ -335,21 +335,24 @@ impl RedisLocks {
   /// One try on the caller's thread, which may be Node's event loop, made only when it waits on
   /// nothing but one answer: over an idle pooled connection (a connect could take the whole
   /// connect timeout), with the registered connection's CLIENT ID known, within the command
-  /// timeout (as a release). `None` when refused, and also when not made: no connection idle,
-  /// the idle one found closed, or the lock looked contended (see [`CONTENDED_FOR`]). A blocker
-  /// is not checked for liveness here: the waiting thread the caller then queues on checks it at
-  /// once.
+  /// timeout (as a release) and within `within`, the caller's whole wait: a server that does not
+  /// answer in that time is `ELOCKBACKEND` within the caller's timeout, as from the queue. `None`
+  /// when refused, and also when not made: a wait of 0 (a single try must not hold the event
+  /// loop: it runs on a thread of its own), no connection idle, the idle one found closed, or the
+  /// lock looked contended (see [`CONTENDED_FOR`]). A blocker is not checked for liveness here:
+  /// the waiting thread the caller then queues on checks it at once.
   pub fn try_acquire_idle(
     &self,
     key: &str,
     holder: &LockRecord,
     token_floor: u64,
+    within: Option<Duration>,
   ) -> Result<Option<RedisGrant>> {
     let client = self.shared.client_id.load(Ordering::Relaxed);
     let contended = guard(&self.shared.refused)
       .get(key)
       .is_some_and(|at| at.elapsed() < CONTENDED_FOR);
-    if client == 0 || contended {
+    if client == 0 || contended || within == Some(Duration::ZERO) {
       return Ok(None);
     }
     let Some(conn) = guard(&self.pool.idle).pop() else {
@@ -359,7 +362,9 @@ impl RedisLocks {
     let keys = attempt.keys.all();
     let mut args = self.acquire_args(&attempt, "try");
     args[1] = client.to_string();
-    let limit = self.limit(None);
+    let limit = within.map_or(self.config.command_timeout, |wait| {
+      wait.min(self.config.command_timeout)
+    });
     let start = Instant::now();
     let sent = self.request_on(conn, limit, |conn| {
       scripts::run_blocking(conn, Script::Acquire, &keys, &args, client)

@@ -496,21 +496,27 @@ fn a_try_on_the_callers_thread_sends_one_command_over_an_idle_connection_or_none
   let server = RedisServer::start();
   let (a, b) = (engine(&server), engine(&server));
   let before = client_commands(&server);
-  assert!(a.try_acquire_idle(KEY, &holder(), 0).unwrap().is_none());
+  assert!(a
+    .try_acquire_idle(KEY, &holder(), 0, None)
+    .unwrap()
+    .is_none());
   assert_eq!(client_commands(&server), before);
   // An ordinary try and release: the CLIENT ID is known and a pooled connection idle.
   let first = a.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
   assert!(a.release(first).unwrap());
   let before = client_commands(&server);
   let grant = a
-    .try_acquire_idle(KEY, &holder(), 0)
+    .try_acquire_idle(KEY, &holder(), 0, None)
     .unwrap()
     .expect("free lock");
   assert_eq!(client_commands(&server) - before, 1);
   assert_eq!(grant.token, 2);
   assert!(b.try_acquire(KEY, &holder(), 0).unwrap().is_none());
   let before = client_commands(&server);
-  assert!(b.try_acquire_idle(KEY, &holder(), 0).unwrap().is_none());
+  assert!(b
+    .try_acquire_idle(KEY, &holder(), 0, None)
+    .unwrap()
+    .is_none());
   assert_eq!(client_commands(&server) - before, 1);
   assert_eq!(waiters(&b, KEY), 0);
   assert!(a.release(grant).unwrap());
