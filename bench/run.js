@@ -9,7 +9,7 @@
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const { execFile, execFileSync } = require('node:child_process')
+const { execFile, execFileSync, spawn } = require('node:child_process')
 const { promisify } = require('node:util')
 const { adapters, version } = require('./adapters.js')
 const { renderChart } = require('./chart.js')
@@ -66,19 +66,45 @@ async function scenarioA(lib) {
   }, 'p50Us')
 }
 
+/**
+ * B's workers, all started (each has taken and released the lock once: its first call's set-up)
+ * before any begins, and all kept until every one has finished: no process's start-up or exit (a
+ * Node process costs most CPU then) falls inside another's measured waits. Resolves with their
+ * results and the seconds from "go" to the last result.
+ */
+async function counterWorkers(lib, processes, file, data) {
+  const children = Array.from({ length: processes }, () => {
+    const [command, args] = lib === 'flock' ? [FLOCK, ['counter', `${file}.flock`, data, COUNTS.counter]] : [process.execPath, [WORKER, 'counter', lib, file, data, COUNTS.counter]]
+    const child = spawn(command, args.map(String), { stdio: ['pipe', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (chunk) => (out += chunk))
+    const seen = (resolve, test) => () => {
+      const done = out.split('\n').slice(0, -1)
+      if (done.some(test)) resolve(done)
+    }
+    const ready = new Promise((resolve) => child.stdout.on('data', seen(resolve, (l) => l === 'READY')))
+    const result = new Promise((resolve) => child.stdout.on('data', seen(resolve, (l) => l.startsWith('{'))))
+    const exited = new Promise((resolve, reject) => child.on('close', (code) => (code === 0 ? resolve() : reject(new Error(`B worker (${lib}) exited ${code}`)))))
+    exited.catch(() => {})
+    return { child, ready, result, exited }
+  })
+  await Promise.all(children.map((c) => c.ready))
+  const started = performance.now()
+  for (const c of children) c.child.stdin.write('go\n')
+  const results = (await Promise.all(children.map((c) => c.result))).map((lines) => JSON.parse(lines.find((l) => l.startsWith('{'))))
+  const seconds = (performance.now() - started) / 1000
+  for (const c of children) c.child.stdin.end()
+  await Promise.all(children.map((c) => c.exited))
+  return { results, seconds }
+}
+
 async function scenarioB(lib, processes) {
   return medianRun(async () => {
     const root = project()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const data = path.join(root, '.flowforge', 'counter.json')
     fs.writeFileSync(data, JSON.stringify({ count: 0 }))
-    const started = performance.now()
-    const results = await Promise.all(
-      Array.from({ length: processes }, () =>
-        lib === 'flock' ? worker(lib, 'counter', `${file}.flock`, data, COUNTS.counter) : worker(lib, 'counter', file, data, COUNTS.counter),
-      ),
-    )
-    const seconds = (performance.now() - started) / 1000
+    const { results, seconds } = await counterWorkers(lib, processes, file, data)
     const waits = results.flatMap((r) => r.waitsUs)
     // Without each process's first 10% (its start-up: first calls, other processes starting).
     const steady = results.flatMap((r) => r.waitsUs.slice(Math.floor(r.waitsUs.length / 10)))
@@ -152,7 +178,6 @@ async function scenarioE() {
  */
 async function scenarioF() {
   const { acquireLock, releaseLock } = require('../file-lock.js')
-  const { spawn } = require('node:child_process')
   const holdLock = path.join(ROOT, '__test__', 'fixtures', 'hold-lock.js')
   const waitMs = SMOKE ? 100 : 1000
   const takeoversMs = []

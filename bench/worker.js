@@ -1,7 +1,10 @@
 'use strict'
 // One benchmark process. Prints one JSON line with its raw measurements.
 //   cycle <lib> <file> <n>               A: acquire+release cycles, µs each
-//   counter <lib> <file> <data> <n>      B: read-increment-write cycles, acquire waits in µs
+//   counter <lib> <file> <data> <n>      B: read-increment-write cycles, acquire waits in µs;
+//                                        takes and releases the lock once (its first call's
+//                                        set-up), prints READY, starts on a line on stdin, and
+//                                        after its result stays until stdin ends (run.js's barrier)
 //   pingpong <lib> <file> <rounds>       C: hold 1-10 ms, release, re-request after 1 ms
 //   upsert <lib> <tasksFile> <worker> <n>  D: durable upserts into tasks.json
 const fs = require('node:fs')
@@ -44,6 +47,9 @@ async function main() {
   }
   if (mode === 'counter') {
     const [file, data, n] = args
+    await (await adapter.lock(file))()
+    process.stdout.write('READY\n')
+    await new Promise((resolve) => process.stdin.once('data', resolve))
     const waitsUs = []
     for (let i = 0; i < Number(n); i++) {
       const start = performance.now()
@@ -79,9 +85,11 @@ async function main() {
 
 main().then(
   (result) => {
-    // Exit once the output is flushed (a pipe takes it in pieces): proper-lockfile keeps
-    // timers for its mtime updates, which would otherwise keep the process alive.
-    process.stdout.write(`${JSON.stringify(result)}\n`, () => process.exit(0))
+    // Exit once the output is flushed (a pipe takes it in pieces), and for B once stdin ends
+    // too: proper-lockfile keeps timers for its mtime updates, which would otherwise keep the
+    // process alive.
+    const finished = mode === 'counter' ? new Promise((resolve) => process.stdin.on('end', resolve).resume()) : Promise.resolve()
+    process.stdout.write(`${JSON.stringify(result)}\n`, () => finished.then(() => process.exit(0)))
   },
   (err) => {
     console.error(err)

@@ -54,6 +54,13 @@ fn main() {
       let data = arg(3);
       let n: usize = arg(4).parse().unwrap();
       let mut waits = Vec::with_capacity(n);
+      // bench/run.js's barrier: one lock first (as the Node workers do, for their set-up), then
+      // start on a line on stdin, and stay after the result until it ends.
+      file.lock().unwrap();
+      file.unlock().unwrap();
+      println!("READY");
+      let mut line = String::new();
+      std::io::stdin().read_line(&mut line).unwrap();
       for _ in 0..n {
         let start = Instant::now();
         file.lock().unwrap();
@@ -68,6 +75,7 @@ fn main() {
         file.unlock().unwrap();
       }
       println!("{{\"waitsUs\":{waits:?}}}");
+      std::io::copy(&mut std::io::stdin(), &mut std::io::sink()).unwrap();
     }
     "pingpong" => {
       let file = open(arg(2));
