@@ -1268,7 +1268,7 @@ mod tests {
     let TryLock::Locked(outsider) = LockFile::try_acquire(&target.lock_path, None).unwrap() else {
       panic!("busy")
     };
-    let holder = QueueFile::open(&target.lock_path).unwrap();
+    let mut holder = QueueFile::open(&target.lock_path).unwrap();
     holder.hold(LockMode::Exclusive);
     let ahead = QueueFile::open(&target.lock_path).unwrap();
     let earlier = ahead

@@ -359,7 +359,7 @@ impl Grant for FileGrant {
       lock,
       lock_id,
       reader,
-      queue,
+      mut queue,
       ..
     } = *self;
     match reader {
@@ -367,7 +367,7 @@ impl Grant for FileGrant {
       None => lock.clear_if_ours(&lock_id),
     }
     lock.unlock();
-    if let Some(queue) = &queue {
+    if let Some(queue) = &mut queue {
       queue.unhold();
     }
     backend().park(lock, queue);
@@ -573,7 +573,7 @@ impl Backend for FileBackend {
         Ok(Some(grant))
       }
       Claim::Respected(lock) => {
-        if let Some(queue) = &queue {
+        if let Some(queue) = &mut queue {
           queue.unhold();
         }
         Ok(self.not_now(path, Some(lock), queue))
@@ -652,12 +652,16 @@ impl Backend for FileBackend {
         }
         Err(e) => Err(e),
       };
-      if acquired.is_ok() {
-        ticket.hold(mode);
-      }
-      // Only now, with the holder's byte taken: a newcomer always sees someone in the queue.
-      ticket.leave(place);
-      let lock = acquired?;
+      let lock = match acquired {
+        Ok(lock) => lock,
+        Err(e) => {
+          ticket.leave(place);
+          return Err(e);
+        }
+      };
+      // The ticket stays, as the holder's, until the release: a newcomer always sees someone
+      // in the queue, and the waiter behind wakes once, when we are done.
+      ticket.hold_at(place, mode);
       let request = match head() {
         Some(request) if request.mode == mode => request,
         gone_or_changed => {

@@ -6,20 +6,24 @@
 //! removed or unusable queue file only costs fairness.
 //!
 //! - **Byte 0, the holder's byte**: locked by whoever holds the lock, from just after it took the
-//!   kernel lock until just after it gave it up: exclusively by a writer, shared by readers.
+//!   kernel lock until just after it gave it up: exclusively by a writer, shared by readers. A
+//!   holder that came through the queue keeps its ticket as well until then (a reader's turned
+//!   shared), so the waiter behind it is woken once, by the release.
 //! - **A ticket**: a waiting process locks exclusively one byte at its key (below). Keys order by
 //!   rank, smallest first: `key = BIAS + arrival - priority x AGING_STEP`, with `arrival` on
 //!   CLOCK_MONOTONIC (shared by every process of the host). Serving the smallest `arrival -
 //!   priority x step` is exactly the lock table's rule (highest `priority + waited / step`, ties
 //!   to the earliest arrival), with no one re-ranking anybody as time passes. A byte already taken
 //!   (two equal keys) sends the newcomer to the next free byte.
-//! - **Its turn**: a waiter asks, through a second handle, for a lock over `[0, key)` in its mode,
-//!   blocking: the kernel grants it once no better-ranked waiter is left and no holder is in the
-//!   way (a reader's shared request passes readers' byte 0, so consecutive readers hold together;
-//!   a writer's exclusive one waits for every holder). Tickets are exclusive, so a reader arriving
-//!   after a waiting writer is served after it: writer preference by arrival order. It gives
-//!   that range back at once, takes the kernel lock (free by then), locks the holder's byte and
-//!   only then leaves the queue, so a newcomer always sees somebody ahead of it.
+//! - **Its turn**: comes when a lock over `[0, key)` in the waiter's mode can be had at once,
+//!   through a second handle: no better-ranked waiter is left and no holder is in the way (a
+//!   reader's shared lock passes readers' byte 0, so consecutive readers hold together; a
+//!   writer's exclusive one waits for every holder). Until then the waiter blocks on the one lock
+//!   in its way that goes next (the ticket just ahead, else byte 0) and looks again: one wake-up
+//!   per handoff, see `wait_turn`. Tickets are exclusive, so a reader arriving after a waiting
+//!   writer is served after it: writer preference by arrival order. Its turn come, it gives that
+//!   range back, takes the kernel lock (free by then) and locks the holder's byte, keeping its
+//!   ticket, so a newcomer always sees somebody ahead of it.
 //! - **The fast path** asks whether anyone else holds a lock on the queue file that conflicts
 //!   with its mode (a holder in the way, a ticket, a waiter passing its turn) and, if so, queues
 //!   behind them instead of barging in.
@@ -87,6 +91,8 @@ pub struct QueueFile {
   path: PathBuf,
   dev: u64,
   ino: u64,
+  /// The ticket a holder that came through the queue keeps until its release (`hold_at`).
+  kept: Option<i64>,
 }
 
 impl QueueFile {
@@ -119,6 +125,7 @@ impl QueueFile {
       path,
       dev: meta.dev(),
       ino: meta.ino(),
+      kept: None,
     })
   }
 
@@ -149,9 +156,27 @@ impl QueueFile {
     let _ = self.set(kind(mode), HOLDER_BYTE, 1, false);
   }
 
-  /// Called right after giving the kernel lock up: the best-ranked waiter's turn comes.
-  pub fn unhold(&self) {
-    let _ = self.set(libc::F_UNLCK, HOLDER_BYTE, 1, false);
+  /// [`QueueFile::hold`] for a waiter whose turn came at `ticket`, which it keeps until
+  /// [`QueueFile::unhold`]: the waiter behind it waits on that ticket, so it wakes once, when
+  /// we are done, rather than once when we take the lock and again when we give it up. A
+  /// reader's ticket turns shared, so that readers behind it pass as they pass its byte 0.
+  pub fn hold_at(&mut self, ticket: i64, mode: LockMode) {
+    self.hold(mode);
+    if mode == LockMode::Shared {
+      let _ = self.set(libc::F_RDLCK, ticket, 1, false);
+    }
+    self.kept = Some(ticket);
+  }
+
+  /// Called right after giving the kernel lock up: the best-ranked waiter's turn comes. The
+  /// holder's byte and a kept ticket go in one call (this handle holds nothing between them),
+  /// so the waiter the ticket wakes finds the way clear.
+  pub fn unhold(&mut self) {
+    let end = self
+      .kept
+      .take()
+      .map_or(HOLDER_BYTE + 1, |ticket| ticket + 1);
+    let _ = self.set(libc::F_UNLCK, HOLDER_BYTE, end - HOLDER_BYTE, false);
   }
 
   /// Takes a ticket at `key`, or at the first free key after it; returns the ticket's key.
@@ -191,12 +216,16 @@ impl QueueFile {
   /// with the ticket kept. Called on a handle other than the ticket's: one description's own
   /// locks never conflict with each other.
   ///
-  /// Each wait is for the one lock in our way that goes next: the nearest ticket ahead, or the
-  /// holder's byte when no ticket is ahead. So a handoff wakes the next waiter and the one behind
-  /// it, whatever the length of the queue. A single blocking request over `[0, ticket)` would say
-  /// the same in one call, but the kernel chains such overlapping requests and wakes the whole
-  /// chain each time the head re-blocks: measured at P=16, about 28 context switches per grant.
+  /// Each wait is for the one lock in our way that goes next: the nearest ticket ahead (a
+  /// holder's kept one included), or the holder's byte when no ticket is ahead. So a handoff
+  /// wakes the next waiter only, whatever the length of the queue. A single blocking request over
+  /// `[0, ticket)` would say the same in one call, but the kernel chains such overlapping
+  /// requests and wakes the whole chain each time the head re-blocks: measured at P=16, about 28
+  /// context switches per update.
   pub fn wait_turn(&self, ticket: i64, mode: LockMode) -> io::Result<bool> {
+    // What the last wait was granted, kept until the next look: that look's range covers it,
+    // so a turn that comes costs one call to give everything back.
+    let mut waited: Option<(i64, i64)> = None;
     loop {
       match self.set(kind(mode), HOLDER_BYTE, ticket - HOLDER_BYTE, false) {
         Ok(()) => {
@@ -207,30 +236,32 @@ impl QueueFile {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) => {}
         Err(e) => return Err(e),
       }
-      // A shared request on what is ahead: requests that do not conflict with each other are
-      // never chained, so each waiter hangs on its own predecessor only.
-      let (kind, start, len) = match self.nearest_ahead(ticket)? {
-        Some((start, len)) => (libc::F_RDLCK, start, len),
-        None => (kind(mode), HOLDER_BYTE, 1),
-      };
-      match self.set(kind, start, len, true) {
-        Ok(()) => {
-          let _ = self.set(libc::F_UNLCK, start, len, false);
-        }
+      // Not our turn yet: what we were granted must not stand in the way of waiters ahead.
+      if let Some((start, len)) = waited.take() {
+        let _ = self.set(libc::F_UNLCK, start, len, false);
+      }
+      // The wait is on one lock only, the holder's or our predecessor's: waiters' requests then
+      // never overlap, and the kernel chains none of them.
+      let (start, len) = self
+        .nearest_ahead(ticket, mode)?
+        .unwrap_or((HOLDER_BYTE, 1));
+      match self.set(kind(mode), start, len, true) {
+        Ok(()) => waited = Some((start, len)),
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(false),
         Err(e) => return Err(e),
       }
     }
   }
 
-  /// The exclusive lock between the holder's byte and `ticket` that ends last (a ticket, or a
-  /// turn being taken), clipped to that span, as `(start, len)`: the next one to leave before
-  /// our turn can come. Found by walking up from the holder's byte, one look per lock ahead.
-  fn nearest_ahead(&self, ticket: i64) -> io::Result<Option<(i64, i64)>> {
+  /// The lock in `mode`'s way between the holder's byte and `ticket` that ends last (a waiter's
+  /// ticket, a holder's kept one, or a turn being taken), clipped to that span, as `(start,
+  /// len)`: the next one to leave before our turn can come. Found by walking up from the
+  /// holder's byte, one look per lock ahead.
+  fn nearest_ahead(&self, ticket: i64, mode: LockMode) -> io::Result<Option<(i64, i64)>> {
     let mut from = HOLDER_BYTE + 1;
     let mut nearest = None;
     while from < ticket {
-      let Some(lock) = self.conflict(libc::F_RDLCK, from, ticket - from)? else {
+      let Some(lock) = self.conflict(kind(mode), from, ticket - from)? else {
         break;
       };
       let start = lock.l_start.max(HOLDER_BYTE + 1);
@@ -396,8 +427,8 @@ mod tests {
 
   #[test]
   fn a_turn_waits_for_the_holder_and_better_ranks_only() {
-    let (lock, holder) = queue_of("turn");
-    let (early, late, gate) = (
+    let (lock, mut holder) = queue_of("turn");
+    let (mut early, late, gate) = (
       QueueFile::open(&lock).unwrap(),
       QueueFile::open(&lock).unwrap(),
       QueueFile::open(&lock).unwrap(),
@@ -409,10 +440,10 @@ mod tests {
     assert!(!turn_now(&gate, k_early), "the holder's byte comes first");
     holder.unhold();
     assert!(turn_now(&gate, k_early) && !turn_now(&gate, k_late));
-    // The early waiter's turn: granted at once, and given back (nothing left behind).
+    // The early waiter's turn: granted at once, and given back (nothing left behind); it then
+    // holds with its ticket kept, and its release clears both.
     assert!(gate.wait_turn(k_early, LockMode::Exclusive).unwrap());
-    early.hold(LockMode::Exclusive);
-    early.leave(k_early);
+    early.hold_at(k_early, LockMode::Exclusive);
     assert!(!turn_now(&gate, k_late), "the new holder comes first");
     early.unhold();
     assert!(turn_now(&gate, k_late));
@@ -479,24 +510,32 @@ mod tests {
     panic!("process {pid} did not block in fcntl within 30 s: {syscall:?}");
   }
 
-  /// A handoff wakes the next waiter, and the one behind it (which then waits for the new
-  /// holder), never the rest of the queue: a blocking request over `[0, ticket)` per waiter
-  /// let the kernel chain the requests and wake them all, one after another, on every handoff.
+  /// A handoff wakes the next waiter only, never the rest of the queue, and a waiter's turn
+  /// wakes nobody: the waiter behind waits on the ticket the holder keeps. (A blocking request
+  /// over `[0, ticket)` per waiter let the kernel chain the requests and wake them all, one after
+  /// another, on every handoff.) Counted in each waiting process's context switches.
   #[test]
-  fn a_handoff_wakes_only_the_next_two_waiters() {
+  fn a_handoff_wakes_only_the_next_waiter() {
     use nix::sys::signal::{kill, Signal};
     use nix::sys::wait::waitpid;
     use nix::unistd::{fork, pipe, read, write, ForkResult, Pid};
-    let (lock, holder) = queue_of("chain");
+    use std::os::fd::OwnedFd;
+    struct Waiter {
+      pid: Pid,
+      said: OwnedFd,
+      go: OwnedFd,
+    }
+    let (lock, mut holder) = queue_of("chain");
     holder.hold(LockMode::Exclusive);
     let first = key(0.0, Instant::now());
-    let mut waiters: Vec<(Pid, std::os::fd::OwnedFd)> = Vec::new();
+    let mut waiters: Vec<Waiter> = Vec::new();
     for i in 0..5 {
-      let (ticket, turn) = (
+      let (mut ticket, turn) = (
         QueueFile::open(&lock).unwrap(),
         QueueFile::open(&lock).unwrap(),
       );
       let (said_r, said_w) = pipe().unwrap();
+      let (go_r, go_w) = pipe().unwrap();
       // SAFETY: the child only makes system calls (no allocation, no locks) until it is killed.
       match unsafe { fork() }.unwrap() {
         ForkResult::Child => {
@@ -505,9 +544,10 @@ mod tests {
           let place = ticket.line_up(first + i).unwrap();
           let _ = write(&said_w, b"q");
           if matches!(turn.wait_turn(place, LockMode::Exclusive), Ok(true)) {
-            ticket.hold(LockMode::Exclusive);
-            ticket.leave(place);
+            ticket.hold_at(place, LockMode::Exclusive);
             let _ = write(&said_w, b"t");
+            let _ = read(&go_r, &mut [0u8]);
+            ticket.unhold();
           }
           loop {
             nix::unistd::pause();
@@ -517,32 +557,43 @@ mod tests {
           let mut byte = [0u8];
           assert_eq!(read(&said_r, &mut byte).unwrap(), 1);
           assert_eq!(&byte, b"q");
-          waiters.push((child, said_r));
+          waiters.push(Waiter {
+            pid: child,
+            said: said_r,
+            go: go_w,
+          });
         }
       }
     }
-    let before: Vec<u64> = waiters
-      .iter()
-      .map(|(pid, _)| switches_once_blocked(*pid))
-      .collect();
+    let switches = |from: usize| -> Vec<u64> {
+      waiters[from..]
+        .iter()
+        .map(|w| switches_once_blocked(w.pid))
+        .collect()
+    };
+    let served = |w: &Waiter| {
+      let mut byte = [0u8];
+      read(&w.said, &mut byte).unwrap() == 1 && &byte == b"t"
+    };
+    let before = switches(1);
+    // The holder gives the lock up: the first in line is served; nobody else stirs.
     holder.unhold();
-    let mut byte = [0u8];
-    assert_eq!(read(&waiters[0].1, &mut byte).unwrap(), 1);
-    assert_eq!(&byte, b"t", "the first in line is served");
-    // The second saw its predecessor leave and now waits for the new holder: once it is asleep
-    // again, every wake-up this handoff caused has happened.
-    while switches_once_blocked(waiters[1].0) == before[1] {
-      std::thread::sleep(Duration::from_millis(1));
+    assert!(served(&waiters[0]), "the first in line is served");
+    let after_first = switches(1);
+    // The first gives it up: the second is served; nobody further back stirs.
+    write(&waiters[0].go, b"g").unwrap();
+    assert!(served(&waiters[1]), "the second in line is served next");
+    let after_second = switches(2);
+    for w in &waiters {
+      kill(w.pid, Signal::SIGKILL).unwrap();
+      waitpid(w.pid, None).unwrap();
     }
-    let after: Vec<u64> = waiters[2..]
-      .iter()
-      .map(|(pid, _)| switches_once_blocked(*pid))
-      .collect();
-    for (pid, _) in &waiters {
-      kill(*pid, Signal::SIGKILL).unwrap();
-      waitpid(*pid, None).unwrap();
-    }
-    assert_eq!(after, before[2..], "waiters further back were woken");
+    assert_eq!(after_first, before, "a turn woke waiters behind it");
+    assert_eq!(
+      after_second,
+      before[1..],
+      "a handoff woke waiters further back"
+    );
   }
 
   #[test]
