@@ -53,6 +53,9 @@ use crate::backend::{LockMode, AGING_STEP};
 const HOLDER_BYTE: i64 = 0;
 /// Keys start here: above the holder's byte, and positive whatever the priority and the clock.
 const BIAS: i64 = 1 << 62;
+/// The first span of keys below a waiter's own searched for the one just ahead: about a
+/// millisecond of arrivals.
+const NEAR_KEYS: i64 = 1 << 20;
 /// The priority range that ranks across processes: beyond it a priority counts as its bound.
 /// A million steps of a second (11.6 days of aging) keeps every key within 2^50 of `BIAS +
 /// arrival`; this process's own queue still ranks by the exact value.
@@ -255,10 +258,28 @@ impl QueueFile {
 
   /// The lock in `mode`'s way between the holder's byte and `ticket` that ends last (a waiter's
   /// ticket, a holder's kept one, or a turn being taken), clipped to that span, as `(start,
-  /// len)`: the next one to leave before our turn can come. Found by walking up from the
-  /// holder's byte, one look per lock ahead.
+  /// len)`: the next one to leave before our turn can come. A look (`F_OFD_GETLK`) names only
+  /// the first lock of a range in the kernel's list, which is about arrival order, so the
+  /// search narrows the range from below first, doubling from [`NEAR_KEYS`] under our key (the
+  /// waiter just ahead usually lined up within the last millisecond or so), then walks up from
+  /// the lock it found, one look per lock left in between.
   fn nearest_ahead(&self, ticket: i64, mode: LockMode) -> io::Result<Option<(i64, i64)>> {
-    let mut from = HOLDER_BYTE + 1;
+    let lowest = HOLDER_BYTE + 1;
+    if ticket <= lowest
+      || self
+        .conflict(kind(mode), lowest, ticket - lowest)?
+        .is_none()
+    {
+      return Ok(None);
+    }
+    let mut width = NEAR_KEYS;
+    let mut from = loop {
+      let from = ticket.saturating_sub(width).max(lowest);
+      if from == lowest || self.conflict(kind(mode), from, ticket - from)?.is_some() {
+        break from;
+      }
+      width = width.saturating_mul(2);
+    };
     let mut nearest = None;
     while from < ticket {
       let Some(lock) = self.conflict(kind(mode), from, ticket - from)? else {
@@ -423,6 +444,45 @@ mod tests {
     assert!(turn_now(&checker, key + 1));
     second.leave(key + 1);
     assert!(!checker.others_queued(LockMode::Exclusive));
+  }
+
+  /// The wait of each waiter is on the ticket just ahead of its own, however far back in keys
+  /// (arrival time) that one lined up, and on nothing when none is ahead.
+  #[test]
+  fn the_ticket_just_ahead_is_found_near_or_far() {
+    let (lock, checker) = queue_of("nearest");
+    let base = key(0.0, Instant::now());
+    let ahead = [0, 10, 5_000_000, 1 << 30, 1 << 45];
+    let holders: Vec<QueueFile> = ahead
+      .iter()
+      .map(|offset| {
+        let holder = QueueFile::open(&lock).unwrap();
+        assert_eq!(holder.line_up(base + offset).unwrap(), base + offset);
+        holder
+      })
+      .collect();
+    for mode in [LockMode::Exclusive, LockMode::Shared] {
+      assert_eq!(checker.nearest_ahead(base, mode).unwrap(), None);
+      for (i, offset) in ahead.iter().enumerate().skip(1) {
+        let previous = base + ahead[i - 1];
+        let behind = base + offset;
+        assert_eq!(
+          checker.nearest_ahead(behind, mode).unwrap(),
+          Some((previous, 1))
+        );
+        assert_eq!(
+          checker.nearest_ahead(behind + 7, mode).unwrap(),
+          Some((behind, 1))
+        );
+      }
+    }
+    drop(holders);
+    assert_eq!(
+      checker
+        .nearest_ahead(base + (1 << 46), LockMode::Exclusive)
+        .unwrap(),
+      None
+    );
   }
 
   #[test]
