@@ -1072,6 +1072,30 @@ mod tests {
     );
   }
 
+  /// What `getLockInfo` reports for `target` now.
+  fn info_of(target: &Target) -> Value {
+    config::backend_for(target)
+      .unwrap()
+      .lock_info(target, Duration::from_secs(30))
+      .unwrap()
+      .unwrap()
+  }
+
+  type Outcomes = (
+    mpsc::Sender<(usize, Result<String>)>,
+    mpsc::Receiver<(usize, Result<String>)>,
+  );
+
+  /// A reader holding `target` and a writer (label 0) queued and blocked behind it: the reader's
+  /// lockId and the channel the writer's outcome (and those of later waiters) arrives on.
+  fn writer_queued_behind_a_reader(target: &Target) -> (String, Outcomes) {
+    let reader = try_acquire(target, &shared()).unwrap().unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue_as(target, options(None), 0, &done);
+    crate::test_support::wait_for_blocked_waiter(&target.lock_path);
+    (reader, (done, outcomes))
+  }
+
   #[test]
   fn shared_holds_coexist_and_exclude_a_writer() {
     let target = project_file("readers.json");
@@ -1081,11 +1105,7 @@ mod tests {
     assert!(try_acquire(&target, &options(Some(Duration::ZERO)))
       .unwrap()
       .is_none());
-    let info = config::backend_for(&target)
-      .unwrap()
-      .lock_info(&target, Duration::from_secs(30))
-      .unwrap()
-      .unwrap();
+    let info = info_of(&target);
     assert_eq!(info["mode"], "shared");
     assert_eq!(info["readers"].as_array().unwrap().len(), 2);
     assert!(release(&target, &first).unwrap());
@@ -1106,10 +1126,7 @@ mod tests {
   #[test]
   fn a_reader_behind_a_queued_writer_is_served_after_it() {
     let target = project_file("preference.json");
-    let reader = try_acquire(&target, &shared()).unwrap().unwrap();
-    let (done, outcomes) = mpsc::channel();
-    queue_as(&target, options(None), 0, &done);
-    crate::test_support::wait_for_blocked_waiter(&target.lock_path);
+    let (reader, (done, outcomes)) = writer_queued_behind_a_reader(&target);
     assert!(try_acquire(&target, &shared()).unwrap().is_none());
     queue_as(&target, shared(), 1, &done);
     queue_as(&target, shared(), 2, &done);
@@ -1128,11 +1145,7 @@ mod tests {
     readers.sort();
     assert_eq!(readers.iter().map(|r| r.0).collect::<Vec<_>>(), [1, 2]);
     // Both readers hold at once.
-    let info = config::backend_for(&target)
-      .unwrap()
-      .lock_info(&target, Duration::from_secs(30))
-      .unwrap()
-      .unwrap();
+    let info = info_of(&target);
     assert_eq!(info["readers"].as_array().unwrap().len(), 2, "{info}");
     for (_, id) in readers {
       release(&target, &id).unwrap();
@@ -1144,10 +1157,7 @@ mod tests {
   #[test]
   fn a_head_that_changes_mode_is_served_in_its_own_mode() {
     let target = project_file("switch.json");
-    let reader = try_acquire(&target, &shared()).unwrap().unwrap();
-    let (done, outcomes) = mpsc::channel();
-    queue_as(&target, options(None), 0, &done);
-    crate::test_support::wait_for_blocked_waiter(&target.lock_path);
+    let (reader, (done, outcomes)) = writer_queued_behind_a_reader(&target);
     let urgent = AcquireOptions {
       priority: 10.0,
       ..shared()
@@ -1156,11 +1166,7 @@ mod tests {
     assert!(release(&target, &reader).unwrap());
     let (label, first) = outcomes.recv_timeout(WAIT).unwrap();
     assert_eq!(label, 1);
-    let info = config::backend_for(&target)
-      .unwrap()
-      .lock_info(&target, Duration::from_secs(30))
-      .unwrap()
-      .unwrap();
+    let info = info_of(&target);
     assert_eq!(info["mode"], "shared");
     // Its kernel lock is a shared one: another reader's try gets in beside it.
     match crate::file::os_lock::LockFile::try_acquire_as(&target.lock_path, None, LockMode::Shared)
