@@ -32,6 +32,12 @@ function counterFile(root, count = 0) {
 const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
 const count = (file) => read(file).count
 const backend = (url) => ({ FLOWFORGE_LOCK_BACKEND: url })
+
+/** Has `worker` take the lock (waiting up to 5 s); resolves with its fencing token. */
+async function acquired(worker) {
+  worker.send('acquire 5000')
+  return Number((await worker.until(/^ACQUIRED /)).split(' ')[2])
+}
 const linesOf = (workers, prefix) => workers.flatMap((w) => w.lines.filter((l) => l.startsWith(prefix)))
 const codesOf = (lines) => [...new Set(lines.map((l) => l.split(' ')[1]))]
 
@@ -151,8 +157,7 @@ describe('Redis backend', () => {
     const holder = start('etcd-worker', [file], backend(url))
     const next = start('etcd-worker', [file], backend(url))
     await Promise.all([holder.until(/^READY$/), next.until(/^READY$/)])
-    holder.send('acquire 5000')
-    const first = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
+    const first = await acquired(holder)
     next.send('acquire 30000')
     for (;;) {
       holder.send('info')
@@ -189,8 +194,7 @@ describe('Redis backend', () => {
     const env = backend(`${redis.url}?ttl=30000&refresh=5000`)
     const holder = start('etcd-worker', [file], env)
     await holder.until(/^READY$/)
-    holder.send('acquire 5000')
-    const first = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
+    const first = await acquired(holder)
     const { key } = await infoOf(holder)
     const waiters = []
     for (let i = 0; i < 4; i++) {
@@ -227,8 +231,7 @@ describe('Redis backend', () => {
     const holder = start('etcd-worker', [file], env)
     const trier = start('etcd-worker', [file], env)
     await Promise.all([holder.until(/^READY$/), trier.until(/^READY$/)])
-    holder.send('acquire 5000')
-    await holder.until(/^ACQUIRED /)
+    await acquired(holder)
     const { key } = await infoOf(holder)
     trier.send('acquire 0')
     expect(await trier.until(/^(ACQUIRED|ERR) /)).toMatch(/^ERR ELOCKTIMEOUT /)
@@ -298,8 +301,7 @@ describe('Redis backend', () => {
       expect(await next()).toBe('RELEASED')
       // The try and the release: one EVALSHA each, nothing else.
       expect(await clientCommands()).toEqual({ evalsha: 2 })
-      holder.send('acquire 5000')
-      await holder.until(/^ACQUIRED /)
+      await acquired(holder)
       const { key } = await infoOf(holder)
       await redis.command('CONFIG', 'RESETSTAT')
       child.stdin.write('go\n')
@@ -325,8 +327,7 @@ describe('Redis backend', () => {
     const env = backend(`${redis.url}?ttl=120000&refresh=20000`)
     const holder = start('etcd-worker', [file], env)
     await holder.until(/^READY$/)
-    holder.send('acquire 5000')
-    await holder.until(/^ACQUIRED /)
+    await acquired(holder)
     const { key } = await infoOf(holder)
     const dead = start('etcd-worker', [file], env)
     await dead.until(/^READY$/)
@@ -565,8 +566,7 @@ describe('CLI with the Redis backend', () => {
     const holder = start('etcd-worker', [file], env)
     const waiter = start('etcd-worker', [file], env)
     await Promise.all([holder.until(/^READY$/), waiter.until(/^READY$/)])
-    holder.send('acquire 5000')
-    const token = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
+    const token = await acquired(holder)
     waiter.send('acquire 30000')
     for (;;) {
       holder.send('info')

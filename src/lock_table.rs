@@ -203,9 +203,9 @@ fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> Strin
 /// The uncontended path on the caller's thread (Node's event loop, for `acquireLock`): one try
 /// where it waits on nothing but system calls, or on one answer from a lock server over a
 /// connection already open ([`Backend::try_acquire_here`]: bounded by the caller's timeout and
-/// the server's command timeout, never a connect). `Ok(None)` means somebody holds the lock, others (here or, for a
-/// lock server, anywhere) are queued for it or are taking it, or the try was not made here; the
-/// caller then joins the queue with [`acquire`]. A refused try leaves no place behind, so the
+/// the server's command timeout, never a connect). `Ok(None)` means somebody holds the lock,
+/// others (here or, for a lock server, anywhere) are queued for it or are taking it, or the try
+/// was not made here; the caller then joins the queue with [`acquire`]. A refused try leaves no place behind, so the
 /// order among queued waiters is still the order of their first request in the queue.
 pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
   claim(target, options, |backend, request| {
