@@ -9,9 +9,11 @@
 //   R2 cached readJSON of an unchanged 1 MiB tasks.json vs JSON.parse(fs.readFileSync())
 //      (goal: >= 20x faster).
 //   R3 handoff between two processes with acquireLockSync/releaseLockSync vs raw flock(2)
-//      (examples/flock_limit.rs pingpong: hold 1-10 ms, release, wait 1 ms) (goal: within 2x).
-//   R4 uncontended acquireLockSync + releaseLockSync cycle vs a raw flock lock+unlock cycle
-//      (goal: within 2x).
+//      (hold 1-10 ms, release, wait 1 ms) (goal: within 2x), the raw loop twice: in Rust
+//      (examples/flock_limit.rs, the kernel's own figure) and in Node calling flock through a
+//      bare Node-API addon (examples/flock_node.rs, the floor for any Node program).
+//   R4 uncontended acquireLockSync + releaseLockSync cycle vs a raw flock lock+unlock cycle,
+//      the same two ways (goal: within 2x).
 //   R5 readers + a writer in separate processes: reads/s and writes/s when the readers take
 //      shared locks vs the same readers with exclusive locks (each read holds its lock for the
 //      parse plus 1 ms of "rendering").
@@ -19,7 +21,8 @@
 //      always overlapping, so the lock is never free of readers): p50/max, to show it is bounded
 //      by about one reader's hold (writer preference), not starved.
 //
-// Child modes (run by this script): `sync-pingpong <file> <rounds>`, `sync-cycle <file> <n>`,
+// Child modes (run by this script): `sync-pingpong|flock-pingpong <file> <rounds>`,
+// `sync-cycle|flock-cycle <file> <n>`,
 // `rw-reader <file> <mode> <ms> <holdMs>`, `rw-writer <file> <ms> <gapMs>`.
 
 const fs = require('node:fs')
@@ -30,10 +33,14 @@ const { table } = require('../lib/table.js')
 
 const ROOT = path.resolve(__dirname, '..')
 const FLOCK = path.join(ROOT, 'target', 'release', 'examples', 'flock_limit')
+const FLOCK_ADDON = path.join(ROOT, 'target', 'release', 'examples', 'libflock_node.so')
 const SMOKE = process.argv.includes('--smoke')
 const N = SMOKE ? { reads: 300, cached: 2000, rounds: 40, cycles: 2000, rwMs: 600 } : { reads: 3000, cached: 20000, rounds: 300, cycles: 20000, rwMs: 4000 }
 
-const nowUs = () => (performance.timeOrigin + performance.now()) * 1000
+// CLOCK_MONOTONIC, as flock_limit's: one clock for every process of the host, so one process's
+// release and another's grant subtract exactly (performance.timeOrigin is an estimate per process,
+// a few µs apart between processes).
+const nowUs = () => Number(process.hrtime.bigint()) / 1e3
 // One cell for every sleep: a fresh SharedArrayBuffer per call would put an allocation between a
 // release and the releaser's sleep, inside the handoff R3 times (raw flock's loop has none).
 const SLEEP_CELL = new Int32Array(new SharedArrayBuffer(4))
@@ -130,21 +137,24 @@ async function r3Handoff() {
   const me = __filename
   const sync = await Promise.all([0, 1].map(() => runJson(process.execPath, [me, 'sync-pingpong', ours, N.rounds])))
   const raw = await Promise.all([0, 1].map(() => runJson(FLOCK, ['pingpong', flockFile, N.rounds])))
+  const rawNode = await Promise.all([0, 1].map(() => runJson(process.execPath, [me, 'flock-pingpong', `${flockFile}-node`, N.rounds])))
   // The asynchronous API in the same run (bench/worker.js, as scenario C of bench/run.js).
   const asyncFile = path.join(root, '.flowforge', 'handoff-async.json')
   const viaAsync = await Promise.all([0, 1].map(() => runJson(process.execPath, [path.join(__dirname, 'worker.js'), 'pingpong', 'flowforge-lock', asyncFile, N.rounds])))
   const a = handoffs(sync)
   const b = handoffs(raw)
   const c = handoffs(viaAsync)
-  return { syncP50Us: median(a), syncP99Us: pct(a, 99), flockP50Us: median(b), flockP99Us: pct(b, 99), asyncP50Us: median(c), handoffs: a.length }
+  const d = handoffs(rawNode)
+  return { syncP50Us: median(a), syncP99Us: pct(a, 99), flockP50Us: median(b), flockP99Us: pct(b, 99), nodeFlockP50Us: median(d), nodeFlockP99Us: pct(d, 99), asyncP50Us: median(c), handoffs: a.length }
 }
 
 async function r4Cycle() {
   const root = project()
   const ours = await runJson(process.execPath, [__filename, 'sync-cycle', path.join(root, '.flowforge', 'cycle.json'), N.cycles])
   const raw = await runJson(FLOCK, ['cycle', path.join(root, '.flowforge', 'cycle.flock'), N.cycles])
+  const rawNode = await runJson(process.execPath, [__filename, 'flock-cycle', path.join(root, '.flowforge', 'cycle-node.flock'), N.cycles])
   const viaAsync = await runJson(process.execPath, [path.join(__dirname, 'worker.js'), 'cycle', 'flowforge-lock', path.join(root, '.flowforge', 'cycle-async.json'), N.cycles])
-  return { syncP50Us: median(ours.cyclesUs), syncP99Us: pct(ours.cyclesUs, 99), flockP50Us: median(raw.cyclesUs), flockP99Us: pct(raw.cyclesUs, 99), asyncP50Us: median(viaAsync.cyclesUs) }
+  return { syncP50Us: median(ours.cyclesUs), syncP99Us: pct(ours.cyclesUs, 99), flockP50Us: median(raw.cyclesUs), flockP99Us: pct(raw.cyclesUs, 99), nodeFlockP50Us: median(rawNode.cyclesUs), asyncP50Us: median(viaAsync.cyclesUs) }
 }
 
 /** Starts `node bench/reads.js <args>` children, lets them go at once (a line on stdin), resolves with their JSON lines. */
@@ -225,28 +235,42 @@ async function rwWriter(file, ms, gapMs) {
   console.log(JSON.stringify({ ops: waitsUs.length, waitsUs }))
 }
 
-function syncPingpong(file, rounds) {
-  const { acquireLockSync, releaseLockSync } = require('../file-lock.js')
+/** A lock taken and given up by this library's synchronous API, or by bare flock(2) from Node. */
+function lockOf(kind, file) {
+  if (kind === 'sync') {
+    const { acquireLockSync, releaseLockSync } = require('../file-lock.js')
+    return { lock: () => acquireLockSync(file, 60000), unlock: (lockId) => releaseLockSync(file, lockId) }
+  }
+  const addon = { exports: {} }
+  process.dlopen(addon, FLOCK_ADDON)
+  const fd = addon.exports.open(file)
+  return { lock: () => addon.exports.lock(fd), unlock: () => addon.exports.unlock(fd) }
+}
+
+/** R3's loop, as flock_limit's pingpong: hold 1-10 ms, release, wait 1 ms. */
+function pingpong(kind, file, rounds) {
+  const { lock, unlock } = lockOf(kind, file)
   let seed = process.pid | 1
   const events = []
   for (let i = 0; i < rounds; i++) {
-    const lockId = acquireLockSync(file, 60000)
+    const lockId = lock()
     const acquired = nowUs()
     seed ^= seed << 13
     seed ^= seed >>> 17
     seed ^= seed << 5
     sleepSync(1 + (Math.abs(seed) % 9))
     const released = nowUs()
-    releaseLockSync(file, lockId)
+    unlock(lockId)
     events.push([acquired, released])
     sleepSync(1)
   }
   console.log(JSON.stringify({ pid: process.pid, events }))
 }
 
-function syncCycle(file, n) {
-  const { acquireLockSync, releaseLockSync } = require('../file-lock.js')
-  const cyclesUs = timeEach(n, () => releaseLockSync(file, acquireLockSync(file, 0)))
+/** R4's loop: uncontended lock + unlock, each cycle timed. */
+function cycle(kind, file, n) {
+  const { lock, unlock } = lockOf(kind, file)
+  const cyclesUs = timeEach(n, () => unlock(lock()))
   console.log(JSON.stringify({ cyclesUs }))
 }
 
@@ -254,7 +278,7 @@ const fmt = (n) => (n >= 100 ? Math.round(n).toLocaleString('en') : n.toFixed(2)
 const ratio = (x) => `${x >= 10 ? Math.round(x) : x.toFixed(2)}x`
 
 async function main() {
-  execFileSync('cargo', ['build', '--release', '--quiet', '--example', 'flock_limit'], { cwd: ROOT, stdio: 'inherit' })
+  execFileSync('cargo', ['build', '--release', '--quiet', '--example', 'flock_limit', '--example', 'flock_node'], { cwd: ROOT, stdio: 'inherit' })
   console.log(`flowforge-lock reads bench${SMOKE ? ' (smoke)' : ''}: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, node ${process.version}\n`)
   const r1 = await r1ReadsUnderALock()
   const r2 = await r2CachedRead()
@@ -270,9 +294,12 @@ async function main() {
     ['R2 same, maxAgeMs: 1000 (no stat)', 'p50 µs', fmt(r2.maxAgeP50Us), 'JSON.parse(readFileSync())', fmt(r2.rawP50Us), `${ratio(r2.rawP50Us / r2.maxAgeP50Us)} faster`, ''],
     [`R3 sync handoff, 2 processes (${r3.handoffs} handoffs)`, 'p50 µs', fmt(r3.syncP50Us), 'raw flock pingpong', fmt(r3.flockP50Us), ratio(r3.syncP50Us / r3.flockP50Us), '<= 2x'],
     ['R3 same', 'p99 µs', fmt(r3.syncP99Us), 'raw flock pingpong', fmt(r3.flockP99Us), ratio(r3.syncP99Us / r3.flockP99Us), ''],
+    ['R3 same', 'p50 µs', fmt(r3.syncP50Us), 'raw flock pingpong from Node', fmt(r3.nodeFlockP50Us), ratio(r3.syncP50Us / r3.nodeFlockP50Us), '<= 2x'],
+    ['R3 same', 'p99 µs', fmt(r3.syncP99Us), 'raw flock pingpong from Node', fmt(r3.nodeFlockP99Us), ratio(r3.syncP99Us / r3.nodeFlockP99Us), ''],
     ['R3 same', 'p50 µs', fmt(r3.syncP50Us), 'acquireLock/releaseLock (async API)', fmt(r3.asyncP50Us), ratio(r3.syncP50Us / r3.asyncP50Us), ''],
     ['R4 uncontended acquireLockSync+releaseLockSync', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock', fmt(r4.flockP50Us), ratio(r4.syncP50Us / r4.flockP50Us), '<= 2x'],
     ['R4 same', 'p99 µs', fmt(r4.syncP99Us), 'raw flock lock+unlock', fmt(r4.flockP99Us), ratio(r4.syncP99Us / r4.flockP99Us), ''],
+    ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock from Node', fmt(r4.nodeFlockP50Us), ratio(r4.syncP50Us / r4.nodeFlockP50Us), '<= 2x'],
     ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'acquireLock+releaseLock (async API)', fmt(r4.asyncP50Us), ratio(r4.syncP50Us / r4.asyncP50Us), ''],
     ['R5 3 reader processes + 1 writer, readers shared', 'reads/s', fmt(r5.shared.readsPerS), 'same readers, exclusive locks', fmt(r5.exclusive.readsPerS), ratio(r5.shared.readsPerS / r5.exclusive.readsPerS), '> 1x'],
     ['R5 same, the writer', 'writes/s', fmt(r5.shared.writesPerS), 'same readers, exclusive locks', fmt(r5.exclusive.writesPerS), ratio(r5.shared.writesPerS / r5.exclusive.writesPerS), ''],
@@ -288,8 +315,8 @@ async function main() {
 }
 
 const [mode, ...args] = process.argv.slice(2)
-if (mode === 'sync-pingpong') syncPingpong(args[0], Number(args[1]))
-else if (mode === 'sync-cycle') syncCycle(args[0], Number(args[1]))
+if (mode === 'sync-pingpong' || mode === 'flock-pingpong') pingpong(mode.split('-')[0], args[0], Number(args[1]))
+else if (mode === 'sync-cycle' || mode === 'flock-cycle') cycle(mode.split('-')[0], args[0], Number(args[1]))
 else if (mode === 'rw-reader') rwReader(args[0], args[1], Number(args[2]), Number(args[3]))
 else if (mode === 'rw-writer') rwWriter(args[0], Number(args[1]), Number(args[2]))
 else {

@@ -12,7 +12,8 @@ const { adapters } = require('./adapters.js')
 
 const [mode, lib, ...args] = process.argv.slice(2)
 const adapter = adapters[lib]
-const nowUs = () => (performance.timeOrigin + performance.now()) * 1000
+// CLOCK_MONOTONIC, one clock for every process of the host (as bench/reads.js and flock_limit).
+const nowUs = () => Number(process.hrtime.bigint()) / 1e3
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
 async function durableUpsert(tasksFile, task) {

@@ -6,7 +6,9 @@
 //!   flock_limit pingpong <lockfile> <rounds>     C: hold 1-10 ms, release, wait 1 ms; [acquired, released] µs
 
 use std::fs::{self, File, OpenOptions};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use nix::time::{clock_gettime, ClockId};
 
 fn open(path: &str) -> File {
   OpenOptions::new()
@@ -18,11 +20,11 @@ fn open(path: &str) -> File {
     .expect("open lock file")
 }
 
-fn wall_us() -> u128 {
-  SystemTime::now()
-    .duration_since(UNIX_EPOCH)
-    .unwrap()
-    .as_micros()
+/// Now on CLOCK_MONOTONIC, in µs: one clock for every process of the host (Node's
+/// `process.hrtime`), so one process's release and another's grant can be subtracted.
+fn monotonic_us() -> f64 {
+  let now = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
+  now.tv_sec() as f64 * 1e6 + now.tv_nsec() as f64 / 1e3
 }
 
 /// A small xorshift: hold times need variety, not cryptography.
@@ -84,9 +86,9 @@ fn main() {
       let mut events = Vec::with_capacity(rounds);
       for _ in 0..rounds {
         file.lock().unwrap();
-        let acquired = wall_us();
+        let acquired = monotonic_us();
         std::thread::sleep(Duration::from_micros(1000 + next_random(&mut seed) % 9000));
-        let released = wall_us();
+        let released = monotonic_us();
         file.unlock().unwrap();
         events.push(format!("[{acquired},{released}]"));
         std::thread::sleep(Duration::from_millis(1));
