@@ -86,6 +86,16 @@ struct Waiter {
   enqueued: Instant,
   priority: f64,
   complete: Completion,
+  /// Its timeout, cancelled when the waiter is answered (or dropped) before it runs.
+  deadline: Option<deadlines::Registration>,
+}
+
+impl Waiter {
+  /// Answers the waiter, its timeout cancelled first.
+  fn answer(self, outcome: Result<String>) {
+    drop(self.deadline);
+    (self.complete)(outcome);
+  }
 }
 
 /// `priority + waited / AGING_STEP`: see [`next_waiter`].
@@ -360,6 +370,14 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
     }
     entry.waiting_thread = true;
   }
+  // Registered under the table's lock, before the waiter is queued: a deadline already due
+  // waits for that lock in `give_up` and then finds the waiter.
+  let deadline = options.timeout.map(|timeout| {
+    let target = target.clone();
+    deadlines::add(started + timeout, move || {
+      give_up(&target, waiter_id, timeout)
+    })
+  });
   entry.queue.push_back(Waiter {
     id: waiter_id,
     request: Request {
@@ -372,14 +390,10 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
     enqueued: started,
     priority: options.priority,
     complete,
+    deadline,
   });
   drop(table);
   CHANGED.notify_all();
-  if let Some(timeout) = options.timeout {
-    deadlines::add(started + timeout, move || {
-      give_up(&target, waiter_id, timeout)
-    });
-  }
 }
 
 /// The synchronous API's acquire. Where the backend waits in this host's kernel, the caller's
@@ -514,7 +528,7 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
   };
   if let Some(waiter) = waiter {
     metrics::timed_out(&target.file.to_string_lossy());
-    (waiter.complete)(Err(timeout_error(target, timeout)));
+    waiter.answer(Err(timeout_error(target, timeout)));
   }
 }
 
@@ -554,14 +568,14 @@ fn wait_for_lock(target: Target) {
         drop(table);
         let file = waiter.request.file.to_string_lossy();
         metrics::acquired(&file, waiter.enqueued.elapsed(), true, waiter.priority);
-        (waiter.complete)(Ok(lock_id));
+        waiter.answer(Ok(lock_id));
       }
       Ok(None) => {}
       Err(e) => {
         let waiter = take_next(&mut entry.queue);
         drop(table);
         if let Some(waiter) = waiter {
-          (waiter.complete)(Err(e));
+          waiter.answer(Err(e));
         }
       }
     }
@@ -610,7 +624,7 @@ fn fail_waiters(key: &Path, error: &LockError) {
     None => Vec::new(),
   };
   for waiter in waiters {
-    (waiter.complete)(Err(error.clone()));
+    waiter.answer(Err(error.clone()));
   }
 }
 
@@ -691,13 +705,14 @@ pub fn release_all() -> usize {
       released += 1;
     }
     for waiter in entry.queue {
-      (waiter.complete)(Err(LockError::new(
+      let cancelled = LockError::new(
         "ELOCKCANCELLED",
         format!(
           "The wait for the lock on {} was cancelled: this process is ending and has released its locks.",
           waiter.request.file.display()
         ),
-      )));
+      );
+      waiter.answer(Err(cancelled));
     }
   }
   CHANGED.notify_all();
@@ -992,6 +1007,7 @@ mod tests {
       enqueued,
       priority,
       complete: Box::new(|_| {}),
+      deadline: None,
     }
   }
 
@@ -1047,6 +1063,32 @@ mod tests {
     release(&target, &holder).unwrap();
     let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
     assert_eq!(label, 1);
+    release(&target, &outcome.unwrap()).unwrap();
+  }
+
+  /// A waiter served before its timeout cancels it: the timeout's closure (holding the lock's
+  /// paths) does not stay in the deadline heap for the rest of the hour.
+  #[test]
+  fn a_served_waiter_cancels_its_timeout() {
+    let target = project_file("served-timeout.json");
+    let holder = try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap();
+    let (done, outcomes) = mpsc::channel();
+    queue(&target, Some(Duration::from_secs(3600)), 0, &done);
+    let deadline = table().get(&target.lock_path).unwrap().queue[0]
+      .deadline
+      .as_ref()
+      .unwrap()
+      .key();
+    assert!(deadlines::is_pending(deadline));
+    release(&target, &holder).unwrap();
+    let (label, outcome) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 0);
+    assert!(
+      !deadlines::is_pending(deadline),
+      "the served waiter's timeout is still pending"
+    );
     release(&target, &outcome.unwrap()).unwrap();
   }
 
