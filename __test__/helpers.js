@@ -8,6 +8,33 @@ const { spawn } = require('node:child_process')
 const PACKAGE_ROOT = path.resolve(__dirname, '..')
 const FIXTURES = path.join(__dirname, 'fixtures')
 
+/**
+ * Points this process's temp directory (TMPDIR: os.tmpdir(), Rust's std::env::temp_dir(), and
+ * every child started from now on) at a fresh directory, so that a run of the tests, the bench
+ * or the torture leaves nothing behind in /tmp: the caller removes it at the end. World-writable
+ * with the sticky bit, as /tmp is: the unprivileged cases' children make their files there too.
+ */
+function useRunTmpdir(prefix) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
+  fs.chmodSync(dir, 0o1777)
+  process.env.TMPDIR = dir
+  return dir
+}
+
+/** useRunTmpdir for a process that removes the directory itself when it exits. */
+function useRunTmpdirUntilExit(prefix) {
+  const dir = useRunTmpdir(prefix)
+  process.on('exit', () => {
+    try {
+      fs.rmSync(dir, { recursive: true, force: true, maxRetries: 3 })
+    } catch (err) {
+      // A leftover temp directory is not the run's failure: say so and let the exit code stand.
+      console.error(`could not remove ${dir}: ${err.message}`)
+    }
+  })
+  return dir
+}
+
 /** A fresh temp dir holding `.flowforge/`, readable by every user (for the unprivileged tests). */
 function makeProject(prefix = 'ffl-test-') {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix))
@@ -121,4 +148,4 @@ function expectError(err, Kind, code) {
   if (code !== undefined) expect(err.code).toBe(code)
 }
 
-module.exports = { PACKAGE_ROOT, makeProject, runFixture, startFixture, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage }
+module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, runFixture, startFixture, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage }

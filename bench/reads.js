@@ -30,6 +30,7 @@ const os = require('node:os')
 const path = require('node:path')
 const { spawn, execFileSync } = require('node:child_process')
 const { table } = require('../lib/table.js')
+const { useRunTmpdirUntilExit } = require('../__test__/helpers.js')
 
 const ROOT = path.resolve(__dirname, '..')
 const FLOCK = path.join(ROOT, 'target', 'release', 'examples', 'flock_limit')
@@ -278,6 +279,7 @@ const fmt = (n) => (n >= 100 ? Math.round(n).toLocaleString('en') : n.toFixed(2)
 const ratio = (x) => `${x >= 10 ? Math.round(x) : x.toFixed(2)}x`
 
 async function main() {
+  useRunTmpdirUntilExit('ffl-bench-reads-run-')
   execFileSync('cargo', ['build', '--release', '--quiet', '--example', 'flock_limit', '--example', 'flock_node'], { cwd: ROOT, stdio: 'inherit' })
   console.log(`flowforge-lock reads bench${SMOKE ? ' (smoke)' : ''}: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, node ${process.version}\n`)
   const r1 = await r1ReadsUnderALock()

@@ -14,6 +14,7 @@ const { promisify } = require('node:util')
 const { adapters, version } = require('./adapters.js')
 const { renderChart } = require('./chart.js')
 const { table } = require('../lib/table.js')
+const { useRunTmpdirUntilExit } = require('../__test__/helpers.js')
 
 const run = promisify(execFile)
 const SMOKE = process.argv.includes('--smoke')
@@ -33,6 +34,8 @@ const pct = (values, p) => {
   return s[Math.min(s.length - 1, Math.max(0, Math.ceil((p / 100) * s.length) - 1))]
 }
 const median = (values) => pct(values, 50)
+
+useRunTmpdirUntilExit('ffl-bench-run-')
 
 function project() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ffl-bench-'))
@@ -289,7 +292,12 @@ async function main() {
   console.log(`F: holder SIGKILLed while a waiter waits, ${f.runs} runs: takeover p50 ${fmt(f.takeoverP50Ms, 2)} ms, max ${fmt(f.takeoverMaxMs, 2)} ms; waiter's CPU ${fmt(f.cpuMsPerSecondWaiting, 2)} ms per s of waiting`)
   console.log('\nRatios: "vs peer" = how many times better flowforge-lock is; "from limit" = how many times the raw flock loop is ahead.')
 
-  if (SMOKE) return
+  if (SMOKE) {
+    // The synchronous API's and read APIs' scenarios too, short: they have no other CI run.
+    console.log('\n== bench/reads.js --smoke')
+    execFileSync(process.execPath, [path.join(__dirname, 'reads.js'), '--smoke'], { stdio: 'inherit' })
+    return
+  }
   const out = path.join(ROOT, 'bench-results')
   fs.mkdirSync(out, { recursive: true })
   fs.writeFileSync(path.join(out, 'results.json'), `${JSON.stringify({ machine: env, results, table: { headers, rows } }, null, 2)}\n`)

@@ -23,7 +23,7 @@ const lib = {
   ...require('../file-lock.js'),
   ...require('../file-lock-integration.js'),
 }
-const { IS_ROOT, readablePackage } = require('../__test__/helpers.js')
+const { IS_ROOT, readablePackage, useRunTmpdirUntilExit } = require('../__test__/helpers.js')
 const run = promisify(execFile)
 const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
 
@@ -36,6 +36,8 @@ function record(part, name, { runs, lost = 0, corrupt = 0, hung = 0, ok, skip = 
   else process.stdout.write(`  ${result === 'pass' ? 'ok  ' : result} ${name}: ${runs} runs${note ? `, ${note}` : ''}\n`)
 }
 const skipUnlessRoot = (part, name, why) => IS_ROOT || (record(part, name, { runs: 0, skip: true, note: `running as uid ${process.getuid()}: ${why}` }), false)
+
+useRunTmpdirUntilExit('ffl-torture-run-')
 
 function project() {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ffl-torture-'))
@@ -473,7 +475,9 @@ async function fullDisk() {
       note: `${got.error?.code ?? 'written'}`,
     })
   } finally {
-    spawnSync('umount', [mount])
+    // Lazily: this process keeps its lock and queue files' handles open for reuse until it
+    // exits, and a plain umount would fail (busy) and leave the tmpfs mounted for good.
+    spawnSync('umount', ['--lazy', mount])
   }
 }
 
