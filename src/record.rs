@@ -99,7 +99,10 @@ impl LockRecord {
       timestamp: acquired_at,
       heartbeat: self.heartbeat.unwrap_or(acquired_at),
     };
-    let mut bytes = serde_json::to_vec(&on_disk).expect("a record always serializes");
+    // Room for the usual record, padding and all, so that neither serializing nor padding
+    // grows the buffer.
+    let mut bytes = Vec::with_capacity(min_len.max(2 * RECORD_BLOCK));
+    serde_json::to_writer(&mut bytes, &on_disk).expect("a record always serializes");
     let wanted = (bytes.len() + 1).div_ceil(RECORD_BLOCK) * RECORD_BLOCK;
     let len = wanted.max(min_len);
     bytes.resize(len - 1, b' ');
@@ -161,7 +164,19 @@ pub fn new_lock_id() -> String {
     hasher.write_u64(lane);
     hasher.finish()
   };
-  format!("{:016x}{:016x}", half(0), half(1))
+  let mut id = String::with_capacity(32);
+  push_hex(&mut id, half(0));
+  push_hex(&mut id, half(1));
+  id
+}
+
+/// Appends `value` as 16 lowercase hex digits (`{:016x}`), written out directly: `format!` would
+/// grow its string twice and go through the formatting machinery, on every acquire.
+fn push_hex(out: &mut String, value: u64) {
+  const DIGITS: &[u8; 16] = b"0123456789abcdef";
+  for shift in (0..16).rev().map(|nibble| nibble * 4) {
+    out.push(char::from(DIGITS[(value >> shift) as usize & 0xf]));
+  }
 }
 
 /// Whether a record is blank (all ASCII whitespace), which means free: a release blanks the
@@ -256,6 +271,22 @@ mod tests {
     assert_eq!(a.len(), 32);
     assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
     assert_ne!(a, new_lock_id());
+  }
+
+  #[test]
+  fn hex_digits_are_formatted_as_016x() {
+    for value in [
+      0,
+      1,
+      0xa,
+      0x0123_4567_89ab_cdef,
+      0xfedc_ba98_7654_3210,
+      u64::MAX,
+    ] {
+      let mut out = String::new();
+      push_hex(&mut out, value);
+      assert_eq!(out, format!("{value:016x}"));
+    }
   }
 
   #[test]
