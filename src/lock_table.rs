@@ -183,12 +183,13 @@ pub fn prepare(file: &str) -> Result<Target> {
 fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
-  let next_refresh = Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval);
+  let since = Instant::now();
+  let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
   entry.held.push(Held {
     lock_id: lock_id.clone(),
     file: request.file.clone(),
     mode: request.mode,
-    since: Instant::now(),
+    since,
     cell: Arc::new(Mutex::new(Hold {
       grant: Some(grant),
       lost: None,
@@ -208,26 +209,36 @@ fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> Strin
 /// was not made here; the caller then joins the queue with [`acquire`]. A refused try leaves no place behind, so the
 /// order among queued waiters is still the order of their first request in the queue.
 pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  claim(target, options, |backend, request| {
+  let backend = config::backend_for(target)?;
+  claim(backend, target, options, |request| {
     backend.try_acquire_here(target, request, options.timeout)
   })
 }
 
 /// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  claim(target, options, |backend, request| {
+  try_acquire_through(config::backend_for(target)?, target, options)
+}
+
+/// [`try_acquire`] through `target`'s backend, which the caller has already looked up.
+fn try_acquire_through(
+  backend: &dyn Backend,
+  target: &Target,
+  options: &AcquireOptions,
+) -> Result<Option<String>> {
+  claim(backend, target, options, |request| {
     backend.try_acquire(target, request)
   })
 }
 
-/// One try through `try_once`, unless this process's holds or queue stand in the way; a grant is
-/// installed as this process's hold.
+/// One try through `try_once` (asking `backend`, `target`'s), unless this process's holds or
+/// queue stand in the way; a grant is installed as this process's hold.
 fn claim(
+  backend: &dyn Backend,
   target: &Target,
   options: &AcquireOptions,
-  try_once: impl FnOnce(&dyn Backend, &Request) -> Result<Option<Box<dyn Grant>>>,
+  try_once: impl FnOnce(&Request) -> Result<Option<Box<dyn Grant>>>,
 ) -> Result<Option<String>> {
-  let backend = config::backend_for(target)?;
   if options.mode == LockMode::Shared {
     backend.check_shared(target)?;
   }
@@ -247,7 +258,7 @@ fn claim(
     priority: options.priority,
     arrival: Instant::now(),
   };
-  let outcome = try_once(backend, &request);
+  let outcome = try_once(&request);
   let mut table = table();
   let entry = table.entry(target.lock_path.clone()).or_default();
   entry.claiming = false;
@@ -291,7 +302,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     }
   }
   if backend.tries_locally() {
-    return acquire_from(started, target, options, complete);
+    return acquire_from(backend, started, target, options, complete);
   }
   if options.timeout != Some(Duration::ZERO) {
     return enqueue(started, target, options, complete);
@@ -305,7 +316,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     .spawn(move || {
       let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
       if let Some(complete) = taken {
-        acquire_from(started, target, options, complete);
+        acquire_from(backend, started, target, options, complete);
       }
     });
   if let Err(e) = spawned {
@@ -320,8 +331,14 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   }
 }
 
-fn acquire_from(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
-  match try_acquire(&target, &options) {
+fn acquire_from(
+  backend: &dyn Backend,
+  started: Instant,
+  target: Target,
+  options: AcquireOptions,
+  complete: Completion,
+) {
+  match try_acquire_through(backend, &target, &options) {
     Ok(Some(lock_id)) => return complete(Ok(lock_id)),
     Ok(None) => {}
     Err(e) => return complete(Err(e)),
@@ -394,7 +411,7 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
   if !backend.tries_locally() || backend.waits_for_local_holder() {
     return acquire_and_block(target, options);
   }
-  if let Some(lock_id) = try_acquire(&target, &options)? {
+  if let Some(lock_id) = try_acquire_through(backend, &target, &options)? {
     return Ok(lock_id);
   }
   let timeout = options.timeout;
