@@ -31,7 +31,7 @@ use crate::fence;
 use crate::heartbeat;
 use crate::identity;
 use crate::metrics;
-use crate::paths::{self, Target};
+use crate::paths::{self, FastHashing, Target};
 use crate::record::{self, Contents};
 use crate::thread_alarm;
 
@@ -150,16 +150,27 @@ impl Entry {
   }
 }
 
-static TABLE: LazyLock<Mutex<HashMap<PathBuf, Entry>>> = LazyLock::new(Default::default);
+type Table = HashMap<PathBuf, Entry, FastHashing>;
+
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
 static CHANGED: Condvar = Condvar::new();
 /// How long a waiting thread with nobody to wait for stays for the next waiter: spawning a
 /// thread for every contended acquire would cost more than the handoff itself.
 const IDLE_WAITING_THREAD: Duration = Duration::from_secs(10);
 
-fn table() -> MutexGuard<'static, HashMap<PathBuf, Entry>> {
+fn table() -> MutexGuard<'static, Table> {
   // Nothing panics while holding it; if something did, the table is still consistent.
   TABLE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The entry of `lock_path`, made if there is none; its key is copied only then (every acquire
+/// and release visits an entry that is there).
+fn entry_of<'t>(table: &'t mut Table, lock_path: &Path) -> &'t mut Entry {
+  if !table.contains_key(lock_path) {
+    table.insert(lock_path.to_path_buf(), Entry::default());
+  }
+  table.get_mut(lock_path).expect("inserted above")
 }
 
 /// Called with (lockId, file, reason) when a held lock is found lost (see [`on_lost`]).
@@ -244,7 +255,7 @@ fn claim(
   }
   {
     let mut table = table();
-    let entry = table.entry(target.lock_path.clone()).or_default();
+    let entry = entry_of(&mut table, &target.lock_path);
     // Anyone queued goes first (a reader never passes a queued writer).
     if entry.conflicts(options.mode) || entry.claiming || !entry.queue.is_empty() {
       return Ok(None);
@@ -260,7 +271,7 @@ fn claim(
   };
   let outcome = try_once(&request);
   let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
+  let entry = entry_of(&mut table, &target.lock_path);
   entry.claiming = false;
   let lock_id = match outcome {
     Ok(Some(grant)) => install(entry, &request, grant),
@@ -361,7 +372,7 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
   static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
   let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
   let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
+  let entry = entry_of(&mut table, &target.lock_path);
   if !entry.waiting_thread {
     let thread_target = target.clone();
     let spawned = std::thread::Builder::new()
@@ -426,7 +437,7 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
   };
   {
     let mut table = table();
-    let entry = table.entry(target.lock_path.clone()).or_default();
+    let entry = entry_of(&mut table, &target.lock_path);
     if !entry.held.is_empty() || entry.claiming || !entry.queue.is_empty() {
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
@@ -453,7 +464,7 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
   let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
+  let entry = entry_of(&mut table, &target.lock_path);
   entry.claiming = false;
   let file = target.file.to_string_lossy();
   match outcome {
@@ -558,7 +569,7 @@ fn wait_for_lock(target: Target) {
     };
     let outcome = backend.wait_acquire(&target, &head);
     let mut table = table();
-    let entry = table.entry(key.clone()).or_default();
+    let entry = entry_of(&mut table, &key);
     match outcome {
       Ok(Some(grant)) => {
         let Some(waiter) = take_next(&mut entry.queue) else {
@@ -592,7 +603,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
   let mut table = table();
   let idle_since = Instant::now();
   loop {
-    let entry = table.entry(key.to_path_buf()).or_default();
+    let entry = entry_of(&mut table, key);
     let blocked = local_holder_blocks && (!entry.held.is_empty() || entry.claiming);
     if !entry.queue.is_empty() && !blocked {
       return true;
