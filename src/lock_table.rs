@@ -186,7 +186,12 @@ pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
 
 /// Resolves the caller's path and makes sure its lock directory is usable.
 pub fn prepare(file: &str) -> Result<Target> {
-  let target = paths::resolve(file)?;
+  prepare_shared(file).map(Arc::unwrap_or_clone)
+}
+
+/// [`prepare`], sharing the resolved target (see [`paths::resolve_shared`]).
+pub fn prepare_shared(file: &str) -> Result<Arc<Target>> {
+  let target = paths::resolve_shared(file)?;
   paths::ensure_lock_dir(target.lock_path.parent().expect("lock paths have a parent"))?;
   Ok(target)
 }
@@ -416,19 +421,19 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
 /// handoff times and several times those. The deadline is an alarm signal that interrupts the
 /// blocked call (thread_alarm.rs). Elsewhere (lock servers, kernel locks off, no free signal)
 /// the caller blocks on the queue's answer, as the asynchronous API waits for it.
-pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result<String> {
+pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Result<String> {
   let started = Instant::now();
-  let backend = config::backend_for(&target)?;
+  let backend = config::backend_for(target)?;
   if !backend.tries_locally() || backend.waits_for_local_holder() {
     return acquire_and_block(target, options);
   }
-  if let Some(lock_id) = try_acquire_through(backend, &target, &options)? {
+  if let Some(lock_id) = try_acquire_through(backend, target, &options)? {
     return Ok(lock_id);
   }
   let timeout = options.timeout;
   if timeout == Some(Duration::ZERO) {
     metrics::timed_out(&target.file.to_string_lossy());
-    return Err(timeout_error(&target, Duration::ZERO));
+    return Err(timeout_error(target, Duration::ZERO));
   }
   let deadline = timeout.map(|t| started + t);
   let alarm = match deadline.map(thread_alarm::arm) {
@@ -459,7 +464,7 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
       .is_none_or(|d| Instant::now() < d)
       .then(|| request.clone())
   };
-  let outcome = backend.wait_acquire(&target, &head);
+  let outcome = backend.wait_acquire(target, &head);
   drop(alarm);
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
@@ -477,17 +482,17 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
     Ok(None) => {
       drop(table);
       metrics::timed_out(&file);
-      Err(timeout_error(&target, timeout.unwrap_or_default()))
+      Err(timeout_error(target, timeout.unwrap_or_default()))
     }
     Err(e) => Err(e),
   }
 }
 
 /// Queues like [`acquire`] and blocks this thread until the answer.
-fn acquire_and_block(target: Target, options: AcquireOptions) -> Result<String> {
+fn acquire_and_block(target: &Target, options: AcquireOptions) -> Result<String> {
   let (done, outcome) = std::sync::mpsc::channel();
   acquire(
-    target,
+    target.clone(),
     options,
     Box::new(move |result| {
       let _ = done.send(result);
@@ -1270,7 +1275,7 @@ mod tests {
       .unwrap();
     outsider.lock().unwrap();
     let err =
-      acquire_on_this_thread(target.clone(), options(Some(Duration::from_millis(20)))).unwrap_err();
+      acquire_on_this_thread(&target, options(Some(Duration::from_millis(20)))).unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     let (done, outcomes) = mpsc::channel();
     std::thread::scope(|s| {
@@ -1286,7 +1291,7 @@ mod tests {
         assert_eq!(label, 1);
         assert!(release(target, &outcome.unwrap()).unwrap());
       });
-      let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
+      let lock_id = acquire_on_this_thread(target, options(Some(WAIT))).unwrap();
       assert!(release(target, &lock_id).unwrap());
     });
   }
@@ -1312,7 +1317,7 @@ mod tests {
       ))
       .unwrap();
     let err =
-      acquire_on_this_thread(target.clone(), options(Some(Duration::from_millis(50)))).unwrap_err();
+      acquire_on_this_thread(&target, options(Some(Duration::from_millis(50)))).unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     outsider.unlock();
     holder.unhold();
@@ -1322,7 +1327,7 @@ mod tests {
       !checker.others_queued(LockMode::Exclusive),
       "a ticket was left behind"
     );
-    let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
+    let lock_id = acquire_on_this_thread(&target, options(Some(WAIT))).unwrap();
     assert!(release(&target, &lock_id).unwrap());
   }
 

@@ -11,7 +11,7 @@ use std::fs;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{LockError, Result};
@@ -21,8 +21,8 @@ const DATA_DIR: &str = ".flowforge";
 const LOCK_DIR: &str = ".locks";
 pub const LOCK_SUFFIX: &str = ".lock";
 
-/// How this process's own maps keyed by paths hash them (the lock table): FxHash as rustc-hash 2
-/// does it, one multiply per 8 bytes. std's SipHash cost several percent
+/// How this process's own maps keyed by paths hash them (the lock table, the resolve cache):
+/// FxHash as rustc-hash 2 does it, one multiply per 8 bytes. std's SipHash cost several percent
 /// of an uncontended acquire and release, which look the same path up in several maps; its
 /// defence against keys chosen to collide buys little here, where the keys are the files this
 /// process's own callers lock.
@@ -72,30 +72,44 @@ pub struct Target {
 const RESOLVE_CACHE_TTL: Duration = Duration::from_secs(1);
 const RESOLVE_CACHE_SIZE: usize = 1024;
 
-type ResolveCache = HashMap<(Option<PathBuf>, String), (Instant, Target)>;
+/// Resolved targets by the working directory they were resolved in (`None` for absolute paths),
+/// then by the caller's spelling: two levels, so that a hit is found without building a key.
+type ResolveCache =
+  HashMap<Option<PathBuf>, HashMap<String, (Instant, Arc<Target>), FastHashing>, FastHashing>;
 
 /// Checks a caller's path and works out its lock file (without touching the disk beyond
 /// a few `stat`s, and those at most once a second per path).
 pub fn resolve(file: &str) -> Result<Target> {
-  static CACHE: LazyLock<Mutex<ResolveCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+  resolve_shared(file).map(Arc::unwrap_or_clone)
+}
+
+/// [`resolve`], sharing the cached target instead of copying its three paths: for the calls
+/// made on every acquire and release.
+pub fn resolve_shared(file: &str) -> Result<Arc<Target>> {
+  static CACHE: LazyLock<Mutex<ResolveCache>> = LazyLock::new(Default::default);
   // A relative path means something else after a chdir: the cwd is part of the key.
   let cwd = if Path::new(file).is_absolute() {
     None
   } else {
     Some(current_dir()?)
   };
-  let key = (cwd, file.to_string());
-  if let Some((at, target)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+  if let Some((at, target)) = CACHE
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+    .get(&cwd)
+    .and_then(|by_file| by_file.get(file))
+  {
     if at.elapsed() < RESOLVE_CACHE_TTL {
       return Ok(target.clone());
     }
   }
-  let target = resolve_uncached(file)?;
+  let target = Arc::new(resolve_uncached(file)?);
   let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-  if cache.len() >= RESOLVE_CACHE_SIZE {
+  if cache.values().map(HashMap::len).sum::<usize>() >= RESOLVE_CACHE_SIZE {
     cache.clear();
   }
-  cache.insert(key, (Instant::now(), target.clone()));
+  let by_file = cache.entry(cwd).or_default();
+  by_file.insert(file.to_string(), (Instant::now(), target.clone()));
   Ok(target)
 }
 
