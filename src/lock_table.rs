@@ -16,6 +16,7 @@
 //! has ended, nothing of ours can write to that lock again.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
@@ -150,7 +151,44 @@ impl Entry {
   }
 }
 
-type Table = HashMap<PathBuf, Entry, FastHashing>;
+/// This process's locks by lock path. Keyed by the path's bytes: paths.rs builds every lock path
+/// in one normalised spelling, so equal bytes are equal paths, and hashing the bytes in one pass
+/// costs a fraction of `Path`'s component-by-component hash, on a table that every acquire and
+/// release looks a path up in several times.
+#[derive(Default)]
+struct Table(HashMap<OsString, Entry, FastHashing>);
+
+impl Table {
+  fn get(&self, lock_path: &Path) -> Option<&Entry> {
+    self.0.get(lock_path.as_os_str())
+  }
+
+  fn get_mut(&mut self, lock_path: &Path) -> Option<&mut Entry> {
+    self.0.get_mut(lock_path.as_os_str())
+  }
+
+  /// The entry of `lock_path`, made if there is none; its key is copied only then (every acquire
+  /// and release visits an entry that is there).
+  fn entry(&mut self, lock_path: &Path) -> &mut Entry {
+    let key = lock_path.as_os_str();
+    if !self.0.contains_key(key) {
+      self.0.insert(key.to_owned(), Entry::default());
+    }
+    self.0.get_mut(key).expect("inserted above")
+  }
+
+  fn remove(&mut self, lock_path: &Path) {
+    self.0.remove(lock_path.as_os_str());
+  }
+
+  fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+    self.0.values_mut()
+  }
+
+  fn take_all(&mut self) -> Vec<Entry> {
+    self.0.drain().map(|(_, entry)| entry).collect()
+  }
+}
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
@@ -162,15 +200,6 @@ const IDLE_WAITING_THREAD: Duration = Duration::from_secs(10);
 fn table() -> MutexGuard<'static, Table> {
   // Nothing panics while holding it; if something did, the table is still consistent.
   TABLE.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// The entry of `lock_path`, made if there is none; its key is copied only then (every acquire
-/// and release visits an entry that is there).
-fn entry_of<'t>(table: &'t mut Table, lock_path: &Path) -> &'t mut Entry {
-  if !table.contains_key(lock_path) {
-    table.insert(lock_path.to_path_buf(), Entry::default());
-  }
-  table.get_mut(lock_path).expect("inserted above")
 }
 
 /// Called with (lockId, file, reason) when a held lock is found lost (see [`on_lost`]).
@@ -260,7 +289,7 @@ fn claim(
   }
   {
     let mut table = table();
-    let entry = entry_of(&mut table, &target.lock_path);
+    let entry = table.entry(&target.lock_path);
     // Anyone queued goes first (a reader never passes a queued writer).
     if entry.conflicts(options.mode) || entry.claiming || !entry.queue.is_empty() {
       return Ok(None);
@@ -276,7 +305,7 @@ fn claim(
   };
   let outcome = try_once(&request);
   let mut table = table();
-  let entry = entry_of(&mut table, &target.lock_path);
+  let entry = table.entry(&target.lock_path);
   entry.claiming = false;
   let lock_id = match outcome {
     Ok(Some(grant)) => install(entry, &request, grant),
@@ -377,7 +406,7 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
   static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
   let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
   let mut table = table();
-  let entry = entry_of(&mut table, &target.lock_path);
+  let entry = table.entry(&target.lock_path);
   if !entry.waiting_thread {
     let thread_target = target.clone();
     let spawned = std::thread::Builder::new()
@@ -442,7 +471,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   };
   {
     let mut table = table();
-    let entry = entry_of(&mut table, &target.lock_path);
+    let entry = table.entry(&target.lock_path);
     if !entry.held.is_empty() || entry.claiming || !entry.queue.is_empty() {
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
@@ -469,7 +498,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
   let mut table = table();
-  let entry = entry_of(&mut table, &target.lock_path);
+  let entry = table.entry(&target.lock_path);
   entry.claiming = false;
   let file = target.file.to_string_lossy();
   match outcome {
@@ -574,7 +603,7 @@ fn wait_for_lock(target: Target) {
     };
     let outcome = backend.wait_acquire(&target, &head);
     let mut table = table();
-    let entry = entry_of(&mut table, &key);
+    let entry = table.entry(&key);
     match outcome {
       Ok(Some(grant)) => {
         let Some(waiter) = take_next(&mut entry.queue) else {
@@ -608,7 +637,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
   let mut table = table();
   let idle_since = Instant::now();
   loop {
-    let entry = entry_of(&mut table, key);
+    let entry = table.entry(key);
     let blocked = local_holder_blocks && (!entry.held.is_empty() || entry.claiming);
     if !entry.queue.is_empty() && !blocked {
       return true;
@@ -716,7 +745,7 @@ fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
 /// Process exit: releases everything this process holds, settles every queued wait with
 /// `ELOCKCANCELLED`, and lets the backends tidy up. Returns how many locks were released.
 pub fn release_all() -> usize {
-  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
+  let entries: Vec<Entry> = table().take_all();
   let mut released = 0;
   for entry in entries {
     for held in entry.held {
@@ -794,7 +823,7 @@ fn refresh_due() -> Option<Instant> {
   let due: Vec<(String, PathBuf, HoldCell)> = {
     let mut table = table();
     let mut due = Vec::new();
-    for entry in table.values_mut() {
+    for entry in table.entries_mut() {
       for held in entry.held.iter_mut() {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
@@ -835,7 +864,7 @@ fn refresh_due() -> Option<Instant> {
   }
   let mut table = table();
   let mut next: Option<Instant> = None;
-  for entry in table.values_mut() {
+  for entry in table.entries_mut() {
     for held in entry.held.iter_mut() {
       if held.next_refresh <= now {
         held.next_refresh = now + held.refresh_every();

@@ -309,6 +309,18 @@ mod tests {
     )
     .unwrap();
     assert_eq!(dotted.file, dir.join(".flowforge/tasks.json"));
+    // One spelling, byte for byte, whatever the caller's (the lock table compares bytes).
+    let spelled = resolve(
+      dir
+        .join(".flowforge//billing/./../tasks.json/")
+        .to_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+      spelled.lock_path.as_os_str(),
+      dir.join(".flowforge/.locks/tasks.json.lock").as_os_str()
+    );
   }
 
   #[test]
