@@ -225,15 +225,16 @@ pub fn prepare_shared(file: &str) -> Result<Arc<Target>> {
   Ok(target)
 }
 
-fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> String {
+/// Makes `grant` a hold of `file`'s lock in `mode`; returns its lockId.
+fn install(entry: &mut Entry, file: PathBuf, mode: LockMode, grant: Box<dyn Grant>) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
   let since = Instant::now();
   let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
   entry.held.push(Held {
     lock_id: lock_id.clone(),
-    file: request.file.clone(),
-    mode: request.mode,
+    file,
+    mode,
     since,
     cell: Arc::new(Mutex::new(Hold {
       grant: Some(grant),
@@ -255,33 +256,38 @@ fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> Strin
 /// order among queued waiters is still the order of their first request in the queue.
 pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
   let backend = config::backend_for(target)?;
-  claim(backend, target, options, |request| {
+  claim(backend, target, options, Instant::now(), |request| {
     backend.try_acquire_here(target, request, options.timeout)
   })
 }
 
 /// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  try_acquire_through(config::backend_for(target)?, target, options)
+  let backend = config::backend_for(target)?;
+  try_acquire_through(backend, target, options, Instant::now())
 }
 
-/// [`try_acquire`] through `target`'s backend, which the caller has already looked up.
+/// [`try_acquire`] through `target`'s backend, which the caller has already looked up, for a
+/// caller that arrived at `arrival`.
 fn try_acquire_through(
   backend: &dyn Backend,
   target: &Target,
   options: &AcquireOptions,
+  arrival: Instant,
 ) -> Result<Option<String>> {
-  claim(backend, target, options, |request| {
+  claim(backend, target, options, arrival, |request| {
     backend.try_acquire(target, request)
   })
 }
 
-/// One try through `try_once` (asking `backend`, `target`'s), unless this process's holds or
-/// queue stand in the way; a grant is installed as this process's hold.
+/// One try through `try_once` (asking `backend`, `target`'s) for a caller that arrived at
+/// `arrival`, unless this process's holds or queue stand in the way; a grant is installed as this
+/// process's hold.
 fn claim(
   backend: &dyn Backend,
   target: &Target,
   options: &AcquireOptions,
+  arrival: Instant,
   try_once: impl FnOnce(&Request) -> Result<Option<Box<dyn Grant>>>,
 ) -> Result<Option<String>> {
   if options.mode == LockMode::Shared {
@@ -301,14 +307,14 @@ fn claim(
     stale_after: options.stale_after,
     mode: options.mode,
     priority: options.priority,
-    arrival: Instant::now(),
+    arrival,
   };
   let outcome = try_once(&request);
   let mut table = table();
   let entry = table.entry(&target.lock_path);
   entry.claiming = false;
   let lock_id = match outcome {
-    Ok(Some(grant)) => install(entry, &request, grant),
+    Ok(Some(grant)) => install(entry, request.file, request.mode, grant),
     Ok(None) => return Ok(None),
     Err(e) => return Err(e),
   };
@@ -383,7 +389,7 @@ fn acquire_from(
   options: AcquireOptions,
   complete: Completion,
 ) {
-  match try_acquire_through(backend, &target, &options) {
+  match try_acquire_through(backend, &target, &options, started) {
     Ok(Some(lock_id)) => return complete(Ok(lock_id)),
     Ok(None) => {}
     Err(e) => return complete(Err(e)),
@@ -456,7 +462,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   if !backend.tries_locally() || backend.waits_for_local_holder() {
     return acquire_and_block(target, options);
   }
-  if let Some(lock_id) = try_acquire_through(backend, target, &options)? {
+  if let Some(lock_id) = try_acquire_through(backend, target, &options, started)? {
     return Ok(lock_id);
   }
   let timeout = options.timeout;
@@ -503,7 +509,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   let file = target.file.to_string_lossy();
   match outcome {
     Ok(Some(grant)) => {
-      let lock_id = install(entry, &request, grant);
+      let lock_id = install(entry, request.file, request.mode, grant);
       drop(table);
       metrics::acquired(&file, started.elapsed(), true, options.priority);
       Ok(lock_id)
@@ -612,7 +618,12 @@ fn wait_for_lock(target: Target) {
           grant.release();
           continue;
         };
-        let lock_id = install(entry, &waiter.request, grant);
+        let lock_id = install(
+          entry,
+          waiter.request.file.clone(),
+          waiter.request.mode,
+          grant,
+        );
         drop(table);
         let file = waiter.request.file.to_string_lossy();
         metrics::acquired(&file, waiter.enqueued.elapsed(), true, waiter.priority);
