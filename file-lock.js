@@ -34,10 +34,10 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   // An uncontended lock is taken right here (a lock server's one answer waited for no longer than
   // the caller's timeout); only a wait goes to a worker thread.
   const bound = Number.isFinite(options.timeout) ? options.timeout : null
-  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, options.mode, bound)
+  let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, nativeMode(options.mode), bound)
   if (lockId === null) {
     const wait = adaptiveOr(filePath, options)
-    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, options.mode)
+    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, nativeMode(options.mode))
   }
   noteAcquired(filePath, lockId)
   if (options.mode === 'shared') noteShared(lockId)
@@ -52,6 +52,9 @@ function adaptiveOr(filePath, options) {
   if (options.timeout === 'adaptive') return native.adaptiveTimeout(filePath, options.priority)
   return Number.isFinite(options.timeout) ? options.timeout : null
 }
+
+/** The mode as the core takes it: nothing for its default, 'exclusive' (a string less to convert per call). */
+const nativeMode = (mode) => (mode === 'exclusive' ? undefined : mode)
 
 async function releaseLock(filePath, lockId) {
   checkString('filePath', filePath)
@@ -72,7 +75,7 @@ function acquireLockSync(filePath, timeout = DEFAULT_TIMEOUT) {
   checkString('filePath', filePath)
   const options = checkLockOptions(timeout, DEFAULTS)
   installExitCleanup()
-  const lockId = native.acquireSync(filePath, adaptiveOr(filePath, options), options.staleThreshold, options.priority, options.mode)
+  const lockId = native.acquireSync(filePath, adaptiveOr(filePath, options), options.staleThreshold, options.priority, nativeMode(options.mode))
   noteAcquired(filePath, lockId)
   if (options.mode === 'shared') noteShared(lockId)
   return lockId

@@ -38,7 +38,8 @@ const SHARED = Symbol.for('flowforge-lock.shared-holds')
 const shared = (globalThis[SHARED] ??= new Set())
 
 const noteShared = (lockId) => shared.add(lockId)
-const forgetShared = (lockId) => shared.delete(lockId)
+// Usually empty (no shared holds): skip the delete, which would hash the fresh lockId string.
+const forgetShared = (lockId) => shared.size !== 0 && shared.delete(lockId)
 const isShared = (lockId) => shared.has(lockId)
 
 module.exports = { heldInContext, heldNow, runHolding, noteShared, forgetShared, isShared }

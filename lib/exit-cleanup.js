@@ -18,7 +18,8 @@ function noteAcquired(filePath, lockId) {
 }
 
 function noteReleased(lockId) {
-  heldByThisThread.delete(lockId)
+  // Empty on the main thread: skip the delete, which would hash the fresh lockId string.
+  if (heldByThisThread.size !== 0) heldByThisThread.delete(lockId)
 }
 
 function releaseThisThreadsLocks() {

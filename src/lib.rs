@@ -96,7 +96,7 @@ pub fn try_acquire(
 ) -> Result<Option<String>> {
   options(timeout_ms, stale_ms, priority, mode.as_deref())
     .and_then(|opts| {
-      let target = lock_table::prepare(&file)?;
+      let target = lock_table::prepare_shared(&file)?;
       lock_table::try_acquire_here(&target, &opts)
     })
     .map_err(|e| js_error(&env, e))
@@ -130,7 +130,7 @@ pub fn acquire<'env>(
 /// release; a wrong lockId throws `ELOCKMISMATCH`.
 #[napi]
 pub fn release(env: Env, file: String, lock_id: String) -> Result<bool> {
-  paths::resolve(&file)
+  paths::resolve_shared(&file)
     .and_then(|target| lock_table::release(&target, &lock_id))
     .map_err(|e| js_error(&env, e))
 }
@@ -388,7 +388,7 @@ pub fn acquire_sync(
 ) -> Result<String> {
   let opts =
     options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(&env, e))?;
-  let target = lock_table::prepare(&file).map_err(|e| js_error(&env, e))?;
+  let target = lock_table::prepare_shared(&file).map_err(|e| js_error(&env, e))?;
   if lock_table::busy_here(&target) {
     return Err(js_error(
       &env,
@@ -401,7 +401,7 @@ pub fn acquire_sync(
       ),
     ));
   }
-  lock_table::acquire_on_this_thread(target, opts).map_err(|e| js_error(&env, e))
+  lock_table::acquire_on_this_thread(&target, opts).map_err(|e| js_error(&env, e))
 }
 
 /// `writeTextAtomic` on the calling thread (the synchronous API).

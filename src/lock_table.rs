@@ -16,6 +16,7 @@
 //! has ended, nothing of ours can write to that lock again.
 
 use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
@@ -31,7 +32,7 @@ use crate::fence;
 use crate::heartbeat;
 use crate::identity;
 use crate::metrics;
-use crate::paths::{self, Target};
+use crate::paths::{self, FastHashing, Target};
 use crate::record::{self, Contents};
 use crate::thread_alarm;
 
@@ -160,14 +161,53 @@ impl Entry {
   }
 }
 
-static TABLE: LazyLock<Mutex<HashMap<PathBuf, Entry>>> = LazyLock::new(Default::default);
+/// This process's locks by lock path. Keyed by the path's bytes: paths.rs builds every lock path
+/// in one normalised spelling, so equal bytes are equal paths, and hashing the bytes in one pass
+/// costs a fraction of `Path`'s component-by-component hash, on a table that every acquire and
+/// release looks a path up in several times.
+#[derive(Default)]
+struct Table(HashMap<OsString, Entry, FastHashing>);
+
+impl Table {
+  fn get(&self, lock_path: &Path) -> Option<&Entry> {
+    self.0.get(lock_path.as_os_str())
+  }
+
+  fn get_mut(&mut self, lock_path: &Path) -> Option<&mut Entry> {
+    self.0.get_mut(lock_path.as_os_str())
+  }
+
+  /// The entry of `lock_path`, made if there is none; its key is copied only then (every acquire
+  /// and release visits an entry that is there).
+  fn entry(&mut self, lock_path: &Path) -> &mut Entry {
+    let key = lock_path.as_os_str();
+    if !self.0.contains_key(key) {
+      self.0.insert(key.to_owned(), Entry::default());
+    }
+    self.0.get_mut(key).expect("inserted above")
+  }
+
+  fn remove(&mut self, lock_path: &Path) {
+    self.0.remove(lock_path.as_os_str());
+  }
+
+  fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+    self.0.values_mut()
+  }
+
+  fn take_all(&mut self) -> Vec<Entry> {
+    self.0.drain().map(|(_, entry)| entry).collect()
+  }
+}
+
+static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
 static CHANGED: Condvar = Condvar::new();
 /// How long a waiting thread with nobody to wait for stays for the next waiter: spawning a
 /// thread for every contended acquire would cost more than the handoff itself.
 const IDLE_WAITING_THREAD: Duration = Duration::from_secs(10);
 
-fn table() -> MutexGuard<'static, HashMap<PathBuf, Entry>> {
+fn table() -> MutexGuard<'static, Table> {
   // Nothing panics while holding it; if something did, the table is still consistent.
   TABLE.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -185,20 +225,27 @@ pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
 
 /// Resolves the caller's path and makes sure its lock directory is usable.
 pub fn prepare(file: &str) -> Result<Target> {
-  let target = paths::resolve(file)?;
+  prepare_shared(file).map(Arc::unwrap_or_clone)
+}
+
+/// [`prepare`], sharing the resolved target (see [`paths::resolve_shared`]).
+pub fn prepare_shared(file: &str) -> Result<Arc<Target>> {
+  let target = paths::resolve_shared(file)?;
   paths::ensure_lock_dir(target.lock_path.parent().expect("lock paths have a parent"))?;
   Ok(target)
 }
 
-fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> String {
+/// Makes `grant` a hold of `file`'s lock in `mode`; returns its lockId.
+fn install(entry: &mut Entry, file: PathBuf, mode: LockMode, grant: Box<dyn Grant>) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
-  let next_refresh = Instant::now() + refresh_every.unwrap_or_else(heartbeat::interval);
+  let since = Instant::now();
+  let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
   entry.held.push(Held {
     lock_id: lock_id.clone(),
-    file: request.file.clone(),
-    mode: request.mode,
-    since: Instant::now(),
+    file,
+    mode,
+    since,
     cell: Arc::new(Mutex::new(Hold {
       grant: Some(grant),
       lost: None,
@@ -218,32 +265,47 @@ fn install(entry: &mut Entry, request: &Request, grant: Box<dyn Grant>) -> Strin
 /// was not made here; the caller then joins the queue with [`acquire`]. A refused try leaves no place behind, so the
 /// order among queued waiters is still the order of their first request in the queue.
 pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  claim(target, options, |backend, request| {
+  let backend = config::backend_for(target)?;
+  claim(backend, target, options, Instant::now(), |request| {
     backend.try_acquire_here(target, request, options.timeout)
   })
 }
 
 /// One try through the backend, on this thread.
 pub fn try_acquire(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
-  claim(target, options, |backend, request| {
+  let backend = config::backend_for(target)?;
+  try_acquire_through(backend, target, options, Instant::now())
+}
+
+/// [`try_acquire`] through `target`'s backend, which the caller has already looked up, for a
+/// caller that arrived at `arrival`.
+fn try_acquire_through(
+  backend: &dyn Backend,
+  target: &Target,
+  options: &AcquireOptions,
+  arrival: Instant,
+) -> Result<Option<String>> {
+  claim(backend, target, options, arrival, |request| {
     backend.try_acquire(target, request)
   })
 }
 
-/// One try through `try_once`, unless this process's holds or queue stand in the way; a grant is
-/// installed as this process's hold.
+/// One try through `try_once` (asking `backend`, `target`'s) for a caller that arrived at
+/// `arrival`, unless this process's holds or queue stand in the way; a grant is installed as this
+/// process's hold.
 fn claim(
+  backend: &dyn Backend,
   target: &Target,
   options: &AcquireOptions,
-  try_once: impl FnOnce(&dyn Backend, &Request) -> Result<Option<Box<dyn Grant>>>,
+  arrival: Instant,
+  try_once: impl FnOnce(&Request) -> Result<Option<Box<dyn Grant>>>,
 ) -> Result<Option<String>> {
-  let backend = config::backend_for(target)?;
   if options.mode == LockMode::Shared {
     backend.check_shared(target)?;
   }
   {
     let mut table = table();
-    let entry = table.entry(target.lock_path.clone()).or_default();
+    let entry = table.entry(&target.lock_path);
     // Anyone queued goes first (a reader never passes a queued writer).
     if entry.conflicts(options.mode) || entry.claiming || !entry.queue.is_empty() {
       return Ok(None);
@@ -255,14 +317,14 @@ fn claim(
     stale_after: options.stale_after,
     mode: options.mode,
     priority: options.priority,
-    arrival: Instant::now(),
+    arrival,
   };
-  let outcome = try_once(backend, &request);
+  let outcome = try_once(&request);
   let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
+  let entry = table.entry(&target.lock_path);
   entry.claiming = false;
   let lock_id = match outcome {
-    Ok(Some(grant)) => install(entry, &request, grant),
+    Ok(Some(grant)) => install(entry, request.file, request.mode, grant),
     Ok(None) => return Ok(None),
     Err(e) => return Err(e),
   };
@@ -301,7 +363,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     }
   }
   if backend.tries_locally() {
-    return acquire_from(started, target, options, complete);
+    return acquire_from(backend, started, target, options, complete);
   }
   if options.timeout != Some(Duration::ZERO) {
     return enqueue(started, target, options, complete);
@@ -315,7 +377,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     .spawn(move || {
       let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
       if let Some(complete) = taken {
-        acquire_from(started, target, options, complete);
+        acquire_from(backend, started, target, options, complete);
       }
     });
   if let Err(e) = spawned {
@@ -330,8 +392,14 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
   }
 }
 
-fn acquire_from(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
-  match try_acquire(&target, &options) {
+fn acquire_from(
+  backend: &dyn Backend,
+  started: Instant,
+  target: Target,
+  options: AcquireOptions,
+  complete: Completion,
+) {
+  match try_acquire_through(backend, &target, &options, started) {
     Ok(Some(lock_id)) => return complete(Ok(lock_id)),
     Ok(None) => {}
     Err(e) => return complete(Err(e)),
@@ -354,7 +422,7 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
   static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
   let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
   let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
+  let entry = table.entry(&target.lock_path);
   if !entry.waiting_thread {
     let thread_target = target.clone();
     let spawned = std::thread::Builder::new()
@@ -402,19 +470,19 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
 /// handoff times and several times those. The deadline is an alarm signal that interrupts the
 /// blocked call (thread_alarm.rs). Elsewhere (lock servers, kernel locks off, no free signal)
 /// the caller blocks on the queue's answer, as the asynchronous API waits for it.
-pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result<String> {
+pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Result<String> {
   let started = Instant::now();
-  let backend = config::backend_for(&target)?;
+  let backend = config::backend_for(target)?;
   if !backend.tries_locally() || backend.waits_for_local_holder() {
     return acquire_and_block(target, options);
   }
-  if let Some(lock_id) = try_acquire(&target, &options)? {
+  if let Some(lock_id) = try_acquire_through(backend, target, &options, started)? {
     return Ok(lock_id);
   }
   let timeout = options.timeout;
   if timeout == Some(Duration::ZERO) {
     metrics::timed_out(&target.file.to_string_lossy());
-    return Err(timeout_error(&target, Duration::ZERO));
+    return Err(timeout_error(target, Duration::ZERO));
   }
   let deadline = timeout.map(|t| started + t);
   let alarm = match deadline.map(thread_alarm::arm) {
@@ -423,7 +491,7 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
   };
   {
     let mut table = table();
-    let entry = table.entry(target.lock_path.clone()).or_default();
+    let entry = table.entry(&target.lock_path);
     if !entry.held.is_empty() || entry.claiming || !entry.queue.is_empty() {
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
@@ -445,17 +513,17 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
       .is_none_or(|d| Instant::now() < d)
       .then(|| request.clone())
   };
-  let outcome = backend.wait_acquire(&target, &head);
+  let outcome = backend.wait_acquire(target, &head);
   drop(alarm);
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
   let mut table = table();
-  let entry = table.entry(target.lock_path.clone()).or_default();
+  let entry = table.entry(&target.lock_path);
   entry.claiming = false;
   let file = target.file.to_string_lossy();
   match outcome {
     Ok(Some(grant)) => {
-      let lock_id = install(entry, &request, grant);
+      let lock_id = install(entry, request.file, request.mode, grant);
       drop(table);
       metrics::acquired(&file, started.elapsed(), true, options.priority);
       Ok(lock_id)
@@ -463,17 +531,17 @@ pub fn acquire_on_this_thread(target: Target, options: AcquireOptions) -> Result
     Ok(None) => {
       drop(table);
       metrics::timed_out(&file);
-      Err(timeout_error(&target, timeout.unwrap_or_default()))
+      Err(timeout_error(target, timeout.unwrap_or_default()))
     }
     Err(e) => Err(e),
   }
 }
 
 /// Queues like [`acquire`] and blocks this thread until the answer.
-fn acquire_and_block(target: Target, options: AcquireOptions) -> Result<String> {
+fn acquire_and_block(target: &Target, options: AcquireOptions) -> Result<String> {
   let (done, outcome) = std::sync::mpsc::channel();
   acquire(
-    target,
+    target.clone(),
     options,
     Box::new(move |result| {
       let _ = done.send(result);
@@ -555,7 +623,7 @@ fn wait_for_lock(target: Target) {
     };
     let outcome = backend.wait_acquire(&target, &head);
     let mut table = table();
-    let entry = table.entry(key.clone()).or_default();
+    let entry = table.entry(&key);
     match outcome {
       Ok(Some(grant)) => {
         let Some(waiter) = take_next(&mut entry.queue) else {
@@ -564,7 +632,12 @@ fn wait_for_lock(target: Target) {
           grant.release();
           continue;
         };
-        let lock_id = install(entry, &waiter.request, grant);
+        let lock_id = install(
+          entry,
+          waiter.request.file.clone(),
+          waiter.request.mode,
+          grant,
+        );
         drop(table);
         let file = waiter.request.file.to_string_lossy();
         metrics::acquired(&file, waiter.enqueued.elapsed(), true, waiter.priority);
@@ -589,7 +662,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
   let mut table = table();
   let idle_since = Instant::now();
   loop {
-    let entry = table.entry(key.to_path_buf()).or_default();
+    let entry = table.entry(key);
     let blocked = local_holder_blocks && (!entry.held.is_empty() || entry.claiming);
     if !entry.queue.is_empty() && !blocked {
       return true;
@@ -697,7 +770,7 @@ fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
 /// Process exit: releases everything this process holds, settles every queued wait with
 /// `ELOCKCANCELLED`, and lets the backends tidy up. Returns how many locks were released.
 pub fn release_all() -> usize {
-  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
+  let entries: Vec<Entry> = table().take_all();
   let mut released = 0;
   for entry in entries {
     for held in entry.held {
@@ -776,7 +849,7 @@ fn refresh_due() -> Option<Instant> {
   let due: Vec<(String, PathBuf, HoldCell)> = {
     let mut table = table();
     let mut due = Vec::new();
-    for entry in table.values_mut() {
+    for entry in table.entries_mut() {
       for held in entry.held.iter_mut() {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
@@ -817,7 +890,7 @@ fn refresh_due() -> Option<Instant> {
   }
   let mut table = table();
   let mut next: Option<Instant> = None;
-  for entry in table.values_mut() {
+  for entry in table.entries_mut() {
     for held in entry.held.iter_mut() {
       if held.next_refresh <= now {
         held.next_refresh = now + held.refresh_every();
@@ -1284,7 +1357,7 @@ mod tests {
       .unwrap();
     outsider.lock().unwrap();
     let err =
-      acquire_on_this_thread(target.clone(), options(Some(Duration::from_millis(20)))).unwrap_err();
+      acquire_on_this_thread(&target, options(Some(Duration::from_millis(20)))).unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     let (done, outcomes) = mpsc::channel();
     std::thread::scope(|s| {
@@ -1300,7 +1373,7 @@ mod tests {
         assert_eq!(label, 1);
         assert!(release(target, &outcome.unwrap()).unwrap());
       });
-      let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
+      let lock_id = acquire_on_this_thread(target, options(Some(WAIT))).unwrap();
       assert!(release(target, &lock_id).unwrap());
     });
   }
@@ -1326,7 +1399,7 @@ mod tests {
       ))
       .unwrap();
     let err =
-      acquire_on_this_thread(target.clone(), options(Some(Duration::from_millis(50)))).unwrap_err();
+      acquire_on_this_thread(&target, options(Some(Duration::from_millis(50)))).unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     outsider.unlock();
     holder.unhold();
@@ -1336,7 +1409,7 @@ mod tests {
       !checker.others_queued(LockMode::Exclusive),
       "a ticket was left behind"
     );
-    let lock_id = acquire_on_this_thread(target.clone(), options(Some(WAIT))).unwrap();
+    let lock_id = acquire_on_this_thread(&target, options(Some(WAIT))).unwrap();
     assert!(release(&target, &lock_id).unwrap());
   }
 

@@ -27,6 +27,9 @@ struct State {
   recent_waits_us: VecDeque<u64>,
   /// Per priority (as JS prints the number): recent waits and the counts.
   priorities: BTreeMap<String, PriorityWaits>,
+  /// The last priority acquired with (its bits) and its key: acquires mostly repeat one
+  /// priority, whose key is then not formatted again.
+  last_priority: Option<(u64, String)>,
 }
 
 #[derive(Default)]
@@ -107,6 +110,7 @@ impl State {
       files: BTreeMap::new(),
       recent_waits_us: VecDeque::new(),
       priorities: BTreeMap::new(),
+      last_priority: None,
     }
   }
 }
@@ -119,6 +123,25 @@ impl State {
       self.files.insert(file.to_string(), Counters::default());
     }
     self.files.get_mut(file).expect("inserted above")
+  }
+
+  /// The waits of `priority`; its key is allocated only the first time it is seen, and formatted
+  /// only when it differs from the last one's.
+  fn priority(&mut self, priority: f64) -> &mut PriorityWaits {
+    let bits = priority.to_bits();
+    let key = match &mut self.last_priority {
+      Some((last, key)) if *last == bits => key,
+      last => &mut last.insert((bits, format!("{priority}"))).1,
+    };
+    if !self.priorities.contains_key(key.as_str()) {
+      self
+        .priorities
+        .insert(key.clone(), PriorityWaits::default());
+    }
+    self
+      .priorities
+      .get_mut(key.as_str())
+      .expect("inserted above")
   }
 }
 
@@ -138,7 +161,7 @@ fn push_window(window: &mut VecDeque<u64>, limit: usize, sample: u64) {
 pub fn acquired(file: &str, wait: Duration, contended: bool, priority: f64) {
   let wait_us = wait.as_micros() as u64;
   let mut state = state();
-  let by_priority = state.priorities.entry(format!("{priority}")).or_default();
+  let by_priority = state.priority(priority);
   by_priority.acquisitions += 1;
   by_priority.max_wait_us = by_priority.max_wait_us.max(wait_us);
   push_window(&mut by_priority.recent_waits_us, WAIT_WINDOW, wait_us);
@@ -314,6 +337,18 @@ mod tests {
     assert_eq!(seven.p99_wait_time, 8.0);
     assert_eq!(seven.max_wait_time, 8.0);
     assert_eq!(after.wait_by_priority["-2.5"].acquisitions, 1);
+  }
+
+  #[test]
+  fn priorities_taken_in_turn_keep_their_own_waits() {
+    let file = "/metrics-test/in-turn.json";
+    for priority in [41.5, -41.0, 41.5, 41.5, -41.0, -0.0] {
+      acquired(file, Duration::from_millis(1), true, priority);
+    }
+    let after = snapshot();
+    assert_eq!(after.wait_by_priority["41.5"].acquisitions, 3);
+    assert_eq!(after.wait_by_priority["-41"].acquisitions, 2);
+    assert_eq!(after.wait_by_priority["-0"].acquisitions, 1);
   }
 
   #[test]

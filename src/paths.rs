@@ -8,9 +8,10 @@
 
 use std::collections::HashMap;
 use std::fs;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{LockError, Result};
@@ -19,6 +20,43 @@ pub const ROOT_OVERRIDE_ENV: &str = "FLOWFORGE_ROOT_OVERRIDE";
 const DATA_DIR: &str = ".flowforge";
 const LOCK_DIR: &str = ".locks";
 pub const LOCK_SUFFIX: &str = ".lock";
+
+/// How this process's own maps keyed by paths hash them (the lock table, the resolve cache):
+/// FxHash as rustc-hash 2 does it, one multiply per 8 bytes. std's SipHash cost several percent
+/// of an uncontended acquire and release, which look the same path up in several maps; its
+/// defence against keys chosen to collide buys little here, where the keys are the files this
+/// process's own callers lock.
+pub type FastHashing = BuildHasherDefault<FastHasher>;
+
+#[derive(Default)]
+pub struct FastHasher(u64);
+
+impl FastHasher {
+  fn add(&mut self, word: u64) {
+    self.0 = self
+      .0
+      .wrapping_add(word)
+      .wrapping_mul(0xf135_7aea_2e62_a9c5);
+  }
+}
+
+impl Hasher for FastHasher {
+  fn write(&mut self, bytes: &[u8]) {
+    let mut words = bytes.chunks_exact(8);
+    for word in words.by_ref() {
+      self.add(u64::from_le_bytes(word.try_into().expect("chunks of 8")));
+    }
+    let mut tail = [0; 8];
+    tail[..words.remainder().len()].copy_from_slice(words.remainder());
+    self.add(u64::from_le_bytes(tail));
+  }
+
+  /// The multiply leaves the low bits weak, and the table picks buckets by them: rotate the
+  /// strong high bits down.
+  fn finish(&self) -> u64 {
+    self.0.rotate_left(26)
+  }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -34,30 +72,44 @@ pub struct Target {
 const RESOLVE_CACHE_TTL: Duration = Duration::from_secs(1);
 const RESOLVE_CACHE_SIZE: usize = 1024;
 
-type ResolveCache = HashMap<(Option<PathBuf>, String), (Instant, Target)>;
+/// Resolved targets by the working directory they were resolved in (`None` for absolute paths),
+/// then by the caller's spelling: two levels, so that a hit is found without building a key.
+type ResolveCache =
+  HashMap<Option<PathBuf>, HashMap<String, (Instant, Arc<Target>), FastHashing>, FastHashing>;
 
 /// Checks a caller's path and works out its lock file (without touching the disk beyond
 /// a few `stat`s, and those at most once a second per path).
 pub fn resolve(file: &str) -> Result<Target> {
-  static CACHE: LazyLock<Mutex<ResolveCache>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+  resolve_shared(file).map(Arc::unwrap_or_clone)
+}
+
+/// [`resolve`], sharing the cached target instead of copying its three paths: for the calls
+/// made on every acquire and release.
+pub fn resolve_shared(file: &str) -> Result<Arc<Target>> {
+  static CACHE: LazyLock<Mutex<ResolveCache>> = LazyLock::new(Default::default);
   // A relative path means something else after a chdir: the cwd is part of the key.
   let cwd = if Path::new(file).is_absolute() {
     None
   } else {
     Some(current_dir()?)
   };
-  let key = (cwd, file.to_string());
-  if let Some((at, target)) = CACHE.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+  if let Some((at, target)) = CACHE
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+    .get(&cwd)
+    .and_then(|by_file| by_file.get(file))
+  {
     if at.elapsed() < RESOLVE_CACHE_TTL {
       return Ok(target.clone());
     }
   }
-  let target = resolve_uncached(file)?;
+  let target = Arc::new(resolve_uncached(file)?);
   let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-  if cache.len() >= RESOLVE_CACHE_SIZE {
+  if cache.values().map(HashMap::len).sum::<usize>() >= RESOLVE_CACHE_SIZE {
     cache.clear();
   }
-  cache.insert(key, (Instant::now(), target.clone()));
+  let by_file = cache.entry(cwd).or_default();
+  by_file.insert(file.to_string(), (Instant::now(), target.clone()));
   Ok(target)
 }
 
@@ -257,6 +309,18 @@ mod tests {
     )
     .unwrap();
     assert_eq!(dotted.file, dir.join(".flowforge/tasks.json"));
+    // One spelling, byte for byte, whatever the caller's (the lock table compares bytes).
+    let spelled = resolve(
+      dir
+        .join(".flowforge//billing/./../tasks.json/")
+        .to_str()
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+      spelled.lock_path.as_os_str(),
+      dir.join(".flowforge/.locks/tasks.json.lock").as_os_str()
+    );
   }
 
   #[test]
@@ -277,6 +341,24 @@ mod tests {
     assert_eq!(resolve("/").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
     let dir = temp_project();
     assert_eq!(resolve(dir.to_str().unwrap()).unwrap_err().code, "EISDIR");
+  }
+
+  #[test]
+  fn fast_hashing_tells_paths_apart_and_agrees_on_spellings_of_one() {
+    use std::hash::BuildHasher;
+    let hash = |path: &str| FastHashing::default().hash_one(Path::new(path));
+    // Names around the 8-byte words the hasher reads, differing in their last byte only.
+    let paths = [
+      "/p/.flowforge/.locks/a.lock",
+      "/p/.flowforge/.locks/b.lock",
+      "/p/.flowforge/.locks/ab.lock",
+      "/p/.flowforge/.locks/abcdefgh.lock",
+      "/p/.flowforge/.locks/abcdefgi.lock",
+      "/p/.flowforge/.locks/abcdefghi.lock",
+    ];
+    let hashes: std::collections::HashSet<u64> = paths.iter().map(|p| hash(p)).collect();
+    assert_eq!(hashes.len(), paths.len());
+    assert_eq!(hash("/p//.flowforge/./.locks/a.lock/"), hash(paths[0]));
   }
 
   #[test]
