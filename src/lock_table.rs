@@ -15,8 +15,7 @@
 //! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
 //! has ended, nothing of ours can write to that lock again.
 
-use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
@@ -32,7 +31,7 @@ use crate::fence;
 use crate::heartbeat;
 use crate::identity;
 use crate::metrics;
-use crate::paths::{self, FastHashing, Target};
+use crate::paths::{self, PathMap, Target};
 use crate::record::{self, Contents};
 use crate::thread_alarm;
 
@@ -161,44 +160,8 @@ impl Entry {
   }
 }
 
-/// This process's locks by lock path. Keyed by the path's bytes: paths.rs builds every lock path
-/// in one normalised spelling, so equal bytes are equal paths, and hashing the bytes in one pass
-/// costs a fraction of `Path`'s component-by-component hash, on a table that every acquire and
-/// release looks a path up in several times.
-#[derive(Default)]
-struct Table(HashMap<OsString, Entry, FastHashing>);
-
-impl Table {
-  fn get(&self, lock_path: &Path) -> Option<&Entry> {
-    self.0.get(lock_path.as_os_str())
-  }
-
-  fn get_mut(&mut self, lock_path: &Path) -> Option<&mut Entry> {
-    self.0.get_mut(lock_path.as_os_str())
-  }
-
-  /// The entry of `lock_path`, made if there is none; its key is copied only then (every acquire
-  /// and release visits an entry that is there).
-  fn entry(&mut self, lock_path: &Path) -> &mut Entry {
-    let key = lock_path.as_os_str();
-    if !self.0.contains_key(key) {
-      self.0.insert(key.to_owned(), Entry::default());
-    }
-    self.0.get_mut(key).expect("inserted above")
-  }
-
-  fn remove(&mut self, lock_path: &Path) {
-    self.0.remove(lock_path.as_os_str());
-  }
-
-  fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
-    self.0.values_mut()
-  }
-
-  fn take_all(&mut self) -> Vec<Entry> {
-    self.0.drain().map(|(_, entry)| entry).collect()
-  }
-}
+/// This process's locks by lock path.
+type Table = PathMap<Entry>;
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
@@ -770,7 +733,7 @@ fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
 /// Process exit: releases everything this process holds, settles every queued wait with
 /// `ELOCKCANCELLED`, and lets the backends tidy up. Returns how many locks were released.
 pub fn release_all() -> usize {
-  let entries: Vec<Entry> = table().take_all();
+  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
   let mut released = 0;
   for entry in entries {
     for held in entry.held {
@@ -849,7 +812,7 @@ fn refresh_due() -> Option<Instant> {
   let due: Vec<(String, PathBuf, HoldCell)> = {
     let mut table = table();
     let mut due = Vec::new();
-    for entry in table.entries_mut() {
+    for entry in table.values_mut() {
       for held in entry.held.iter_mut() {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
@@ -890,7 +853,7 @@ fn refresh_due() -> Option<Instant> {
   }
   let mut table = table();
   let mut next: Option<Instant> = None;
-  for entry in table.entries_mut() {
+  for entry in table.values_mut() {
     for held in entry.held.iter_mut() {
       if held.next_refresh <= now {
         held.next_refresh = now + held.refresh_every();

@@ -32,18 +32,18 @@ pub struct Ticket {
 /// Whether claims are needed for lock files in `lock_dir` (decided once per directory: a mount
 /// appearing under a lock directory a process already uses is not seen).
 pub fn needed(lock_dir: &Path) -> bool {
-  use std::collections::HashMap;
+  use crate::paths::PathMap;
   use std::sync::{LazyLock, Mutex};
   if !super::os_lock::kernel_locks() {
     return true;
   }
-  static BY_DIR: LazyLock<Mutex<HashMap<PathBuf, bool>>> = LazyLock::new(Default::default);
+  static BY_DIR: LazyLock<Mutex<PathMap<bool>>> = LazyLock::new(Default::default);
   let mut known = BY_DIR.lock().unwrap_or_else(|e| e.into_inner());
   if let Some(needed) = known.get(lock_dir) {
     return *needed;
   }
   let needed = may_be_shared_between_kernels(lock_dir);
-  known.insert(lock_dir.to_path_buf(), needed);
+  known.insert(lock_dir, needed);
   needed
 }
 

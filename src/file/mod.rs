@@ -23,7 +23,6 @@ pub mod readers;
 pub mod staleness;
 pub mod ticket_queue;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -35,7 +34,7 @@ use crate::error::{LockError, Result};
 use crate::failpoint;
 use crate::identity::{self, now_ms};
 use crate::metrics;
-use crate::paths::Target;
+use crate::paths::{PathMap, Target};
 use crate::record::{self, LockRecord};
 use crate::thread_alarm;
 use os_lock::{LockFile, TryLock};
@@ -73,7 +72,7 @@ fn queued(lock_path: &Path) -> bool {
 
 #[derive(Default)]
 pub struct FileBackend {
-  slots: Mutex<HashMap<PathBuf, Slot>>,
+  slots: Mutex<PathMap<Slot>>,
 }
 
 /// The one file backend of this process (its idle handles are per process).
@@ -83,7 +82,7 @@ pub fn backend() -> &'static FileBackend {
 }
 
 impl FileBackend {
-  fn slots(&self) -> MutexGuard<'_, HashMap<PathBuf, Slot>> {
+  fn slots(&self) -> MutexGuard<'_, PathMap<Slot>> {
     self.slots.lock().unwrap_or_else(|e| e.into_inner())
   }
 
@@ -102,7 +101,7 @@ impl FileBackend {
   /// Keeps a released hold's handles for the next acquire, in one visit to the slot.
   fn park(&self, lock: LockFile, queue: Option<QueueFile>) {
     let mut slots = self.slots();
-    let slot = slots.entry(lock.path().to_path_buf()).or_default();
+    let slot = slots.entry(lock.path());
     if let Some(queue) = queue {
       if slot.queues.len() < SPARE_QUEUES {
         slot.queues.push(queue);
@@ -123,7 +122,7 @@ impl FileBackend {
   /// Keeps queue handles (holding no lock any more) for reuse.
   fn park_queues(&self, lock_path: &Path, queues: impl IntoIterator<Item = QueueFile>) {
     let mut slots = self.slots();
-    let slot = slots.entry(lock_path.to_path_buf()).or_default();
+    let slot = slots.entry(lock_path);
     for queue in queues {
       if slot.queues.len() < SPARE_QUEUES {
         slot.queues.push(queue);

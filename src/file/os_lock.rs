@@ -251,11 +251,9 @@ impl LockFile {
   }
 }
 
+/// Whether `lock_id` occurs in a record's raw bytes (every release asks this of its record).
 pub(crate) fn mentions(bytes: &[u8], lock_id: &str) -> bool {
-  !lock_id.is_empty()
-    && bytes
-      .windows(lock_id.len())
-      .any(|w| w == lock_id.as_bytes())
+  !lock_id.is_empty() && memchr::memmem::find(bytes, lock_id.as_bytes()).is_some()
 }
 
 /// Looks at a lock file without keeping any lock: a shared kernel lock taken for an instant
