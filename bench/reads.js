@@ -310,7 +310,7 @@ async function main() {
     ['R6 same', 'max µs', fmt(r6.writerWaitMaxUs), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitMaxUs / (r6.readerHoldMs * 1000)), ''],
   ]
   console.log(table(['scenario', 'metric', 'flowforge-lock', 'baseline', 'baseline value', 'ours / baseline', 'goal'], rows))
-  console.log('\nR3/R4: the synchronous API adds nothing measurable to the asynchronous one (same core path, no event-loop turn);\nthe distance to raw flock is the file backend\'s own work per grant (its lock record), shared by both APIs.')
+  console.log('\nR3/R4: raw flock is the kernel\'s figure; "from Node" adds what any addon pays to call it from JavaScript.\nThe rest is the file backend\'s own work per grant and release (lock record, ticket queue, inode checks), shared with the\nasynchronous API, whose handoff also waits for a waiting thread and the event loop (R3 async row); uncontended, the two\nAPIs run the same path (R4 async row).')
   console.log(`R1: the holder kept the lock for ${Math.round(r1.lockHeldForMs)} ms while this process read ${2 * N.reads} times without waiting.`)
   console.log(`R6: ${r6.writes} writes, ${Math.round(r6.readsPerS)} reads/s around them; the lock was never free of readers, yet no write waited more than ${(r6.writerWaitMaxUs / 1000).toFixed(1)} ms (p99 ${(r6.writerWaitP99Us / 1000).toFixed(1)} ms): readers that arrive while a writer waits go after it.`)
   if (process.argv.includes('--json')) console.log(JSON.stringify({ r1, r2, r3, r4, r5, r6 }))
