@@ -957,6 +957,13 @@ mod tests {
     prepare(dir.join(".flowforge").join(name).to_str().unwrap()).unwrap()
   }
 
+  /// Takes `target`'s lock at once (it must be free); its lockId.
+  fn take_now(target: &Target) -> String {
+    try_acquire(target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .unwrap()
+  }
+
   fn options(timeout: Option<Duration>) -> AcquireOptions {
     AcquireOptions {
       timeout,
@@ -984,9 +991,7 @@ mod tests {
   #[test]
   fn waiters_of_one_process_are_served_in_arrival_order() {
     let target = project_file("fifo.json");
-    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let first = take_now(&target);
     let (done, outcomes) = mpsc::channel();
     for label in 0..5 {
       queue(&target, None, label, &done);
@@ -1004,9 +1009,7 @@ mod tests {
   #[test]
   fn higher_priorities_are_served_first_and_equals_in_arrival_order() {
     let target = project_file("priority.json");
-    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let first = take_now(&target);
     let (done, outcomes) = mpsc::channel();
     let priorities = [0.0, 5.0, 0.0, 10.0, 5.0, -1.0, 10.0];
     for (label, priority) in priorities.iter().enumerate() {
@@ -1081,9 +1084,7 @@ mod tests {
   #[test]
   fn a_timed_out_waiter_leaves_and_the_next_one_is_served() {
     let target = project_file("timeout.json");
-    let holder = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let holder = take_now(&target);
     let (done, outcomes) = mpsc::channel();
     queue(&target, Some(Duration::from_millis(1)), 0, &done);
     queue(&target, None, 1, &done);
@@ -1107,9 +1108,7 @@ mod tests {
   #[test]
   fn a_served_waiter_cancels_its_timeout() {
     let target = project_file("served-timeout.json");
-    let holder = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let holder = take_now(&target);
     let (done, outcomes) = mpsc::channel();
     queue(&target, Some(Duration::from_secs(3600)), 0, &done);
     let deadline = table().get(&target.lock_path).unwrap().queue[0]
@@ -1191,9 +1190,7 @@ mod tests {
       .unwrap()
       .is_none());
     assert!(release(&target, &second).unwrap());
-    let writer = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let writer = take_now(&target);
     // And a writer excludes readers.
     assert!(try_acquire(&target, &shared()).unwrap().is_none());
     release(&target, &writer).unwrap();
@@ -1379,9 +1376,7 @@ mod tests {
   #[test]
   fn wrong_ids_do_not_release_and_a_second_release_says_false() {
     let target = project_file("ids.json");
-    let id = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let id = take_now(&target);
     assert_eq!(release(&target, "nope").unwrap_err().code, "ELOCKMISMATCH");
     verify_held(&target, &id).unwrap();
     assert!(release(&target, &id).unwrap());
@@ -1402,9 +1397,7 @@ mod tests {
     )
     .unwrap();
     assert_eq!(twin.lock_path, target.lock_path);
-    let first = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let first = take_now(&target);
     let (done, outcomes) = mpsc::channel();
     queue(&twin, None, 7, &done);
     release(&target, &first).unwrap();
@@ -1416,9 +1409,7 @@ mod tests {
   #[test]
   fn a_lock_file_replaced_under_a_holder_is_lost_before_any_write() {
     let target = project_file("replaced.json");
-    let id = try_acquire(&target, &options(Some(Duration::ZERO)))
-      .unwrap()
-      .unwrap();
+    let id = take_now(&target);
     std::fs::remove_file(&target.lock_path).unwrap();
     std::fs::write(&target.lock_path, b"").unwrap();
     let err = verify_held(&target, &id).unwrap_err();
