@@ -4,7 +4,10 @@
 // (`etcdctl lock`) and the npm `etcd3` client's lock, against one real etcd started here, same
 // scenarios, same run:
 //   cycle     one process takes and releases one lock, over and over (cycles/s)
-//   handoff   two processes contend for one lock (holds/s: every release hands it over)
+//   handoff   two processes contend for one lock (holds/s), and the share of holds that went to the
+//             other process than the one before: a client whose releaser takes its lock straight back
+//             while the other waits counts those holds too (how often depends also on how soon each
+//             process asks again, so it is not a fairness measure on its own)
 //   P=8       eight processes do locked read-increment-writes of one file (updates/s; the final
 //             count is checked exact)
 // Each client runs in its own worker processes (this file with --worker). `etcdctl lock` runs
@@ -108,13 +111,17 @@ async function workerMain([client, endpoint, file, mode, n]) {
   process.stdout.write('READY\n')
   await new Promise((resolve) => process.stdin.once('data', resolve))
   process.stdin.pause()
+  // When each hold ended (CLOCK_MONOTONIC, shared by the workers): the parent merges them to
+  // count how often the lock went from one process to the other.
+  const heldUntil = []
   for (let i = 0; i < Number(n); i++) {
     if (mode === 'cycle') await lock.hold(async () => {})
     else if (lock.update) await lock.update()
     else await lock.hold((lockId) => lock.increment(lockId))
+    heldUntil.push(Number(process.hrtime.bigint()))
   }
   await lock.close()
-  process.stdout.write('DONE\n')
+  process.stdout.write(`HELD ${JSON.stringify(heldUntil)}\nDONE\n`)
 }
 
 // ---- parent side ------------------------------------------------------------------------
@@ -122,15 +129,17 @@ async function workerMain([client, endpoint, file, mode, n]) {
 function startWorker(args, cwd) {
   const child = spawn(process.execPath, [__filename, '--worker', ...args.map(String)], { cwd, stdio: ['pipe', 'pipe', 'inherit'] })
   const lines = readline.createInterface({ input: child.stdout })
+  const held = new Promise((resolve) => lines.on('line', (line) => line.startsWith('HELD ') && resolve(JSON.parse(line.slice(5)))))
   const seen = (what) =>
     new Promise((resolve, reject) => {
       lines.on('line', (line) => line === what && resolve())
       child.on('exit', (code) => code !== 0 && reject(new Error(`bench worker ${args.join(' ')} exited ${code}`)))
     })
-  return { child, ready: seen('READY'), done: seen('DONE') }
+  return { child, ready: seen('READY'), done: seen('DONE'), held }
 }
 
-/** Runs `procs` workers of `client` in `mode`, n rounds each; resolves with rounds/s. */
+/** Runs `procs` workers of `client` in `mode`, n rounds each; resolves with rounds/s and the share of holds that
+ * went to another process than the one before. */
 async function scenario(endpoint, client, mode, procs, n) {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ffl-etcd-bench-'))
   fs.mkdirSync(path.join(root, '.flowforge'))
@@ -142,11 +151,13 @@ async function scenario(endpoint, client, mode, procs, n) {
   for (const w of workers) w.child.stdin.write('go\n')
   await Promise.all(workers.map((w) => w.done))
   const seconds = Number(process.hrtime.bigint() - started) / 1e9
+  const holds = (await Promise.all(workers.map((w, i) => w.held.then((ends) => ends.map((end) => [end, i]))))).flat().sort((a, b) => a[0] - b[0])
+  const changed = holds.filter((hold, i) => i > 0 && hold[1] !== holds[i - 1][1]).length / Math.max(1, holds.length - 1)
   for (const w of workers) w.child.stdin.end()
   const exact = mode !== 'update' || JSON.parse(fs.readFileSync(file, 'utf8')).count === procs * n
   fs.rmSync(root, { recursive: true, force: true })
   if (!exact) throw new Error(`${client}: lost updates in ${mode} with ${procs} processes`)
-  return (procs * n) / seconds
+  return { rate: (procs * n) / seconds, changed }
 }
 
 async function main() {
@@ -161,9 +172,11 @@ async function main() {
     for (const client of [...CLIENTS, REDIS_CLIENT]) {
       const where = client === REDIS_CLIENT ? redis.url : endpoint
       const row = { client }
-      row.cycle = await scenario(where, client, 'cycle', 1, SLOW(client, COUNTS.cycle))
-      row.handoff = await scenario(where, client, 'cycle', 2, SLOW(client, COUNTS.handoff))
-      row.p8 = await scenario(where, client, 'update', 8, SLOW(client, COUNTS.update))
+      row.cycle = (await scenario(where, client, 'cycle', 1, SLOW(client, COUNTS.cycle))).rate
+      const handoff = await scenario(where, client, 'cycle', 2, SLOW(client, COUNTS.handoff))
+      row.handoff = handoff.rate
+      row.changedHands = handoff.changed
+      row.p8 = (await scenario(where, client, 'update', 8, SLOW(client, COUNTS.update))).rate
       rows.push(row)
     }
   } finally {
@@ -172,8 +185,8 @@ async function main() {
   }
   const fmt = (v) => v.toFixed(1).padStart(10)
   console.log(`etcd bench: ${version}, one member on loopback; ${os.cpus().length} CPUs, node ${process.version}`)
-  console.log(`${'client'.padEnd(24)}${'cycle/s'.padStart(10)}${'handoff/s'.padStart(10)}${'P=8 upd/s'.padStart(10)}`)
-  for (const r of rows) console.log(`${r.client.padEnd(24)}${fmt(r.cycle)}${fmt(r.handoff)}${fmt(r.p8)}`)
+  console.log(`${'client'.padEnd(24)}${'cycle/s'.padStart(10)}${'handoff/s'.padStart(10)}${'P=8 upd/s'.padStart(10)}  handoff holds by the other process`)
+  for (const r of rows) console.log(`${r.client.padEnd(24)}${fmt(r.cycle)}${fmt(r.handoff)}${fmt(r.p8)}  ${(100 * r.changedHands).toFixed(0)}%`)
   const ours = rows[0]
   for (const other of rows.slice(1, CLIENTS.length)) {
     const ratio = (k) => `${(ours[k] / other[k]).toFixed(2)}x`
