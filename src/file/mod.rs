@@ -98,6 +98,25 @@ impl FileBackend {
     self.park(lock, None);
   }
 
+  /// Gives up a kernel lock taken for a claim that is not going ahead, keeping the handle.
+  fn give_back(&self, lock: LockFile) {
+    lock.unlock();
+    self.park_idle(lock);
+  }
+
+  /// Waits in the kernel for `lock_path`'s lock in `mode`, on the handle kept from the last
+  /// hold if there is one. `None`: a signal ended the wait (a synchronous caller's deadline),
+  /// and the handle is kept again.
+  fn wait_kernel_lock(&self, lock_path: &Path, mode: LockMode) -> Result<Option<LockFile>> {
+    match LockFile::acquire_blocking(lock_path, self.take_idle(lock_path), mode)? {
+      TryLock::Locked(lock) => Ok(Some(lock)),
+      TryLock::Busy(lock) => {
+        self.park_idle(lock);
+        Ok(None)
+      }
+    }
+  }
+
   /// Keeps a released hold's handles for the next acquire, in one visit to the slot.
   fn park(&self, lock: LockFile, queue: Option<QueueFile>) {
     let mut slots = self.slots();
@@ -426,25 +445,19 @@ impl FileBackend {
       let Some(mode) = head().map(|request| request.mode) else {
         return Ok(None);
       };
-      let lock = match LockFile::acquire_blocking(path, self.take_idle(path), mode)? {
-        TryLock::Locked(lock) => lock,
-        TryLock::Busy(lock) => {
-          // Interrupted (a synchronous caller's deadline): the loop asks `head` again.
-          self.park_idle(lock);
-          continue;
-        }
+      let Some(lock) = self.wait_kernel_lock(path, mode)? else {
+        // Interrupted (a synchronous caller's deadline): the loop asks `head` again.
+        continue;
       };
       let Some(request) = head() else {
         // Everyone who waited gave up meanwhile: the lock goes back as we found it.
-        lock.unlock();
-        self.park_idle(lock);
+        self.give_back(lock);
         return Ok(None);
       };
       if request.mode != mode {
         // The head changed (a higher priority came, or the head gave up) and wants the other
         // mode: wait again in its mode.
-        lock.unlock();
-        self.park_idle(lock);
+        self.give_back(lock);
         continue;
       }
       match claim(lock, &request)? {
@@ -641,18 +654,13 @@ impl Backend for FileBackend {
         }
         Some(_) => {}
       }
-      let acquired = match LockFile::acquire_blocking(path, self.take_idle(path), mode) {
-        Ok(TryLock::Locked(lock)) => Ok(lock),
+      let lock = match self.wait_kernel_lock(path, mode) {
+        Ok(Some(lock)) => lock,
         // Interrupted (a synchronous caller's deadline): give the turn back and ask `head`.
-        Ok(TryLock::Busy(lock)) => {
-          self.park_idle(lock);
+        Ok(None) => {
           ticket.leave(place);
           continue;
         }
-        Err(e) => Err(e),
-      };
-      let lock = match acquired {
-        Ok(lock) => lock,
         Err(e) => {
           ticket.leave(place);
           return Err(e);
@@ -664,8 +672,7 @@ impl Backend for FileBackend {
       let request = match head() {
         Some(request) if request.mode == mode => request,
         gone_or_changed => {
-          lock.unlock();
-          self.park_idle(lock);
+          self.give_back(lock);
           ticket.unhold();
           if gone_or_changed.is_some() {
             continue;
