@@ -166,15 +166,23 @@ impl Drop for ThreadTimer {
   }
 }
 
-/// Unblocks `signal` in this thread; true if it was blocked.
-fn unblock(signal: libc::c_int) -> bool {
-  // SAFETY: sigset operations on zero-initialised sets; pthread_sigmask only changes this thread.
+/// The signal set holding `signal` alone.
+fn only(signal: libc::c_int) -> libc::sigset_t {
+  // SAFETY: sigset operations on a zero-initialised set.
   unsafe {
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
     libc::sigaddset(&mut set, signal);
+    set
+  }
+}
+
+/// Unblocks `signal` in this thread; true if it was blocked.
+fn unblock(signal: libc::c_int) -> bool {
+  // SAFETY: pthread_sigmask only changes this thread's mask and fills in `old`.
+  unsafe {
     let mut old: libc::sigset_t = std::mem::zeroed();
-    libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, &mut old) == 0
+    libc::pthread_sigmask(libc::SIG_UNBLOCK, &only(signal), &mut old) == 0
       && libc::sigismember(&old, signal) == 1
   }
 }
@@ -182,10 +190,7 @@ fn unblock(signal: libc::c_int) -> bool {
 fn block(signal: libc::c_int) {
   // SAFETY: as in `unblock`.
   unsafe {
-    let mut set: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut set);
-    libc::sigaddset(&mut set, signal);
-    libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    libc::pthread_sigmask(libc::SIG_BLOCK, &only(signal), std::ptr::null_mut());
   }
 }
 
@@ -279,12 +284,18 @@ mod tests {
   use super::*;
   use std::fs::File;
 
-  #[test]
-  fn a_blocked_flock_returns_eintr_at_the_deadline() {
-    let path = crate::test_support::temp_dir("alarm").join("x.lock");
+  /// A file locked through `holder`, and a second handle on it whose `lock()` blocks.
+  fn held_and_waiter(name: &str) -> (File, File) {
+    let path = crate::test_support::temp_dir("alarm").join(name);
     let holder = File::create(&path).unwrap();
     holder.lock().unwrap();
     let waiter = File::open(&path).unwrap();
+    (holder, waiter)
+  }
+
+  #[test]
+  fn a_blocked_flock_returns_eintr_at_the_deadline() {
+    let (_holder, waiter) = held_and_waiter("x.lock");
     let started = Instant::now();
     let alarm = arm(started + Duration::from_millis(30)).expect("a free real-time signal");
     let outcome = waiter.lock();
@@ -316,10 +327,7 @@ mod tests {
   /// "look again"), but the next look armed is aimed at anew, and the outer deadline still holds.
   #[test]
   fn nested_alarms_interrupt_at_the_earliest_and_a_new_look_is_aimed_anew() {
-    let path = crate::test_support::temp_dir("alarm").join("nested.lock");
-    let holder = File::create(&path).unwrap();
-    holder.lock().unwrap();
-    let waiter = File::open(&path).unwrap();
+    let (_holder, waiter) = held_and_waiter("nested.lock");
     let interrupted = || {
       waiter
         .lock()
@@ -374,10 +382,7 @@ mod tests {
   fn a_forked_child_makes_its_own_timer() {
     use nix::sys::wait::{waitpid, WaitStatus};
     use nix::unistd::{fork, ForkResult};
-    let path = crate::test_support::temp_dir("alarm").join("fork.lock");
-    let holder = File::create(&path).unwrap();
-    holder.lock().unwrap();
-    let waiter = File::open(&path).unwrap();
+    let (_holder, waiter) = held_and_waiter("fork.lock");
     drop(arm(Instant::now() + Duration::from_secs(60)).expect("a free real-time signal"));
     // SAFETY: the child arms an alarm, blocks on the lock and exits; glibc makes malloc usable
     // in a child of a threaded parent.
