@@ -225,8 +225,9 @@ fn install(entry: &mut Entry, file: PathBuf, mode: LockMode, grant: Box<dyn Gran
 /// connection already open ([`Backend::try_acquire_here`]: bounded by the caller's timeout and
 /// the server's command timeout, never a connect). `Ok(None)` means somebody holds the lock,
 /// others (here or, for a lock server, anywhere) are queued for it or are taking it, or the try
-/// was not made here; the caller then joins the queue with [`acquire`]. A refused try leaves no place behind, so the
-/// order among queued waiters is still the order of their first request in the queue.
+/// was not made here; the caller then joins the queue with [`acquire`]. A refused try leaves no
+/// place behind, so the order among queued waiters is still the order of their first request in
+/// the queue.
 pub fn try_acquire_here(target: &Target, options: &AcquireOptions) -> Result<Option<String>> {
   let backend = config::backend_for(target)?;
   claim(backend, target, options, Instant::now(), |request| {
