@@ -88,7 +88,7 @@ impl LockFile {
   fn open_with(path: &Path, create: bool) -> Result<LockFile> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).create(create).mode(0o666);
-    let (file, writable) = match open_no_follow(path, &options) {
+    let (file, writable) = match open_lock_file(path, &options) {
       Ok(file) => (file, true),
       // Another user's lock file we may lock but not write: see `is_writable`.
       Err(e) if e.code == "EACCES" => (open_no_follow(path, OpenOptions::new().read(true))?, false),
@@ -182,7 +182,7 @@ impl LockFile {
 
   /// Whether the lock path still names our inode (someone may have deleted or replaced it).
   pub fn still_at_path(&self) -> bool {
-    matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
+    names_inode(&self.path, self.dev, self.ino)
   }
 
   /// The raw descriptor, for a child process that must inherit the lock (`exec`).
@@ -252,6 +252,23 @@ impl LockFile {
 }
 
 /// Whether `lock_id` occurs in a record's raw bytes (every release asks this of its record).
+/// Whether `path` (not followed if a symlink) names the inode `dev`/`ino`: the check made after
+/// every lock of a kept handle (lock, queue and reader files). It asks the kernel for the inode
+/// alone: a stat asking for the change time makes Linux (6.13+, multigrain timestamps) stamp the
+/// file's next write with a fine-grained time, so the record write that follows every such check
+/// would also write the inode to the journal; without it, writes within one clock tick do not.
+#[cfg(target_os = "linux")]
+pub(crate) fn names_inode(path: &Path, dev: u64, ino: u64) -> bool {
+  use rustix::fs::{makedev, statx, AtFlags, StatxFlags, CWD};
+  matches!(statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO),
+    Ok(st) if st.stx_ino == ino && makedev(st.stx_dev_major, st.stx_dev_minor) == dev)
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn names_inode(path: &Path, dev: u64, ino: u64) -> bool {
+  matches!(fs::symlink_metadata(path), Ok(m) if m.dev() == dev && m.ino() == ino)
+}
+
 pub(crate) fn mentions(bytes: &[u8], lock_id: &str) -> bool {
   !lock_id.is_empty() && memchr::memmem::find(bytes, lock_id.as_bytes()).is_some()
 }
@@ -272,9 +289,23 @@ pub fn probe(path: &Path) -> Result<Probe> {
   }
 }
 
+/// The lock file's own handle, kept between holds: opened with `O_NOATIME` where allowed (the
+/// file's owner, or root), since under `relatime` every read of the record after a write would
+/// otherwise update the access time, one more inode write to the journal per acquire and release.
+fn open_lock_file(path: &Path, options: &OpenOptions) -> Result<File> {
+  match open_no_follow_with(path, options, libc::O_NOATIME) {
+    Err(e) if e.code == "EPERM" => open_no_follow(path, options),
+    opened => opened,
+  }
+}
+
 pub(crate) fn open_no_follow(path: &Path, options: &OpenOptions) -> Result<File> {
+  open_no_follow_with(path, options, 0)
+}
+
+fn open_no_follow_with(path: &Path, options: &OpenOptions, flags: libc::c_int) -> Result<File> {
   let mut options = options.clone();
-  options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC);
+  options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC | flags);
   options.open(path).map_err(|e| {
     if e.raw_os_error() == Some(libc::ELOOP) {
       LockError::new(
@@ -495,6 +526,23 @@ mod tests {
     again.write_record(&mine, left.len()).unwrap();
     assert_eq!(again.read(), Contents::Record(mine));
     assert!(again.record_mentions("mine"));
+  }
+
+  /// Under `relatime` a read after a write updates the access time, an inode write to the
+  /// journal at every acquire and release: the kept handle reads without touching it.
+  #[test]
+  fn reading_the_record_leaves_the_access_time_alone() {
+    let path = temp_dir("oslock").join("atime.lock");
+    let mut lock = locked(&path);
+    let record = LockRecord::new_for(identity::current(), "atime", "/t", 1);
+    lock.write_record(&record, 0).unwrap();
+    let long_ago = std::time::UNIX_EPOCH + Duration::from_secs(1);
+    File::open(&path)
+      .unwrap()
+      .set_times(fs::FileTimes::new().set_accessed(long_ago))
+      .unwrap();
+    assert_eq!(lock.read(), Contents::Record(record));
+    assert_eq!(fs::metadata(&path).unwrap().accessed().unwrap(), long_ago);
   }
 
   #[test]

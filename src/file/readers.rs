@@ -130,7 +130,7 @@ impl ReaderFile {
 
   /// Whether the path still names our file (nobody removed it as a leftover).
   pub fn still_at_path(&self) -> bool {
-    matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
+    os_lock::names_inode(&self.path, self.dev, self.ino)
   }
 
   /// Writes `record` over ours, in place: a rewrite is never shorter than what it covers.

@@ -47,6 +47,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Instant;
 
+use super::os_lock;
 use crate::backend::{LockMode, AGING_STEP};
 
 /// Held exclusively by the lock's holder for its whole hold.
@@ -135,7 +136,7 @@ impl QueueFile {
   /// Whether the path still names this queue file: a process tidying up may have removed it
   /// (only ever while nobody holds a lock on it: [`QueueFile::remove_if_unused`]).
   pub fn still_at_path(&self) -> bool {
-    matches!(fs::symlink_metadata(&self.path), Ok(m) if m.dev() == self.dev && m.ino() == self.ino)
+    os_lock::names_inode(&self.path, self.dev, self.ino)
   }
 
   /// Whether `other` is a handle on the same queue file.
