@@ -75,6 +75,10 @@ pub enum Refreshed {
 /// takes, so a refresh or a pre-commit check can never run after the hold has ended.
 pub trait Grant: Send {
   fn lock_id(&self) -> &str;
+  /// The mode the lock was taken in: lock servers take exclusive locks only.
+  fn mode(&self) -> LockMode {
+    LockMode::Exclusive
+  }
   /// The record describing the holder (shown by `getLockInfo` and `status`).
   fn record(&self) -> &LockRecord;
   /// A number that rises with every grant of this lock, for backends that issue one.

@@ -132,6 +132,18 @@ fn take_next(queue: &mut VecDeque<Waiter>) -> Option<Waiter> {
   next_waiter(queue, Instant::now()).and_then(|index| queue.remove(index))
 }
 
+/// Takes the waiter to serve next out of the queue if it asked for `mode`: a grant claimed for
+/// one waiter may only go to another of the same mode. A writer handed a reader's shared kernel
+/// lock would write beside other processes' readers; a reader handed a writer's exclusive one
+/// would shut them out.
+fn take_next_in(queue: &mut VecDeque<Waiter>, mode: LockMode) -> Option<Waiter> {
+  let index = next_waiter(queue, Instant::now())?;
+  if queue[index].request.mode != mode {
+    return None;
+  }
+  queue.remove(index)
+}
+
 #[derive(Default)]
 struct Entry {
   /// This process's holds: none, one exclusive, or any number of shared ones.
@@ -577,7 +589,8 @@ fn wait_for_lock(target: Target) {
       return;
     }
     // Waiters stay queued until served, so their deadlines can always find them; the one the
-    // backend waits for is whoever would be served now (the grant goes to whoever is then).
+    // backend waits for is whoever would be served now (the grant goes to whoever is then, if
+    // that one asked for the same mode).
     let head = || {
       table().get(&key).and_then(|e| {
         next_waiter(&e.queue, Instant::now())
@@ -590,8 +603,10 @@ fn wait_for_lock(target: Target) {
     let entry = table.entry(&key);
     match outcome {
       Ok(Some(grant)) => {
-        let Some(waiter) = take_next(&mut entry.queue) else {
-          // The last waiter gave up after the backend asked: the lock goes back.
+        let Some(waiter) = take_next_in(&mut entry.queue, grant.mode()) else {
+          // The waiter it was claimed for left (its deadline) or was overtaken (a higher
+          // priority) by one of the other mode, or nobody waits any more: the lock goes back,
+          // and the next round claims it for whoever heads the queue then.
           drop(table);
           grant.release();
           continue;

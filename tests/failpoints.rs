@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use flowforge_lock::backend::LockMode;
 use flowforge_lock::file::os_lock::{LockFile, TryLock};
 use flowforge_lock::heartbeat;
 use flowforge_lock::identity;
@@ -173,4 +174,132 @@ fn a_lock_lost_while_held_is_reported() {
     "ELOCKLOST"
   );
   lock_table::release(&target, &id).unwrap();
+}
+
+fn waiting(mode: LockMode, priority: f64, timeout: Option<Duration>) -> AcquireOptions {
+  AcquireOptions {
+    priority,
+    timeout,
+    stale_after: Duration::from_secs(30),
+    mode,
+  }
+}
+
+type Outcome = mpsc::Receiver<flowforge_lock::error::Result<String>>;
+
+/// Queues a wait in this process's lock table; its answer arrives on the receiver.
+fn queue(target: &Target, options: AcquireOptions) -> Outcome {
+  let (done, outcome) = mpsc::channel();
+  lock_table::acquire(
+    target.clone(),
+    options,
+    Box::new(move |result| done.send(result).unwrap()),
+  );
+  outcome
+}
+
+/// Whether another process's reader (another open file description) could hold the lock now.
+fn a_reader_elsewhere_could_hold(target: &Target) -> bool {
+  match LockFile::try_acquire_as(&target.lock_path, None, LockMode::Shared).unwrap() {
+    TryLock::Locked(lock) => {
+      lock.unlock();
+      true
+    }
+    TryLock::Busy(_) => false,
+  }
+}
+
+/// Another process holds the lock: returns its handle, to let go when the test is ready.
+fn held_elsewhere(target: &Target) -> LockFile {
+  match LockFile::try_acquire(&target.lock_path, None).unwrap() {
+    TryLock::Locked(lock) => lock,
+    TryLock::Busy(_) => panic!("{} is free at first", target.lock_path.display()),
+  }
+}
+
+/// The waiting thread claims the lock for the writer heading the queue; the writer's deadline
+/// passes mid-claim. The exclusive grant must not go to the reader queued behind it (recorded
+/// as a read lock, it would shut other processes' readers out while it lasts).
+#[test]
+fn a_writers_grant_is_never_handed_to_a_reader() {
+  let _serial = serial();
+  let dir = project();
+  let target = lock_table::prepare(dir.join(".flowforge/tasks.json").to_str().unwrap()).unwrap();
+  let other = held_elsewhere(&target);
+  let (reached, resume) = pause_once("claim::judged");
+  let writer = queue(
+    &target,
+    waiting(LockMode::Exclusive, 0.0, Some(Duration::from_secs(5))),
+  );
+  let reader = queue(&target, waiting(LockMode::Shared, 0.0, None));
+  other.unlock();
+  reached
+    .recv_timeout(WAIT)
+    .expect("the claim for the writer begins");
+  assert!(
+    writer.try_recv().is_err(),
+    "inconclusive: the writer timed out before its claim began"
+  );
+  assert_eq!(
+    writer.recv_timeout(WAIT).unwrap().unwrap_err().code,
+    "ELOCKTIMEOUT"
+  );
+  resume.send(()).unwrap();
+  let reader_id = reader
+    .recv_timeout(WAIT)
+    .unwrap()
+    .expect("the reader is granted");
+  fail::remove("claim::judged");
+  let beside = a_reader_elsewhere_could_hold(&target);
+  let record = std::fs::read_to_string(&target.lock_path).unwrap();
+  lock_table::release(&target, &reader_id).unwrap();
+  assert!(
+    beside,
+    "another process's reader is shut out by a read lock"
+  );
+  assert!(
+    !record.contains(&reader_id),
+    "a writer's record stands for a reader: {record}"
+  );
+}
+
+/// The waiting thread claims a read lock for the reader heading the queue; a writer of higher
+/// priority joins meanwhile. The shared grant must not go to the writer: recorded as exclusive,
+/// it would let the writer commit beside other processes' readers.
+#[test]
+fn a_readers_grant_is_never_handed_to_a_writer() {
+  let _serial = serial();
+  let dir = project();
+  let target = lock_table::prepare(dir.join(".flowforge/tasks.json").to_str().unwrap()).unwrap();
+  let other = held_elsewhere(&target);
+  let (reached, resume) = pause_once("claim::shared_judged");
+  let reader = queue(&target, waiting(LockMode::Shared, 0.0, None));
+  other.unlock();
+  reached
+    .recv_timeout(WAIT)
+    .expect("the claim for the reader begins");
+  let writer = queue(&target, waiting(LockMode::Exclusive, 10.0, None));
+  resume.send(()).unwrap();
+  let writer_id = writer
+    .recv_timeout(WAIT)
+    .unwrap()
+    .expect("the writer is granted");
+  fail::remove("claim::shared_judged");
+  let beside = a_reader_elsewhere_could_hold(&target);
+  let verified = lock_table::verify_held(&target, &writer_id).is_ok();
+  let record = std::fs::read_to_string(&target.lock_path).unwrap();
+  lock_table::release(&target, &writer_id).unwrap();
+  let reader_id = reader
+    .recv_timeout(WAIT)
+    .unwrap()
+    .expect("the reader follows");
+  lock_table::release(&target, &reader_id).unwrap();
+  assert!(
+    !beside,
+    "another process's reader holds beside the writer (verified: {verified})"
+  );
+  assert!(
+    record.contains(&writer_id),
+    "the lock file does not name the writer: {record}"
+  );
 }

@@ -270,6 +270,8 @@ fn claim_shared(lock: LockFile, request: &Request) -> Result<Claim> {
     lock.unlock();
     return Ok(Claim::Respected(lock));
   }
+  // Between the judgement and the reader file: where the waiter this claim is for may leave.
+  failpoint!("claim::shared_judged");
   let lock_id = record::new_lock_id();
   let record = LockRecord::new_for(me, &lock_id, &request.file.to_string_lossy(), now);
   match readers::ReaderFile::create(lock.path(), &record) {
@@ -308,6 +310,13 @@ fn replace_unwritable(lock: LockFile, request: &Request) -> Result<Claim> {
 impl Grant for FileGrant {
   fn lock_id(&self) -> &str {
     &self.lock_id
+  }
+
+  fn mode(&self) -> LockMode {
+    match self.reader {
+      Some(_) => LockMode::Shared,
+      None => LockMode::Exclusive,
+    }
   }
 
   fn record(&self) -> &LockRecord {
