@@ -8,6 +8,7 @@ const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const ffl = require('../index.js')
 const { makeProject, startFixture, runFixture, PACKAGE_ROOT } = require('./helpers')
+const { failpointBinary, failpointEnv } = require('./failpoint-binary.js')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
@@ -36,6 +37,12 @@ async function holder(file) {
       await exited
     },
   }
+}
+
+/** Runs `script` in a process built with failpoints, `actions` set; its last stdout line as JSON. */
+function runFailpointScript(script, actions) {
+  const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, ...failpointEnv(failpointBinary(), actions) } })
+  return JSON.parse(run.stdout.trim().split('\n').pop())
 }
 
 async function rejection(promise) {
@@ -126,6 +133,38 @@ test('replay applies in call order under the lock; a failure stays with attempts
   expect(readJson(tasks).tasks).toEqual([{ id: 1, title: 'second' }])
   expect(ffl.listDeadLetters({ root })).toEqual([])
   expect(ffl.getLockMetrics().deadLetters).toMatchObject({ kept: expect.any(Number), replayed: expect.any(Number) })
+})
+
+test('a kept update keeps its ifVersion: replayed over a newer commit it fails with EVERSION and stays', async () => {
+  const root = project()
+  const { tasks } = files(root)
+  await ffl.updateTaskFile({ id: 1, status: 'todo' }, { root })
+  const { version } = await ffl.readJSONVersioned(tasks)
+  const h = await holder(tasks)
+  const err = await rejection(ffl.updateTaskFile({ id: 1, status: 'done-by-A' }, { root, ifVersion: version, timeout: 0 }))
+  await h.end()
+  expect(err.code).toBe('ELOCKTIMEOUT')
+  // Another writer commits after A read `version`: A's condition no longer holds.
+  await ffl.updateTaskFile({ id: 1, status: 'done-by-B' }, { root })
+
+  const replay = await ffl.replayDeadLetters({ root })
+  expect(replay.results.map((r) => [r.id, r.status, r.error?.code])).toEqual([[err.deadLetterId, 'failed', 'EVERSION']])
+  expect(readJson(tasks).tasks).toEqual([{ id: 1, status: 'done-by-B' }])
+  expect(ffl.listDeadLetters({ root }).map((l) => l.id)).toEqual([err.deadLetterId])
+})
+
+test('an update that failed with ENOTDURABLE was applied: it is not kept, so never applied twice', async () => {
+  const root = project()
+  const { tasks } = files(root)
+  await ffl.updateTaskFile({ id: 1, status: 'todo' }, { root })
+  const run = runFailpointScript(
+    `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'index.js'))}).updateTaskFile({ id: 1, status: 'in-progress' }, { root: ${JSON.stringify(root)} })
+      .then(() => console.log('{}'), (e) => console.log(JSON.stringify({ code: e.code, kept: e.deadLetterId ?? null })))`,
+    'store::dir_sync=return(5)',
+  )
+  expect(run).toEqual({ code: 'ENOTDURABLE', kept: null })
+  expect(readJson(tasks).tasks).toEqual([{ id: 1, status: 'in-progress' }])
+  expect(ffl.listDeadLetters({ root })).toEqual([])
 })
 
 test('the CLI: update keeps its write; list, show, replay, drop; status --json and doctor show the directory', async () => {

@@ -28,7 +28,9 @@ const LETTER_NAME = /^[0-9A-Za-z-]+\.json$/
  * Failures a later retry can fix. Everything else is the caller's to fix and is never kept:
  * bad arguments (ERR_*), an updater or a check that threw, a file that does not parse
  * (EJSONPARSE) or has the wrong shape (EDATASHAPE), an operation that does not fit the state
- * (ESTATE), permissions and configuration (EACCES, ELOCKDIRUNSAFE, …).
+ * (ESTATE), permissions and configuration (EACCES, ELOCKDIRUNSAFE, …). Nor ENOTDURABLE: that
+ * update was applied (only the directory sync after its rename failed), and a replay would
+ * apply it again over whatever was committed since.
  */
 const RETRYABLE = new Set([
   'ELOCKTIMEOUT',
@@ -43,7 +45,6 @@ const RETRYABLE = new Set([
   'EAGAIN',
   'EMFILE',
   'ENFILE',
-  'ENOTDURABLE',
   'ETIMEDOUT',
   'ECONNREFUSED',
   'ECONNRESET',
@@ -121,8 +122,12 @@ function newId(calledAt, seq) {
   return `${stamp}-${process.pid}-${String(seq).padStart(6, '0')}-${crypto.randomBytes(2).toString('hex')}`
 }
 
-/** Options worth replaying: those that choose the file or shape the result (not timeouts, signals). */
-const KEPT_OPTIONS = ['root', 'file', 'user', 'instanceId', 'status']
+/**
+ * Options worth replaying: those that choose the file or shape the result (not timeouts,
+ * signals), and `ifVersion`: a replay over a file that moved on fails with EVERSION and the
+ * letter stays for a person, as the call itself would have.
+ */
+const KEPT_OPTIONS = ['root', 'file', 'user', 'instanceId', 'status', 'ifVersion']
 
 function keptOptions(options) {
   const kept = {}
