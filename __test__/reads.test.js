@@ -6,7 +6,7 @@
 const fs = require('node:fs')
 const path = require('node:path')
 const readline = require('node:readline')
-const { spawn, spawnSync } = require('node:child_process')
+const { spawn, spawnSync, execFileSync } = require('node:child_process')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, withLockSync, isLocked } = require('../file-lock')
 const lib = require('../file-lock-integration')
 const root = require('..')
@@ -20,8 +20,8 @@ const FULL = process.env.FFL_READS_FULL === '1'
 const sidecarOf = (file) => path.join(path.dirname(file), `.${path.basename(file)}.flowforge-version`)
 
 /** A child whose stdout lines come as a queue. */
-function child(fixture, args) {
-  const proc = spawn(process.execPath, [path.join(FIXTURES, `${fixture}.js`), ...args.map(String)], { stdio: ['pipe', 'pipe', 'inherit'] })
+function child(fixture, args, { env = process.env, stderr = 'inherit' } = {}) {
+  const proc = spawn(process.execPath, [path.join(FIXTURES, `${fixture}.js`), ...args.map(String)], { stdio: ['pipe', 'pipe', stderr], env })
   const lines = []
   const waiting = []
   readline.createInterface({ input: proc.stdout }).on('line', (line) => {
@@ -32,6 +32,14 @@ function child(fixture, args) {
   const closed = new Promise((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })))
   const nextLine = () => (lines.length ? Promise.resolve(lines.shift()) : new Promise((resolve) => waiting.push(resolve)))
   return { proc, nextLine, closed }
+}
+
+/**
+ * Waits until `file`'s last change is older than one tick of the clock that stamps mtime, the
+ * read cache's rule (lib/read.js RACY_MS): documents read before then are not cached.
+ */
+async function settled(file) {
+  while (Date.now() - fs.statSync(file).mtimeMs <= 110) await new Promise((resolve) => setTimeout(resolve, 20))
 }
 
 async function commitFromAnotherProcess(file) {
@@ -185,6 +193,7 @@ describe('the read cache (item 3)', () => {
     const dir = makeProject()
     const file = path.join(dir, '.flowforge', 'tasks.json')
     await updateWithLock(file, next)
+    await settled(file)
     const first = await readJSON(file)
     expect(await readJSON(file)).toBe(first)
     expect(readJSONSync(file)).toBe(first)
@@ -196,10 +205,31 @@ describe('the read cache (item 3)', () => {
       expect(readJSONSync(file).count).toBe(i + 2)
     }
     // maxAgeMs: an answer checked that recently is given without a stat, even if stale.
+    await settled(file)
     const before = readJSONSync(file)
     await commitFromAnotherProcess(file)
     expect(readJSONSync(file, { maxAgeMs: 3600000 })).toBe(before)
     expect(readJSONSync(file, { maxAgeMs: 0 }).count).toBe(before.count + 1)
+  })
+
+  test('a document read within a tick of its last change is not cached: the next read reads it again', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    for (let tries = 0; ; tries++) {
+      await updateWithLock(file, next)
+      const fresh = readJSONSync(file)
+      const again = readJSONSync(file)
+      // Both reads happened within the tick when the mtime is still that young after them.
+      if (Date.now() - fs.statSync(file).mtimeMs < 100) {
+        expect(again).not.toBe(fresh)
+        expect(again).toEqual(fresh)
+        break
+      }
+      if (tries === 50) throw new Error('inconclusive: no two reads within 100 ms of a commit in 50 tries')
+    }
+    await settled(file)
+    const old = readJSONSync(file)
+    expect(readJSONSync(file)).toBe(old)
   })
 
   test('cached documents are deeply frozen, so a caller cannot corrupt them; cache: false gives a mutable copy', async () => {
@@ -246,6 +276,95 @@ describe('the read cache (item 3)', () => {
     holder.kill('SIGKILL')
     await exited
   })
+})
+
+// Where mtime is the kernel's coarse clock (here an ext2 image; also ext4/xfs/btrfs before Linux
+// 6.13), commits k and k+2 of one size within one tick can get one identity: the freed inode
+// number comes back. Neither the cache nor a versioned read may take one for the other.
+describe('on a file system with coarse timestamps (an ext2 image)', () => {
+  const isRoot = process.getuid() === 0
+  let base
+  let mnt
+  beforeAll(() => {
+    if (!isRoot) return console.log('skipped: mounting an ext2 image needs root')
+    base = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'ffl-ext2-'))
+    mnt = path.join(base, 'mnt')
+    fs.mkdirSync(mnt)
+    const image = path.join(base, 'fs.img')
+    fs.writeFileSync(image, '')
+    fs.truncateSync(image, 32 * 1024 * 1024)
+    execFileSync('mkfs.ext2', ['-q', '-F', image])
+    execFileSync('mount', ['-o', 'loop', '-t', 'ext2', image, mnt])
+  })
+  afterAll(() => {
+    if (!isRoot) return
+    execFileSync('umount', ['--lazy', mnt]) // lazy: this process keeps its lock files open
+    fs.rmSync(base, { recursive: true, force: true })
+  })
+  const ext2Project = (name) => {
+    fs.mkdirSync(path.join(mnt, name, '.flowforge'), { recursive: true })
+    return path.join(mnt, name, '.flowforge', 'tasks.json')
+  }
+
+  ;(isRoot ? test : test.skip)('a cached read never returns a document two commits old that came back with its identity', async () => {
+    const file = ext2Project('cache')
+    const writer = child('reads-sync', ['serve-commits', file])
+    const commit = async (n) => {
+      writer.proc.stdin.write(`${n}\n`)
+      expect(await writer.nextLine()).toBe(`ok ${n}`)
+    }
+    try {
+      for (let round = 0; round < 300; round++) {
+        const k = (round * 3) % 8 // one digit: every document has the same size
+        await commit(k)
+        expect((await readJSON(file)).n).toBe(k)
+        await commit(k + 1)
+        await commit(k + 2)
+        // Both commits finished before this read started.
+        expect({ round, n: (await readJSON(file, { maxAgeMs: 0 })).n }).toEqual({ round, n: k + 2 })
+      }
+    } finally {
+      writer.proc.kill('SIGKILL')
+    }
+  }, 120000)
+
+  ;(isRoot ? test : test.skip)('a versioned read paused while two commits land never labels its document with their version', async () => {
+    const { failpointBinary, failpointEnv } = require('./failpoint-binary.js')
+    const file = ext2Project('versioned')
+    const env = { ...process.env, ...failpointEnv(failpointBinary(), 'versions::after_read=return(stop)') }
+    const reader = child('reads-sync', ['serve-reads', file], { env, stderr: 'ignore' })
+    const isStopped = () => fs.readFileSync(`/proc/${reader.proc.pid}/stat`, 'utf8').split(') ')[1][0] === 'T'
+    const stopped = async () => {
+      while (!isStopped()) await new Promise((resolve) => setImmediate(resolve))
+    }
+    /** Its answer; a read that finds it raced the commits starts again and stops again: let it go. */
+    const answer = async () => {
+      let line
+      reader.nextLine().then((l) => (line = l))
+      while (line === undefined) {
+        if (isStopped()) process.kill(reader.proc.pid, 'SIGCONT')
+        await new Promise((resolve) => setImmediate(resolve))
+      }
+      return JSON.parse(line)
+    }
+    const commit = (n) => updateWithLockSync(file, () => ({ n }))
+    try {
+      for (let round = 0; round < 300; round++) {
+        const k = (round * 3) % 8
+        commit(k)
+        const versionOfK = (await readJSONVersioned(file, { cache: false })).version
+        reader.proc.stdin.write('read\n')
+        await stopped() // at versions::after_read, having read commit k
+        commit(k + 1)
+        commit(k + 2)
+        const got = await answer()
+        if (got.n === k) expect({ round, version: got.version }).toEqual({ round, version: versionOfK })
+        else expect({ round, n: got.n, version: got.version }).toEqual({ round, n: k + 2, version: versionOfK + 2 })
+      }
+    } finally {
+      reader.proc.kill('SIGKILL')
+    }
+  }, 240000)
 })
 
 describe('the synchronous API (item 5)', () => {

@@ -12,19 +12,24 @@
 // stale answer, off by default). Cached documents are deeply frozen, not copied: a hit on a
 // 1 MiB file is then O(1), and a caller cannot corrupt what the next caller gets (writes to a
 // frozen object throw in strict mode, and are ignored otherwise). `{ cache: false }` gives a
-// fresh, mutable parse. Trade-off, said plainly: a stat sees every commit of this library (a new
-// inode) and every write that changes size or mtime; a foreign program that rewrites the file
-// in place with the same size within the same mtime tick would go unseen, so a document whose
-// change the library cannot vouch for (no sidecar match) is only cached once its mtime is
-// RACY_MS old (git's "racily clean" rule).
+// fresh, mutable parse. Trade-off, said plainly: a stat sees a change only if the key changes.
+// Within one tick of the clock that stamps mtime it may not: a freed inode number is handed out
+// again, so commits k and k+2 of one size within a tick can share a key (where mtime is the
+// kernel's coarse clock: ext2/3, or any file system before Linux 6.13), and a foreign program
+// rewriting the file in place with the same size keeps it. So a document is only cached once
+// its mtime is older than a tick (git's "racily clean" rule): RACY_MS, or WHOLE_SECOND_RACY_MS
+// on a file system that keeps whole seconds. A file read within that window of its last change
+// is read again in full by the next read.
 
 const path = require('node:path')
 const fs = require('node:fs')
 const native = require('../native.js')
 const { checkString, checkObject, checkMs, codedError } = require('./args.js')
 
-/** How old an unvouched file's mtime must be before a stat can be trusted to see its changes. */
+/** How old a file's mtime must be before a stat can be trusted to see its next change. */
 const RACY_MS = 100
+/** The same where mtimes are whole seconds (FAT keeps two). */
+const WHOLE_SECOND_RACY_MS = 2100
 /** Files kept in the cache (least recently read are dropped first). */
 const MAX_ENTRIES = 128
 
@@ -80,9 +85,10 @@ function readFresh(file, needVersion) {
 
 /** Whether a stat will see the next change of this content (see RACY_MS). */
 function trustworthy(entry, now) {
-  if (entry.key === null || (entry.version !== null && !entry.foreignWrite)) return true
+  if (entry.key === null) return true
   const mtimeNs = BigInt(entry.key.split(':')[3])
-  return BigInt(now) * 1000000n - mtimeNs > BigInt(RACY_MS) * 1000000n
+  const racyMs = mtimeNs % 1000000000n === 0n ? WHOLE_SECOND_RACY_MS : RACY_MS
+  return BigInt(now) * 1000000n - mtimeNs > BigInt(racyMs) * 1000000n
 }
 
 function read(filePath, options, needVersion) {

@@ -6,8 +6,13 @@
 //! (FlowForge's schemas forbid extra keys), and a reader takes no lock, so it must be able to
 //! tell from what it read alone which version it holds. Every commit of the store creates a new
 //! inode (temp file + rename), so an inode's identity (device, inode, size, mtime in ns) names
-//! one committed content. The sidecar `.<name>.flowforge-version`, beside the file, says
-//! "identity X is version N, and the identity before it, Y, was version N-1". The store writes
+//! one committed content among the inodes that exist together. (Not over time: a freed inode
+//! number comes back, and where mtime is the kernel's coarse clock — ext2/3, or any file system
+//! before Linux 6.13 — commits k and k+2 of one size within one tick get one identity. So a
+//! reader holds its descriptor open until it has judged the sidecar, which keeps its inode's
+//! number from being handed out again meanwhile.) The sidecar `.<name>.flowforge-version`,
+//! beside the file, says "identity X is version N, and the identity before it, Y, was version
+//! N-1". The store writes
 //! it atomically (its own temp file, fsync, rename) after the data's temp file is synced and its
 //! lock checked, and before the data's rename. So at every instant the file on disk is either
 //! the sidecar's `file` (the commit went through) or its `prev` (the commit is in flight, or
@@ -34,6 +39,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LockError, Result};
+use crate::failpoint;
 use crate::store;
 
 const SIDECAR_SUFFIX: &str = ".flowforge-version";
@@ -273,9 +279,12 @@ pub fn current(file: &Path) -> Result<State> {
 pub fn read(file: &Path, with_version: bool) -> Result<Snapshot> {
   let file = store::follow_symlink(file)?;
   for _ in 0..MAX_READ_ATTEMPTS {
-    let (text, identity) = match read_one_fd(&file)? {
-      Some((text, id)) => (Some(text), Some(id)),
-      None => (None, None),
+    // The descriptor stays open until the sidecar is judged: while it is, no other file can be
+    // given its inode number, so an identity the sidecar names is this very inode, never a later
+    // commit's that came back with the same number, size and (coarse) mtime.
+    let (text, identity, _held_open) = match read_one_fd(&file)? {
+      Some((text, id, handle)) => (Some(text), Some(id), Some(handle)),
+      None => (None, None, None),
     };
     if !with_version {
       return Ok(Snapshot {
@@ -284,6 +293,8 @@ pub fn read(file: &Path, with_version: bool) -> Result<Snapshot> {
         state: None,
       });
     }
+    // A reader paused between its read and its look at the sidecar (commits land meanwhile).
+    failpoint!("versions::after_read");
     let sidecar = read_sidecar(&file)?;
     let (state, vouched) = judge(identity, sidecar.as_ref());
     // Not vouched for: either somebody outside replaced the file, or a commit (or two) of ours
@@ -305,7 +316,7 @@ pub fn read(file: &Path, with_version: bool) -> Result<Snapshot> {
   ))
 }
 
-fn read_one_fd(file: &Path) -> Result<Option<(String, Identity)>> {
+fn read_one_fd(file: &Path) -> Result<Option<(String, Identity, File)>> {
   let mut handle = match File::open(file) {
     Ok(handle) => handle,
     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -323,7 +334,7 @@ fn read_one_fd(file: &Path) -> Result<Option<(String, Identity)>> {
     .read_to_end(&mut bytes)
     .map_err(|e| LockError::io(&e, "Cannot read", file))?;
   let text = store::utf8_text(file, bytes)?;
-  Ok(Some((text, Identity::of(&meta))))
+  Ok(Some((text, Identity::of(&meta), handle)))
 }
 
 fn is_dir(file: &Path) -> LockError {
