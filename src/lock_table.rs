@@ -186,16 +186,10 @@ pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
   *LOST_LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(listener));
 }
 
-/// Resolves the caller's path and makes sure its lock directory is usable.
+/// Resolves the caller's path and makes sure its lock directory is usable ([`paths::prepare`]),
+/// for a caller that keeps the target.
 pub fn prepare(file: &str) -> Result<Target> {
-  prepare_shared(file).map(Arc::unwrap_or_clone)
-}
-
-/// [`prepare`], sharing the resolved target (see [`paths::resolve_shared`]).
-pub fn prepare_shared(file: &str) -> Result<Arc<Target>> {
-  let target = paths::resolve_shared(file)?;
-  paths::ensure_lock_dir(target.lock_path.parent().expect("lock paths have a parent"))?;
-  Ok(target)
+  paths::prepare(file).map(Arc::unwrap_or_clone)
 }
 
 /// Makes `grant` a hold of `file`'s lock in `mode`; returns its lockId.

@@ -5,14 +5,17 @@
 //! target holding a `.flowforge/` directory. A file in no project is locked beside itself, as
 //! `<its dir>/.<name>.lock`: where its lock lives depends on the file only, never on the
 //! caller's working directory, so every process finds the same lock.
+//!
+//! This is decided at every acquire: a spelling's resolution is remembered, but the override's
+//! value and the `.flowforge/` directories it rests on are looked at again each time.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs;
+use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
 
 use crate::error::{LockError, Result};
 
@@ -91,57 +94,247 @@ pub struct Target {
   pub lock_path: PathBuf,
 }
 
-/// How long a resolved path is trusted before its root is looked up again: locking a file in
-/// a loop should not repeat the same `stat`s, and a `.flowforge/` created meanwhile is seen soon.
-const RESOLVE_CACHE_TTL: Duration = Duration::from_secs(1);
+/// How many spellings are remembered before the cache starts afresh.
 const RESOLVE_CACHE_SIZE: usize = 1024;
 
-/// Resolved targets by the working directory they were resolved in (`None` for absolute paths),
-/// then by the caller's spelling: two levels, so that a hit is found without building a key.
+/// Resolutions by the working directory they were made in (`None` for absolute paths), then by
+/// the caller's spelling: two levels, so that a hit is found without building a key.
 type ResolveCache =
-  HashMap<Option<PathBuf>, HashMap<String, (Instant, Arc<Target>), FastHashing>, FastHashing>;
+  HashMap<Option<PathBuf>, HashMap<String, Arc<Resolution>, FastHashing>, FastHashing>;
 
-/// Checks a caller's path and works out its lock file (without touching the disk beyond
-/// a few `stat`s, and those at most once a second per path).
-pub fn resolve(file: &str) -> Result<Target> {
-  resolve_shared(file).map(Arc::unwrap_or_clone)
+static RESOLUTIONS: LazyLock<Mutex<ResolveCache>> = LazyLock::new(Default::default);
+
+/// How a resolution found its root: what must still be true for it to stand.
+#[derive(Debug, Clone)]
+enum Found {
+  /// `FLOWFORGE_ROOT_OVERRIDE` had this value (and, being relative, was taken from `cwd`).
+  Override {
+    value: OsString,
+    cwd: Option<PathBuf>,
+  },
+  /// No override, and none of the `nearer` data directories (`<ancestor>/.flowforge` for each
+  /// ancestor nearer to the file than its root) was a directory: the root is the nearest
+  /// ancestor holding `.flowforge/` (`in_project`), or, when none did, the file's directory.
+  Ancestors {
+    nearer: Vec<PathBuf>,
+    in_project: bool,
+  },
 }
 
-/// [`resolve`], sharing the cached target instead of copying its three paths: for the calls
-/// made on every acquire and release.
-pub fn resolve_shared(file: &str) -> Result<Arc<Target>> {
-  static CACHE: LazyLock<Mutex<ResolveCache>> = LazyLock::new(Default::default);
-  // A relative path means something else after a chdir: the cwd is part of the key.
-  let cwd = if Path::new(file).is_absolute() {
-    None
-  } else {
-    Some(current_dir()?)
-  };
-  if let Some((at, target)) = CACHE
-    .lock()
-    .unwrap_or_else(|e| e.into_inner())
-    .get(&cwd)
-    .and_then(|by_file| by_file.get(file))
-  {
-    if at.elapsed() < RESOLVE_CACHE_TTL {
-      return Ok(target.clone());
+/// A caller's spelling resolved: remembered, and checked again at every use ([`locate`]).
+#[derive(Debug)]
+struct Resolution {
+  target: Arc<Target>,
+  found: Found,
+}
+
+/// What [`Resolution::place`] found.
+enum Placed {
+  /// The lock directory, there (or missing, for a caller that only looks).
+  Ready(Arc<Target>),
+  /// The project's `.flowforge/` is gone: the root no longer stands.
+  RootGone,
+}
+
+impl Resolution {
+  /// Whether the root found is still the root: the override unchanged, and no `.flowforge/`
+  /// made since in an ancestor nearer than the root. The root's own `.flowforge/` is looked at
+  /// with the lock directory inside it ([`Resolution::place`]).
+  fn stands(&self) -> bool {
+    let value = override_value();
+    match &self.found {
+      Found::Override { value: was, cwd } => {
+        value.as_ref() == Some(was)
+          && cwd
+            .as_ref()
+            .is_none_or(|cwd| std::env::current_dir().is_ok_and(|now| now == *cwd))
+      }
+      Found::Ancestors { nearer, .. } => value.is_none() && !nearer.iter().any(|d| d.is_dir()),
     }
   }
-  let target = Arc::new(resolve_uncached(file)?);
-  let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+
+  /// Looks at the lock directory, making it when `make` (and then checking that it is safe).
+  fn place(&self, make: bool) -> Result<Placed> {
+    let lock_dir = self
+      .target
+      .lock_path
+      .parent()
+      .expect("lock paths have a parent");
+    let meta = match fs::metadata(lock_dir) {
+      Ok(meta) => meta,
+      Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+        if self.root_gone() {
+          return Ok(Placed::RootGone);
+        }
+        if !make {
+          return Ok(Placed::Ready(self.target.clone()));
+        }
+        match self.make_lock_dir(lock_dir) {
+          Ok(()) => {}
+          Err(e) if e.kind() == ErrorKind::NotFound && self.in_project() => {
+            return Ok(Placed::RootGone)
+          }
+          Err(e) => {
+            return Err(LockError::io(
+              &e,
+              "Cannot create the lock directory",
+              lock_dir,
+            ))
+          }
+        }
+        fs::metadata(lock_dir)
+          .map_err(|e| LockError::io(&e, "Cannot read the lock directory", lock_dir))?
+      }
+      Err(e) => {
+        return Err(LockError::io(
+          &e,
+          "Cannot read the lock directory",
+          lock_dir,
+        ))
+      }
+    };
+    if make {
+      check_lock_dir(lock_dir, &meta)?;
+    }
+    Ok(Placed::Ready(self.target.clone()))
+  }
+
+  fn in_project(&self) -> bool {
+    matches!(
+      self.found,
+      Found::Ancestors {
+        in_project: true,
+        ..
+      }
+    )
+  }
+
+  /// A project found by its `.flowforge/` that has none any more.
+  fn root_gone(&self) -> bool {
+    self.in_project() && !data_dir_of(&self.target.root).is_dir()
+  }
+
+  /// Makes the missing lock directory (never world-writable). In a project found by its
+  /// `.flowforge/`, only `.locks` is made, inside that `.flowforge/`: one removed since the root
+  /// was found is not made again behind the user's back (the caller resolves again). An
+  /// override names its root outright, and a file in no project is locked in its own
+  /// directory: those are made with their parents.
+  fn make_lock_dir(&self, lock_dir: &Path) -> std::io::Result<()> {
+    let made = fs::DirBuilder::new()
+      .recursive(!self.in_project())
+      .mode(0o755)
+      .create(lock_dir);
+    match made {
+      Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+      other => other,
+    }
+  }
+}
+
+/// Checks a caller's path and works out its lock file, making nothing.
+///
+/// A spelling's resolution is remembered, and checked at every call: the root override's value,
+/// and that no ancestor nearer than the root has a `.flowforge/` (one `stat` each; one for a
+/// file in `<root>/.flowforge/`), so two processes never lock one file through two lock files
+/// because one of them remembered.
+pub fn resolve(file: &str) -> Result<Arc<Target>> {
+  locate(file, false)
+}
+
+/// [`resolve`] for a caller about to lock: the lock directory is made if missing (see
+/// [`Resolution::make_lock_dir`]), and refused if others could tamper with it
+/// ([`check_lock_dir`]).
+pub fn prepare(file: &str) -> Result<Arc<Target>> {
+  locate(file, true)
+}
+
+/// The caller's path made absolute and normalised, as [`resolve`] makes it, for calls that touch
+/// the file itself and no lock (reads): remembered per spelling with no look at the disk, since
+/// a file's own path does not depend on where its lock lives.
+pub fn file_of(file: &str) -> Result<PathBuf> {
+  let cwd = cwd_key(file)?;
+  match remembered(&cwd, file) {
+    Some(resolution) => Ok(resolution.target.file.clone()),
+    None => {
+      let resolution = resolve_afresh(cwd.as_deref(), file)?;
+      let path = resolution.target.file.clone();
+      remember(cwd, file, Arc::new(resolution));
+      Ok(path)
+    }
+  }
+}
+
+/// The working directory a spelling's resolution depends on: `None` for an absolute path; a
+/// relative one means something else after a chdir.
+fn cwd_key(file: &str) -> Result<Option<PathBuf>> {
+  if Path::new(file).is_absolute() {
+    Ok(None)
+  } else {
+    current_dir().map(Some)
+  }
+}
+
+fn remembered(cwd: &Option<PathBuf>, file: &str) -> Option<Arc<Resolution>> {
+  RESOLUTIONS
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+    .get(cwd)
+    .and_then(|by_file| by_file.get(file))
+    .cloned()
+}
+
+fn remember(cwd: Option<PathBuf>, file: &str, resolution: Arc<Resolution>) {
+  let mut cache = RESOLUTIONS.lock().unwrap_or_else(|e| e.into_inner());
   if cache.values().map(HashMap::len).sum::<usize>() >= RESOLVE_CACHE_SIZE {
     cache.clear();
   }
-  let by_file = cache.entry(cwd).or_default();
-  by_file.insert(file.to_string(), (Instant::now(), target.clone()));
-  Ok(target)
+  cache
+    .entry(cwd)
+    .or_default()
+    .insert(file.to_string(), resolution);
 }
 
-fn resolve_uncached(file: &str) -> Result<Target> {
-  resolve_uncached_from(&current_dir()?, file)
+fn locate(file: &str, make: bool) -> Result<Arc<Target>> {
+  let cwd = cwd_key(file)?;
+  let (mut resolution, mut fresh) = match remembered(&cwd, file) {
+    Some(resolution) if resolution.stands() => (resolution, false),
+    _ => (Arc::new(resolve_afresh(cwd.as_deref(), file)?), true),
+  };
+  loop {
+    match resolution.place(make)? {
+      Placed::Ready(target) => {
+        if fresh {
+          remember(cwd, file, resolution);
+        }
+        return Ok(target);
+      }
+      Placed::RootGone if !fresh => {
+        resolution = Arc::new(resolve_afresh(cwd.as_deref(), file)?);
+        fresh = true;
+      }
+      Placed::RootGone => {
+        // Removed again between finding it and making the lock directory in it.
+        let data_dir = data_dir_of(&resolution.target.root);
+        return Err(LockError::new(
+          "ENOENT",
+          format!(
+            "Cannot create the lock directory: {} was removed while the lock was being taken. Retry.",
+            data_dir.display()
+          ),
+        ));
+      }
+    }
+  }
 }
 
-fn resolve_uncached_from(cwd: &Path, file: &str) -> Result<Target> {
+fn resolve_afresh(cwd: Option<&Path>, file: &str) -> Result<Resolution> {
+  match cwd {
+    Some(cwd) => resolve_from(cwd, file),
+    None => resolve_from(&current_dir()?, file),
+  }
+}
+
+fn check_text(file: &str) -> Result<()> {
   if file.is_empty() {
     return Err(LockError::invalid_value(
       "The file path must be a non-empty string. Received ''",
@@ -152,11 +345,18 @@ fn resolve_uncached_from(cwd: &Path, file: &str) -> Result<Target> {
       "The file path must not contain null bytes. Received {file:?}"
     )));
   }
+  Ok(())
+}
+
+fn not_a_file(file: &str) -> LockError {
+  LockError::invalid_value(format!("The file path {file:?} does not name a file"))
+}
+
+fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
+  check_text(file)?;
   let absolute = normalize(&cwd.join(file));
   let Some(name) = absolute.file_name() else {
-    return Err(LockError::invalid_value(format!(
-      "The file path {file:?} does not name a file"
-    )));
+    return Err(not_a_file(file));
   };
   if absolute.is_dir() {
     return Err(LockError::new(
@@ -167,28 +367,57 @@ fn resolve_uncached_from(cwd: &Path, file: &str) -> Result<Target> {
       ),
     ));
   }
-  let project = root_override(cwd).or_else(|| find_root(&absolute));
-  let (root, lock_path) = match project {
-    Some(root) => {
-      let mut lock_name = name.to_os_string();
-      lock_name.push(LOCK_SUFFIX);
-      let lock_path = lock_dir_of(&root).join(lock_name);
-      (root, lock_path)
+  let (root, lock_path, found) = match override_value() {
+    Some(value) => {
+      let cwd = Path::new(&value).is_relative().then(|| cwd.to_path_buf());
+      let root = normalize(&cwd.as_deref().unwrap_or(Path::new("/")).join(&value));
+      (
+        root.clone(),
+        project_lock_path(&root, name),
+        Found::Override { value, cwd },
+      )
     }
     None => {
-      let dir = absolute.parent().unwrap_or(Path::new("/")).to_path_buf();
-      let mut lock_name = std::ffi::OsString::from(".");
-      lock_name.push(name);
-      lock_name.push(LOCK_SUFFIX);
-      let lock_path = dir.join(lock_name);
-      (dir, lock_path)
+      let mut nearer = Vec::new();
+      let dir = absolute.parent().unwrap_or(Path::new("/"));
+      let project = dir.ancestors().find(|a| {
+        let data_dir = data_dir_of(a);
+        let found = data_dir.is_dir();
+        if !found {
+          nearer.push(data_dir);
+        }
+        found
+      });
+      let found = |in_project| Found::Ancestors { nearer, in_project };
+      match project {
+        Some(root) => (
+          root.to_path_buf(),
+          project_lock_path(root, name),
+          found(true),
+        ),
+        None => {
+          let mut lock_name = OsString::from(".");
+          lock_name.push(name);
+          lock_name.push(LOCK_SUFFIX);
+          (dir.to_path_buf(), dir.join(lock_name), found(false))
+        }
+      }
     }
   };
-  Ok(Target {
-    file: absolute,
-    root,
-    lock_path,
+  Ok(Resolution {
+    target: Arc::new(Target {
+      file: absolute.clone(),
+      root,
+      lock_path,
+    }),
+    found,
   })
+}
+
+fn project_lock_path(root: &Path, name: &OsStr) -> PathBuf {
+  let mut lock_name = name.to_os_string();
+  lock_name.push(LOCK_SUFFIX);
+  lock_dir_of(root).join(lock_name)
 }
 
 /// The project root for commands given no file: `root` when given, else the override, else the
@@ -218,9 +447,9 @@ pub fn lock_dir_of(root: &Path) -> PathBuf {
   data_dir_of(root).join(LOCK_DIR)
 }
 
-/// Creates the lock directory if needed (never world-writable), and refuses one that others
-/// could tamper with: world-writable without the sticky bit. For a file in no project the lock
-/// directory is the file's own, which must exist.
+/// Creates the lock directory of a root given outright (a lock server's project id lives there)
+/// if needed, never world-writable, and refuses one that others could tamper with:
+/// world-writable without the sticky bit.
 pub fn ensure_lock_dir(lock_dir: &Path) -> Result<()> {
   match fs::metadata(lock_dir) {
     Ok(meta) => check_lock_dir(lock_dir, &meta),
@@ -272,17 +501,13 @@ fn current_dir() -> Result<PathBuf> {
     .map_err(|e| LockError::io(&e, "Cannot read the current directory", Path::new(".")))
 }
 
-fn root_override(cwd: &Path) -> Option<PathBuf> {
-  let value = std::env::var_os(ROOT_OVERRIDE_ENV).filter(|v| !v.is_empty())?;
-  Some(normalize(&cwd.join(value)))
+/// `FLOWFORGE_ROOT_OVERRIDE`, when set and not empty.
+fn override_value() -> Option<OsString> {
+  std::env::var_os(ROOT_OVERRIDE_ENV).filter(|v| !v.is_empty())
 }
 
-fn find_root(file: &Path) -> Option<PathBuf> {
-  file
-    .parent()?
-    .ancestors()
-    .find(|a| a.join(DATA_DIR).is_dir())
-    .map(Path::to_path_buf)
+fn root_override(cwd: &Path) -> Option<PathBuf> {
+  Some(normalize(&cwd.join(override_value()?)))
 }
 
 /// Removes `.` and resolves `..` lexically, so one file has one spelling.
@@ -354,8 +579,8 @@ mod tests {
     let from_here = resolve(file.to_str().unwrap()).unwrap();
     assert_eq!(from_here.lock_path, dir.join(".notes.json.lock"));
     // The same file named relative to another working directory: the same lock.
-    let relative = resolve_uncached_from(&dir, "notes.json").unwrap();
-    assert_eq!(relative.lock_path, from_here.lock_path);
+    let relative = resolve_from(&dir, "notes.json").unwrap();
+    assert_eq!(relative.target.lock_path, from_here.lock_path);
   }
 
   #[test]
@@ -365,6 +590,37 @@ mod tests {
     assert_eq!(resolve("/").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
     let dir = temp_project();
     assert_eq!(resolve(dir.to_str().unwrap()).unwrap_err().code, "EISDIR");
+  }
+
+  #[test]
+  fn a_flowforge_made_nearer_the_file_applies_at_the_next_call() {
+    let dir = temp_project();
+    fs::create_dir(dir.join("sub")).unwrap();
+    let file = dir.join("sub/data.json");
+    let file = file.to_str().unwrap();
+    assert_eq!(prepare(file).unwrap().root, dir);
+    fs::create_dir(dir.join("sub/.flowforge")).unwrap();
+    let nested = prepare(file).unwrap();
+    assert_eq!(nested.root, dir.join("sub"));
+    assert_eq!(
+      nested.lock_path,
+      dir.join("sub/.flowforge/.locks/data.json.lock")
+    );
+  }
+
+  #[test]
+  fn a_removed_flowforge_is_not_made_again_and_the_next_root_up_locks_its_files() {
+    let outer = temp_project();
+    let inner = outer.join("inner");
+    fs::create_dir_all(inner.join(".flowforge")).unwrap();
+    let file = inner.join("data.json");
+    let file = file.to_str().unwrap();
+    assert_eq!(prepare(file).unwrap().root, inner);
+    fs::remove_dir_all(inner.join(".flowforge")).unwrap();
+    // Looking makes nothing, and preparing to lock makes only the next root's lock directory.
+    assert_eq!(resolve(file).unwrap().root, outer);
+    assert_eq!(prepare(file).unwrap().root, outer);
+    assert!(!inner.join(".flowforge").exists());
   }
 
   #[test]

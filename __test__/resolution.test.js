@@ -1,0 +1,59 @@
+'use strict'
+// Which lock file a call uses (docs/lock-files.md, "Where locks live"): decided afresh at every
+// acquire, so that processes never lock one file through two lock files. Each case drives real
+// processes (fixtures/lock-driver.js) and waits on their answers, never on time.
+const fs = require('node:fs')
+const path = require('node:path')
+const { acquireLock, releaseLock } = require('../file-lock')
+const { makeProject, lockDrivers } = require('./helpers')
+
+jest.setTimeout(60000)
+
+const startDriver = lockDrivers()
+const lockPathOf = (root, name) => path.join(root, '.flowforge', '.locks', `${name}.lock`)
+
+describe('where a lock lives is decided at every call', () => {
+  test('a .flowforge/ made in a nearer directory applies to the next acquire: no second holder through the old lock file', async () => {
+    const project = makeProject()
+    fs.mkdirSync(path.join(project, 'sub'))
+    const file = path.join(project, 'sub', 'data.json')
+    const [a, b] = await Promise.all([startDriver(), startDriver()])
+    // A has resolved the file (and would have remembered where its lock lives).
+    expect((await a.call('lockKey', { file })).value).toBe(lockPathOf(project, 'data.json'))
+    fs.mkdirSync(path.join(project, 'sub', '.flowforge'))
+    expect(await b.call('acquire', { file, timeout: 0 })).toMatchObject({ ok: true })
+    expect(await a.call('acquire', { file, timeout: 0 })).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+    expect((await a.call('lockKey', { file })).value).toBe(lockPathOf(path.join(project, 'sub'), 'data.json'))
+  })
+
+  test('a FLOWFORGE_ROOT_OVERRIDE changed in a process applies to its next acquire', async () => {
+    const x = makeProject()
+    const y = makeProject()
+    const file = path.join(y, '.flowforge', 'tasks.json')
+    const holder = await startDriver({ FLOWFORGE_ROOT_OVERRIDE: y })
+    expect(await holder.call('acquire', { file, timeout: 0 })).toMatchObject({ ok: true })
+    const other = await startDriver({ FLOWFORGE_ROOT_OVERRIDE: x })
+    expect((await other.call('lockKey', { file })).value).toBe(lockPathOf(x, 'tasks.json'))
+    // Now both name y as the root: the holder's lock is the one asked for.
+    const second = await other.call('setEnvThenAcquire', { name: 'FLOWFORGE_ROOT_OVERRIDE', value: y, file, timeout: 0 })
+    expect(second).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+  })
+
+  test('a project whose .flowforge/ was removed is not given a new one: its files are locked by the next project up', async () => {
+    const outer = makeProject()
+    const inner = path.join(outer, 'inner')
+    fs.mkdirSync(path.join(inner, '.flowforge'), { recursive: true })
+    const file = path.join(inner, 'data.json')
+    const first = await acquireLock(file, 0)
+    expect(fs.existsSync(lockPathOf(inner, 'data.json'))).toBe(true)
+    await releaseLock(file, first)
+    fs.rmSync(path.join(inner, '.flowforge'), { recursive: true })
+    const lockId = await acquireLock(file, 0)
+    try {
+      expect(fs.existsSync(path.join(inner, '.flowforge'))).toBe(false)
+      expect(fs.existsSync(lockPathOf(outer, 'data.json'))).toBe(true)
+    } finally {
+      await releaseLock(file, lockId)
+    }
+  })
+})
