@@ -1,6 +1,7 @@
 'use strict'
 // Which lock file a call uses (docs/lock-files.md, "Where locks live"): decided afresh at every
-// acquire, so that processes never lock one file through two lock files. Each case drives real
+// acquire, so that processes never lock one file through two lock files; and a hold found by its
+// lockId, whatever its path resolves to by the time it is released. Each case drives real
 // processes (fixtures/lock-driver.js) and waits on their answers, never on time.
 const fs = require('node:fs')
 const path = require('node:path')
@@ -55,5 +56,34 @@ describe('where a lock lives is decided at every call', () => {
     } finally {
       await releaseLock(file, lockId)
     }
+  })
+})
+
+describe('a hold is found by its lockId, wherever its path leads by then', () => {
+  test('a lock taken before a nearer .flowforge/ appeared is released: another process gets it at once', async () => {
+    const project = makeProject()
+    fs.mkdirSync(path.join(project, 'sub'))
+    const file = path.join(project, 'sub', 'data.json')
+    const holder = await startDriver()
+    const { value: lockId } = await holder.call('acquire', { file, timeout: 0 })
+    fs.mkdirSync(path.join(project, 'sub', '.flowforge'))
+    // The same path now leads to the nested project's lock file; the hold is the outer one's.
+    expect((await holder.call('lockKey', { file })).value).toBe(lockPathOf(path.join(project, 'sub'), 'data.json'))
+    expect(await holder.call('release', { file, lockId })).toMatchObject({ ok: true, value: true })
+    const other = await startDriver()
+    // project/data.json shares the outer lock file (same basename, same root).
+    expect(await other.call('acquire', { file: path.join(project, 'data.json'), timeout: 0 })).toMatchObject({ ok: true })
+  })
+
+  test('an updateWithLock whose file starts resolving elsewhere mid-update still writes, and releases its lock', async () => {
+    const project = makeProject()
+    fs.mkdirSync(path.join(project, 'sub'))
+    const file = path.join(project, 'sub', 'data.json')
+    const writer = await startDriver()
+    const updated = await writer.call('updateMakingDir', { file, mkdir: path.join(project, 'sub', '.flowforge') })
+    expect(updated).toMatchObject({ ok: true, value: { updates: 1 } })
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ updates: 1 })
+    const other = await startDriver()
+    expect(await other.call('acquire', { file: path.join(project, 'data.json'), timeout: 0 })).toMatchObject({ ok: true })
   })
 })

@@ -130,9 +130,7 @@ pub fn acquire<'env>(
 /// release; a wrong lockId throws `ELOCKMISMATCH`.
 #[napi]
 pub fn release(env: Env, file: String, lock_id: String) -> Result<bool> {
-  paths::resolve(&file)
-    .and_then(|target| lock_table::release(&target, &lock_id))
-    .map_err(|e| js_error(&env, e))
+  lock_table::release(&file, &lock_id).map_err(|e| js_error(&env, e))
 }
 
 /// Releases every lock this process holds (exit handlers); returns how many.
@@ -169,8 +167,8 @@ pub fn lock_key(env: Env, file: String) -> Result<String> {
 /// `null` when the backend has none.
 #[napi]
 pub fn inheritable_fd(env: Env, file: String, lock_id: String) -> Result<Option<i32>> {
-  paths::resolve(&file)
-    .map(|target| lock_table::inheritable_fd(&target, &lock_id))
+  paths::check_spelling(&file)
+    .map(|_| lock_table::inheritable_fd(&lock_id))
     .map_err(|e| js_error(&env, e))
 }
 

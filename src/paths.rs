@@ -327,6 +327,21 @@ fn locate(file: &str, make: bool) -> Result<Arc<Target>> {
   }
 }
 
+/// Checks a caller's path as [`resolve`] does, without looking at the disk or building a path
+/// (a relative one asks for the working directory): for calls that find their hold by lockId.
+pub fn check_spelling(file: &str) -> Result<()> {
+  check_text(file)?;
+  let base = if Path::new(file).is_absolute() {
+    0
+  } else {
+    depth(0, &current_dir()?)
+  };
+  if depth(base, Path::new(file)) == 0 {
+    return Err(not_a_file(file));
+  }
+  Ok(())
+}
+
 fn resolve_afresh(cwd: Option<&Path>, file: &str) -> Result<Resolution> {
   match cwd {
     Some(cwd) => resolve_from(cwd, file),
@@ -350,6 +365,18 @@ fn check_text(file: &str) -> Result<()> {
 
 fn not_a_file(file: &str) -> LockError {
   LockError::invalid_value(format!("The file path {file:?} does not name a file"))
+}
+
+/// How many names deep `path` leads from a directory `base` names deep, `..` resolved
+/// lexically as [`normalize`] does: 0 is the root, which names no file.
+fn depth(base: usize, path: &Path) -> usize {
+  path
+    .components()
+    .fold(base, |depth, component| match component {
+      Component::Normal(_) => depth + 1,
+      Component::ParentDir => depth.saturating_sub(1),
+      _ => depth,
+    })
 }
 
 fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
@@ -588,6 +615,24 @@ mod tests {
     assert_eq!(resolve("").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
     assert_eq!(resolve("a\0b").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
     assert_eq!(resolve("/").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
+    // The same answers without resolving, for calls that find their hold by lockId.
+    for bad in [
+      "",
+      "a\0b",
+      "/",
+      "/a/..",
+      "/a/b/../..",
+      "../../../../../../../../../../..",
+    ] {
+      assert_eq!(
+        check_spelling(bad).unwrap_err().code,
+        "ERR_INVALID_ARG_VALUE",
+        "{bad:?}"
+      );
+    }
+    for good in ["/a/b/..", "/a/./b/", "a", "x/../y"] {
+      check_spelling(good).unwrap();
+    }
     let dir = temp_project();
     assert_eq!(resolve(dir.to_str().unwrap()).unwrap_err().code, "EISDIR");
   }
