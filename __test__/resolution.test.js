@@ -1,8 +1,9 @@
 'use strict'
 // Which lock file a call uses (docs/lock-files.md, "Where locks live"): decided afresh at every
-// acquire, so that processes never lock one file through two lock files; and a hold found by its
-// lockId, whatever its path resolves to by the time it is released. Each case drives real
-// processes (fixtures/lock-driver.js) and waits on their answers, never on time.
+// acquire, so that processes never lock one file through two lock files; a hold found by its
+// lockId, whatever its path resolves to by the time it is released; and one lock file spelled
+// through a symlinked directory seen as one lock. Each case drives real processes
+// (fixtures/lock-driver.js) and waits on their answers, never on time.
 const fs = require('node:fs')
 const path = require('node:path')
 const { acquireLock, releaseLock } = require('../file-lock')
@@ -85,5 +86,34 @@ describe('a hold is found by its lockId, wherever its path leads by then', () =>
     expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ updates: 1 })
     const other = await startDriver()
     expect(await other.call('acquire', { file: path.join(project, 'data.json'), timeout: 0 })).toMatchObject({ ok: true })
+  })
+})
+
+describe('one lock file, however its directory is spelled', () => {
+  test('a sync acquire of a lock this process holds under another spelling fails at once with ELOCKDEADLOCK', async () => {
+    const project = makeProject()
+    const link = `${project}-link`
+    fs.symlinkSync(project, link)
+    const holder = await startDriver()
+    expect(await holder.call('acquire', { file: path.join(link, '.flowforge', 'tasks.json'), timeout: 0 })).toMatchObject({ ok: true })
+    // The hold needs this process's event loop to end, which a sync wait would block.
+    const sync = await holder.call('acquireSync', { file: path.join(project, '.flowforge', 'tasks.json'), timeout: 5000 })
+    expect(sync).toMatchObject({ ok: false, code: 'ELOCKDEADLOCK' })
+  })
+
+  test('worktrees whose .flowforge is a symlink to one shared directory share one lock, in its .locks/', async () => {
+    const shared = makeProject()
+    const worktrees = [makeProject(), makeProject()]
+    for (const worktree of worktrees) {
+      fs.rmdirSync(path.join(worktree, '.flowforge'))
+      fs.symlinkSync(path.join(shared, '.flowforge'), path.join(worktree, '.flowforge'))
+    }
+    const [a, b] = await Promise.all([startDriver(), startDriver()])
+    const [first, second] = worktrees.map((worktree) => path.join(worktree, '.flowforge', 'tasks.json'))
+    expect(await a.call('acquire', { file: first, timeout: 0 })).toMatchObject({ ok: true })
+    expect(await b.call('acquire', { file: second, timeout: 0 })).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+    // Where FlowForge's older tools, and earlier versions of this library, lock it too.
+    const record = JSON.parse(fs.readFileSync(lockPathOf(shared, 'tasks.json'), 'utf8'))
+    expect(record).toMatchObject({ pid: a.pid, file: first })
   })
 })

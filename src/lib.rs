@@ -184,7 +184,7 @@ pub fn list_locks(env: Env, root: Option<String>, stale_ms: Option<f64>) -> Resu
       .into_iter()
       .map(|view| match view["lockFile"].as_str() {
         Some(lock_file) => {
-          let lock_file = std::path::PathBuf::from(lock_file);
+          let lock_file = paths::real_lock_path(Path::new(lock_file));
           lock_table::with_local_view(&lock_file, view)
         }
         None => view,

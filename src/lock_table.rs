@@ -11,8 +11,9 @@
 //! nobody is queued (so never past a queued writer); queued readers pass one after another once
 //! they head the queue, and a writer behind them waits for those readers only.
 //!
-//! A hold is found by its lockId, whatever its caller's path leads to by the time it releases or
-//! writes.
+//! A lock is known by its lock path, in its directory's real path (one lock file spelled two ways
+//! is one lock here); a hold is found by its lockId, whatever its caller's path leads to by the
+//! time it releases or writes.
 //!
 //! Each hold keeps its grant behind a guard of its own. Release takes the grant out under that
 //! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
@@ -166,7 +167,8 @@ impl Entry {
 
 #[derive(Default)]
 struct Table {
-  /// This process's locks by lock path.
+  /// This process's locks by lock path (with the lock directory's real path: one key per lock
+  /// file, however its callers spell it).
   locks: PathMap<Entry>,
   /// The lock path of each hold, by lockId. A hold is found by its lockId, not by resolving
   /// its caller's path again: by release time that path may lead elsewhere (a `.flowforge/`
@@ -1468,6 +1470,21 @@ mod tests {
     assert_eq!(err.code, "ELOCKLOST");
     assert!(err.message.contains("mine.json"), "{}", err.message);
     release(&target, &id).unwrap();
+  }
+
+  #[test]
+  fn one_lock_file_spelled_through_a_symlink_is_one_lock_here() {
+    let target = project_file("spelled.json");
+    let link = target.root.with_extension("link");
+    std::os::unix::fs::symlink(&target.root, &link).unwrap();
+    let linked = prepare(link.join(".flowforge/spelled.json").to_str().unwrap()).unwrap();
+    let id = take_now(&linked);
+    assert!(busy_here(&target));
+    assert!(try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .is_none());
+    release(&target, &id).unwrap();
+    assert!(!busy_here(&linked));
   }
 
   #[test]

@@ -7,13 +7,16 @@
 //! caller's working directory, so every process finds the same lock.
 //!
 //! This is decided at every acquire: a spelling's resolution is remembered, but the override's
-//! value and the `.flowforge/` directories it rests on are looked at again each time.
+//! value and the `.flowforge/` directories it rests on are looked at again each time. The lock
+//! path is given in its directory's real path, so that this process keys one lock file one way
+//! however it is spelled; the lock file itself is the one the caller's path names (a file is
+//! locked by the project its path names, symlinks or not).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
 
@@ -91,6 +94,10 @@ pub struct Target {
   pub file: PathBuf,
   /// The project root, or the file's own directory for a file in no project.
   pub root: PathBuf,
+  /// The lock file, in its directory's real path once that directory exists: a lock file
+  /// reached through a symlinked directory is then one path whatever the spelling, so this
+  /// process's maps keyed by lock paths (the lock table, the file backend's handles) see one
+  /// lock, not two.
   pub lock_path: PathBuf,
 }
 
@@ -103,6 +110,24 @@ type ResolveCache =
   HashMap<Option<PathBuf>, HashMap<String, Arc<Resolution>, FastHashing>, FastHashing>;
 
 static RESOLUTIONS: LazyLock<Mutex<ResolveCache>> = LazyLock::new(Default::default);
+
+/// A directory's identity. A directory has one path (no hard links), so the same identity
+/// reached through the same spelling is the same directory, with the same real path unless a
+/// directory on the way was moved and replaced by a symlink to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DirId {
+  dev: u64,
+  ino: u64,
+}
+
+impl DirId {
+  fn of(meta: &fs::Metadata) -> DirId {
+    DirId {
+      dev: meta.dev(),
+      ino: meta.ino(),
+    }
+  }
+}
 
 /// How a resolution found its root: what must still be true for it to stand.
 #[derive(Debug, Clone)]
@@ -124,14 +149,22 @@ enum Found {
 /// A caller's spelling resolved: remembered, and checked again at every use ([`locate`]).
 #[derive(Debug)]
 struct Resolution {
-  target: Arc<Target>,
+  /// The target with its lock path spelled from the root as found.
+  spelled: Target,
   found: Found,
+  /// The target with its real lock path, and the identity of the lock directory it was
+  /// looked up for.
+  real: Option<(DirId, Arc<Target>)>,
 }
 
-/// What [`Resolution::place`] found.
+/// Where [`Resolution::place`] found the lock directory.
 enum Placed {
-  /// The lock directory, there (or missing, for a caller that only looks).
-  Ready(Arc<Target>),
+  /// Where it was: the remembered target.
+  Known(Arc<Target>),
+  /// Made now, or another directory than before at that spelling: its real path looked up.
+  Real(DirId, Arc<Target>),
+  /// Missing, and not made (a caller that only looks).
+  Missing(Arc<Target>),
   /// The project's `.flowforge/` is gone: the root no longer stands.
   RootGone,
 }
@@ -153,10 +186,11 @@ impl Resolution {
     }
   }
 
-  /// Looks at the lock directory, making it when `make` (and then checking that it is safe).
+  /// Looks at the lock directory (making it when `make`, and then checking that it is safe):
+  /// the target with the directory's real path.
   fn place(&self, make: bool) -> Result<Placed> {
     let lock_dir = self
-      .target
+      .spelled
       .lock_path
       .parent()
       .expect("lock paths have a parent");
@@ -167,7 +201,7 @@ impl Resolution {
           return Ok(Placed::RootGone);
         }
         if !make {
-          return Ok(Placed::Ready(self.target.clone()));
+          return Ok(Placed::Missing(Arc::new(self.spelled.clone())));
         }
         match self.make_lock_dir(lock_dir) {
           Ok(()) => {}
@@ -196,7 +230,28 @@ impl Resolution {
     if make {
       check_lock_dir(lock_dir, &meta)?;
     }
-    Ok(Placed::Ready(self.target.clone()))
+    // realpath costs a system call per component: the real path is kept while the spelling
+    // leads to the same directory, and the real path does too (no look when they are one path).
+    let id = DirId::of(&meta);
+    if let Some((known, target)) = &self.real {
+      let real_dir = target.lock_path.parent().expect("lock paths have a parent");
+      if *known == id
+        && (real_dir == lock_dir || fs::metadata(real_dir).is_ok_and(|m| DirId::of(&m) == id))
+      {
+        return Ok(Placed::Known(target.clone()));
+      }
+    }
+    let real_dir = fs::canonicalize(lock_dir)
+      .map_err(|e| LockError::io(&e, "Cannot read the lock directory", lock_dir))?;
+    let mut target = self.spelled.clone();
+    target.lock_path = real_dir.join(
+      self
+        .spelled
+        .lock_path
+        .file_name()
+        .expect("lock paths name a file"),
+    );
+    Ok(Placed::Real(id, Arc::new(target)))
   }
 
   fn in_project(&self) -> bool {
@@ -211,7 +266,7 @@ impl Resolution {
 
   /// A project found by its `.flowforge/` that has none any more.
   fn root_gone(&self) -> bool {
-    self.in_project() && !data_dir_of(&self.target.root).is_dir()
+    self.in_project() && !data_dir_of(&self.spelled.root).is_dir()
   }
 
   /// Makes the missing lock directory (never world-writable). In a project found by its
@@ -231,7 +286,8 @@ impl Resolution {
   }
 }
 
-/// Checks a caller's path and works out its lock file, making nothing.
+/// Checks a caller's path and works out its lock file, making nothing: the lock path is in its
+/// directory's real path when that directory exists.
 ///
 /// A spelling's resolution is remembered, and checked at every call: the root override's value,
 /// and that no ancestor nearer than the root has a `.flowforge/` (one `stat` each; one for a
@@ -254,10 +310,10 @@ pub fn prepare(file: &str) -> Result<Arc<Target>> {
 pub fn file_of(file: &str) -> Result<PathBuf> {
   let cwd = cwd_key(file)?;
   match remembered(&cwd, file) {
-    Some(resolution) => Ok(resolution.target.file.clone()),
+    Some(resolution) => Ok(resolution.spelled.file.clone()),
     None => {
       let resolution = resolve_afresh(cwd.as_deref(), file)?;
-      let path = resolution.target.file.clone();
+      let path = resolution.spelled.file.clone();
       remember(cwd, file, Arc::new(resolution));
       Ok(path)
     }
@@ -296,25 +352,30 @@ fn remember(cwd: Option<PathBuf>, file: &str, resolution: Arc<Resolution>) {
 
 fn locate(file: &str, make: bool) -> Result<Arc<Target>> {
   let cwd = cwd_key(file)?;
-  let (mut resolution, mut fresh) = match remembered(&cwd, file) {
+  let (mut resolution, mut changed) = match remembered(&cwd, file) {
     Some(resolution) if resolution.stands() => (resolution, false),
     _ => (Arc::new(resolve_afresh(cwd.as_deref(), file)?), true),
   };
   loop {
-    match resolution.place(make)? {
-      Placed::Ready(target) => {
-        if fresh {
-          remember(cwd, file, resolution);
-        }
-        return Ok(target);
+    let target = match resolution.place(make)? {
+      Placed::Known(target) | Placed::Missing(target) => target,
+      Placed::Real(id, target) => {
+        resolution = Arc::new(Resolution {
+          spelled: resolution.spelled.clone(),
+          found: resolution.found.clone(),
+          real: Some((id, target.clone())),
+        });
+        changed = true;
+        target
       }
-      Placed::RootGone if !fresh => {
+      Placed::RootGone if !changed => {
         resolution = Arc::new(resolve_afresh(cwd.as_deref(), file)?);
-        fresh = true;
+        changed = true;
+        continue;
       }
       Placed::RootGone => {
         // Removed again between finding it and making the lock directory in it.
-        let data_dir = data_dir_of(&resolution.target.root);
+        let data_dir = data_dir_of(&resolution.spelled.root);
         return Err(LockError::new(
           "ENOENT",
           format!(
@@ -323,7 +384,11 @@ fn locate(file: &str, make: bool) -> Result<Arc<Target>> {
           ),
         ));
       }
+    };
+    if changed {
+      remember(cwd, file, resolution);
     }
+    return Ok(target);
   }
 }
 
@@ -432,12 +497,13 @@ fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
     }
   };
   Ok(Resolution {
-    target: Arc::new(Target {
+    spelled: Target {
       file: absolute.clone(),
       root,
       lock_path,
-    }),
+    },
     found,
+    real: None,
   })
 }
 
@@ -445,6 +511,17 @@ fn project_lock_path(root: &Path, name: &OsStr) -> PathBuf {
   let mut lock_name = name.to_os_string();
   lock_name.push(LOCK_SUFFIX);
   lock_dir_of(root).join(lock_name)
+}
+
+/// `lock_file` (an existing lock file) in its directory's real path, as [`Target::lock_path`]
+/// has it: for lock files found by listing a lock directory.
+pub fn real_lock_path(lock_file: &Path) -> PathBuf {
+  match (lock_file.parent(), lock_file.file_name()) {
+    (Some(dir), Some(name)) => {
+      fs::canonicalize(dir).map_or_else(|_| lock_file.to_path_buf(), |dir| dir.join(name))
+    }
+    _ => lock_file.to_path_buf(),
+  }
 }
 
 /// The project root for commands given no file: `root` when given, else the override, else the
@@ -607,7 +684,7 @@ mod tests {
     assert_eq!(from_here.lock_path, dir.join(".notes.json.lock"));
     // The same file named relative to another working directory: the same lock.
     let relative = resolve_from(&dir, "notes.json").unwrap();
-    assert_eq!(relative.target.lock_path, from_here.lock_path);
+    assert_eq!(relative.spelled.lock_path, from_here.lock_path);
   }
 
   #[test]
@@ -666,6 +743,24 @@ mod tests {
     assert_eq!(resolve(file).unwrap().root, outer);
     assert_eq!(prepare(file).unwrap().root, outer);
     assert!(!inner.join(".flowforge").exists());
+  }
+
+  #[test]
+  fn a_lock_directory_reached_through_a_symlink_is_one_lock_path() {
+    let dir = temp_project();
+    let link = dir.with_extension("link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let direct = prepare(dir.join(".flowforge/tasks.json").to_str().unwrap()).unwrap();
+    let linked = prepare(link.join(".flowforge/tasks.json").to_str().unwrap()).unwrap();
+    assert_eq!(linked.lock_path, direct.lock_path);
+    assert_eq!(linked.file, link.join(".flowforge/tasks.json"));
+    // A worktree's .flowforge linked to a shared one: its files keep their worktree as root
+    // (where they are named), and lock in the shared .locks/.
+    let worktree = crate::test_support::temp_dir("paths-worktree");
+    std::os::unix::fs::symlink(dir.join(".flowforge"), worktree.join(".flowforge")).unwrap();
+    let shared = prepare(worktree.join(".flowforge/tasks.json").to_str().unwrap()).unwrap();
+    assert_eq!(shared.root, worktree);
+    assert_eq!(shared.lock_path, direct.lock_path);
   }
 
   #[test]
