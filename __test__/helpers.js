@@ -3,6 +3,7 @@
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
+const readline = require('node:readline')
 const { spawn } = require('node:child_process')
 
 const PACKAGE_ROOT = path.resolve(__dirname, '..')
@@ -94,6 +95,49 @@ function startFixture(name, args, marker, options = {}) {
   })
 }
 
+/**
+ * A starter of lock drivers (fixtures/lock-driver.js): child processes that run lock calls on
+ * command. Call it at the top of a test file: every driver it started is SIGKILLed after each
+ * test. `const child = await startDriver(env)`, then `await child.call('acquire', { file,
+ * timeout })` resolves with the child's answer, `{ ok: true, value }` or `{ ok: false, code,
+ * message }`; calls may overlap (each answer carries its command's id).
+ */
+function lockDrivers() {
+  const started = []
+  afterEach(async () => {
+    await Promise.all(started.splice(0).map(({ child, exited }) => (child.kill('SIGKILL'), exited)))
+  })
+  return function startDriver(env = {}) {
+    const child = spawn(process.execPath, [path.join(FIXTURES, 'lock-driver.js')], {
+      env: { ...process.env, ...env },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })))
+    started.push({ child, exited })
+    const answers = new Map()
+    let nextId = 0
+    return new Promise((resolve, reject) => {
+      const call = (op, args = {}) => {
+        const id = nextId++
+        child.stdin.write(`${JSON.stringify({ id, op, ...args })}\n`)
+        return new Promise((answer) => answers.set(id, answer))
+      }
+      child.on('error', reject)
+      exited.then((how) => {
+        const ended = `lock-driver ended (${JSON.stringify(how)})`
+        reject(new Error(`${ended} before it was ready`))
+        for (const answer of answers.values()) answer({ ok: false, code: 'EDRIVEREXITED', message: ended })
+      })
+      readline.createInterface({ input: child.stdout }).on('line', (line) => {
+        const message = JSON.parse(line)
+        if (message.ready !== undefined) return resolve({ pid: message.ready, call })
+        answers.get(message.id)(message)
+        answers.delete(message.id)
+      })
+    })
+  }
+}
+
 const NOBODY = { uid: 65534, gid: 65534 }
 const IS_ROOT = typeof process.getuid === 'function' && process.getuid() === 0
 
@@ -148,4 +192,4 @@ function expectError(err, Kind, code) {
   if (code !== undefined) expect(err.code).toBe(code)
 }
 
-module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, runFixture, startFixture, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage }
+module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, runFixture, startFixture, lockDrivers, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage }

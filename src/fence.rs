@@ -109,7 +109,8 @@ mod tests {
   fn target() -> Target {
     let dir = crate::test_support::temp_dir("fence");
     std::fs::create_dir_all(dir.join(".flowforge/.locks")).unwrap();
-    crate::paths::resolve(dir.join(".flowforge/tasks.json").to_str().unwrap()).unwrap()
+    let target = crate::paths::resolve(dir.join(".flowforge/tasks.json").to_str().unwrap());
+    std::sync::Arc::unwrap_or_clone(target.unwrap())
   }
 
   #[test]

@@ -96,7 +96,7 @@ pub fn try_acquire(
 ) -> Result<Option<String>> {
   options(timeout_ms, stale_ms, priority, mode.as_deref())
     .and_then(|opts| {
-      let target = lock_table::prepare_shared(&file)?;
+      let target = paths::prepare(&file)?;
       lock_table::try_acquire_here(&target, &opts)
     })
     .map_err(|e| js_error(&env, e))
@@ -130,9 +130,7 @@ pub fn acquire<'env>(
 /// release; a wrong lockId throws `ELOCKMISMATCH`.
 #[napi]
 pub fn release(env: Env, file: String, lock_id: String) -> Result<bool> {
-  paths::resolve_shared(&file)
-    .and_then(|target| lock_table::release(&target, &lock_id))
-    .map_err(|e| js_error(&env, e))
+  lock_table::release(&file, &lock_id).map_err(|e| js_error(&env, e))
 }
 
 /// Releases every lock this process holds (exit handlers); returns how many.
@@ -169,8 +167,8 @@ pub fn lock_key(env: Env, file: String) -> Result<String> {
 /// `null` when the backend has none.
 #[napi]
 pub fn inheritable_fd(env: Env, file: String, lock_id: String) -> Result<Option<i32>> {
-  paths::resolve(&file)
-    .map(|target| lock_table::inheritable_fd(&target, &lock_id))
+  paths::check_spelling(&file)
+    .map(|_| lock_table::inheritable_fd(&lock_id))
     .map_err(|e| js_error(&env, e))
 }
 
@@ -186,7 +184,7 @@ pub fn list_locks(env: Env, root: Option<String>, stale_ms: Option<f64>) -> Resu
       .into_iter()
       .map(|view| match view["lockFile"].as_str() {
         Some(lock_file) => {
-          let lock_file = std::path::PathBuf::from(lock_file);
+          let lock_file = paths::real_lock_path(Path::new(lock_file));
           lock_table::with_local_view(&lock_file, view)
         }
         None => view,
@@ -223,8 +221,8 @@ pub fn project_root(env: Env, start: Option<String>) -> Result<String> {
 /// The text of a protected file, `null` when it does not exist.
 #[napi]
 pub fn read_text(env: Env, file: String) -> Result<Option<String>> {
-  paths::resolve(&file)
-    .and_then(|target| store::read_text(&target.file))
+  paths::file_of(&file)
+    .and_then(|file| store::read_text(&file))
     .map_err(|e| js_error(&env, e))
 }
 
@@ -344,8 +342,8 @@ pub struct VersionedText {
 
 #[napi]
 pub fn read_versioned(env: Env, file: String, with_version: bool) -> Result<VersionedText> {
-  let snapshot = paths::resolve(&file)
-    .and_then(|target| versions::read(&target.file, with_version))
+  let snapshot = paths::file_of(&file)
+    .and_then(|file| versions::read(&file, with_version))
     .map_err(|e| js_error(&env, e))?;
   Ok(VersionedText {
     text: snapshot.text,
@@ -364,8 +362,8 @@ pub struct FileVersion {
 /// The file's version now (checked under the lock for `ifVersion`).
 #[napi]
 pub fn current_version(env: Env, file: String) -> Result<FileVersion> {
-  paths::resolve(&file)
-    .and_then(|target| versions::current(&target.file))
+  paths::file_of(&file)
+    .and_then(|file| versions::current(&file))
     .map(|s| FileVersion {
       version: s.version as f64,
       foreign_write: s.foreign,
@@ -388,7 +386,7 @@ pub fn acquire_sync(
 ) -> Result<String> {
   let opts =
     options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(&env, e))?;
-  let target = lock_table::prepare_shared(&file).map_err(|e| js_error(&env, e))?;
+  let target = paths::prepare(&file).map_err(|e| js_error(&env, e))?;
   if lock_table::busy_here(&target) {
     return Err(js_error(
       &env,

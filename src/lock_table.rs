@@ -11,16 +11,21 @@
 //! nobody is queued (so never past a queued writer); queued readers pass one after another once
 //! they head the queue, and a writer behind them waits for those readers only.
 //!
+//! A lock is known by its lock path, in its directory's real path (one lock file spelled two ways
+//! is one lock here); a hold is found by its lockId, whatever its caller's path leads to by the
+//! time it releases or writes.
+//!
 //! Each hold keeps its grant behind a guard of its own. Release takes the grant out under that
 //! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
 //! has ended, nothing of ours can write to that lock again.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use rustc_hash::FxBuildHasher;
 use serde_json::Value;
 
 use crate::backend::{Backend, Grant, LockMode, Refreshed, Request, AGING_STEP};
@@ -172,8 +177,74 @@ impl Entry {
   }
 }
 
-/// This process's locks by lock path.
-type Table = PathMap<Entry>;
+#[derive(Default)]
+struct Table {
+  /// This process's locks by lock path (with the lock directory's real path: one key per lock
+  /// file, however its callers spell it).
+  locks: PathMap<Entry>,
+  /// The lock path of each hold, by lockId. A hold is found by its lockId, not by resolving
+  /// its caller's path again: by release time that path may lead elsewhere (a `.flowforge/`
+  /// made nearer the file, another `FLOWFORGE_ROOT_OVERRIDE`, a relative path after a chdir),
+  /// and the hold would stay, kept alive by the heartbeat, until the process ends.
+  lock_of: HashMap<String, PathBuf, FxBuildHasher>,
+}
+
+impl Table {
+  /// Makes `grant` a hold of the lock at `lock_path`, for `file` in `mode`; returns its lockId.
+  fn install(
+    &mut self,
+    lock_path: &Path,
+    file: PathBuf,
+    mode: LockMode,
+    grant: Box<dyn Grant>,
+  ) -> String {
+    let lock_id = grant.lock_id().to_string();
+    let refresh_every = grant.refresh_interval();
+    let since = Instant::now();
+    let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
+    self.locks.entry(lock_path).held.push(Held {
+      lock_id: lock_id.clone(),
+      file,
+      mode,
+      since,
+      cell: Arc::new(Mutex::new(Hold {
+        grant: Some(grant),
+        lost: None,
+      })),
+      refresh_every,
+      next_refresh,
+    });
+    self
+      .lock_of
+      .insert(lock_id.clone(), lock_path.to_path_buf());
+    heartbeat::ensure_running(refresh_due, next_refresh);
+    lock_id
+  }
+
+  /// The hold `lock_id`, with its lock path.
+  fn find(&self, lock_id: &str) -> Option<(&Path, &Held)> {
+    let lock_path = self.lock_of.get(lock_id)?;
+    let held = self.locks.get(lock_path).and_then(|e| e.find(lock_id))?;
+    Some((lock_path, held))
+  }
+
+  /// Takes the hold `lock_id` out of the table; with it, whether a waiting thread listens for
+  /// the lock (someone of this process is queued for it).
+  fn remove_hold(&mut self, lock_id: &str) -> Option<(Held, bool)> {
+    let lock_path = self.lock_of.remove(lock_id)?;
+    let entry = self
+      .locks
+      .get_mut(&lock_path)
+      .expect("an indexed hold's lock is in the table");
+    let index = entry
+      .held
+      .iter()
+      .position(|h| h.lock_id == lock_id)
+      .expect("an indexed hold is held");
+    let listens = entry.waiting_thread && !entry.queue.is_empty();
+    Some((entry.held.remove(index), listens))
+  }
+}
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
@@ -198,38 +269,10 @@ pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
   *LOST_LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(listener));
 }
 
-/// Resolves the caller's path and makes sure its lock directory is usable.
+/// Resolves the caller's path and makes sure its lock directory is usable ([`paths::prepare`]),
+/// for a caller that keeps the target.
 pub fn prepare(file: &str) -> Result<Target> {
-  prepare_shared(file).map(Arc::unwrap_or_clone)
-}
-
-/// [`prepare`], sharing the resolved target (see [`paths::resolve_shared`]).
-pub fn prepare_shared(file: &str) -> Result<Arc<Target>> {
-  let target = paths::resolve_shared(file)?;
-  paths::ensure_lock_dir(target.lock_path.parent().expect("lock paths have a parent"))?;
-  Ok(target)
-}
-
-/// Makes `grant` a hold of `file`'s lock in `mode`; returns its lockId.
-fn install(entry: &mut Entry, file: PathBuf, mode: LockMode, grant: Box<dyn Grant>) -> String {
-  let lock_id = grant.lock_id().to_string();
-  let refresh_every = grant.refresh_interval();
-  let since = Instant::now();
-  let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
-  entry.held.push(Held {
-    lock_id: lock_id.clone(),
-    file,
-    mode,
-    since,
-    cell: Arc::new(Mutex::new(Hold {
-      grant: Some(grant),
-      lost: None,
-    })),
-    refresh_every,
-    next_refresh,
-  });
-  heartbeat::ensure_running(refresh_due, next_refresh);
-  lock_id
+  paths::prepare(file).map(Arc::unwrap_or_clone)
 }
 
 /// The uncontended path on the caller's thread (Node's event loop, for `acquireLock`): one try
@@ -281,7 +324,7 @@ fn claim(
   }
   {
     let mut table = table();
-    let entry = table.entry(&target.lock_path);
+    let entry = table.locks.entry(&target.lock_path);
     // Anyone queued goes first (a reader never passes a queued writer).
     if entry.conflicts(options.mode) || entry.claiming || !entry.queue.is_empty() {
       return Ok(None);
@@ -297,10 +340,9 @@ fn claim(
   };
   let outcome = try_once(&request);
   let mut table = table();
-  let entry = table.entry(&target.lock_path);
-  entry.claiming = false;
+  table.locks.entry(&target.lock_path).claiming = false;
   let lock_id = match outcome {
-    Ok(Some(grant)) => install(entry, request.file, request.mode, grant),
+    Ok(Some(grant)) => table.install(&target.lock_path, request.file, request.mode, grant),
     Ok(None) => return Ok(None),
     Err(e) => return Err(e),
   };
@@ -398,7 +440,7 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
   static NEXT_WAITER: AtomicU64 = AtomicU64::new(0);
   let waiter_id = NEXT_WAITER.fetch_add(1, Ordering::Relaxed);
   let mut table = table();
-  let entry = table.entry(&target.lock_path);
+  let entry = table.locks.entry(&target.lock_path);
   if !entry.waiting_thread {
     let thread_target = target.clone();
     let spawned = std::thread::Builder::new()
@@ -467,7 +509,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   };
   {
     let mut table = table();
-    let entry = table.entry(&target.lock_path);
+    let entry = table.locks.entry(&target.lock_path);
     if !entry.held.is_empty() || entry.claiming || !entry.queue.is_empty() {
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
@@ -494,12 +536,11 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
   let mut table = table();
-  let entry = table.entry(&target.lock_path);
-  entry.claiming = false;
+  table.locks.entry(&target.lock_path).claiming = false;
   let file = target.file.to_string_lossy();
   match outcome {
     Ok(Some(grant)) => {
-      let lock_id = install(entry, request.file, request.mode, grant);
+      let lock_id = table.install(&target.lock_path, request.file, request.mode, grant);
       drop(table);
       metrics::acquired(&file, started.elapsed(), true, options.priority);
       Ok(lock_id)
@@ -536,6 +577,7 @@ fn acquire_and_block(target: &Target, options: AcquireOptions) -> Result<String>
 /// or waiters whose event loop it is blocking.
 pub fn busy_here(target: &Target) -> bool {
   table()
+    .locks
     .get(&target.lock_path)
     .is_some_and(|e| !e.held.is_empty() || !e.queue.is_empty())
 }
@@ -544,7 +586,7 @@ pub fn busy_here(target: &Target) -> bool {
 /// claim in progress) plus the queued waiters that would be served before it.
 pub fn ahead(target: &Target, priority: f64) -> usize {
   let table = table();
-  let Some(entry) = table.get(&target.lock_path) else {
+  let Some(entry) = table.locks.get(&target.lock_path) else {
     return 0;
   };
   let now = Instant::now();
@@ -562,7 +604,7 @@ pub fn ahead(target: &Target, priority: f64) -> usize {
 fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
   let waiter = {
     let mut table = table();
-    let Some(entry) = table.get_mut(&target.lock_path) else {
+    let Some(entry) = table.locks.get_mut(&target.lock_path) else {
       return;
     };
     let Some(index) = entry.queue.iter().position(|w| w.id == waiter_id) else {
@@ -592,7 +634,7 @@ fn wait_for_lock(target: Target) {
     // backend waits for is whoever would be served now (the grant goes to whoever is then, if
     // that one asked for the same mode).
     let head = || {
-      table().get(&key).and_then(|e| {
+      table().locks.get(&key).and_then(|e| {
         next_waiter(&e.queue, Instant::now())
           .and_then(|i| e.queue.get(i))
           .map(|w| w.request.clone())
@@ -600,7 +642,7 @@ fn wait_for_lock(target: Target) {
     };
     let outcome = backend.wait_acquire(&target, &head);
     let mut table = table();
-    let entry = table.entry(&key);
+    let entry = table.locks.entry(&key);
     match outcome {
       Ok(Some(grant)) => {
         let Some(waiter) = take_next_in(&mut entry.queue, grant.mode()) else {
@@ -611,8 +653,8 @@ fn wait_for_lock(target: Target) {
           grant.release();
           continue;
         };
-        let lock_id = install(
-          entry,
+        let lock_id = table.install(
+          &key,
           waiter.request.file.clone(),
           waiter.request.mode,
           grant,
@@ -641,7 +683,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
   let mut table = table();
   let idle_since = Instant::now();
   loop {
-    let entry = table.entry(key);
+    let entry = table.locks.entry(key);
     let blocked = local_holder_blocks && (!entry.held.is_empty() || entry.claiming);
     if !entry.queue.is_empty() && !blocked {
       return true;
@@ -652,7 +694,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
         None => {
           entry.waiting_thread = false;
           if entry.unused() {
-            table.remove(key);
+            table.locks.remove(key);
           }
           return false;
         }
@@ -668,7 +710,7 @@ fn wait_for_waiters(key: &Path, local_holder_blocks: bool) -> bool {
 }
 
 fn fail_waiters(key: &Path, error: &LockError) {
-  let waiters: Vec<Waiter> = match table().get_mut(key) {
+  let waiters: Vec<Waiter> = match table().locks.get_mut(key) {
     Some(entry) => {
       entry.waiting_thread = false;
       entry.queue.drain(..).collect()
@@ -680,35 +722,13 @@ fn fail_waiters(key: &Path, error: &LockError) {
   }
 }
 
-/// Releases a lock this process holds. `Ok(false)`: nothing to release (already released).
-pub fn release(target: &Target, lock_id: &str) -> Result<bool> {
-  let (held, a_waiting_thread_listens) = {
-    let mut table = table();
-    let Some(entry) = table.get_mut(&target.lock_path) else {
-      drop(table);
-      return release_not_held(target, lock_id);
-    };
-    match entry.held.iter().position(|h| h.lock_id == lock_id) {
-      Some(index) => (
-        entry.held.remove(index),
-        entry.waiting_thread && !entry.queue.is_empty(),
-      ),
-      None if !entry.held.is_empty() => {
-        let held = &entry.held[0];
-        return Err(LockError::new(
-          "ELOCKMISMATCH",
-          format!(
-            "Lock on {} was not released: lockId {lock_id} does not match the current holder's (this process holds it for {} under another lockId). Pass the lockId that acquireLock returned.",
-            target.file.display(),
-            held.file.display()
-          ),
-        ));
-      }
-      None => {
-        drop(table);
-        return release_not_held(target, lock_id);
-      }
-    }
+/// Releases the hold `lock_id` of this process, found by its lockId whatever `file` (the
+/// caller's path, checked) resolves to now. `Ok(false)`: nothing to release (already released);
+/// `ELOCKMISMATCH` when `file`'s lock is held under another lockId.
+pub fn release(file: &str, lock_id: &str) -> Result<bool> {
+  paths::check_spelling(file)?;
+  let Some((held, a_waiting_thread_listens)) = table().remove_hold(lock_id) else {
+    return release_not_held(&*paths::resolve(file)?, lock_id);
   };
   end_hold(&held);
   // After the hold ends: before it, this bookkeeping would delay a waiter woken on another CPU.
@@ -731,6 +751,20 @@ fn end_hold(held: &Held) {
 }
 
 fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
+  if let Some(held) = table()
+    .locks
+    .get(&target.lock_path)
+    .and_then(|e| e.held.first())
+  {
+    return Err(LockError::new(
+      "ELOCKMISMATCH",
+      format!(
+        "Lock on {} was not released: lockId {lock_id} does not match the current holder's (this process holds it for {} under another lockId). Pass the lockId that acquireLock returned.",
+        target.file.display(),
+        held.file.display()
+      ),
+    ));
+  }
   let info =
     config::backend_for(target)?.lock_info(target, Duration::from_millis(DEFAULT_STALE_MS))?;
   match info {
@@ -749,7 +783,11 @@ fn release_not_held(target: &Target, lock_id: &str) -> Result<bool> {
 /// Process exit: releases everything this process holds, settles every queued wait with
 /// `ELOCKCANCELLED`, and lets the backends tidy up. Returns how many locks were released.
 pub fn release_all() -> usize {
-  let entries: Vec<Entry> = table().drain().map(|(_, entry)| entry).collect();
+  let entries: Vec<Entry> = {
+    let mut table = table();
+    table.lock_of.clear();
+    table.locks.drain().map(|(_, entry)| entry).collect()
+  };
   let mut released = 0;
   for entry in entries {
     for held in entry.held {
@@ -776,11 +814,27 @@ pub fn release_all() -> usize {
 /// hold's guard, and for backends that issue fencing tokens that no newer holder has committed
 /// (recording ours). A lock evicted while its holder stalled must not write.
 pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
-  let held = table()
-    .get(&target.lock_path)
-    .and_then(|e| e.find(lock_id))
-    .map(|h| (h.cell.clone(), h.mode));
-  if let Some((_, LockMode::Shared)) = held {
+  let held = table().find(lock_id).map(|(lock_path, h)| {
+    // The hold protects `target` if it is this file's lock, or this lock's (`target` locked
+    // through a lock path it resolves to now, or files sharing a lock file).
+    let protects = h.file == target.file || lock_path == target.lock_path;
+    (
+      h.cell.clone(),
+      h.mode,
+      protects.then_some(()).ok_or_else(|| h.file.clone()),
+    )
+  });
+  if let Some((_, _, Err(other))) = &held {
+    return Err(LockError::new(
+      "ELOCKLOST",
+      format!(
+        "The write to {} was refused: lock {lock_id} is this process's hold of {}'s lock, not of this file's; the file was not changed. Pass the lockId that acquireLock returned for this file.",
+        target.file.display(),
+        other.display()
+      ),
+    ));
+  }
+  if let Some((_, LockMode::Shared, _)) = held {
     return Err(LockError::new(
       "ELOCKSHARED",
       format!(
@@ -789,7 +843,7 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
       ),
     ));
   }
-  let cell = held.map(|(cell, _)| cell);
+  let cell = held.map(|(cell, _, _)| cell);
   let lost = |why: &str| {
     LockError::new(
       "ELOCKLOST",
@@ -828,7 +882,7 @@ fn refresh_due() -> Option<Instant> {
   let due: Vec<(String, PathBuf, HoldCell)> = {
     let mut table = table();
     let mut due = Vec::new();
-    for entry in table.values_mut() {
+    for entry in table.locks.values_mut() {
       for held in entry.held.iter_mut() {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
@@ -869,7 +923,7 @@ fn refresh_due() -> Option<Instant> {
   }
   let mut table = table();
   let mut next: Option<Instant> = None;
-  for entry in table.values_mut() {
+  for entry in table.locks.values_mut() {
     for held in entry.held.iter_mut() {
       if held.next_refresh <= now {
         held.next_refresh = now + held.refresh_every();
@@ -883,12 +937,13 @@ fn refresh_due() -> Option<Instant> {
 /// What this process knows of a lock it may hold: adds `heldByThisProcess` (and the exact hold
 /// time of an exclusive hold) to a backend's view of it, and to each of its `readers`.
 pub fn with_local_view(lock_path: &Path, mut info: Value) -> Value {
-  let here: Vec<(String, LockMode, Duration)> = table().get(lock_path).map_or(Vec::new(), |e| {
-    e.held
-      .iter()
-      .map(|h| (h.lock_id.clone(), h.mode, h.since.elapsed()))
-      .collect()
-  });
+  let here: Vec<(String, LockMode, Duration)> =
+    table().locks.get(lock_path).map_or(Vec::new(), |e| {
+      e.held
+        .iter()
+        .map(|h| (h.lock_id.clone(), h.mode, h.since.elapsed()))
+        .collect()
+    });
   let mark = |map: &mut serde_json::Map<String, Value>,
               hold: Option<&(String, LockMode, Duration)>| {
     if let Some((_, _, age)) = hold {
@@ -914,18 +969,17 @@ pub fn with_local_view(lock_path: &Path, mut info: Value) -> Value {
   info
 }
 
-/// The descriptor a child process must inherit to keep the lock (`exec`), if the backend has one.
-pub fn inheritable_fd(target: &Target, lock_id: &str) -> Option<i32> {
-  let cell = table()
-    .get(&target.lock_path)
-    .and_then(|e| e.find(lock_id))
-    .map(|h| h.cell.clone())?;
+/// The descriptor a child process must inherit to keep the hold `lock_id` (`exec`), if the
+/// backend has one.
+pub fn inheritable_fd(lock_id: &str) -> Option<i32> {
+  let cell = table().find(lock_id).map(|(_, h)| h.cell.clone())?;
   let hold = guard(&cell);
   hold.grant.as_ref().and_then(|g| g.inheritable_fd())
 }
 
 fn timeout_error(target: &Target, waited: Duration) -> LockError {
   let here = table()
+    .locks
     .get(&target.lock_path)
     .and_then(|e| e.held.iter().map(|h| h.since.elapsed()).max());
   let holder = match here {
@@ -971,6 +1025,11 @@ mod tests {
     let dir = temp_dir("table");
     std::fs::create_dir_all(dir.join(".flowforge")).unwrap();
     prepare(dir.join(".flowforge").join(name).to_str().unwrap()).unwrap()
+  }
+
+  /// [`super::release`] of a hold of `target`, named by its file.
+  fn release(target: &Target, lock_id: &str) -> Result<bool> {
+    super::release(target.file.to_str().unwrap(), lock_id)
   }
 
   /// Takes `target`'s lock at once (it must be free); its lockId.
@@ -1127,7 +1186,7 @@ mod tests {
     let holder = take_now(&target);
     let (done, outcomes) = mpsc::channel();
     queue(&target, Some(Duration::from_secs(3600)), 0, &done);
-    let deadline = table().get(&target.lock_path).unwrap().queue[0]
+    let deadline = table().locks.get(&target.lock_path).unwrap().queue[0]
       .deadline
       .as_ref()
       .unwrap()
@@ -1398,6 +1457,49 @@ mod tests {
     assert!(release(&target, &id).unwrap());
     assert!(!release(&target, &id).unwrap());
     assert_eq!(verify_held(&target, &id).unwrap_err().code, "ELOCKLOST");
+  }
+
+  #[test]
+  fn a_hold_is_found_by_its_lock_id_after_its_path_resolves_to_another_lock() {
+    let outer = project_file("moved.json");
+    let sub = outer.root.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let file = sub.join("moved.json");
+    let file = file.to_str().unwrap();
+    let id = take_now(&prepare(file).unwrap());
+    std::fs::create_dir(sub.join(".flowforge")).unwrap();
+    let now = prepare(file).unwrap();
+    assert_ne!(now.lock_path, outer.lock_path);
+    verify_held(&now, &id).unwrap();
+    assert!(super::release(file, &id).unwrap());
+    assert!(table().locks.get(&outer.lock_path).unwrap().held.is_empty());
+    assert!(!table().lock_of.contains_key(&id));
+  }
+
+  #[test]
+  fn a_lock_id_of_another_lock_does_not_vouch_for_a_write() {
+    let target = project_file("mine.json");
+    let id = take_now(&target);
+    let other = prepare(target.root.join("theirs.json").to_str().unwrap()).unwrap();
+    let err = verify_held(&other, &id).unwrap_err();
+    assert_eq!(err.code, "ELOCKLOST");
+    assert!(err.message.contains("mine.json"), "{}", err.message);
+    release(&target, &id).unwrap();
+  }
+
+  #[test]
+  fn one_lock_file_spelled_through_a_symlink_is_one_lock_here() {
+    let target = project_file("spelled.json");
+    let link = target.root.with_extension("link");
+    std::os::unix::fs::symlink(&target.root, &link).unwrap();
+    let linked = prepare(link.join(".flowforge/spelled.json").to_str().unwrap()).unwrap();
+    let id = take_now(&linked);
+    assert!(busy_here(&target));
+    assert!(try_acquire(&target, &options(Some(Duration::ZERO)))
+      .unwrap()
+      .is_none());
+    release(&target, &id).unwrap();
+    assert!(!busy_here(&linked));
   }
 
   #[test]

@@ -80,7 +80,8 @@ fn a_heartbeat_never_writes_over_the_next_holders_record() {
     .expect("the heartbeat reached its write");
 
   let releasing = target.clone();
-  let releaser = std::thread::spawn(move || lock_table::release(&releasing, &id).unwrap());
+  let releaser =
+    std::thread::spawn(move || lock_table::release(releasing.file.to_str().unwrap(), &id).unwrap());
   let lock_path = target.lock_path.clone();
   let (claimed, successor_claimed) = mpsc::channel();
   let successor = std::thread::spawn(move || loop {
@@ -173,7 +174,7 @@ fn a_lock_lost_while_held_is_reported() {
     lock_table::verify_held(&target, &id).unwrap_err().code,
     "ELOCKLOST"
   );
-  lock_table::release(&target, &id).unwrap();
+  lock_table::release(target.file.to_str().unwrap(), &id).unwrap();
 }
 
 fn waiting(mode: LockMode, priority: f64, timeout: Option<Duration>) -> AcquireOptions {
