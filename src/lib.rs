@@ -1,7 +1,8 @@
 //! flowforge-lock's native core, exported to Node through napi-rs.
 //!
 //! This file is only the export surface: it converts arguments and results, and turns a
-//! [`LockError`] into a JS `Error` carrying its `code`. The logic lives in one module per
+//! [`LockError`] into a JS `Error` carrying its `code`; it also tells the lock table which JS
+//! environment asks (and when that environment ends). The logic lives in one module per
 //! concept, listed below.
 
 #![deny(clippy::all)]
@@ -36,7 +37,9 @@ mod test_support;
 pub mod thread_alarm;
 pub mod versions;
 
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
@@ -47,7 +50,7 @@ use serde_json::Value;
 
 use backend::LockMode;
 use error::LockError;
-use lock_table::AcquireOptions;
+use lock_table::{AcquireOptions, Owner, NO_OWNER};
 
 #[napi]
 pub const DEFAULT_TIMEOUT: u32 = lock_table::DEFAULT_TIMEOUT_MS as u32;
@@ -66,14 +69,43 @@ fn stale_after(stale_ms: Option<f64>) -> Duration {
   Duration::from_millis(stale_ms.map_or(lock_table::DEFAULT_STALE_MS, |ms| ms as u64))
 }
 
+thread_local! {
+  /// The owner id of the JS environment on this thread (Node runs each environment, the main one
+  /// or a worker's, on a thread of its own); `NO_OWNER` until its first lock request.
+  static ENV_OWNER: Cell<Owner> = const { Cell::new(NO_OWNER) };
+}
+
+/// The calling environment's owner id. The first request of an environment registers a cleanup
+/// hook that ends its holds and waits when the environment is torn down (a worker thread that
+/// exits or is terminated, even in the middle of a wait): see `lock_table::end_owner`.
+fn env_owner(env: &Env) -> Result<Owner> {
+  let owner = ENV_OWNER.get();
+  if owner != NO_OWNER {
+    return Ok(owner);
+  }
+  static NEXT_OWNER: AtomicU64 = AtomicU64::new(NO_OWNER + 1);
+  let owner = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
+  env.add_env_cleanup_hook(owner, |owner| {
+    let _ = ENV_OWNER.try_with(|cell| cell.set(NO_OWNER));
+    lock_table::end_owner(owner);
+  })?;
+  ENV_OWNER.set(owner);
+  Ok(owner)
+}
+
 fn options(
+  env: &Env,
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
   priority: Option<f64>,
   mode: Option<&str>,
-) -> std::result::Result<AcquireOptions, LockError> {
+) -> Result<AcquireOptions> {
+  let mode = mode
+    .map_or(Ok(LockMode::Exclusive), LockMode::parse)
+    .map_err(|e| js_error(env, e))?;
   Ok(AcquireOptions {
-    mode: mode.map_or(Ok(LockMode::Exclusive), LockMode::parse)?,
+    owner: env_owner(env)?,
+    mode,
     priority: priority.filter(|p| p.is_finite()).unwrap_or(0.0),
     timeout: timeout_ms
       .filter(|ms| ms.is_finite())
@@ -94,11 +126,9 @@ pub fn try_acquire(
   mode: Option<String>,
   timeout_ms: Option<f64>,
 ) -> Result<Option<String>> {
-  options(timeout_ms, stale_ms, priority, mode.as_deref())
-    .and_then(|opts| {
-      let target = lock_table::prepare_shared(&file)?;
-      lock_table::try_acquire_here(&target, &opts)
-    })
+  let opts = options(&env, timeout_ms, stale_ms, priority, mode.as_deref())?;
+  lock_table::prepare_shared(&file)
+    .and_then(|target| lock_table::try_acquire_here(&target, &opts))
     .map_err(|e| js_error(&env, e))
 }
 
@@ -115,8 +145,7 @@ pub fn acquire<'env>(
   priority: Option<f64>,
   mode: Option<String>,
 ) -> Result<Object<'env>> {
-  let opts =
-    options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(env, e))?;
+  let opts = options(env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
   let (deferred, promise) = env.create_deferred::<String, LockIdResolver>()?;
   let complete: lock_table::Completion = Box::new(move |outcome| {
@@ -386,8 +415,7 @@ pub fn acquire_sync(
   priority: Option<f64>,
   mode: Option<String>,
 ) -> Result<String> {
-  let opts =
-    options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(&env, e))?;
+  let opts = options(&env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = lock_table::prepare_shared(&file).map_err(|e| js_error(&env, e))?;
   if lock_table::busy_here(&target) {
     return Err(js_error(

@@ -1,7 +1,8 @@
 //! This process's locks: which locks it holds, and who in it waits for which, highest priority
 //! first and first come first served among equals (with aging: see [`next_waiter`]), whatever
-//! the backend. An uncontended acquire asks the backend once, right on the
-//! caller's thread; when the lock is taken, the waiter joins the lock's queue, and one thread
+//! the backend; and which JS environment (the main thread or a worker) took each hold or queued
+//! each wait, since they end with it ([`end_owner`]). An uncontended acquire asks the backend
+//! once, right on the caller's thread; when the lock is taken, the waiter joins the lock's queue, and one thread
 //! per lock waits on behalf of the whole queue (in the kernel for the file backend, on the
 //! server for the others), so a release anywhere hands over within one wake-up and waiting
 //! burns no CPU.
@@ -47,7 +48,16 @@ pub struct AcquireOptions {
   pub priority: f64,
   /// Exclusive (a writer, the default) or shared (a reader).
   pub mode: LockMode,
+  /// The JS environment asking: its holds and waits end with it ([`end_owner`]).
+  pub owner: Owner,
 }
+
+/// Which JS environment (Node's main thread, or one worker thread) a request came from. When an
+/// environment ends, even while its JS waits, the holds it took and its queued waits end with it
+/// ([`end_owner`]): nobody is left there to release them or to hear an answer. Never reused;
+/// [`NO_OWNER`] for callers outside any environment (Rust tests).
+pub type Owner = u64;
+pub const NO_OWNER: Owner = 0;
 
 /// A hold's grant, guarded: `None` once released.
 struct Hold {
@@ -64,6 +74,7 @@ fn guard(cell: &HoldCell) -> MutexGuard<'_, Hold> {
 
 struct Held {
   lock_id: String,
+  owner: Owner,
   file: PathBuf,
   mode: LockMode,
   since: Instant,
@@ -85,6 +96,7 @@ struct Waiter {
   request: Request,
   enqueued: Instant,
   priority: f64,
+  owner: Owner,
   complete: Completion,
   /// Its timeout, cancelled when the waiter is answered (or dropped) before it runs.
   deadline: Option<deadlines::Registration>,
@@ -198,14 +210,22 @@ pub fn prepare_shared(file: &str) -> Result<Arc<Target>> {
   Ok(target)
 }
 
-/// Makes `grant` a hold of `file`'s lock in `mode`; returns its lockId.
-fn install(entry: &mut Entry, file: PathBuf, mode: LockMode, grant: Box<dyn Grant>) -> String {
+/// Makes `grant` a hold of `file`'s lock in `mode`, taken from `owner`'s environment; returns
+/// its lockId.
+fn install(
+  entry: &mut Entry,
+  file: PathBuf,
+  mode: LockMode,
+  owner: Owner,
+  grant: Box<dyn Grant>,
+) -> String {
   let lock_id = grant.lock_id().to_string();
   let refresh_every = grant.refresh_interval();
   let since = Instant::now();
   let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
   entry.held.push(Held {
     lock_id: lock_id.clone(),
+    owner,
     file,
     mode,
     since,
@@ -288,7 +308,7 @@ fn claim(
   let entry = table.entry(&target.lock_path);
   entry.claiming = false;
   let lock_id = match outcome {
-    Ok(Some(grant)) => install(entry, request.file, request.mode, grant),
+    Ok(Some(grant)) => install(entry, request.file, request.mode, options.owner, grant),
     Ok(None) => return Ok(None),
     Err(e) => return Err(e),
   };
@@ -341,6 +361,18 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     .spawn(move || {
       let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
       if let Some(complete) = taken {
+        let owner = options.owner;
+        let granted_to = target.clone();
+        // The asking environment may end while this thread asks, after `end_owner` looked for
+        // its holds: a grant installed for it then is given back here. (Installed before this
+        // check, so an `end_owner` that this check misses finds it.)
+        let complete: Completion = Box::new(move |outcome| match outcome {
+          Ok(lock_id) if owner_ended(owner) => {
+            let _ = release(&granted_to, &lock_id);
+            complete(Err(cancelled_error(&granted_to.file, ENDED_ENVIRONMENT)));
+          }
+          outcome => complete(outcome),
+        });
         acquire_from(backend, started, target, options, complete);
       }
     });
@@ -421,6 +453,7 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
     },
     enqueued: started,
     priority: options.priority,
+    owner: options.owner,
     complete,
     deadline,
   });
@@ -487,7 +520,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   let file = target.file.to_string_lossy();
   match outcome {
     Ok(Some(grant)) => {
-      let lock_id = install(entry, request.file, request.mode, grant);
+      let lock_id = install(entry, request.file, request.mode, options.owner, grant);
       drop(table);
       metrics::acquired(&file, started.elapsed(), true, options.priority);
       Ok(lock_id)
@@ -600,6 +633,7 @@ fn wait_for_lock(target: Target) {
           entry,
           waiter.request.file.clone(),
           waiter.request.mode,
+          waiter.owner,
           grant,
         );
         drop(table);
@@ -742,12 +776,9 @@ pub fn release_all() -> usize {
       released += 1;
     }
     for waiter in entry.queue {
-      let cancelled = LockError::new(
-        "ELOCKCANCELLED",
-        format!(
-          "The wait for the lock on {} was cancelled: this process is ending and has released its locks.",
-          waiter.request.file.display()
-        ),
+      let cancelled = cancelled_error(
+        &waiter.request.file,
+        "this process is ending and has released its locks",
       );
       waiter.answer(Err(cancelled));
     }
@@ -755,6 +786,65 @@ pub fn release_all() -> usize {
   CHANGED.notify_all();
   config::tidy_up_at_exit();
   released
+}
+
+const ENDED_ENVIRONMENT: &str =
+  "the worker thread (JS environment) that asked for it ended, and its locks were released";
+
+/// The environments that have ended (see [`end_owner`]); one id per ended worker thread.
+static ENDED_OWNERS: LazyLock<Mutex<rustc_hash::FxHashSet<Owner>>> =
+  LazyLock::new(Default::default);
+
+fn owner_ended(owner: Owner) -> bool {
+  owner != NO_OWNER
+    && ENDED_OWNERS
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .contains(&owner)
+}
+
+/// `owner`'s environment ended (a worker thread exited or was terminated, possibly while its JS
+/// waited for a lock): releases the holds taken from it and settles its queued waits with
+/// `ELOCKCANCELLED`. Its JS can no longer release them, nor hear a grant that was on its way;
+/// left alone they would stay held for the rest of the process's life. Returns how many holds
+/// were released. Waits and holds of other environments are untouched.
+pub fn end_owner(owner: Owner) -> usize {
+  ENDED_OWNERS
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+    .insert(owner);
+  let (holds, waiters) = {
+    let mut table = table();
+    let (mut holds, mut waiters) = (Vec::new(), Vec::new());
+    for entry in table.values_mut() {
+      holds.extend(entry.held.extract_if(.., |h| h.owner == owner));
+      let (theirs, others) = entry.queue.drain(..).partition(|w| w.owner == owner);
+      entry.queue = others;
+      waiters.extend::<VecDeque<Waiter>>(theirs);
+    }
+    (holds, waiters)
+  };
+  for held in &holds {
+    end_hold(held);
+    metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
+  }
+  for waiter in waiters {
+    let cancelled = cancelled_error(&waiter.request.file, ENDED_ENVIRONMENT);
+    waiter.answer(Err(cancelled));
+  }
+  // Waiting threads look at their queues again, and whoever waits here for a hold that ended.
+  CHANGED.notify_all();
+  holds.len()
+}
+
+fn cancelled_error(file: &Path, why: &str) -> LockError {
+  LockError::new(
+    "ELOCKCANCELLED",
+    format!(
+      "The wait for the lock on {} was cancelled: {why}.",
+      file.display()
+    ),
+  )
 }
 
 /// Confirms, right before a write, that we still hold the lock (through the backend), under the
@@ -971,6 +1061,7 @@ mod tests {
       stale_after: Duration::from_millis(DEFAULT_STALE_MS),
       priority: 0.0,
       mode: LockMode::Exclusive,
+      owner: NO_OWNER,
     }
   }
 
@@ -1046,6 +1137,7 @@ mod tests {
       },
       enqueued,
       priority,
+      owner: NO_OWNER,
       complete: Box::new(|_| {}),
       deadline: None,
     }
@@ -1148,6 +1240,51 @@ mod tests {
       opts,
       Box::new(move |outcome| done.send((label, outcome)).unwrap()),
     );
+  }
+
+  /// An ended environment's holds are released and its queued waits cancelled; another
+  /// environment's wait in the same queue then gets the lock.
+  #[test]
+  fn an_ended_owner_leaves_no_hold_and_no_wait_behind() {
+    let (held, waits) = (
+      project_file("ended-held.json"),
+      project_file("ended-wait.json"),
+    );
+    let (ending, staying) = (1_000_001, 1_000_002);
+    let as_owner = |owner| AcquireOptions {
+      owner,
+      ..options(Some(Duration::ZERO))
+    };
+    try_acquire(&held, &as_owner(ending)).unwrap().unwrap();
+    let blocker = take_now(&waits);
+    let (done, outcomes) = mpsc::channel();
+    queue_as(
+      &waits,
+      AcquireOptions {
+        owner: ending,
+        ..options(None)
+      },
+      0,
+      &done,
+    );
+    queue_as(
+      &waits,
+      AcquireOptions {
+        owner: staying,
+        ..options(None)
+      },
+      1,
+      &done,
+    );
+    assert_eq!(end_owner(ending), 1);
+    let (label, cancelled) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!((label, cancelled.unwrap_err().code), (0, "ELOCKCANCELLED"));
+    // Free again: the ended owner's hold was released (take_now fails otherwise).
+    take_now(&held);
+    assert!(release(&waits, &blocker).unwrap());
+    let (label, granted) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 1);
+    assert!(release(&waits, &granted.unwrap()).unwrap());
   }
 
   /// What `getLockInfo` reports for `target` now.

@@ -42,6 +42,7 @@ fn hold(file: &Path) -> (Target, String) {
     timeout: Some(Duration::ZERO),
     stale_after: Duration::from_secs(30),
     mode: Default::default(),
+    owner: lock_table::NO_OWNER,
   };
   let id = lock_table::try_acquire(&target, &options).unwrap().unwrap();
   (target, id)
@@ -135,6 +136,7 @@ fn release_all_settles_every_queued_wait() {
       timeout: None,
       stale_after: Duration::from_secs(30),
       mode: Default::default(),
+      owner: lock_table::NO_OWNER,
     },
     Box::new(move |result| done.send(result).unwrap()),
   );
