@@ -2,8 +2,8 @@
 //!
 //! This file is only the export surface: it converts arguments and results, and turns a
 //! [`LockError`] into a JS `Error` carrying its `code`; it also tells the lock table which JS
-//! environment asks (and when that environment ends). The logic lives in one module per
-//! concept, listed below.
+//! environment asks (and when that environment ends), and whether JS still runs there after a
+//! synchronous wait. The logic lives in one module per concept, listed below.
 
 #![deny(clippy::all)]
 
@@ -429,7 +429,23 @@ pub fn acquire_sync(
       ),
     ));
   }
-  lock_table::acquire_on_this_thread(&target, opts).map_err(|e| js_error(&env, e))
+  lock_table::acquire_on_this_thread(&target, opts, &|| js_still_runs(&env))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Whether JS still runs in this environment, asked after a blocking wait: the JS that called
+/// may have been stopped meanwhile (a `vm` timeout's watchdog terminates execution; a worker is
+/// being terminated), and would never see the lockId. Node-API has no question for that, but
+/// running any script fails exactly then. The failure is also recorded as Node-API's pending
+/// exception: cleared, so that the termination itself goes on as V8 started it.
+fn js_still_runs(env: &Env) -> bool {
+  if env.run_script::<_, Unknown>("0").is_ok() {
+    return true;
+  }
+  let mut exception = std::ptr::null_mut();
+  // SAFETY: called on the environment's thread, inside the native call; fills in `exception`.
+  unsafe { napi::sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+  false
 }
 
 /// `writeTextAtomic` on the calling thread (the synchronous API).

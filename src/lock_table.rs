@@ -467,11 +467,23 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
 /// handoff times and several times those. The deadline is an alarm signal that interrupts the
 /// blocked call (thread_alarm.rs). Elsewhere (lock servers, kernel locks off, no free signal)
 /// the caller blocks on the queue's answer, as the asynchronous API waits for it.
-pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Result<String> {
+///
+/// After a wait, `caller_still_there` says whether the caller can still take the lockId (its JS
+/// may have been stopped meanwhile): if not, the lock goes back at once, since nobody would
+/// ever release it. An uncontended acquire does not ask (it takes microseconds).
+pub fn acquire_on_this_thread(
+  target: &Target,
+  options: AcquireOptions,
+  caller_still_there: &dyn Fn() -> bool,
+) -> Result<String> {
   let started = Instant::now();
   let backend = config::backend_for(target)?;
   if !backend.tries_locally() || backend.waits_for_local_holder() {
-    return acquire_and_block(target, options);
+    return hand_over(
+      target,
+      acquire_and_block(target, options),
+      caller_still_there,
+    );
   }
   if let Some(lock_id) = try_acquire_through(backend, target, &options, started)? {
     return Ok(lock_id);
@@ -483,7 +495,13 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   }
   let deadline = timeout.map(|t| started + t);
   let alarm = match deadline.map(thread_alarm::arm) {
-    Some(None) => return acquire_and_block(target, options),
+    Some(None) => {
+      return hand_over(
+        target,
+        acquire_and_block(target, options),
+        caller_still_there,
+      )
+    }
     armed => armed.flatten(),
   };
   {
@@ -493,7 +511,11 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
       drop(alarm);
-      return acquire_and_block(target, options);
+      return hand_over(
+        target,
+        acquire_and_block(target, options),
+        caller_still_there,
+      );
     }
     // Others of this process queue behind us meanwhile (try_acquire sees a claim under way).
     entry.claiming = true;
@@ -523,7 +545,7 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
       let lock_id = install(entry, request.file, request.mode, options.owner, grant);
       drop(table);
       metrics::acquired(&file, started.elapsed(), true, options.priority);
-      Ok(lock_id)
+      hand_over(target, Ok(lock_id), caller_still_there)
     }
     Ok(None) => {
       drop(table);
@@ -532,6 +554,24 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
     }
     Err(e) => Err(e),
   }
+}
+
+/// The outcome of a synchronous wait, for a caller that may have gone meanwhile: a lock its
+/// caller can no longer take is released at once.
+fn hand_over(
+  target: &Target,
+  outcome: Result<String>,
+  caller_still_there: &dyn Fn() -> bool,
+) -> Result<String> {
+  let lock_id = outcome?;
+  if caller_still_there() {
+    return Ok(lock_id);
+  }
+  let _ = release(target, &lock_id);
+  Err(cancelled_error(
+    &target.file,
+    "the JS that called acquireLockSync was stopped while it waited (a vm timeout, a worker terminated), so the lock it got was released at once",
+  ))
 }
 
 /// Queues like [`acquire`] and blocks this thread until the answer.
@@ -1443,6 +1483,24 @@ mod tests {
     assert_eq!(files(), 0);
   }
 
+  /// A synchronous caller that is gone when its wait ends (its JS was stopped) gets
+  /// `ELOCKCANCELLED`, and the lock it got is free again.
+  #[test]
+  fn a_wait_on_the_callers_thread_gives_the_lock_back_when_the_caller_is_gone() {
+    let target = project_file("sync-gone.json");
+    let outsider = std::fs::File::create(&target.lock_path).unwrap();
+    outsider.lock().unwrap();
+    std::thread::scope(|s| {
+      s.spawn(|| {
+        crate::test_support::wait_for_blocked_waiter(&target.lock_path);
+        outsider.unlock().unwrap();
+      });
+      let err = acquire_on_this_thread(&target, options(Some(WAIT)), &|| false).unwrap_err();
+      assert_eq!(err.code, "ELOCKCANCELLED");
+    });
+    assert!(release(&target, &take_now(&target)).unwrap());
+  }
+
   #[test]
   fn a_wait_on_the_callers_thread_times_out_or_gets_the_lock_when_another_process_frees_it() {
     let target = project_file("sync.json");
@@ -1454,8 +1512,8 @@ mod tests {
       .or_else(|_| std::fs::File::create(&target.lock_path))
       .unwrap();
     outsider.lock().unwrap();
-    let err =
-      acquire_on_this_thread(&target, options(Some(Duration::from_millis(20)))).unwrap_err();
+    let err = acquire_on_this_thread(&target, options(Some(Duration::from_millis(20))), &|| true)
+      .unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     let (done, outcomes) = mpsc::channel();
     std::thread::scope(|s| {
@@ -1471,7 +1529,7 @@ mod tests {
         assert_eq!(label, 1);
         assert!(release(target, &outcome.unwrap()).unwrap());
       });
-      let lock_id = acquire_on_this_thread(target, options(Some(WAIT))).unwrap();
+      let lock_id = acquire_on_this_thread(target, options(Some(WAIT)), &|| true).unwrap();
       assert!(release(target, &lock_id).unwrap());
     });
   }
@@ -1496,8 +1554,8 @@ mod tests {
         Instant::now() - Duration::from_secs(1),
       ))
       .unwrap();
-    let err =
-      acquire_on_this_thread(&target, options(Some(Duration::from_millis(50)))).unwrap_err();
+    let err = acquire_on_this_thread(&target, options(Some(Duration::from_millis(50))), &|| true)
+      .unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     outsider.unlock();
     holder.unhold();
@@ -1507,7 +1565,7 @@ mod tests {
       !checker.others_queued(LockMode::Exclusive),
       "a ticket was left behind"
     );
-    let lock_id = acquire_on_this_thread(&target, options(Some(WAIT))).unwrap();
+    let lock_id = acquire_on_this_thread(&target, options(Some(WAIT)), &|| true).unwrap();
     assert!(release(&target, &lock_id).unwrap());
   }
 
