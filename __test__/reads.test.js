@@ -34,6 +34,13 @@ function child(fixture, args) {
   return { proc, nextLine, closed }
 }
 
+/** `promise`'s value, or after `ms` a string saying it did not settle: a bounded wait. */
+function within(ms, promise) {
+  let timer
+  const late = new Promise((resolve) => (timer = setTimeout(() => resolve(`not settled within ${ms} ms`), ms)))
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
+}
+
 async function commitFromAnotherProcess(file) {
   const run = await runFixture('reads-sync', ['commit', file])
   expect(run.stdout).toMatch(/^ACK \d+\n$/)
@@ -293,6 +300,25 @@ describe('the synchronous API (item 5)', () => {
     holder.kill('SIGKILL')
     await exited
   }, 60000)
+
+  // docs/lock-files.md (Exit): the signal still ends the process with Node's usual status. Each
+  // step is bounded, so that a wait the signal cannot end fails here, saying so, not by timeout.
+  test.each(['SIGTERM', 'SIGINT'])('%s ends a process blocked in acquireLockSync without a timeout', async (signal) => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const lockId = await acquireLock(file)
+    const waiter = child('reads-sync', ['signal', file])
+    try {
+      expect(await waiter.nextLine()).toBe('WAITING')
+      await untilKernelWaiter((await getLockInfo(file)).lockFile, waiter.proc.pid)
+      waiter.proc.kill(signal)
+      expect(await within(10000, waiter.nextLine())).toMatch(new RegExp(`^ERROR ELOCKCANCELLED .*${file}.*${signal} arrived`))
+      expect(await within(10000, waiter.closed)).toEqual({ code: null, signal })
+    } finally {
+      waiter.proc.kill('SIGKILL')
+      await releaseLock(file, lockId)
+    }
+  })
 
   // A vm watchdog stops the caller's JS while the call waits: the call throws, nobody ever gets
   // the lockId, so the lock it got must not stay held.

@@ -527,12 +527,16 @@ pub fn acquire_on_this_thread(
     priority: options.priority,
     arrival: started,
   };
-  let head = || {
-    deadline
-      .is_none_or(|d| Instant::now() < d)
-      .then(|| request.clone())
-  };
+  // Only now, when the call is about to block: it costs a few system calls.
+  let ending = thread_alarm::interruptible_by_ending_signals();
+  let signal_arrived = || ending.as_ref().is_some_and(|e| e.arrived());
+  let head =
+    || (deadline.is_none_or(|d| Instant::now() < d) && !signal_arrived()).then(|| request.clone());
   let outcome = backend.wait_acquire(target, &head);
+  let cancelled_by = signal_arrived()
+    .then(|| ending.as_ref().map(|e| e.last_name()))
+    .flatten();
+  drop(ending);
   drop(alarm);
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
@@ -549,6 +553,14 @@ pub fn acquire_on_this_thread(
     }
     Ok(None) => {
       drop(table);
+      if let Some(signal) = cancelled_by {
+        return Err(cancelled_error(
+          &target.file,
+          &format!(
+            "{signal} arrived while acquireLockSync waited, and the wait was given up so that the signal's listeners can run (by default the process then releases its locks and ends). Nothing was acquired; if the process goes on, call it again"
+          ),
+        ));
+      }
       metrics::timed_out(&file);
       Err(timeout_error(target, timeout.unwrap_or_default()))
     }
