@@ -39,12 +39,13 @@ pub mod versions;
 
 use std::cell::Cell;
 use std::path::Path;
+use std::ptr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
-use napi::{Env, JsError};
+use napi::{sys, Env, JsError};
 use napi_derive::napi;
 use serde_json::Value;
 
@@ -73,6 +74,9 @@ thread_local! {
   /// The owner id of the JS environment on this thread (Node runs each environment, the main one
   /// or a worker's, on a thread of its own); `NO_OWNER` until its first lock request.
   static ENV_OWNER: Cell<Owner> = const { Cell::new(NO_OWNER) };
+  /// The do-nothing JS function of the environment on this thread (see `js_still_runs`), once
+  /// made: a reference that Node frees with the environment.
+  static NOTHING: Cell<sys::napi_ref> = const { Cell::new(ptr::null_mut()) };
 }
 
 /// The calling environment's owner id. The first request of an environment registers a cleanup
@@ -87,6 +91,7 @@ fn env_owner(env: &Env) -> Result<Owner> {
   let owner = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
   env.add_env_cleanup_hook(owner, |owner| {
     let _ = ENV_OWNER.try_with(|cell| cell.set(NO_OWNER));
+    let _ = NOTHING.try_with(|cell| cell.set(ptr::null_mut()));
     lock_table::end_owner(owner);
   })?;
   ENV_OWNER.set(owner);
@@ -436,15 +441,42 @@ pub fn acquire_sync(
 /// Whether JS still runs in this environment, asked after a blocking wait: the JS that called
 /// may have been stopped meanwhile (a `vm` timeout's watchdog terminates execution; a worker is
 /// being terminated), and would never see the lockId. Node-API has no question for that, but
-/// running any script fails exactly then. The failure is also recorded as Node-API's pending
-/// exception: cleared, so that the termination itself goes on as V8 started it.
+/// calling any JS function fails exactly then: this environment's do-nothing function (made by
+/// the first such question, whose script fails just as well). The failure is also recorded as
+/// Node-API's pending exception: cleared, so that the termination goes on as V8 started it.
 fn js_still_runs(env: &Env) -> bool {
-  if env.run_script::<_, Unknown>("0").is_ok() {
-    return true;
+  let raw = env.raw();
+  // SAFETY: Node-API calls on this environment's thread, inside one of its native calls, with
+  // out-pointers they fill in; the reference is this environment's (reset when it ends).
+  unsafe {
+    let mut nothing = NOTHING.get();
+    if nothing.is_null() {
+      let Ok(function) = env.run_script::<_, Unknown>("(function () {})") else {
+        return forget_failure(raw);
+      };
+      if sys::napi_create_reference(raw, function.raw(), 1, &mut nothing) != sys::Status::napi_ok {
+        return forget_failure(raw);
+      }
+      NOTHING.set(nothing);
+    }
+    let (mut function, mut receiver, mut result) =
+      (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    let called = sys::napi_get_reference_value(raw, nothing, &mut function) == sys::Status::napi_ok
+      && sys::napi_get_undefined(raw, &mut receiver) == sys::Status::napi_ok
+      && sys::napi_call_function(raw, receiver, function, 0, ptr::null(), &mut result)
+        == sys::Status::napi_ok;
+    called || forget_failure(raw)
   }
-  let mut exception = std::ptr::null_mut();
-  // SAFETY: called on the environment's thread, inside the native call; fills in `exception`.
-  unsafe { napi::sys::napi_get_and_clear_last_exception(env.raw(), &mut exception) };
+}
+
+/// Clears the pending exception a failed call into JS left in Node-API's record; false.
+///
+/// # Safety
+/// On the environment's thread, inside one of its native calls.
+unsafe fn forget_failure(raw: sys::napi_env) -> bool {
+  let mut exception = ptr::null_mut();
+  // SAFETY: as the caller promises.
+  unsafe { sys::napi_get_and_clear_last_exception(raw, &mut exception) };
   false
 }
 
