@@ -121,6 +121,29 @@ describe('exit cleanup (hole 5)', () => {
     expect(JSON.parse(run.stdout)).toEqual({ workerTookItsLock: true, mainStillHolds: true, workerLockReleased: true })
   })
 
+  // docs/lock-files.md (Exit): the worker's JS never sees the lock and runs no exit listener, so
+  // the core releases what the worker's environment took, and cancels its wait, as it is torn down.
+  test.each(['acquireLockSync', 'acquireLock'])('a worker thread terminated while it waits in %s leaves no lock held behind it', async (call) => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const lockId = await acquireLock(file)
+    const child = spawn(process.execPath, [path.join(FIXTURES, 'worker-terminated-waiting.js'), file, call], { stdio: ['pipe', 'pipe', 'inherit'] })
+    try {
+      const nextLine = lineReader(child.stdout)
+      expect(await nextLine()).toBe('WAITING')
+      child.stdin.write('terminate\n')
+      expect(await nextLine()).toBe('TERMINATING')
+      // A sync wait ends (and the worker with it) only once the lock comes: let it come.
+      await releaseLock(file, lockId)
+      expect(await nextLine()).toBe('TERMINATED')
+      // The fixture lives on; the lock must be free all the same (bounded: a leak times out).
+      const again = await acquireLock(file, 5000)
+      await releaseLock(file, again)
+    } finally {
+      child.kill('SIGKILL')
+    }
+  })
+
   test('a queued acquire settles with ELOCKCANCELLED when its queue is drained, instead of hanging', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')

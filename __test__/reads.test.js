@@ -7,7 +7,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync, execFileSync } = require('node:child_process')
-const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, withLockSync, isLocked } = require('../file-lock')
+const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, withLockSync, isLocked, getLockInfo } = require('../file-lock')
 const lib = require('../file-lock-integration')
 const root = require('..')
 const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
@@ -40,6 +40,13 @@ function child(fixture, args, { env = process.env, stderr = 'inherit' } = {}) {
  */
 async function settled(file) {
   while (Date.now() - fs.statSync(file).mtimeMs <= 110) await new Promise((resolve) => setTimeout(resolve, 20))
+}
+
+/** `promise`'s value, or after `ms` a string saying it did not settle: a bounded wait. */
+function within(ms, promise) {
+  let timer
+  const late = new Promise((resolve) => (timer = setTimeout(() => resolve(`not settled within ${ms} ms`), ms)))
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer))
 }
 
 async function commitFromAnotherProcess(file) {
@@ -412,6 +419,57 @@ describe('the synchronous API (item 5)', () => {
     holder.kill('SIGKILL')
     await exited
   }, 60000)
+
+  // docs/lock-files.md (Exit): the signal still ends the process with Node's usual status. Each
+  // step is bounded, so that a wait the signal cannot end fails here, saying so, not by timeout.
+  test.each(['SIGTERM', 'SIGINT'])('%s ends a process blocked in acquireLockSync without a timeout', async (signal) => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const lockId = await acquireLock(file)
+    const waiter = child('reads-sync', ['signal', file])
+    try {
+      expect(await waiter.nextLine()).toBe('WAITING')
+      await untilKernelWaiter((await getLockInfo(file)).lockFile, waiter.proc.pid)
+      waiter.proc.kill(signal)
+      expect(await within(10000, waiter.nextLine())).toMatch(new RegExp(`^ERROR ELOCKCANCELLED .*${file}.*${signal} arrived`))
+      expect(await within(10000, waiter.closed)).toEqual({ code: null, signal })
+    } finally {
+      waiter.proc.kill('SIGKILL')
+      await releaseLock(file, lockId)
+    }
+  })
+
+  // A vm watchdog stops the caller's JS while the call waits: the call throws, nobody ever gets
+  // the lockId, so the lock it got must not stay held.
+  test('acquireLockSync stopped by a vm timeout while it waits holds no lock afterwards', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    // The 1 ms limit may end before the call blocks (it then throws having waited for nothing),
+    // or only after the lock came (then the lock was returned and released): neither shows
+    // anything, and the case is tried again.
+    for (let attempt = 0; attempt < 5; attempt++) {
+      let lockId = await acquireLock(file)
+      const waiter = child('reads-sync', ['vm', file])
+      try {
+        expect(await waiter.nextLine()).toBe('WAITING')
+        const outcome = waiter.nextLine()
+        const blocked = untilKernelWaiter((await getLockInfo(file)).lockFile, waiter.proc.pid).then(() => 'BLOCKED')
+        if ((await Promise.race([outcome, blocked])) !== 'BLOCKED') continue
+        await releaseLock(file, lockId)
+        lockId = null
+        const ended = await outcome
+        if (ended === 'RETURNED') continue
+        expect(ended).toBe('THREW ERR_SCRIPT_EXECUTION_TIMEOUT')
+        // The waiter lives on: the lock must be free all the same (bounded: a leak times out).
+        await releaseLock(file, await acquireLock(file, 5000))
+        return
+      } finally {
+        waiter.proc.kill('SIGKILL')
+        if (lockId) await releaseLock(file, lockId)
+      }
+    }
+    throw new Error('inconclusive: in 5 attempts the vm timeout never ended the call while it waited')
+  })
 
   test('mixing sync and async holds of one lock fails fast with ELOCKDEADLOCK instead of hanging', async () => {
     const dir = makeProject()

@@ -4,7 +4,9 @@
 // have: no swallowed Ctrl-C). An application that listens for the signal itself decides whether
 // the process ends; while it goes on, its locks stay held under its in-flight work, and if it
 // exits, `exit` releases them. A worker thread releases only the locks it took itself: the
-// native core is shared by the whole process. Installed once per thread.
+// native core is shared by the whole process. (A worker terminated before its JS saw a lock, in
+// the middle of a wait, runs no `exit` listener: the core releases what each JS environment took
+// when that environment is torn down.) Installed once per thread.
 
 const { isMainThread } = require('node:worker_threads')
 const native = require('../native.js')

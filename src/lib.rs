@@ -1,8 +1,9 @@
 //! flowforge-lock's native core, exported to Node through napi-rs.
 //!
 //! This file is only the export surface: it converts arguments and results, and turns a
-//! [`LockError`] into a JS `Error` carrying its `code`. The logic lives in one module per
-//! concept, listed below.
+//! [`LockError`] into a JS `Error` carrying its `code`; it also tells the lock table which JS
+//! environment asks (and when that environment ends), and whether JS still runs there after a
+//! synchronous wait. The logic lives in one module per concept, listed below.
 
 #![deny(clippy::all)]
 
@@ -36,18 +37,21 @@ mod test_support;
 pub mod thread_alarm;
 pub mod versions;
 
+use std::cell::Cell;
 use std::path::Path;
+use std::ptr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use napi::bindgen_prelude::*;
 use napi::threadsafe_function::ThreadsafeFunctionCallMode;
-use napi::{Env, JsError};
+use napi::{sys, Env, JsError};
 use napi_derive::napi;
 use serde_json::Value;
 
 use backend::LockMode;
 use error::LockError;
-use lock_table::AcquireOptions;
+use lock_table::{AcquireOptions, Owner, NO_OWNER};
 
 #[napi]
 pub const DEFAULT_TIMEOUT: u32 = lock_table::DEFAULT_TIMEOUT_MS as u32;
@@ -66,14 +70,47 @@ fn stale_after(stale_ms: Option<f64>) -> Duration {
   Duration::from_millis(stale_ms.map_or(lock_table::DEFAULT_STALE_MS, |ms| ms as u64))
 }
 
+thread_local! {
+  /// The owner id of the JS environment on this thread (Node runs each environment, the main one
+  /// or a worker's, on a thread of its own); `NO_OWNER` until its first lock request.
+  static ENV_OWNER: Cell<Owner> = const { Cell::new(NO_OWNER) };
+  /// The do-nothing JS function of the environment on this thread (see `js_still_runs`), once
+  /// made: a reference that Node frees with the environment.
+  static NOTHING: Cell<sys::napi_ref> = const { Cell::new(ptr::null_mut()) };
+}
+
+/// The calling environment's owner id. The first request of an environment registers a cleanup
+/// hook that ends its holds and waits when the environment is torn down (a worker thread that
+/// exits or is terminated, even in the middle of a wait): see `lock_table::end_owner`.
+fn env_owner(env: &Env) -> Result<Owner> {
+  let owner = ENV_OWNER.get();
+  if owner != NO_OWNER {
+    return Ok(owner);
+  }
+  static NEXT_OWNER: AtomicU64 = AtomicU64::new(NO_OWNER + 1);
+  let owner = NEXT_OWNER.fetch_add(1, Ordering::Relaxed);
+  env.add_env_cleanup_hook(owner, |owner| {
+    let _ = ENV_OWNER.try_with(|cell| cell.set(NO_OWNER));
+    let _ = NOTHING.try_with(|cell| cell.set(ptr::null_mut()));
+    lock_table::end_owner(owner);
+  })?;
+  ENV_OWNER.set(owner);
+  Ok(owner)
+}
+
 fn options(
+  env: &Env,
   timeout_ms: Option<f64>,
   stale_ms: Option<f64>,
   priority: Option<f64>,
   mode: Option<&str>,
-) -> std::result::Result<AcquireOptions, LockError> {
+) -> Result<AcquireOptions> {
+  let mode = mode
+    .map_or(Ok(LockMode::Exclusive), LockMode::parse)
+    .map_err(|e| js_error(env, e))?;
   Ok(AcquireOptions {
-    mode: mode.map_or(Ok(LockMode::Exclusive), LockMode::parse)?,
+    owner: env_owner(env)?,
+    mode,
     priority: priority.filter(|p| p.is_finite()).unwrap_or(0.0),
     timeout: timeout_ms
       .filter(|ms| ms.is_finite())
@@ -94,11 +131,9 @@ pub fn try_acquire(
   mode: Option<String>,
   timeout_ms: Option<f64>,
 ) -> Result<Option<String>> {
-  options(timeout_ms, stale_ms, priority, mode.as_deref())
-    .and_then(|opts| {
-      let target = paths::prepare(&file)?;
-      lock_table::try_acquire_here(&target, &opts)
-    })
+  let opts = options(&env, timeout_ms, stale_ms, priority, mode.as_deref())?;
+  paths::prepare(&file)
+    .and_then(|target| lock_table::try_acquire_here(&target, &opts))
     .map_err(|e| js_error(&env, e))
 }
 
@@ -115,8 +150,7 @@ pub fn acquire<'env>(
   priority: Option<f64>,
   mode: Option<String>,
 ) -> Result<Object<'env>> {
-  let opts =
-    options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(env, e))?;
+  let opts = options(env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
   let (deferred, promise) = env.create_deferred::<String, LockIdResolver>()?;
   let complete: lock_table::Completion = Box::new(move |outcome| {
@@ -384,8 +418,7 @@ pub fn acquire_sync(
   priority: Option<f64>,
   mode: Option<String>,
 ) -> Result<String> {
-  let opts =
-    options(timeout_ms, stale_ms, priority, mode.as_deref()).map_err(|e| js_error(&env, e))?;
+  let opts = options(&env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = paths::prepare(&file).map_err(|e| js_error(&env, e))?;
   if lock_table::busy_here(&target) {
     return Err(js_error(
@@ -399,7 +432,50 @@ pub fn acquire_sync(
       ),
     ));
   }
-  lock_table::acquire_on_this_thread(&target, opts).map_err(|e| js_error(&env, e))
+  lock_table::acquire_on_this_thread(&target, opts, &|| js_still_runs(&env))
+    .map_err(|e| js_error(&env, e))
+}
+
+/// Whether JS still runs in this environment, asked after a blocking wait: the JS that called
+/// may have been stopped meanwhile (a `vm` timeout's watchdog terminates execution; a worker is
+/// being terminated), and would never see the lockId. Node-API has no question for that, but
+/// calling any JS function fails exactly then: this environment's do-nothing function (made by
+/// the first such question, whose script fails just as well). The failure is also recorded as
+/// Node-API's pending exception: cleared, so that the termination goes on as V8 started it.
+fn js_still_runs(env: &Env) -> bool {
+  let raw = env.raw();
+  // SAFETY: Node-API calls on this environment's thread, inside one of its native calls, with
+  // out-pointers they fill in; the reference is this environment's (reset when it ends).
+  unsafe {
+    let mut nothing = NOTHING.get();
+    if nothing.is_null() {
+      let Ok(function) = env.run_script::<_, Unknown>("(function () {})") else {
+        return forget_failure(raw);
+      };
+      if sys::napi_create_reference(raw, function.raw(), 1, &mut nothing) != sys::Status::napi_ok {
+        return forget_failure(raw);
+      }
+      NOTHING.set(nothing);
+    }
+    let (mut function, mut receiver, mut result) =
+      (ptr::null_mut(), ptr::null_mut(), ptr::null_mut());
+    let called = sys::napi_get_reference_value(raw, nothing, &mut function) == sys::Status::napi_ok
+      && sys::napi_get_undefined(raw, &mut receiver) == sys::Status::napi_ok
+      && sys::napi_call_function(raw, receiver, function, 0, ptr::null(), &mut result)
+        == sys::Status::napi_ok;
+    called || forget_failure(raw)
+  }
+}
+
+/// Clears the pending exception a failed call into JS left in Node-API's record; false.
+///
+/// # Safety
+/// On the environment's thread, inside one of its native calls.
+unsafe fn forget_failure(raw: sys::napi_env) -> bool {
+  let mut exception = ptr::null_mut();
+  // SAFETY: as the caller promises.
+  unsafe { sys::napi_get_and_clear_last_exception(raw, &mut exception) };
+  false
 }
 
 /// `writeTextAtomic` on the calling thread (the synchronous API).

@@ -1,7 +1,8 @@
 //! This process's locks: which locks it holds, and who in it waits for which, highest priority
 //! first and first come first served among equals (with aging: see [`next_waiter`]), whatever
-//! the backend. An uncontended acquire asks the backend once, right on the
-//! caller's thread; when the lock is taken, the waiter joins the lock's queue, and one thread
+//! the backend; and which JS environment (the main thread or a worker) took each hold or queued
+//! each wait, since they end with it ([`end_owner`]). An uncontended acquire asks the backend
+//! once, right on the caller's thread; when the lock is taken, the waiter joins the lock's queue, and one thread
 //! per lock waits on behalf of the whole queue (in the kernel for the file backend, on the
 //! server for the others), so a release anywhere hands over within one wake-up and waiting
 //! burns no CPU.
@@ -52,7 +53,16 @@ pub struct AcquireOptions {
   pub priority: f64,
   /// Exclusive (a writer, the default) or shared (a reader).
   pub mode: LockMode,
+  /// The JS environment asking: its holds and waits end with it ([`end_owner`]).
+  pub owner: Owner,
 }
+
+/// Which JS environment (Node's main thread, or one worker thread) a request came from. When an
+/// environment ends, even while its JS waits, the holds it took and its queued waits end with it
+/// ([`end_owner`]): nobody is left there to release them or to hear an answer. Never reused;
+/// [`NO_OWNER`] for callers outside any environment (Rust tests).
+pub type Owner = u64;
+pub const NO_OWNER: Owner = 0;
 
 /// A hold's grant, guarded: `None` once released.
 struct Hold {
@@ -69,6 +79,7 @@ fn guard(cell: &HoldCell) -> MutexGuard<'_, Hold> {
 
 struct Held {
   lock_id: String,
+  owner: Owner,
   file: PathBuf,
   mode: LockMode,
   since: Instant,
@@ -90,6 +101,7 @@ struct Waiter {
   request: Request,
   enqueued: Instant,
   priority: f64,
+  owner: Owner,
   complete: Completion,
   /// Its timeout, cancelled when the waiter is answered (or dropped) before it runs.
   deadline: Option<deadlines::Registration>,
@@ -190,12 +202,14 @@ struct Table {
 }
 
 impl Table {
-  /// Makes `grant` a hold of the lock at `lock_path`, for `file` in `mode`; returns its lockId.
+  /// Makes `grant` a hold of the lock at `lock_path`, for `file` in `mode`, taken from
+  /// `owner`'s environment; returns its lockId.
   fn install(
     &mut self,
     lock_path: &Path,
     file: PathBuf,
     mode: LockMode,
+    owner: Owner,
     grant: Box<dyn Grant>,
   ) -> String {
     let lock_id = grant.lock_id().to_string();
@@ -204,6 +218,7 @@ impl Table {
     let next_refresh = since + refresh_every.unwrap_or_else(heartbeat::interval);
     self.locks.entry(lock_path).held.push(Held {
       lock_id: lock_id.clone(),
+      owner,
       file,
       mode,
       since,
@@ -342,7 +357,13 @@ fn claim(
   let mut table = table();
   table.locks.entry(&target.lock_path).claiming = false;
   let lock_id = match outcome {
-    Ok(Some(grant)) => table.install(&target.lock_path, request.file, request.mode, grant),
+    Ok(Some(grant)) => table.install(
+      &target.lock_path,
+      request.file,
+      request.mode,
+      options.owner,
+      grant,
+    ),
     Ok(None) => return Ok(None),
     Err(e) => return Err(e),
   };
@@ -395,6 +416,18 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     .spawn(move || {
       let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
       if let Some(complete) = taken {
+        let owner = options.owner;
+        let granted_to = target.clone();
+        // The asking environment may end while this thread asks, after `end_owner` looked for
+        // its holds: a grant installed for it then is given back here. (Installed before this
+        // check, so an `end_owner` that this check misses finds it.)
+        let complete: Completion = Box::new(move |outcome| match outcome {
+          Ok(lock_id) if owner_ended(owner) => {
+            release_hold(&lock_id);
+            complete(Err(cancelled_error(&granted_to.file, ENDED_ENVIRONMENT)));
+          }
+          outcome => complete(outcome),
+        });
         acquire_from(backend, started, target, options, complete);
       }
     });
@@ -475,6 +508,7 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
     },
     enqueued: started,
     priority: options.priority,
+    owner: options.owner,
     complete,
     deadline,
   });
@@ -488,11 +522,23 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
 /// handoff times and several times those. The deadline is an alarm signal that interrupts the
 /// blocked call (thread_alarm.rs). Elsewhere (lock servers, kernel locks off, no free signal)
 /// the caller blocks on the queue's answer, as the asynchronous API waits for it.
-pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Result<String> {
+///
+/// After a wait, `caller_still_there` says whether the caller can still take the lockId (its JS
+/// may have been stopped meanwhile): if not, the lock goes back at once, since nobody would
+/// ever release it. An uncontended acquire does not ask (it takes microseconds).
+pub fn acquire_on_this_thread(
+  target: &Target,
+  options: AcquireOptions,
+  caller_still_there: &dyn Fn() -> bool,
+) -> Result<String> {
   let started = Instant::now();
   let backend = config::backend_for(target)?;
   if !backend.tries_locally() || backend.waits_for_local_holder() {
-    return acquire_and_block(target, options);
+    return hand_over(
+      target,
+      acquire_and_block(target, options),
+      caller_still_there,
+    );
   }
   if let Some(lock_id) = try_acquire_through(backend, target, &options, started)? {
     return Ok(lock_id);
@@ -504,7 +550,13 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   }
   let deadline = timeout.map(|t| started + t);
   let alarm = match deadline.map(thread_alarm::arm) {
-    Some(None) => return acquire_and_block(target, options),
+    Some(None) => {
+      return hand_over(
+        target,
+        acquire_and_block(target, options),
+        caller_still_there,
+      )
+    }
     armed => armed.flatten(),
   };
   {
@@ -514,7 +566,11 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
       drop(alarm);
-      return acquire_and_block(target, options);
+      return hand_over(
+        target,
+        acquire_and_block(target, options),
+        caller_still_there,
+      );
     }
     // Others of this process queue behind us meanwhile (try_acquire sees a claim under way).
     entry.claiming = true;
@@ -526,12 +582,16 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
     priority: options.priority,
     arrival: started,
   };
-  let head = || {
-    deadline
-      .is_none_or(|d| Instant::now() < d)
-      .then(|| request.clone())
-  };
+  // Only now, when the call is about to block: it costs a few system calls.
+  let ending = thread_alarm::interruptible_by_ending_signals();
+  let signal_arrived = || ending.as_ref().is_some_and(|e| e.arrived());
+  let head =
+    || (deadline.is_none_or(|d| Instant::now() < d) && !signal_arrived()).then(|| request.clone());
   let outcome = backend.wait_acquire(target, &head);
+  let cancelled_by = signal_arrived()
+    .then(|| ending.as_ref().map(|e| e.last_name()))
+    .flatten();
+  drop(ending);
   drop(alarm);
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
@@ -540,18 +600,50 @@ pub fn acquire_on_this_thread(target: &Target, options: AcquireOptions) -> Resul
   let file = target.file.to_string_lossy();
   match outcome {
     Ok(Some(grant)) => {
-      let lock_id = table.install(&target.lock_path, request.file, request.mode, grant);
+      let lock_id = table.install(
+        &target.lock_path,
+        request.file,
+        request.mode,
+        options.owner,
+        grant,
+      );
       drop(table);
       metrics::acquired(&file, started.elapsed(), true, options.priority);
-      Ok(lock_id)
+      hand_over(target, Ok(lock_id), caller_still_there)
     }
     Ok(None) => {
       drop(table);
+      if let Some(signal) = cancelled_by {
+        return Err(cancelled_error(
+          &target.file,
+          &format!(
+            "{signal} arrived while acquireLockSync waited, and the wait was given up so that the signal's listeners can run (by default the process then releases its locks and ends). Nothing was acquired; if the process goes on, call it again"
+          ),
+        ));
+      }
       metrics::timed_out(&file);
       Err(timeout_error(target, timeout.unwrap_or_default()))
     }
     Err(e) => Err(e),
   }
+}
+
+/// The outcome of a synchronous wait, for a caller that may have gone meanwhile: a lock its
+/// caller can no longer take is released at once.
+fn hand_over(
+  target: &Target,
+  outcome: Result<String>,
+  caller_still_there: &dyn Fn() -> bool,
+) -> Result<String> {
+  let lock_id = outcome?;
+  if caller_still_there() {
+    return Ok(lock_id);
+  }
+  release_hold(&lock_id);
+  Err(cancelled_error(
+    &target.file,
+    "the JS that called acquireLockSync was stopped while it waited (a vm timeout, a worker terminated), so the lock it got was released at once",
+  ))
 }
 
 /// Queues like [`acquire`] and blocks this thread until the answer.
@@ -657,6 +749,7 @@ fn wait_for_lock(target: Target) {
           &key,
           waiter.request.file.clone(),
           waiter.request.mode,
+          waiter.owner,
           grant,
         );
         drop(table);
@@ -727,8 +820,16 @@ fn fail_waiters(key: &Path, error: &LockError) {
 /// `ELOCKMISMATCH` when `file`'s lock is held under another lockId.
 pub fn release(file: &str, lock_id: &str) -> Result<bool> {
   paths::check_spelling(file)?;
+  if release_hold(lock_id) {
+    return Ok(true);
+  }
+  release_not_held(&*paths::resolve(file)?, lock_id)
+}
+
+/// Ends this process's hold `lock_id`; false when there is none.
+fn release_hold(lock_id: &str) -> bool {
   let Some((held, a_waiting_thread_listens)) = table().remove_hold(lock_id) else {
-    return release_not_held(&*paths::resolve(file)?, lock_id);
+    return false;
   };
   end_hold(&held);
   // After the hold ends: before it, this bookkeeping would delay a waiter woken on another CPU.
@@ -739,7 +840,7 @@ pub fn release(file: &str, lock_id: &str) -> Result<bool> {
   if a_waiting_thread_listens {
     CHANGED.notify_all();
   }
-  Ok(true)
+  true
 }
 
 /// Gives the grant up under its guard, so no refresh or check can run on it afterwards.
@@ -795,12 +896,9 @@ pub fn release_all() -> usize {
       released += 1;
     }
     for waiter in entry.queue {
-      let cancelled = LockError::new(
-        "ELOCKCANCELLED",
-        format!(
-          "The wait for the lock on {} was cancelled: this process is ending and has released its locks.",
-          waiter.request.file.display()
-        ),
+      let cancelled = cancelled_error(
+        &waiter.request.file,
+        "this process is ending and has released its locks",
       );
       waiter.answer(Err(cancelled));
     }
@@ -808,6 +906,69 @@ pub fn release_all() -> usize {
   CHANGED.notify_all();
   config::tidy_up_at_exit();
   released
+}
+
+const ENDED_ENVIRONMENT: &str =
+  "the worker thread (JS environment) that asked for it ended, and its locks were released";
+
+/// The environments that have ended (see [`end_owner`]); one id per ended worker thread.
+static ENDED_OWNERS: LazyLock<Mutex<rustc_hash::FxHashSet<Owner>>> =
+  LazyLock::new(Default::default);
+
+fn owner_ended(owner: Owner) -> bool {
+  owner != NO_OWNER
+    && ENDED_OWNERS
+      .lock()
+      .unwrap_or_else(|e| e.into_inner())
+      .contains(&owner)
+}
+
+/// `owner`'s environment ended (a worker thread exited or was terminated, possibly while its JS
+/// waited for a lock): releases the holds taken from it and settles its queued waits with
+/// `ELOCKCANCELLED`. Its JS can no longer release them, nor hear a grant that was on its way;
+/// left alone they would stay held for the rest of the process's life. Returns how many holds
+/// were released. Waits and holds of other environments are untouched.
+pub fn end_owner(owner: Owner) -> usize {
+  ENDED_OWNERS
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+    .insert(owner);
+  let (holds, waiters) = {
+    let mut table = table();
+    let Table { locks, lock_of } = &mut *table;
+    let (mut holds, mut waiters) = (Vec::new(), Vec::new());
+    for entry in locks.values_mut() {
+      holds.extend(entry.held.extract_if(.., |h| h.owner == owner));
+      let (theirs, others) = entry.queue.drain(..).partition(|w| w.owner == owner);
+      entry.queue = others;
+      waiters.extend::<VecDeque<Waiter>>(theirs);
+    }
+    for held in &holds {
+      lock_of.remove(&held.lock_id);
+    }
+    (holds, waiters)
+  };
+  for held in &holds {
+    end_hold(held);
+    metrics::released(&held.file.to_string_lossy(), held.since.elapsed());
+  }
+  for waiter in waiters {
+    let cancelled = cancelled_error(&waiter.request.file, ENDED_ENVIRONMENT);
+    waiter.answer(Err(cancelled));
+  }
+  // Waiting threads look at their queues again, and whoever waits here for a hold that ended.
+  CHANGED.notify_all();
+  holds.len()
+}
+
+fn cancelled_error(file: &Path, why: &str) -> LockError {
+  LockError::new(
+    "ELOCKCANCELLED",
+    format!(
+      "The wait for the lock on {} was cancelled: {why}.",
+      file.display()
+    ),
+  )
 }
 
 /// Confirms, right before a write, that we still hold the lock (through the backend), under the
@@ -1045,6 +1206,7 @@ mod tests {
       stale_after: Duration::from_millis(DEFAULT_STALE_MS),
       priority: 0.0,
       mode: LockMode::Exclusive,
+      owner: NO_OWNER,
     }
   }
 
@@ -1120,6 +1282,7 @@ mod tests {
       },
       enqueued,
       priority,
+      owner: NO_OWNER,
       complete: Box::new(|_| {}),
       deadline: None,
     }
@@ -1222,6 +1385,51 @@ mod tests {
       opts,
       Box::new(move |outcome| done.send((label, outcome)).unwrap()),
     );
+  }
+
+  /// An ended environment's holds are released and its queued waits cancelled; another
+  /// environment's wait in the same queue then gets the lock.
+  #[test]
+  fn an_ended_owner_leaves_no_hold_and_no_wait_behind() {
+    let (held, waits) = (
+      project_file("ended-held.json"),
+      project_file("ended-wait.json"),
+    );
+    let (ending, staying) = (1_000_001, 1_000_002);
+    let as_owner = |owner| AcquireOptions {
+      owner,
+      ..options(Some(Duration::ZERO))
+    };
+    try_acquire(&held, &as_owner(ending)).unwrap().unwrap();
+    let blocker = take_now(&waits);
+    let (done, outcomes) = mpsc::channel();
+    queue_as(
+      &waits,
+      AcquireOptions {
+        owner: ending,
+        ..options(None)
+      },
+      0,
+      &done,
+    );
+    queue_as(
+      &waits,
+      AcquireOptions {
+        owner: staying,
+        ..options(None)
+      },
+      1,
+      &done,
+    );
+    assert_eq!(end_owner(ending), 1);
+    let (label, cancelled) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!((label, cancelled.unwrap_err().code), (0, "ELOCKCANCELLED"));
+    // Free again: the ended owner's hold was released (take_now fails otherwise).
+    take_now(&held);
+    assert!(release(&waits, &blocker).unwrap());
+    let (label, granted) = outcomes.recv_timeout(WAIT).unwrap();
+    assert_eq!(label, 1);
+    assert!(release(&waits, &granted.unwrap()).unwrap());
   }
 
   /// What `getLockInfo` reports for `target` now.
@@ -1380,6 +1588,24 @@ mod tests {
     assert_eq!(files(), 0);
   }
 
+  /// A synchronous caller that is gone when its wait ends (its JS was stopped) gets
+  /// `ELOCKCANCELLED`, and the lock it got is free again.
+  #[test]
+  fn a_wait_on_the_callers_thread_gives_the_lock_back_when_the_caller_is_gone() {
+    let target = project_file("sync-gone.json");
+    let outsider = std::fs::File::create(&target.lock_path).unwrap();
+    outsider.lock().unwrap();
+    std::thread::scope(|s| {
+      s.spawn(|| {
+        crate::test_support::wait_for_blocked_waiter(&target.lock_path);
+        outsider.unlock().unwrap();
+      });
+      let err = acquire_on_this_thread(&target, options(Some(WAIT)), &|| false).unwrap_err();
+      assert_eq!(err.code, "ELOCKCANCELLED");
+    });
+    assert!(release(&target, &take_now(&target)).unwrap());
+  }
+
   #[test]
   fn a_wait_on_the_callers_thread_times_out_or_gets_the_lock_when_another_process_frees_it() {
     let target = project_file("sync.json");
@@ -1391,8 +1617,8 @@ mod tests {
       .or_else(|_| std::fs::File::create(&target.lock_path))
       .unwrap();
     outsider.lock().unwrap();
-    let err =
-      acquire_on_this_thread(&target, options(Some(Duration::from_millis(20)))).unwrap_err();
+    let err = acquire_on_this_thread(&target, options(Some(Duration::from_millis(20))), &|| true)
+      .unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     let (done, outcomes) = mpsc::channel();
     std::thread::scope(|s| {
@@ -1408,7 +1634,7 @@ mod tests {
         assert_eq!(label, 1);
         assert!(release(target, &outcome.unwrap()).unwrap());
       });
-      let lock_id = acquire_on_this_thread(target, options(Some(WAIT))).unwrap();
+      let lock_id = acquire_on_this_thread(target, options(Some(WAIT)), &|| true).unwrap();
       assert!(release(target, &lock_id).unwrap());
     });
   }
@@ -1433,8 +1659,8 @@ mod tests {
         Instant::now() - Duration::from_secs(1),
       ))
       .unwrap();
-    let err =
-      acquire_on_this_thread(&target, options(Some(Duration::from_millis(50)))).unwrap_err();
+    let err = acquire_on_this_thread(&target, options(Some(Duration::from_millis(50))), &|| true)
+      .unwrap_err();
     assert_eq!(err.code, "ELOCKTIMEOUT");
     outsider.unlock();
     holder.unhold();
@@ -1444,7 +1670,7 @@ mod tests {
       !checker.others_queued(LockMode::Exclusive),
       "a ticket was left behind"
     );
-    let lock_id = acquire_on_this_thread(&target, options(Some(WAIT))).unwrap();
+    let lock_id = acquire_on_this_thread(&target, options(Some(WAIT)), &|| true).unwrap();
     assert!(release(&target, &lock_id).unwrap());
   }
 

@@ -21,10 +21,13 @@
 //! before the deadlines left: a blocked call may then be interrupted before any of them, which
 //! every caller already takes as "look at the deadline again", and it saves re-aiming the timer
 //! at the moment a waiter gets its turn (the look inside the wait is dropped right then).
+//!
+//! It also lets SIGINT and SIGTERM interrupt the main thread's synchronous wait
+//! ([`interruptible_by_ending_signals`]): a wait its JS listeners cannot otherwise end.
 
 use std::cell::RefCell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Once, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -279,6 +282,212 @@ impl Drop for Alarm {
   }
 }
 
+/// The signals that end a Node process through the exit cleanup (lib/exit-cleanup.js listens for
+/// them, as do applications that shut down on them).
+const ENDING_SIGNALS: [libc::c_int; 2] = [libc::SIGINT, libc::SIGTERM];
+
+/// Counts the ending signals delivered while a wait was interruptible; a wait compares it with
+/// its value when it began.
+static ENDING_SIGNALS_SEEN: AtomicU64 = AtomicU64::new(0);
+/// The last of them, to name it in the error.
+static LAST_ENDING_SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// The handler each of [`ENDING_SIGNALS`] had before ours (libuv's, for Node's JS listeners),
+/// which ours calls, and whether it takes `siginfo` (`SA_SIGINFO`).
+static CHAINED_HANDLER: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(0)];
+static CHAINED_SIGINFO: [AtomicBool; 2] = [AtomicBool::new(false), AtomicBool::new(false)];
+/// The timer of the interruptible wait under way (0: none), which our handler aims at the
+/// waiting thread.
+static WAIT_TIMER: AtomicUsize = AtomicUsize::new(0);
+
+/// Stands in for the handler of an ending signal while the main thread waits: counts it, makes
+/// sure the wait is interrupted, then runs the handler it replaced, so Node's listeners still
+/// hear the signal. Async-signal-safe: atomics, `timer_settime` and the chained handler only.
+extern "C" fn ending_signal(
+  signal: libc::c_int,
+  info: *mut libc::siginfo_t,
+  context: *mut libc::c_void,
+) {
+  // SAFETY: errno is thread-local; saved and restored around the calls below, as a handler must.
+  let errno = unsafe { *libc::__errno_location() };
+  LAST_ENDING_SIGNAL.store(signal, Ordering::SeqCst);
+  ENDING_SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst);
+  // Counted first, then the timer: a wait that checks the count before it blocks again and
+  // misses it (the signal landed between the check and the call) is interrupted by the timer,
+  // which repeats until the wait ends, and then sees the count. This also reaches the waiting
+  // thread when the kernel delivered the signal to another thread of the process.
+  let timer = WAIT_TIMER.load(Ordering::SeqCst);
+  if timer != 0 {
+    let now_and_repeat = libc::itimerspec {
+      it_interval: timespec(REPEAT),
+      it_value: timespec(Duration::from_nanos(1)),
+    };
+    // SAFETY: a timer of an interruptible wait; a call that races with its deletion fails
+    // (EINVAL) and changes nothing.
+    unsafe {
+      libc::timer_settime(
+        timer as libc::timer_t,
+        0,
+        &now_and_repeat,
+        std::ptr::null_mut(),
+      );
+    }
+  }
+  if let Some(index) = ENDING_SIGNALS.iter().position(|&s| s == signal) {
+    let chained = CHAINED_HANDLER[index].load(Ordering::SeqCst);
+    // SAFETY: the address and calling convention of the handler that was installed before ours
+    // (stored before ours was installed); SIG_DFL and SIG_IGN are never chained.
+    unsafe {
+      if CHAINED_SIGINFO[index].load(Ordering::SeqCst) {
+        let handler: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+          std::mem::transmute(chained);
+        handler(signal, info, context);
+      } else if chained != 0 {
+        let handler: extern "C" fn(libc::c_int) = std::mem::transmute(chained);
+        handler(signal);
+      }
+    }
+  }
+  // SAFETY: as above.
+  unsafe { *libc::__errno_location() = errno };
+}
+
+fn ending_signal_address() -> libc::sighandler_t {
+  ending_signal as extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void)
+    as libc::sighandler_t
+}
+
+/// While the main thread blocks in a wait, SIGINT and SIGTERM interrupt it, so the wait can end
+/// and the event loop deliver the signal to its JS listeners (see [`EndingSignals::arrived`]).
+///
+/// Why: libuv installs its handlers for signals that JS listens for with `SA_RESTART`, so a
+/// `flock` interrupted by one restarts, and the JS listener (the exit cleanup's replaces Node's
+/// default action) runs only once the wait is over: a process blocked in `acquireLockSync`
+/// without a timeout could not be stopped by Ctrl-C or SIGTERM. For the wait, each of these
+/// signals that has a handler gets ours instead, without `SA_RESTART`; it calls the one it
+/// replaced, and the old ones are restored when the wait ends (unless someone replaced ours
+/// meanwhile: theirs stays). A signal with no handler (the default action ends the process) or
+/// ignored is left as it is.
+///
+/// Only Node's main thread: JS hears signals there alone, and while a worker's thread waits the
+/// main thread's event loop runs and ends the process as usual. So at most one such wait exists
+/// at a time and the process-wide handlers need no counting; another thread's blocked call that
+/// a signal interrupts meanwhile sees `EINTR`, which the waits of this library take as "look
+/// again". A signal that arrives before the wait begins is not seen by it (the listener runs
+/// once the wait ends), and neither is any when no real-time signal is free: `None`.
+pub struct EndingSignals {
+  seen_at_start: u64,
+  /// What each of [`ENDING_SIGNALS`] had before ours, if we replaced it.
+  replaced: [Option<libc::sigaction>; 2],
+  timer: libc::timer_t,
+  signal: libc::c_int,
+  reblock: bool,
+  _this_thread: PhantomData<*const ()>,
+}
+
+/// Makes the main thread's coming wait interruptible by SIGINT and SIGTERM; `None` on any other
+/// thread, or without a free real-time signal.
+pub fn interruptible_by_ending_signals() -> Option<EndingSignals> {
+  // SAFETY: getpid and gettid have no preconditions.
+  let main_thread = unsafe { libc::getpid() == libc::gettid() };
+  if main_thread {
+    EndingSignals::on_this_thread()
+  } else {
+    None
+  }
+}
+
+impl EndingSignals {
+  fn on_this_thread() -> Option<EndingSignals> {
+    let ours = our_signal()?;
+    if !still_ours(ours) {
+      return None;
+    }
+    let signal = ours.0;
+    // SAFETY: a timer aimed at this thread with our signal (whose handler does nothing),
+    // deleted by Drop; sigaction queries and installs on zero-initialised structs.
+    unsafe {
+      let mut event: libc::sigevent = std::mem::zeroed();
+      event.sigev_notify = libc::SIGEV_THREAD_ID;
+      event.sigev_signo = signal;
+      event.sigev_notify_thread_id = libc::gettid();
+      let mut timer: libc::timer_t = std::mem::zeroed();
+      if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
+        return None;
+      }
+      let mut interruptible = EndingSignals {
+        seen_at_start: ENDING_SIGNALS_SEEN.load(Ordering::SeqCst),
+        replaced: [None, None],
+        timer,
+        signal,
+        reblock: unblock(signal),
+        _this_thread: PhantomData,
+      };
+      WAIT_TIMER.store(timer as usize, Ordering::SeqCst);
+      for (index, &ending) in ENDING_SIGNALS.iter().enumerate() {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(ending, std::ptr::null(), &mut old) != 0
+          || old.sa_sigaction == libc::SIG_DFL
+          || old.sa_sigaction == libc::SIG_IGN
+          || old.sa_sigaction == ending_signal_address()
+        {
+          continue;
+        }
+        CHAINED_HANDLER[index].store(old.sa_sigaction, Ordering::SeqCst);
+        CHAINED_SIGINFO[index].store(old.sa_flags & libc::SA_SIGINFO != 0, Ordering::SeqCst);
+        let mut replacement = old;
+        replacement.sa_sigaction = ending_signal_address();
+        replacement.sa_flags = (old.sa_flags | libc::SA_SIGINFO) & !libc::SA_RESTART;
+        if libc::sigaction(ending, &replacement, std::ptr::null_mut()) == 0 {
+          interruptible.replaced[index] = Some(old);
+        }
+      }
+      // No handler replaced: the default action of these signals ends the process by itself.
+      if interruptible.replaced.iter().all(Option::is_none) {
+        return None;
+      }
+      Some(interruptible)
+    }
+  }
+
+  /// Whether SIGINT or SIGTERM arrived since the wait began: it must end now.
+  pub fn arrived(&self) -> bool {
+    ENDING_SIGNALS_SEEN.load(Ordering::SeqCst) != self.seen_at_start
+  }
+
+  /// The name of the last one that arrived ("SIGTERM"), for messages.
+  pub fn last_name(&self) -> &'static str {
+    match LAST_ENDING_SIGNAL.load(Ordering::SeqCst) {
+      libc::SIGINT => "SIGINT",
+      _ => "SIGTERM",
+    }
+  }
+}
+
+impl Drop for EndingSignals {
+  fn drop(&mut self) {
+    // SAFETY: sigaction queries and restores of what `on_this_thread` replaced; the timer was
+    // made there and is deleted once, after no handler can be given it any more.
+    unsafe {
+      for (index, replaced) in self.replaced.iter().enumerate() {
+        let Some(old) = replaced else {
+          continue;
+        };
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(ENDING_SIGNALS[index], std::ptr::null(), &mut current) == 0
+          && current.sa_sigaction == ending_signal_address()
+        {
+          libc::sigaction(ENDING_SIGNALS[index], old, std::ptr::null_mut());
+        }
+      }
+      WAIT_TIMER.store(0, Ordering::SeqCst);
+      libc::timer_delete(self.timer);
+    }
+    if self.reblock {
+      block(self.signal);
+    }
+  }
+}
+
 #[cfg(test)]
 mod tests {
   use super::*;
@@ -349,6 +558,85 @@ mod tests {
       assert!(interrupted());
     }
     drop(outer);
+  }
+
+  static SIGTERMS_HEARD: AtomicU64 = AtomicU64::new(0);
+
+  extern "C" fn hear_sigterm(_: libc::c_int) {
+    SIGTERMS_HEARD.fetch_add(1, Ordering::SeqCst);
+  }
+
+  /// SIGTERM's handler as libuv installs it for a JS listener (with `SA_RESTART`), or whatever
+  /// `handler` says; returns the one it replaces.
+  fn set_sigterm(handler: libc::sigaction) -> libc::sigaction {
+    // SAFETY: sigaction with fully initialised structs.
+    unsafe {
+      let mut old: libc::sigaction = std::mem::zeroed();
+      assert_eq!(libc::sigaction(libc::SIGTERM, &handler, &mut old), 0);
+      old
+    }
+  }
+
+  fn restarting_listener() -> libc::sigaction {
+    // SAFETY: a zeroed sigaction filled in; the handler only bumps an atomic.
+    unsafe {
+      let mut listener: libc::sigaction = std::mem::zeroed();
+      listener.sa_sigaction = hear_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+      listener.sa_flags = libc::SA_RESTART;
+      libc::sigemptyset(&mut listener.sa_mask);
+      listener
+    }
+  }
+
+  /// SIGTERM aimed at this thread alone (`tgkill`), so the other tests' threads never see it.
+  fn sigterm_this_thread(tid: libc::pid_t) {
+    // SAFETY: sends a signal whose handler (ours, or the listener above) only counts.
+    unsafe {
+      libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, libc::SIGTERM);
+    }
+  }
+
+  /// With a listener installed with `SA_RESTART` (libuv's way), SIGTERM interrupts a blocked
+  /// `flock` while the wait is interruptible: at once when it lands during the call, and through
+  /// the repeating timer when it lands just before the call blocks. The listener hears it each
+  /// time, and is restored as it was when the wait ends. (One test: SIGTERM's handler is the
+  /// process's.)
+  #[test]
+  fn an_ending_signal_interrupts_an_interruptible_wait_and_still_reaches_its_listener() {
+    let previous = set_sigterm(restarting_listener());
+    let path = crate::test_support::temp_dir("alarm").join("ending.lock");
+    let holder = File::create(&path).unwrap();
+    holder.lock().unwrap();
+    let waiter = File::open(&path).unwrap();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    let interrupted = || {
+      waiter
+        .lock()
+        .is_err_and(|e| e.kind() == std::io::ErrorKind::Interrupted)
+    };
+    // During the call.
+    let during = EndingSignals::on_this_thread().expect("a free real-time signal");
+    std::thread::scope(|s| {
+      s.spawn(|| {
+        crate::test_support::wait_for_blocked_flock(&path);
+        sigterm_this_thread(tid);
+      });
+      assert!(interrupted());
+    });
+    assert!(during.arrived());
+    drop(during);
+    // Just before the call: counted by our handler, and the call it did not interrupt is.
+    let before = EndingSignals::on_this_thread().expect("a free real-time signal");
+    assert!(!before.arrived());
+    sigterm_this_thread(tid);
+    assert!(before.arrived());
+    assert!(interrupted());
+    drop(before);
+    assert_eq!(SIGTERMS_HEARD.load(Ordering::SeqCst), 2);
+    let restored = set_sigterm(previous);
+    assert_eq!(restored.sa_sigaction, restarting_listener().sa_sigaction);
+    assert_eq!(restored.sa_flags & libc::SA_RESTART, libc::SA_RESTART);
   }
 
   /// POSIX timers of the process that signal thread `tid` (/proc/self/timers lists them all).

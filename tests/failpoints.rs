@@ -43,6 +43,7 @@ fn hold(file: &Path) -> (Target, String) {
     timeout: Some(Duration::ZERO),
     stale_after: Duration::from_secs(30),
     mode: Default::default(),
+    owner: lock_table::NO_OWNER,
   };
   let id = lock_table::try_acquire(&target, &options).unwrap().unwrap();
   (target, id)
@@ -137,6 +138,7 @@ fn release_all_settles_every_queued_wait() {
       timeout: None,
       stale_after: Duration::from_secs(30),
       mode: Default::default(),
+      owner: lock_table::NO_OWNER,
     },
     Box::new(move |result| done.send(result).unwrap()),
   );
@@ -183,6 +185,7 @@ fn waiting(mode: LockMode, priority: f64, timeout: Option<Duration>) -> AcquireO
     timeout,
     stale_after: Duration::from_secs(30),
     mode,
+    owner: lock_table::NO_OWNER,
   }
 }
 
@@ -253,7 +256,7 @@ fn a_writers_grant_is_never_handed_to_a_reader() {
   fail::remove("claim::judged");
   let beside = a_reader_elsewhere_could_hold(&target);
   let record = std::fs::read_to_string(&target.lock_path).unwrap();
-  lock_table::release(&target, &reader_id).unwrap();
+  lock_table::release(target.file.to_str().unwrap(), &reader_id).unwrap();
   assert!(
     beside,
     "another process's reader is shut out by a read lock"
@@ -289,12 +292,12 @@ fn a_readers_grant_is_never_handed_to_a_writer() {
   let beside = a_reader_elsewhere_could_hold(&target);
   let verified = lock_table::verify_held(&target, &writer_id).is_ok();
   let record = std::fs::read_to_string(&target.lock_path).unwrap();
-  lock_table::release(&target, &writer_id).unwrap();
+  lock_table::release(target.file.to_str().unwrap(), &writer_id).unwrap();
   let reader_id = reader
     .recv_timeout(WAIT)
     .unwrap()
     .expect("the reader follows");
-  lock_table::release(&target, &reader_id).unwrap();
+  lock_table::release(target.file.to_str().unwrap(), &reader_id).unwrap();
   assert!(
     !beside,
     "another process's reader holds beside the writer (verified: {verified})"
