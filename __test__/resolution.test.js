@@ -101,6 +101,23 @@ describe('one lock file, however its directory is spelled', () => {
     expect(sync).toMatchObject({ ok: false, code: 'ELOCKDEADLOCK' })
   })
 
+  test("a data file that links into another project is locked by that project's lock; a link replaced is seen at the next call", async () => {
+    const [a, b] = [makeProject(), makeProject()]
+    const real = path.join(a, '.flowforge', 'tasks.json')
+    fs.writeFileSync(real, '{}')
+    const linked = path.join(b, '.flowforge', 'tasks.json')
+    fs.symlinkSync(path.relative(path.dirname(linked), real), linked)
+    const [inA, inB] = await Promise.all([startDriver(), startDriver()])
+    expect(await inA.call('acquire', { file: real, timeout: 0 })).toMatchObject({ ok: true })
+    expect(await inB.call('acquire', { file: linked, timeout: 0 })).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+    expect((await inB.call('lockKey', { file: linked })).value).toBe(lockPathOf(a, 'tasks.json'))
+    // B's own file in place of the link: B's own lock from the next call on.
+    fs.unlinkSync(linked)
+    fs.writeFileSync(linked, '{}')
+    expect((await inB.call('lockKey', { file: linked })).value).toBe(lockPathOf(b, 'tasks.json'))
+    expect(await inB.call('acquire', { file: linked, timeout: 0 })).toMatchObject({ ok: true })
+  })
+
   test('worktrees whose .flowforge is a symlink to one shared directory share one lock, in its .locks/', async () => {
     const shared = makeProject()
     const worktrees = [makeProject(), makeProject()]

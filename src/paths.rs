@@ -152,6 +152,9 @@ struct Resolution {
   /// The target with its lock path spelled from the root as found.
   spelled: Target,
   found: Found,
+  /// The file's own symbolic links as followed: each path of the chain with what it linked to
+  /// (the last one: `None`, not a link).
+  links: Vec<(PathBuf, Option<PathBuf>)>,
   /// The target with its real lock path, and the identity of the lock directory it was
   /// looked up for.
   real: Option<(DirId, Arc<Target>)>,
@@ -174,16 +177,21 @@ impl Resolution {
   /// made since in an ancestor nearer than the root. The root's own `.flowforge/` is looked at
   /// with the lock directory inside it ([`Resolution::place`]).
   fn stands(&self) -> bool {
+    let links_unchanged = self
+      .links
+      .iter()
+      .all(|(path, link)| fs::read_link(path).ok() == *link);
     let value = override_value();
-    match &self.found {
-      Found::Override { value: was, cwd } => {
-        value.as_ref() == Some(was)
-          && cwd
-            .as_ref()
-            .is_none_or(|cwd| std::env::current_dir().is_ok_and(|now| now == *cwd))
+    links_unchanged
+      && match &self.found {
+        Found::Override { value: was, cwd } => {
+          value.as_ref() == Some(was)
+            && cwd
+              .as_ref()
+              .is_none_or(|cwd| std::env::current_dir().is_ok_and(|now| now == *cwd))
+        }
+        Found::Ancestors { nearer, .. } => value.is_none() && !nearer.iter().any(|d| d.is_dir()),
       }
-      Found::Ancestors { nearer, .. } => value.is_none() && !nearer.iter().any(|d| d.is_dir()),
-    }
   }
 
   /// Looks at the lock directory (making it when `make`, and then checking that it is safe):
@@ -363,6 +371,7 @@ fn locate(file: &str, make: bool) -> Result<Arc<Target>> {
         resolution = Arc::new(Resolution {
           spelled: resolution.spelled.clone(),
           found: resolution.found.clone(),
+          links: resolution.links.clone(),
           real: Some((id, target.clone())),
         });
         changed = true;
@@ -446,7 +455,7 @@ fn depth(base: usize, path: &Path) -> usize {
 
 fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
   check_text(file)?;
-  let absolute = normalize(&cwd.join(file));
+  let (absolute, links) = follow_file_links(normalize(&cwd.join(file)))?;
   let Some(name) = absolute.file_name() else {
     return Err(not_a_file(file));
   };
@@ -503,8 +512,39 @@ fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
       lock_path,
     },
     found,
+    links,
     real: None,
   })
+}
+
+/// Symbolic links followed for one file before giving up, as the kernel's own limit.
+const MAX_FILE_LINKS: usize = 40;
+
+/// Follows `path`'s own symbolic links (not its directories'), as the store follows them when
+/// it writes: a data file that links into another project is that project's file, locked by
+/// its lock. Directories stay as spelled: `.flowforge` linked from several worktrees to one
+/// shared directory keeps its locks in the shared `.locks/`, where older tools lock them too.
+/// Returns the file and the chain, each path with what it linked to.
+fn follow_file_links(path: PathBuf) -> Result<(PathBuf, Vec<(PathBuf, Option<PathBuf>)>)> {
+  let mut chain = Vec::new();
+  let mut current = path;
+  loop {
+    let link = fs::read_link(&current).ok();
+    chain.push((current.clone(), link.clone()));
+    let Some(link) = link else {
+      return Ok((current, chain));
+    };
+    if chain.len() > MAX_FILE_LINKS {
+      return Err(LockError::new(
+        "ELOOP",
+        format!(
+          "{} leads through more than {MAX_FILE_LINKS} symbolic links. Point it at the data file directly.",
+          chain[0].0.display()
+        ),
+      ));
+    }
+    current = normalize(&current.parent().unwrap_or(Path::new("/")).join(link));
+  }
 }
 
 fn project_lock_path(root: &Path, name: &OsStr) -> PathBuf {
@@ -712,6 +752,17 @@ mod tests {
     }
     let dir = temp_project();
     assert_eq!(resolve(dir.to_str().unwrap()).unwrap_err().code, "EISDIR");
+  }
+
+  #[test]
+  fn a_data_file_linked_in_a_loop_is_refused_with_eloop() {
+    let dir = temp_project();
+    let (a, b) = (dir.join(".flowforge/a.json"), dir.join(".flowforge/b.json"));
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let err = resolve(a.to_str().unwrap()).unwrap_err();
+    assert_eq!(err.code, "ELOOP");
+    assert!(err.message.contains("a.json"), "{}", err.message);
   }
 
   #[test]
