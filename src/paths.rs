@@ -152,9 +152,8 @@ struct Resolution {
   /// The target with its lock path spelled from the root as found.
   spelled: Target,
   found: Found,
-  /// The file's own symbolic links as followed: each path of the chain with what it linked to
-  /// (the last one: `None`, not a link).
-  links: Vec<(PathBuf, Option<PathBuf>)>,
+  /// The file's own symbolic links as followed.
+  links: LinkChain,
   /// The target with its real lock path, and the identity of the lock directory it was
   /// looked up for.
   real: Option<(DirId, Arc<Target>)>,
@@ -517,6 +516,10 @@ fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
   })
 }
 
+/// Each path of a file's chain of symbolic links with what it linked to (the last one: `None`,
+/// not a link).
+type LinkChain = Vec<(PathBuf, Option<PathBuf>)>;
+
 /// Symbolic links followed for one file before giving up, as the kernel's own limit.
 const MAX_FILE_LINKS: usize = 40;
 
@@ -525,7 +528,7 @@ const MAX_FILE_LINKS: usize = 40;
 /// its lock. Directories stay as spelled: `.flowforge` linked from several worktrees to one
 /// shared directory keeps its locks in the shared `.locks/`, where older tools lock them too.
 /// Returns the file and the chain, each path with what it linked to.
-fn follow_file_links(path: PathBuf) -> Result<(PathBuf, Vec<(PathBuf, Option<PathBuf>)>)> {
+fn follow_file_links(path: PathBuf) -> Result<(PathBuf, LinkChain)> {
   let mut chain = Vec::new();
   let mut current = path;
   loop {
