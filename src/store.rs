@@ -145,19 +145,24 @@ fn not_durable(err: &io::Error, path: &Path) -> LockError {
 }
 
 /// Creates a missing parent directory (as FlowForge does for `.flowforge/billing/`), durably.
+/// Makes `dir` and its missing parents, top down, each synced into its parent: a crash after
+/// the commit must not take away a directory the file was committed into.
 fn ensure_dir(dir: &Path) -> Result<()> {
   if dir.is_dir() {
     return Ok(());
   }
-  fs::DirBuilder::new()
-    .recursive(true)
-    .mode(0o755)
-    .create(dir)
-    .map_err(|e| LockError::io(&e, "Cannot create the directory", dir))?;
-  if let Some(parent) = dir.parent() {
-    sync_dir(parent).map_err(|e| LockError::io(&e, "Cannot sync the directory", parent))?;
+  let Some(parent) = dir.parent() else {
+    return Ok(());
+  };
+  ensure_dir(parent)?;
+  match fs::DirBuilder::new().mode(0o755).create(dir) {
+    // Made by another process meanwhile: synced here too, in case that one has not yet.
+    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+      return Err(LockError::io(&e, "Cannot create the directory", dir))
+    }
+    _ => {}
   }
-  Ok(())
+  sync_dir(parent).map_err(|e| LockError::io(&e, "Cannot sync the directory", parent))
 }
 
 pub(crate) fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata>) -> Result<()> {
@@ -276,6 +281,18 @@ mod tests {
     assert_eq!(
       fs::metadata(&path).unwrap().permissions().mode() & 0o777,
       0o600
+    );
+  }
+
+  #[test]
+  fn a_file_in_missing_directories_is_written_with_every_directory_made() {
+    let path = temp_dir("store").join("billing/2026/11/time-tracking.json");
+    write_atomic(&path, "{}\n", || Ok(())).unwrap();
+    assert_eq!(read_text(&path).unwrap().unwrap(), "{}\n");
+    let made = path.parent().unwrap();
+    assert_eq!(
+      fs::metadata(made).unwrap().permissions().mode() & 0o777,
+      0o755
     );
   }
 
