@@ -289,11 +289,6 @@ mod tests {
     let path = temp_dir("store").join("billing/2026/11/time-tracking.json");
     write_atomic(&path, "{}\n", || Ok(())).unwrap();
     assert_eq!(read_text(&path).unwrap().unwrap(), "{}\n");
-    let made = path.parent().unwrap();
-    assert_eq!(
-      fs::metadata(made).unwrap().permissions().mode() & 0o777,
-      0o755
-    );
   }
 
   #[test]
