@@ -101,6 +101,20 @@ thread_local! {
   static TIMER: RefCell<Option<ThreadTimer>> = const { RefCell::new(None) };
 }
 
+/// A CLOCK_MONOTONIC timer whose expiries send `signal` to this thread (not to any thread of
+/// the process); `None` if the system has no timer left. The caller deletes it.
+fn timer_aimed_at_this_thread(signal: libc::c_int) -> Option<libc::timer_t> {
+  // SAFETY: plain libc calls on zero-initialised structs that they fill in.
+  unsafe {
+    let mut event: libc::sigevent = std::mem::zeroed();
+    event.sigev_notify = libc::SIGEV_THREAD_ID;
+    event.sigev_signo = signal;
+    event.sigev_notify_thread_id = libc::gettid();
+    let mut timer: libc::timer_t = std::mem::zeroed();
+    (libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) == 0).then_some(timer)
+  }
+}
+
 impl ThreadTimer {
   /// A timer that signals this thread (not any thread of the process) with `signal`.
   fn create(signal: libc::c_int) -> Option<ThreadTimer> {
@@ -110,25 +124,15 @@ impl ThreadTimer {
       libc::pthread_atfork(None, None, Some(in_forked_child));
     });
     let generation = FORKS.load(Ordering::Relaxed);
-    // SAFETY: plain libc calls on zero-initialised structs that they fill in; the timer is
-    // deleted by Drop, when the thread ends.
-    unsafe {
-      let mut event: libc::sigevent = std::mem::zeroed();
-      event.sigev_notify = libc::SIGEV_THREAD_ID;
-      event.sigev_signo = signal;
-      event.sigev_notify_thread_id = libc::gettid();
-      let mut timer: libc::timer_t = std::mem::zeroed();
-      if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
-        return None;
-      }
-      Some(ThreadTimer {
-        timer,
-        armed: Vec::new(),
-        reblock: false,
-        generation,
-        aimed_at: None,
-      })
-    }
+    // Deleted by Drop, when the thread ends.
+    let timer = timer_aimed_at_this_thread(signal)?;
+    Some(ThreadTimer {
+      timer,
+      armed: Vec::new(),
+      reblock: false,
+      generation,
+      aimed_at: None,
+    })
   }
 
   /// Aims the timer at `deadline` (and every [`REPEAT`] after it), or stops it (`None`).
@@ -403,17 +407,10 @@ impl EndingSignals {
       return None;
     }
     let signal = ours.0;
-    // SAFETY: a timer aimed at this thread with our signal (whose handler does nothing),
-    // deleted by Drop; sigaction queries and installs on zero-initialised structs.
+    // With our signal, whose handler does nothing; deleted by Drop.
+    let timer = timer_aimed_at_this_thread(signal)?;
+    // SAFETY: sigaction queries and installs on zero-initialised structs.
     unsafe {
-      let mut event: libc::sigevent = std::mem::zeroed();
-      event.sigev_notify = libc::SIGEV_THREAD_ID;
-      event.sigev_signo = signal;
-      event.sigev_notify_thread_id = libc::gettid();
-      let mut timer: libc::timer_t = std::mem::zeroed();
-      if libc::timer_create(libc::CLOCK_MONOTONIC, &mut event, &mut timer) != 0 {
-        return None;
-      }
       let mut interruptible = EndingSignals {
         seen_at_start: ENDING_SIGNALS_SEEN.load(Ordering::SeqCst),
         replaced: [None, None],
