@@ -118,6 +118,25 @@ describe('one lock file, however its directory is spelled', () => {
     expect(await inB.call('acquire', { file: linked, timeout: 0 })).toMatchObject({ ok: true })
   })
 
+  test("a relative link is read from the link's real directory, as the kernel reads it", async () => {
+    const base = makeProject()
+    const a = path.join(base, 'a')
+    fs.mkdirSync(path.join(a, '.flowforge'), { recursive: true })
+    const real = path.join(a, '.flowforge', 'tasks.json')
+    fs.writeFileSync(real, '{}')
+    // b's .flowforge lives three levels down elsewhere; its tasks.json links up from there.
+    const store = path.join(base, 'store', 'deep', 'ffB')
+    fs.mkdirSync(store, { recursive: true })
+    fs.mkdirSync(path.join(base, 'b'))
+    fs.symlinkSync(store, path.join(base, 'b', '.flowforge'))
+    fs.symlinkSync('../../../a/.flowforge/tasks.json', path.join(store, 'tasks.json'))
+    const linked = path.join(base, 'b', '.flowforge', 'tasks.json')
+    expect(fs.realpathSync(linked)).toBe(fs.realpathSync(real))
+    const [inA, inB] = await Promise.all([startDriver(), startDriver()])
+    expect(await inA.call('acquire', { file: real, timeout: 0 })).toMatchObject({ ok: true })
+    expect(await inB.call('acquire', { file: linked, timeout: 0 })).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+  })
+
   test('worktrees whose .flowforge is a symlink to one shared directory share one lock, in its .locks/', async () => {
     const shared = makeProject()
     const worktrees = [makeProject(), makeProject()]

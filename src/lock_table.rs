@@ -816,14 +816,36 @@ fn fail_waiters(key: &Path, error: &LockError) {
 }
 
 /// Releases the hold `lock_id` of this process, found by its lockId whatever `file` (the
-/// caller's path, checked) resolves to now. `Ok(false)`: nothing to release (already released);
-/// `ELOCKMISMATCH` when `file`'s lock is held under another lockId.
+/// caller's path) resolves to now, as long as it is a hold of `file` or of its lock.
+/// `Ok(false)`: nothing to release (already released); `ELOCKMISMATCH` when `file`'s lock is
+/// held under another lockId, or `lock_id` is this process's hold of another lock.
 pub fn release(file: &str, lock_id: &str) -> Result<bool> {
-  paths::check_spelling(file)?;
-  if release_hold(lock_id) {
-    return Ok(true);
+  let spelled = paths::file_of(file)?;
+  let hold_of_this_file = table().find(lock_id).map(|(_, held)| held.file == spelled);
+  match hold_of_this_file {
+    None => release_not_held(&*paths::resolve(file)?, lock_id),
+    Some(true) => Ok(release_hold(lock_id)),
+    // Another spelling of the file, a symlinked data file, or a file sharing the lock; or a
+    // lockId of another lock of this process, which must not end that hold.
+    Some(false) => {
+      let target = paths::resolve(file)?;
+      let other_lock = table()
+        .find(lock_id)
+        .filter(|(lock_path, held)| *lock_path != target.lock_path && held.file != target.file)
+        .map(|(_, held)| held.file.clone());
+      match other_lock {
+        Some(other) => Err(LockError::new(
+          "ELOCKMISMATCH",
+          format!(
+            "Lock on {} was not released: lockId {lock_id} is this process's hold of {}'s lock, not of this file's. Pass the lockId that acquireLock returned for this file.",
+            target.file.display(),
+            other.display()
+          ),
+        )),
+        None => Ok(release_hold(lock_id)),
+      }
+    }
   }
-  release_not_held(&*paths::resolve(file)?, lock_id)
 }
 
 /// Ends this process's hold `lock_id`; false when there is none.
@@ -1223,6 +1245,18 @@ mod tests {
       options(timeout),
       Box::new(move |outcome| done.send((label, outcome)).unwrap()),
     );
+  }
+
+  /// A hold is found by its lockId, but only the file it was taken for (or one sharing its
+  /// lock) may end it: a lockId passed with the wrong file must not release another lock.
+  #[test]
+  fn a_lock_id_of_another_lock_releases_nothing() {
+    let (a, b) = (project_file("a.json"), project_file("b.json"));
+    let (id_a, id_b) = (take_now(&a), take_now(&b));
+    assert_eq!(release(&a, &id_b).unwrap_err().code, "ELOCKMISMATCH");
+    assert!(verify_held(&b, &id_b).is_ok());
+    assert!(release(&b, &id_b).unwrap());
+    assert!(release(&a, &id_a).unwrap());
   }
 
   #[test]

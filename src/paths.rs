@@ -10,7 +10,8 @@
 //! value and the `.flowforge/` directories it rests on are looked at again each time. The lock
 //! path is given in its directory's real path, so that this process keys one lock file one way
 //! however it is spelled; the lock file itself is the one the caller's path names (a file is
-//! locked by the project its path names, symlinks or not).
+//! locked by the project its path names, through symlinked directories or not; a data file that
+//! is itself a symlink is followed, as the store follows it when it writes).
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -311,20 +312,19 @@ pub fn prepare(file: &str) -> Result<Arc<Target>> {
   locate(file, true)
 }
 
-/// The caller's path made absolute and normalised, as [`resolve`] makes it, for calls that touch
-/// the file itself and no lock (reads): remembered per spelling with no look at the disk, since
-/// a file's own path does not depend on where its lock lives.
+/// The caller's path made absolute and normalised, checked as [`resolve`] checks it, for calls
+/// that touch the file itself and no lock (reads, which follow a symlinked file when they open
+/// it): no look at the disk, so a link changed since is followed afresh.
 pub fn file_of(file: &str) -> Result<PathBuf> {
-  let cwd = cwd_key(file)?;
-  match remembered(&cwd, file) {
-    Some(resolution) => Ok(resolution.spelled.file.clone()),
-    None => {
-      let resolution = resolve_afresh(cwd.as_deref(), file)?;
-      let path = resolution.spelled.file.clone();
-      remember(cwd, file, Arc::new(resolution));
-      Ok(path)
-    }
+  check_text(file)?;
+  let absolute = match cwd_key(file)? {
+    Some(cwd) => normalize(&cwd.join(file)),
+    None => normalize(Path::new(file)),
+  };
+  if absolute.file_name().is_none() {
+    return Err(not_a_file(file));
   }
+  Ok(absolute)
 }
 
 /// The working directory a spelling's resolution depends on: `None` for an absolute path; a
@@ -546,7 +546,14 @@ fn follow_file_links(path: PathBuf) -> Result<(PathBuf, LinkChain)> {
         ),
       ));
     }
-    current = normalize(&current.parent().unwrap_or(Path::new("/")).join(link));
+    // A relative link is read from the link's real directory, as the kernel reads it.
+    let dir = current.parent().unwrap_or(Path::new("/"));
+    let base = if link.is_relative() {
+      fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf())
+    } else {
+      PathBuf::new()
+    };
+    current = normalize(&base.join(link));
   }
 }
 

@@ -144,9 +144,9 @@ fn not_durable(err: &io::Error, path: &Path) -> LockError {
   )
 }
 
-/// Creates a missing parent directory (as FlowForge does for `.flowforge/billing/`), durably.
-/// Makes `dir` and its missing parents, top down, each synced into its parent: a crash after
-/// the commit must not take away a directory the file was committed into.
+/// Makes `dir` and its missing parents (as FlowForge does for `.flowforge/billing/`), top down,
+/// each synced into its parent: a crash after the commit must not take away a directory the
+/// file was committed into.
 fn ensure_dir(dir: &Path) -> Result<()> {
   if dir.is_dir() {
     return Ok(());
@@ -285,7 +285,7 @@ mod tests {
   }
 
   #[test]
-  fn a_file_in_missing_directories_is_written_with_every_directory_made() {
+  fn a_file_in_several_missing_directories_is_written() {
     let path = temp_dir("store").join("billing/2026/11/time-tracking.json");
     write_atomic(&path, "{}\n", || Ok(())).unwrap();
     assert_eq!(read_text(&path).unwrap().unwrap(), "{}\n");

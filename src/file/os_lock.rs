@@ -251,7 +251,6 @@ impl LockFile {
   }
 }
 
-/// Whether `lock_id` occurs in a record's raw bytes (every release asks this of its record).
 /// Whether `path` (not followed if a symlink) names the inode `dev`/`ino`: the check made after
 /// every lock of a kept handle (lock, queue and reader files). It asks the kernel for the inode
 /// alone: a stat asking for the change time makes Linux (6.13+, multigrain timestamps) stamp the
@@ -260,8 +259,15 @@ impl LockFile {
 #[cfg(target_os = "linux")]
 pub(crate) fn names_inode(path: &Path, dev: u64, ino: u64) -> bool {
   use rustix::fs::{makedev, statx, AtFlags, StatxFlags, CWD};
-  matches!(statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO),
-    Ok(st) if st.stx_ino == ino && makedev(st.stx_dev_major, st.stx_dev_minor) == dev)
+  use rustix::io::Errno;
+  match statx(CWD, path, AtFlags::SYMLINK_NOFOLLOW, StatxFlags::INO) {
+    Ok(st) => st.stx_ino == ino && makedev(st.stx_dev_major, st.stx_dev_minor) == dev,
+    // No statx (a kernel before 4.11, or a seccomp filter that refuses it): std's stat.
+    Err(Errno::NOSYS | Errno::PERM) => {
+      matches!(fs::symlink_metadata(path), Ok(m) if m.dev() == dev && m.ino() == ino)
+    }
+    Err(_) => false,
+  }
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -269,6 +275,7 @@ pub(crate) fn names_inode(path: &Path, dev: u64, ino: u64) -> bool {
   matches!(fs::symlink_metadata(path), Ok(m) if m.dev() == dev && m.ino() == ino)
 }
 
+/// Whether `lock_id` occurs in a record's raw bytes (every release asks this of its record).
 pub(crate) fn mentions(bytes: &[u8], lock_id: &str) -> bool {
   !lock_id.is_empty() && memchr::memmem::find(bytes, lock_id.as_bytes()).is_some()
 }
