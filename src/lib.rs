@@ -201,7 +201,7 @@ pub fn lock_key(env: Env, file: String) -> Result<String> {
 /// `null` when the backend has none.
 #[napi]
 pub fn inheritable_fd(env: Env, file: String, lock_id: String) -> Result<Option<i32>> {
-  paths::check_spelling(&file)
+  paths::file_of(&file)
     .map(|_| lock_table::inheritable_fd(&lock_id))
     .map_err(|e| js_error(&env, e))
 }

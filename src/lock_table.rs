@@ -831,7 +831,7 @@ pub fn release(file: &str, lock_id: &str) -> Result<bool> {
       let target = paths::resolve(file)?;
       let other_lock = table()
         .find(lock_id)
-        .filter(|(lock_path, held)| *lock_path != target.lock_path && held.file != target.file)
+        .filter(|(lock_path, held)| !protects(lock_path, held, &target))
         .map(|(_, held)| held.file.clone());
       match other_lock {
         Some(other) => Err(LockError::new(
@@ -846,6 +846,13 @@ pub fn release(file: &str, lock_id: &str) -> Result<bool> {
       }
     }
   }
+}
+
+/// Whether `held`, a hold of the lock at `lock_path`, covers `target`: taken for this file, or
+/// its lock is `target`'s (the file locked through the lock path it resolves to now, or files
+/// sharing a lock file).
+fn protects(lock_path: &Path, held: &Held, target: &Target) -> bool {
+  held.file == target.file || lock_path == target.lock_path
 }
 
 /// Ends this process's hold `lock_id`; false when there is none.
@@ -998,13 +1005,12 @@ fn cancelled_error(file: &Path, why: &str) -> LockError {
 /// (recording ours). A lock evicted while its holder stalled must not write.
 pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   let held = table().find(lock_id).map(|(lock_path, h)| {
-    // The hold protects `target` if it is this file's lock, or this lock's (`target` locked
-    // through a lock path it resolves to now, or files sharing a lock file).
-    let protects = h.file == target.file || lock_path == target.lock_path;
     (
       h.cell.clone(),
       h.mode,
-      protects.then_some(()).ok_or_else(|| h.file.clone()),
+      protects(lock_path, h, target)
+        .then_some(())
+        .ok_or_else(|| h.file.clone()),
     )
   });
   if let Some((_, _, Err(other))) = &held {

@@ -316,11 +316,30 @@ pub fn prepare(file: &str) -> Result<Arc<Target>> {
 /// that touch the file itself and no lock (reads, which follow a symlinked file when they open
 /// it): no look at the disk, so a link changed since is followed afresh.
 pub fn file_of(file: &str) -> Result<PathBuf> {
-  check_text(file)?;
-  let absolute = match cwd_key(file)? {
-    Some(cwd) => normalize(&cwd.join(file)),
-    None => normalize(Path::new(file)),
-  };
+  match cwd_key(file)? {
+    Some(cwd) => absolute_file(&cwd, file),
+    None => absolute_file(Path::new("/"), file),
+  }
+}
+
+fn not_a_file(file: &str) -> LockError {
+  LockError::invalid_value(format!("The file path {file:?} does not name a file"))
+}
+
+/// `file` (the caller's spelling) checked, and made absolute from `cwd` and normalised; refused
+/// when it names no file (empty, a NUL byte, the root).
+fn absolute_file(cwd: &Path, file: &str) -> Result<PathBuf> {
+  if file.is_empty() {
+    return Err(LockError::invalid_value(
+      "The file path must be a non-empty string. Received ''",
+    ));
+  }
+  if file.contains('\0') {
+    return Err(LockError::invalid_value(format!(
+      "The file path must not contain null bytes. Received {file:?}"
+    )));
+  }
+  let absolute = normalize(&cwd.join(file));
   if absolute.file_name().is_none() {
     return Err(not_a_file(file));
   }
@@ -400,21 +419,6 @@ fn locate(file: &str, make: bool) -> Result<Arc<Target>> {
   }
 }
 
-/// Checks a caller's path as [`resolve`] does, without looking at the disk or building a path
-/// (a relative one asks for the working directory): for calls that find their hold by lockId.
-pub fn check_spelling(file: &str) -> Result<()> {
-  check_text(file)?;
-  let base = if Path::new(file).is_absolute() {
-    0
-  } else {
-    depth(0, &current_dir()?)
-  };
-  if depth(base, Path::new(file)) == 0 {
-    return Err(not_a_file(file));
-  }
-  Ok(())
-}
-
 fn resolve_afresh(cwd: Option<&Path>, file: &str) -> Result<Resolution> {
   match cwd {
     Some(cwd) => resolve_from(cwd, file),
@@ -422,50 +426,14 @@ fn resolve_afresh(cwd: Option<&Path>, file: &str) -> Result<Resolution> {
   }
 }
 
-fn check_text(file: &str) -> Result<()> {
-  if file.is_empty() {
-    return Err(LockError::invalid_value(
-      "The file path must be a non-empty string. Received ''",
-    ));
-  }
-  if file.contains('\0') {
-    return Err(LockError::invalid_value(format!(
-      "The file path must not contain null bytes. Received {file:?}"
-    )));
-  }
-  Ok(())
-}
-
-fn not_a_file(file: &str) -> LockError {
-  LockError::invalid_value(format!("The file path {file:?} does not name a file"))
-}
-
-/// How many names deep `path` leads from a directory `base` names deep, `..` resolved
-/// lexically as [`normalize`] does: 0 is the root, which names no file.
-fn depth(base: usize, path: &Path) -> usize {
-  path
-    .components()
-    .fold(base, |depth, component| match component {
-      Component::Normal(_) => depth + 1,
-      Component::ParentDir => depth.saturating_sub(1),
-      _ => depth,
-    })
-}
-
 fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
-  check_text(file)?;
-  let (absolute, links) = follow_file_links(normalize(&cwd.join(file)))?;
+  let (absolute, links) = follow_file_links(absolute_file(cwd, file)?)?;
+  // A link can lead to the root, which names no file.
   let Some(name) = absolute.file_name() else {
     return Err(not_a_file(file));
   };
   if absolute.is_dir() {
-    return Err(LockError::new(
-      "EISDIR",
-      format!(
-        "{} is a directory; a lock protects a file. Pass the path of a file inside it.",
-        absolute.display()
-      ),
-    ));
+    return Err(is_a_directory(&absolute));
   }
   let (root, lock_path, found) = match override_value() {
     Some(value) => {
@@ -514,6 +482,16 @@ fn resolve_from(cwd: &Path, file: &str) -> Result<Resolution> {
     links,
     real: None,
   })
+}
+
+fn is_a_directory(path: &Path) -> LockError {
+  LockError::new(
+    "EISDIR",
+    format!(
+      "{} is a directory; a lock protects a file. Pass the path of a file inside it.",
+      path.display()
+    ),
+  )
 }
 
 /// Each path of a file's chain of symbolic links with what it linked to (the last one: `None`,
@@ -742,7 +720,7 @@ mod tests {
     assert_eq!(resolve("").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
     assert_eq!(resolve("a\0b").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
     assert_eq!(resolve("/").unwrap_err().code, "ERR_INVALID_ARG_VALUE");
-    // The same answers without resolving, for calls that find their hold by lockId.
+    // The same answers without resolving, for calls that touch the file or find a hold by lockId.
     for bad in [
       "",
       "a\0b",
@@ -752,13 +730,13 @@ mod tests {
       "../../../../../../../../../../..",
     ] {
       assert_eq!(
-        check_spelling(bad).unwrap_err().code,
+        file_of(bad).unwrap_err().code,
         "ERR_INVALID_ARG_VALUE",
         "{bad:?}"
       );
     }
     for good in ["/a/b/..", "/a/./b/", "a", "x/../y"] {
-      check_spelling(good).unwrap();
+      file_of(good).unwrap();
     }
     let dir = temp_project();
     assert_eq!(resolve(dir.to_str().unwrap()).unwrap_err().code, "EISDIR");
