@@ -113,7 +113,7 @@ describe('the version rule', () => {
     await updateWithLock(file, () => ({ keep: true }))
     const sidecar = sidecarOf(file)
     const good = fs.readFileSync(sidecar, 'utf8')
-    const garbage = ['', '{', good.slice(0, -3), good.replace('"version":1', '"version":7'), good.replace('"format":1', '"format":9'), '\u0000'.repeat(100), 'x'.repeat(10000), JSON.stringify({ ...JSON.parse(good), version: -1 })]
+    const garbage = ['', '{', good.slice(0, -3), good.replace('"version":1', '"version":7'), good.replace('"format":2', '"format":9'), good.replace(/"hash":"[0-9a-f]{16}",/, ''), '\u0000'.repeat(100), 'x'.repeat(10000), JSON.stringify({ ...JSON.parse(good), version: -1 })]
     for (const text of garbage) {
       fs.writeFileSync(sidecar, text)
       const read = await readJSONVersioned(file).catch((e) => e)
@@ -192,6 +192,33 @@ describe('optimistic updates: ifVersion (item 2)', () => {
     expect(refused.message).toContain('outside flowforge-lock')
     const bad = await updateWithLock(file, (d) => d, { ifVersion: 1.5 }).catch((e) => e)
     expect(bad.code).toBe('ERR_INVALID_ARG_VALUE')
+  })
+
+  test('a foreign write that keeps the identity (in place, same size, same mtime) is still seen and refused', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    await updateWithLock(file, () => ({ tasks: [{ id: 1, status: 'ready' }] }))
+    const read = await readJSONVersioned(file)
+    expect(read).toMatchObject({ version: 1, foreignWrite: false })
+    // Another program rewrites the file in place within the same mtime tick as that commit, which
+    // keeps the inode, the size and the mtime (an older kernel's coarse clock, a whole-second file
+    // system). Made deterministic here: a real process writes in place, and `touch` puts back the
+    // mtime the tick would have left.
+    const before = fs.statSync(file, { bigint: true })
+    const edited = fs.readFileSync(file, 'utf8').replace('"ready"', '"done!"')
+    execFileSync(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], process.argv[2])', file, edited])
+    const ns = before.mtimeNs
+    execFileSync('touch', ['-m', '-d', `@${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`, file])
+    const after = fs.statSync(file, { bigint: true })
+    expect([after.ino, after.size, after.mtimeNs]).toEqual([before.ino, before.size, before.mtimeNs])
+
+    expect(await readJSONVersioned(file)).toEqual({ data: { tasks: [{ id: 1, status: 'done!' }] }, version: 2, foreignWrite: true })
+    const refused = await updateWithLock(file, (doc) => ({ ...doc, planned: 'on version 1' }), { ifVersion: read.version }).catch((e) => e)
+    expect(refused).toMatchObject({ code: 'EVERSION', foreignWrite: true })
+    expect(fs.readFileSync(file, 'utf8')).toBe(edited)
+    // The next commit counts the foreign write as one version and its own as the next.
+    await updateWithLock(file, (doc) => ({ ...doc, seen: true }))
+    expect(await readJSONVersioned(file)).toMatchObject({ version: 3, foreignWrite: false, data: { tasks: [{ id: 1, status: 'done!' }], seen: true } })
   })
 })
 

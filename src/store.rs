@@ -108,7 +108,7 @@ pub fn write_atomic(
       still_ours()
     })
     // The version sidecar names the new inode before the rename publishes it (versions.rs).
-    .and_then(|_| crate::versions::record_commit(&path, &temp, existing.as_ref()))
+    .and_then(|_| crate::versions::record_commit(&path, &temp, text, existing.as_ref()))
     .and_then(|_| {
       failpoint!("store::before_rename");
       fs::rename(&temp, &path).map_err(|e| LockError::io(&e, "Cannot replace", &path))

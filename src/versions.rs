@@ -19,6 +19,12 @@
 //! died between the two renames): a reader who opened, fstat'ed and read ONE descriptor can
 //! always name the version of what it read, and a reader never waits for anybody.
 //!
+//! An identity cannot tell a foreign program's write in place that keeps the size within one
+//! tick of the clock that stamps mtime (or that puts the mtime back) from the commit before it, so
+//! the sidecar also keeps a hash of the committed content (XXH3-64), and whoever judges a file
+//! whose identity is the sidecar's compares the hash of what is there: a reader hashes what it
+//! read, `ifVersion` and the next commit read the file once more under the lock.
+//!
 //! The version rule (docs/reads.md):
 //! - no file and no sidecar: version 0 (a create with `ifVersion: 0` is allowed);
 //! - the file is the sidecar's `file` (or `prev.file`): that version;
@@ -43,7 +49,10 @@ use crate::failpoint;
 use crate::store;
 
 const SIDECAR_SUFFIX: &str = ".flowforge-version";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+/// Sidecars of earlier builds have no content hash: their file is judged by its identity alone
+/// until the next commit writes the current format.
+const FORMAT_WITHOUT_HASH: u32 = 1;
 /// A real sidecar is under 300 bytes; anything far bigger is not one of ours.
 const MAX_SIDECAR_BYTES: u64 = 4096;
 /// A reader that keeps racing commits (its file replaced between its read and the sidecar's)
@@ -95,6 +104,9 @@ struct Sidecar {
   format: u32,
   version: u64,
   file: Identity,
+  /// [`content_hash`] of `file`'s content (`None` in format 1 only).
+  #[serde(skip_serializing_if = "Option::is_none")]
+  hash: Option<String>,
   prev: Prev,
 }
 
@@ -104,6 +116,8 @@ struct Stored {
   format: u32,
   version: u64,
   file: Identity,
+  #[serde(default, skip_serializing_if = "Option::is_none")]
+  hash: Option<String>,
   prev: Prev,
   check: String,
 }
@@ -118,11 +132,17 @@ fn check_of(sidecar: &Sidecar) -> String {
   format!("{hash:016x}")
 }
 
+/// The hash the sidecar keeps of a committed content.
+fn content_hash(bytes: &[u8]) -> String {
+  format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
 fn to_text(sidecar: &Sidecar) -> String {
   let stored = Stored {
     format: sidecar.format,
     version: sidecar.version,
     file: sidecar.file,
+    hash: sidecar.hash.clone(),
     prev: sidecar.prev.clone(),
     check: check_of(sidecar),
   };
@@ -170,16 +190,18 @@ fn parse_sidecar(sidecar: &Path, bytes: &[u8]) -> Result<Sidecar> {
     format: stored.format,
     version: stored.version,
     file: stored.file,
+    hash: stored.hash,
     prev: stored.prev,
   };
   if check_of(&parsed) != stored.check {
     return Err(corrupt(sidecar, "its check does not match its content"));
   }
-  if parsed.format != FORMAT {
-    return Err(corrupt(
-      sidecar,
-      &format!("unknown format {}", parsed.format),
-    ));
+  match (parsed.format, &parsed.hash) {
+    (FORMAT, Some(hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {}
+    (FORMAT, _) => return Err(corrupt(sidecar, "its content hash is missing or malformed")),
+    (FORMAT_WITHOUT_HASH, None) => {}
+    (FORMAT_WITHOUT_HASH, Some(_)) => return Err(corrupt(sidecar, "format 1 has no content hash")),
+    (format, _) => return Err(corrupt(sidecar, &format!("unknown format {format}"))),
   }
   if parsed.version == 0 {
     return Err(corrupt(sidecar, "version 0 is never committed"));
@@ -232,30 +254,76 @@ fn read_sidecar(file: &Path) -> Result<Option<Sidecar>> {
 }
 
 /// The version of the file whose identity is `file` (`None`: missing), and whether the sidecar
-/// vouches for it (`false`: a foreign write, or a reader that raced a commit).
-fn judge(file: Option<Identity>, sidecar: Option<&Sidecar>) -> (State, bool) {
-  let vouched = |version, foreign| (State { version, foreign }, true);
-  match (file, sidecar) {
-    (None, None) => vouched(0, false),
-    (Some(_), None) => (
-      State {
-        version: 0,
-        foreign: true,
-      },
-      false,
-    ),
-    (Some(id), Some(s)) if id == s.file => vouched(s.version, false),
-    (Some(id), Some(s)) if s.prev.file == Some(id) => vouched(s.prev.version, s.prev.foreign),
+/// vouches for it (`false`: a foreign write, or a reader that raced a commit). `content_hash`
+/// gives the hash of that file's content (`None`: it is no longer that file), asked only when
+/// its identity is the sidecar's and the sidecar has a hash.
+fn judge(
+  file: Option<Identity>,
+  sidecar: Option<&Sidecar>,
+  content_hash: &mut dyn FnMut() -> Result<Option<String>>,
+) -> Result<(State, bool)> {
+  let vouched = |version, foreign| Ok((State { version, foreign }, true));
+  let Some(s) = sidecar else {
+    return match file {
+      None => vouched(0, false),
+      Some(_) => Ok((
+        State {
+          version: 0,
+          foreign: true,
+        },
+        false,
+      )),
+    };
+  };
+  match file {
+    Some(id) if id == s.file && (s.hash.is_none() || content_hash()? == s.hash) => {
+      return vouched(s.version, false)
+    }
+    Some(id) if s.prev.file == Some(id) => return vouched(s.prev.version, s.prev.foreign),
     // The commit that creates the file is between its two renames.
-    (None, Some(s)) if s.prev.file.is_none() => vouched(s.prev.version, s.prev.foreign),
-    (_, Some(s)) => (
-      State {
-        version: s.version + 1,
-        foreign: true,
-      },
-      false,
-    ),
+    None if s.prev.file.is_none() => return vouched(s.prev.version, s.prev.foreign),
+    _ => {}
   }
+  Ok((
+    State {
+      version: s.version + 1,
+      foreign: true,
+    },
+    false,
+  ))
+}
+
+/// [`judge`] of the file at `path` as `now` found it, under the lock: its content is read again
+/// when the sidecar's hash must be compared.
+fn judge_on_disk(
+  path: &Path,
+  now: Option<Identity>,
+  sidecar: Option<&Sidecar>,
+) -> Result<(State, bool)> {
+  judge(now, sidecar, &mut || {
+    now.map_or(Ok(None), |id| content_hash_if_still(path, id))
+  })
+}
+
+/// The content hash of the file at `path` if it is still the inode `identity` (`None`: it is
+/// not, or is gone): one descriptor, whatever bytes it holds (a foreign write need not be text).
+fn content_hash_if_still(path: &Path, identity: Identity) -> Result<Option<String>> {
+  let mut handle = match File::open(path) {
+    Ok(handle) => handle,
+    Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+    Err(e) => return Err(LockError::io(&e, "Cannot read", path)),
+  };
+  let meta = handle
+    .metadata()
+    .map_err(|e| LockError::io(&e, "Cannot stat", path))?;
+  if Identity::of(&meta) != identity {
+    return Ok(None);
+  }
+  let mut bytes = Vec::with_capacity(meta.len() as usize);
+  handle
+    .read_to_end(&mut bytes)
+    .map_err(|e| LockError::io(&e, "Cannot read", path))?;
+  Ok(Some(content_hash(&bytes)))
 }
 
 fn identity_at(path: &Path) -> Result<Option<Identity>> {
@@ -270,7 +338,8 @@ fn identity_at(path: &Path) -> Result<Option<Identity>> {
 pub fn current(file: &Path) -> Result<State> {
   let file = store::follow_symlink(file)?;
   let sidecar = read_sidecar(&file)?;
-  Ok(judge(identity_at(&file)?, sidecar.as_ref()).0)
+  let (state, _) = judge_on_disk(&file, identity_at(&file)?, sidecar.as_ref())?;
+  Ok(state)
 }
 
 /// Reads the file through one descriptor (open, fstat, read): a whole committed content, since
@@ -296,7 +365,9 @@ pub fn read(file: &Path, with_version: bool) -> Result<Snapshot> {
     // A reader paused between its read and its look at the sidecar (commits land meanwhile).
     failpoint!("versions::after_read");
     let sidecar = read_sidecar(&file)?;
-    let (state, vouched) = judge(identity, sidecar.as_ref());
+    let (state, vouched) = judge(identity, sidecar.as_ref(), &mut || {
+      Ok(text.as_deref().map(|text| content_hash(text.as_bytes())))
+    })?;
     // Not vouched for: either somebody outside replaced the file, or a commit (or two) of ours
     // went through between our read and the sidecar's. Only the second changes the path.
     if vouched || identity_at(&file)? == identity {
@@ -346,18 +417,24 @@ fn is_dir(file: &Path) -> LockError {
 
 /// The store's hook, under the lock, after `temp` (the new content) is synced and the lock
 /// checked, before the rename that publishes it: the sidecar now names `temp`'s inode as the
-/// next version and the file in place as the one before it. `existing` is the file's metadata,
-/// whose mode and owner the sidecar takes.
-pub fn record_commit(file: &Path, temp: &Path, existing: Option<&fs::Metadata>) -> Result<()> {
+/// next version (`text`, its content) and the file in place as the one before it. `existing` is
+/// the file's metadata, whose mode and owner the sidecar takes.
+pub fn record_commit(
+  file: &Path,
+  temp: &Path,
+  text: &str,
+  existing: Option<&fs::Metadata>,
+) -> Result<()> {
   let sidecar_file = sidecar_path(file);
   let old = read_sidecar(file)?;
   let now = existing.map(Identity::of);
-  let (state, _) = judge(now, old.as_ref());
+  let (state, _) = judge_on_disk(file, now, old.as_ref())?;
   let next = temp_identity(temp)?;
   let sidecar = Sidecar {
     format: FORMAT,
     version: state.version + 1,
     file: next,
+    hash: Some(content_hash(text.as_bytes())),
     prev: Prev {
       version: state.version,
       foreign: state.foreign,
@@ -427,7 +504,7 @@ mod tests {
     // The sidecar names the next inode (here: a temp file that never got renamed).
     let temp = path.with_file_name("next");
     fs::write(&temp, "[1]").unwrap();
-    record_commit(&path, &temp, Some(&fs::metadata(&path).unwrap())).unwrap();
+    record_commit(&path, &temp, "[1]", Some(&fs::metadata(&path).unwrap())).unwrap();
     assert_eq!(
       version(&path),
       State {
@@ -478,7 +555,11 @@ mod tests {
     let bad = [
       String::new(),
       good[..good.len() / 2].to_string(),
-      good.replace("\"format\":1", "\"format\":2"),
+      good.replace("\"format\":2", "\"format\":3"),
+      // The current format without its content hash, and format 1 with one.
+      rewritten(&good, 2, None),
+      rewritten(&good, 1, Some("0123456789abcdef")),
+      rewritten(&good, 2, Some("not a hash")),
       good.replace("\"version\":1", "\"version\":7"),
       good.replace("\"check\":\"", "\"check\":\"0"),
       good.replace("\"check\"", "\"extra\":1,\"check\""),
@@ -495,6 +576,65 @@ mod tests {
     }
   }
 
+  /// `text` (a sidecar) with another format and content hash, under a valid check.
+  fn rewritten(text: &str, format: u32, hash: Option<&str>) -> String {
+    let mut sidecar = parse_sidecar(Path::new("sidecar"), text.as_bytes()).unwrap();
+    sidecar.format = format;
+    sidecar.hash = hash.map(str::to_string);
+    to_text(&sidecar)
+  }
+
+  #[test]
+  fn a_foreign_write_that_keeps_the_identity_is_told_by_the_content_hash() {
+    let path = temp_dir("versions").join("tasks.json");
+    commit(&path, "[1]");
+    let committed = fs::metadata(&path).unwrap();
+    // In place, the same size, and the mtime of the commit (as within one tick of a coarse clock).
+    let handle = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&handle, b"[2]", 0).unwrap();
+    handle
+      .set_times(fs::FileTimes::new().set_modified(committed.modified().unwrap()))
+      .unwrap();
+    assert_eq!(
+      Identity::of(&fs::metadata(&path).unwrap()),
+      Identity::of(&committed)
+    );
+    let foreign = State {
+      version: 2,
+      foreign: true,
+    };
+    assert_eq!(version(&path), foreign);
+    assert_eq!(current(&path).unwrap(), foreign);
+    commit(&path, "[3]");
+    assert_eq!(
+      version(&path),
+      State {
+        version: 3,
+        foreign: false
+      }
+    );
+  }
+
+  #[test]
+  fn a_sidecar_without_a_content_hash_is_read_and_the_next_commit_adds_one() {
+    let path = temp_dir("versions").join("tasks.json");
+    commit(&path, "{}");
+    let sidecar = sidecar_path(&path);
+    let earlier_build = rewritten(&fs::read_to_string(&sidecar).unwrap(), 1, None);
+    fs::write(&sidecar, earlier_build).unwrap();
+    assert_eq!(
+      version(&path),
+      State {
+        version: 1,
+        foreign: false
+      }
+    );
+    commit(&path, "[]");
+    assert_eq!(version(&path).version, 2);
+    let now = parse_sidecar(&sidecar, &fs::read(&sidecar).unwrap()).unwrap();
+    assert_eq!((now.format, now.hash), (FORMAT, Some(content_hash(b"[]"))));
+  }
+
   fn a_sidecar() -> Sidecar {
     let id = |ino| Identity {
       dev: 2049,
@@ -506,6 +646,7 @@ mod tests {
       format: FORMAT,
       version: 42,
       file: id(7),
+      hash: Some(content_hash(b"{}")),
       prev: Prev {
         version: 41,
         foreign: false,
