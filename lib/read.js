@@ -108,10 +108,13 @@ function read(filePath, options, needVersion) {
     }
   }
   cache.delete(file)
+  // The rule is judged by when the read began: a write in place that kept the identity during a
+  // read that ended late (a paused process, a long parse) must not be hidden by a cached copy.
+  const readBegan = Date.now()
   entry = readFresh(file, needVersion)
   deepFreeze(entry.data)
   entry.checkedAt = now
-  if (trustworthy(entry, Date.now())) {
+  if (trustworthy(entry, readBegan)) {
     cache.set(file, entry)
     if (cache.size > MAX_ENTRIES) cache.delete(cache.keys().next().value)
   }
