@@ -820,8 +820,17 @@ fn fail_waiters(key: &Path, error: &LockError) {
 /// `Ok(false)`: nothing to release (already released); `ELOCKMISMATCH` when `file`'s lock is
 /// held under another lockId, or `lock_id` is this process's hold of another lock.
 pub fn release(file: &str, lock_id: &str) -> Result<bool> {
-  let spelled = paths::file_of(file)?;
-  let hold_of_this_file = table().find(lock_id).map(|(_, held)| held.file == spelled);
+  // Held as spelled (absolute, normalised): the caller passing that very string, as it usually
+  // does, needs no normalising before the release, which a waiting process would wait for.
+  let as_spelled = table()
+    .find(lock_id)
+    .is_some_and(|(_, held)| held.file.as_os_str() == file);
+  let hold_of_this_file = if as_spelled {
+    Some(true)
+  } else {
+    let spelled = paths::file_of(file)?;
+    table().find(lock_id).map(|(_, held)| held.file == spelled)
+  };
   match hold_of_this_file {
     None => release_not_held(&*paths::resolve(file)?, lock_id),
     Some(true) => Ok(release_hold(lock_id)),

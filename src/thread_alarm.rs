@@ -469,11 +469,14 @@ impl Drop for EndingSignals {
         let Some(old) = replaced else {
           continue;
         };
+        // One call puts the old handler back and tells what was there: ours, unless someone
+        // replaced it meanwhile, whose handler then goes back in a second call. (A query before
+        // the restore would cost every wait a system call after its wake-up.)
         let mut current: libc::sigaction = std::mem::zeroed();
-        if libc::sigaction(ENDING_SIGNALS[index], std::ptr::null(), &mut current) == 0
-          && current.sa_sigaction == ending_signal_address()
+        if libc::sigaction(ENDING_SIGNALS[index], old, &mut current) == 0
+          && current.sa_sigaction != ending_signal_address()
         {
-          libc::sigaction(ENDING_SIGNALS[index], old, std::ptr::null_mut());
+          libc::sigaction(ENDING_SIGNALS[index], &current, std::ptr::null_mut());
         }
       }
       WAIT_TIMER.store(0, Ordering::SeqCst);
@@ -631,10 +634,19 @@ mod tests {
     assert!(interrupted());
     drop(before);
     assert_eq!(SIGTERMS_HEARD.load(Ordering::SeqCst), 2);
-    let restored = set_sigterm(previous);
+    let restored = set_sigterm(restarting_listener());
     assert_eq!(restored.sa_sigaction, restarting_listener().sa_sigaction);
     assert_eq!(restored.sa_flags & libc::SA_RESTART, libc::SA_RESTART);
+    // A handler installed meanwhile (the application's own) stays when the wait ends.
+    let replaced_meanwhile = EndingSignals::on_this_thread().expect("a free real-time signal");
+    let mut theirs = restarting_listener();
+    theirs.sa_sigaction = ignore_sigterm as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    set_sigterm(theirs);
+    drop(replaced_meanwhile);
+    assert_eq!(set_sigterm(previous).sa_sigaction, theirs.sa_sigaction);
   }
+
+  extern "C" fn ignore_sigterm(_: libc::c_int) {}
 
   /// POSIX timers of the process that signal thread `tid` (/proc/self/timers lists them all).
   fn timers_of(tid: libc::pid_t) -> usize {
