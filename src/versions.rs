@@ -308,7 +308,12 @@ fn judge_on_disk(
 /// The content hash of the file at `path` if it is still the inode `identity` (`None`: it is
 /// not, or is gone): one descriptor, whatever bytes it holds (a foreign write need not be text).
 fn content_hash_if_still(path: &Path, identity: Identity) -> Result<Option<String>> {
-  let mut handle = match File::open(path) {
+  // Non-blocking: a FIFO put in the file's place since its stat must not hang the commit.
+  let opened = fs::OpenOptions::new()
+    .read(true)
+    .custom_flags(libc::O_NONBLOCK)
+    .open(path);
+  let mut handle = match opened {
     Ok(handle) => handle,
     Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
     Err(e) => return Err(LockError::io(&e, "Cannot read", path)),
