@@ -473,6 +473,10 @@ mod tests {
     store::write_atomic(path, text, || Ok(())).unwrap();
   }
 
+  fn state(version: u64, foreign: bool) -> State {
+    State { version, foreign }
+  }
+
   fn version(path: &Path) -> State {
     read(path, true).unwrap().state.unwrap()
   }
@@ -480,24 +484,12 @@ mod tests {
   #[test]
   fn every_commit_adds_one_and_the_file_is_never_touched() {
     let path = temp_dir("versions").join("tasks.json");
-    assert_eq!(
-      version(&path),
-      State {
-        version: 0,
-        foreign: false
-      }
-    );
+    assert_eq!(version(&path), state(0, false));
     for n in 1..=3 {
       commit(&path, &format!("{{\"n\":{n}}}"));
       let snap = read(&path, true).unwrap();
       assert_eq!(snap.text.unwrap(), format!("{{\"n\":{n}}}"));
-      assert_eq!(
-        snap.state.unwrap(),
-        State {
-          version: n,
-          foreign: false
-        }
-      );
+      assert_eq!(snap.state.unwrap(), state(n, false));
     }
     assert_eq!(current(&path).unwrap().version, 3);
   }
@@ -510,45 +502,21 @@ mod tests {
     let temp = path.with_file_name("next");
     fs::write(&temp, "[1]").unwrap();
     record_commit(&path, &temp, "[1]", Some(&fs::metadata(&path).unwrap())).unwrap();
-    assert_eq!(
-      version(&path),
-      State {
-        version: 1,
-        foreign: false
-      }
-    );
+    assert_eq!(version(&path), state(1, false));
   }
 
   #[test]
   fn foreign_writes_and_unversioned_files_are_flagged_then_counted() {
     let path = temp_dir("versions").join("tasks.json");
     fs::write(&path, "{}").unwrap();
-    assert_eq!(
-      version(&path),
-      State {
-        version: 0,
-        foreign: true
-      }
-    );
+    assert_eq!(version(&path), state(0, true));
     commit(&path, "[1]");
     assert_eq!(version(&path).version, 1);
     fs::write(path.with_file_name("x"), "[22]").unwrap();
     fs::rename(path.with_file_name("x"), &path).unwrap();
-    assert_eq!(
-      version(&path),
-      State {
-        version: 2,
-        foreign: true
-      }
-    );
+    assert_eq!(version(&path), state(2, true));
     commit(&path, "[3]");
-    assert_eq!(
-      version(&path),
-      State {
-        version: 3,
-        foreign: false
-      }
-    );
+    assert_eq!(version(&path), state(3, false));
   }
 
   #[test]
@@ -604,20 +572,11 @@ mod tests {
       Identity::of(&fs::metadata(&path).unwrap()),
       Identity::of(&committed)
     );
-    let foreign = State {
-      version: 2,
-      foreign: true,
-    };
+    let foreign = state(2, true);
     assert_eq!(version(&path), foreign);
     assert_eq!(current(&path).unwrap(), foreign);
     commit(&path, "[3]");
-    assert_eq!(
-      version(&path),
-      State {
-        version: 3,
-        foreign: false
-      }
-    );
+    assert_eq!(version(&path), state(3, false));
   }
 
   #[test]
@@ -627,13 +586,7 @@ mod tests {
     let sidecar = sidecar_path(&path);
     let earlier_build = rewritten(&fs::read_to_string(&sidecar).unwrap(), 1, None);
     fs::write(&sidecar, earlier_build).unwrap();
-    assert_eq!(
-      version(&path),
-      State {
-        version: 1,
-        foreign: false
-      }
-    );
+    assert_eq!(version(&path), state(1, false));
     commit(&path, "[]");
     assert_eq!(version(&path).version, 2);
     let now = parse_sidecar(&sidecar, &fs::read(&sidecar).unwrap()).unwrap();
