@@ -381,26 +381,30 @@ describe('the read cache (item 3)', () => {
 describe('on a file system with coarse timestamps (an ext2 image)', () => {
   const isRoot = process.getuid() === 0
   let base
-  let mnt
+  /** Two images: ext2's default (mtime in ns from the kernel's coarse clock), and 128-byte inodes (whole seconds). */
+  const mounts = {}
   beforeAll(() => {
     if (!isRoot) return console.log('skipped: mounting an ext2 image needs root')
     base = fs.mkdtempSync(path.join(require('node:os').tmpdir(), 'ffl-ext2-'))
-    mnt = path.join(base, 'mnt')
-    fs.mkdirSync(mnt)
-    const image = path.join(base, 'fs.img')
-    fs.writeFileSync(image, '')
-    fs.truncateSync(image, 32 * 1024 * 1024)
-    execFileSync('mkfs.ext2', ['-q', '-F', image])
-    execFileSync('mount', ['-o', 'loop', '-t', 'ext2', image, mnt])
+    for (const [name, options] of [['ticks', []], ['seconds', ['-I', '128']]]) {
+      mounts[name] = path.join(base, name)
+      fs.mkdirSync(mounts[name])
+      const image = path.join(base, `${name}.img`)
+      fs.writeFileSync(image, '')
+      fs.truncateSync(image, 32 * 1024 * 1024)
+      execFileSync('mkfs.ext2', ['-q', '-F', ...options, image])
+      execFileSync('mount', ['-o', 'loop', '-t', 'ext2', image, mounts[name]])
+    }
   })
   afterAll(() => {
     if (!isRoot) return
-    execFileSync('umount', ['--lazy', mnt]) // lazy: this process keeps its lock files open
+    // lazy: this process keeps its lock files open
+    for (const mnt of Object.values(mounts)) execFileSync('umount', ['--lazy', mnt])
     fs.rmSync(base, { recursive: true, force: true })
   })
-  const ext2Project = (name) => {
-    fs.mkdirSync(path.join(mnt, name, '.flowforge'), { recursive: true })
-    return path.join(mnt, name, '.flowforge', 'tasks.json')
+  const ext2Project = (name, clock = 'ticks') => {
+    fs.mkdirSync(path.join(mounts[clock], name, '.flowforge'), { recursive: true })
+    return path.join(mounts[clock], name, '.flowforge', 'tasks.json')
   }
 
   ;(isRoot ? test : test.skip)('a cached read never returns a document two commits old that came back with its identity', async () => {
@@ -447,6 +451,29 @@ describe('on a file system with coarse timestamps (an ext2 image)', () => {
       reader.proc.kill('SIGKILL')
     }
   }, 240000)
+
+  ;(isRoot ? test : test.skip)('a write in place within the second of a commit is told from it by the content hash', async () => {
+    const file = ext2Project('in-place', 'seconds')
+    for (let tries = 0; ; tries++) {
+      updateWithLockSync(file, () => ({ status: 'ready' }))
+      const read = await readJSONVersioned(file, { cache: false })
+      const committed = fs.statSync(file, { bigint: true })
+      // Another process rewrites it in place, the same size: within the same second, ext2 keeps
+      // the inode, the size and the mtime.
+      const edited = fs.readFileSync(file, 'utf8').replace('"ready"', '"done!"')
+      execFileSync(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], process.argv[2])', file, edited])
+      const written = fs.statSync(file, { bigint: true })
+      if (written.mtimeNs === committed.mtimeNs) {
+        expect([written.ino, written.size]).toEqual([committed.ino, committed.size])
+        expect(await readJSONVersioned(file, { cache: false })).toEqual({ data: { status: 'done!' }, version: read.version + 1, foreignWrite: true })
+        const refused = await updateWithLock(file, () => ({ status: 'planned' }), { ifVersion: read.version }).catch((e) => e)
+        expect(refused).toMatchObject({ code: 'EVERSION', foreignWrite: true })
+        expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ status: 'done!' })
+        break
+      }
+      if (tries === 20) throw new Error('inconclusive: no write landed within the second of its commit in 20 tries')
+    }
+  })
 })
 
 describe('the synchronous API (item 5)', () => {
