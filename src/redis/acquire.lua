@@ -3,8 +3,10 @@
 -- Grants the lock when it is free and nobody arrived before us. 'wait' also joins (or renews our
 -- place in) the queue when refused, in this same step: arrival order is the order of the first
 -- 'wait' call. A 'try' never joins, and never jumps the queue.
--- Returns {1, token} when granted, else {0, kind, id, clientId, pttl}: kind 'holder' (the lock is
--- held by lockId `id` on connection `clientId`) or 'waiter' (free, but waiter `id` is first).
+-- Returns {1, token} when granted, else {0, kind, id, clientId, pttl, lastToken}: kind 'holder'
+-- (the lock is held by lockId `id` on connection `clientId`) or 'waiter' (free, but waiter `id`
+-- is first); lastToken is the last token granted so far, so a hand-off message with a token not
+-- above it was sent before this refusal and is stale.
 local id, client, ttl, holder, floor = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local cur = redis.call('HMGET', K.lock, 'lockId', 'client', 'token')
 if cur[1] == id then
@@ -45,7 +47,8 @@ if ARGV[6] == 'wait' then
   first, first_client = head()
 end
 
+local last = redis.call('GET', K.fence) or '0'
 if cur[1] then
-  return {0, 'holder', cur[1], cur[2], redis.call('PTTL', K.lock)}
+  return {0, 'holder', cur[1], cur[2], redis.call('PTTL', K.lock), last}
 end
-return {0, 'waiter', first, first_client, 0}
+return {0, 'waiter', first, first_client, 0, last}

@@ -730,6 +730,71 @@ fn a_lost_wake_up_is_covered_by_the_timed_recheck() {
   assert_eq!(grant.map(|g| g.token), Some(2));
 }
 
+/// A waiter's thread held up (here in `wanted()`, as by a long GC pause or a loaded box) while
+/// the lock is handed to it: the handed lock's lease runs out, another holder takes the lock,
+/// and only then does the waiter read the hand-off message. That message is stale: the waiter
+/// looks again, finds the lock held, and must not take the old grant as its own.
+#[test]
+fn a_handoff_message_read_after_the_lock_moved_on_is_not_a_grant() {
+  let server = RedisServer::start();
+  let owner = engine(&server);
+  let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let gate = Arc::new(Mutex::new(()));
+  let stopped = Arc::new(AtomicBool::new(false));
+  let waiter = engine(&server);
+  let t = {
+    let (gate, stopped) = (gate.clone(), stopped.clone());
+    thread::spawn(move || {
+      let wanted = || {
+        if gate.try_lock().is_err() {
+          stopped.store(true, Ordering::SeqCst);
+          drop(gate.lock().unwrap());
+        }
+        true
+      };
+      waiter.wait_acquire(KEY, &holder(), 0, None, &wanted)
+    })
+  };
+  wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
+  let held_up = gate.lock().unwrap();
+  wait_until("the waiter's thread to be held up", || {
+    stopped.load(Ordering::SeqCst)
+  });
+  // The release hands the lock to the waiter (token 2) and publishes it.
+  assert!(owner.release(first).unwrap());
+  assert_eq!(owner.inspect(KEY).unwrap().unwrap().token, 2);
+  // Its lease (3 s) runs out unused; another process takes the lock (token 3).
+  let other = engine(&server);
+  let mut taken = None;
+  wait_until("the handed lock to lapse and be taken", || {
+    taken = other.try_acquire(KEY, &holder(), 0).unwrap();
+    taken.is_some()
+  });
+  let taken = taken.unwrap();
+  assert_eq!(taken.token, 3);
+  drop(held_up);
+  // The waiter looks again and queues behind the new holder.
+  wait_until("the waiter to queue again", || waiters(&owner, KEY) == 1);
+  assert!(other.release(taken.clone()).unwrap());
+  let grant = t.join().unwrap().unwrap().expect("granted");
+  assert!(
+    grant.token > taken.token,
+    "the waiter took the stale hand-off (token {}) while token {} was held",
+    grant.token,
+    taken.token
+  );
+  owner_verifies(&server, &grant);
+}
+
+/// `grant` is the lock as Redis holds it now.
+fn owner_verifies(server: &RedisServer, grant: &RedisGrant) {
+  let shown = engine(server).inspect(KEY).unwrap().expect("held");
+  assert_eq!(
+    (shown.lock_id.as_str(), shown.token),
+    (grant.lock_id.as_str(), grant.token)
+  );
+}
+
 #[test]
 fn a_frozen_holder_loses_the_lock_at_its_ttl_and_learns_it() {
   let server = RedisServer::start();
