@@ -11,8 +11,10 @@ local id, client, ttl, holder, floor = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[
 local cur = redis.call('HMGET', K.lock, 'lockId', 'client', 'token')
 if cur[1] == id then
   -- Ours already: handed to us on a release whose message we have not read yet, or the reply
-  -- to an earlier call was lost on the network.
+  -- to an earlier call was lost on the network. The caller counts its lease from this call, so
+  -- the lease starts again here (the one handed over may be nearly gone).
   redis.call('HSET', K.lock, 'client', client)
+  redis.call('PEXPIRE', K.lock, ttl)
   return {1, tonumber(cur[3])}
 end
 
