@@ -843,6 +843,7 @@ module.exports.cleanupStaleLocks = nativeBinding.cleanupStaleLocks
 module.exports.configureBackend = nativeBinding.configureBackend
 module.exports.currentVersion = nativeBinding.currentVersion
 module.exports.DEFAULT_TIMEOUT = nativeBinding.DEFAULT_TIMEOUT
+module.exports.execWithParentDeath = nativeBinding.execWithParentDeath
 module.exports.getLockInfo = nativeBinding.getLockInfo
 module.exports.getLockMetrics = nativeBinding.getLockMetrics
 module.exports.HEARTBEAT_INTERVAL = nativeBinding.HEARTBEAT_INTERVAL

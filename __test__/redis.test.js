@@ -610,6 +610,46 @@ describe('CLI with the Redis backend', () => {
     expect(bad.lines.join('\n')).toContain(`127.0.0.1:${port}`)
   }, 60000)
 
+  /** Whether `pid` can still run code: it exists, is not a zombie, and no SIGKILL waits for it. */
+  function canRun(pid) {
+    let status
+    try {
+      status = fs.readFileSync(`/proc/${pid}/status`, 'utf8')
+    } catch {
+      return false
+    }
+    const field = (name) => (status.match(new RegExp(`^${name}:\\s*(.*)$`, 'm')) || [])[1] || ''
+    const killPending = ['SigPnd', 'ShdPnd'].some((f) => (BigInt(`0x${field(f) || '0'}`) & (1n << 8n)) !== 0n)
+    return !/^[ZX]/.test(field('State')) && !killPending
+  }
+
+  test('exec: when the wrapper is SIGKILLed, its command does not run on beside the next holder', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    fs.writeFileSync(file, '{}')
+    // A TTL far beyond the next holder's timeout: the lock passes on because the wrapper's
+    // connection closed, at once.
+    const url = `${redis.url}?ttl=120000&refresh=20000`
+    const run = start('exec', ['exec', file, '--', 'sh', '-c', 'echo "CHILD $$"; exec tail -f /dev/null'], backend(url), { cli: true })
+    const pid = Number((await run.until(/^CHILD /)).split(' ')[1])
+    const next = start('etcd-worker', [file], backend(url))
+    await next.until(/^READY$/)
+    // 'exit', not 'close': the command keeps the wrapper's stdout open while it runs.
+    const wrapperGone = new Promise((resolve) => run.child.on('exit', (code, signal) => resolve(signal)))
+    run.child.kill('SIGKILL')
+    expect(await wrapperGone).toBe('SIGKILL')
+    next.send('acquire 30000')
+    const line = await next.until(/^(ACQUIRED|ERR) /)
+    const commandRuns = canRun(pid)
+    if (commandRuns) process.kill(pid, 'SIGKILL')
+    expect(line).toMatch(/^ACQUIRED /)
+    expect({ commandRunsBesideTheNextHolder: commandRuns }).toEqual({ commandRunsBesideTheNextHolder: false })
+    next.send('release')
+    await next.until(/^RELEASED true$/)
+    next.child.stdin.end()
+    await next.exited
+  }, 60000)
+
   test('exec: a lost Redis lock stops the child and exits 75', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')

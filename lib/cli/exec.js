@@ -2,8 +2,10 @@
 // flowforge-lock exec: hold a file's lock while a command runs, like flock(1). As with flock(1),
 // the command inherits the locked descriptor (as fd 3, named by FLOWFORGE_LOCK_FD), so the lock
 // lives exactly as long as the command: even if this wrapper is SIGKILLed, the command keeps the
-// lock until it ends, and nobody else runs beside it.
+// lock until it ends, and nobody else runs beside it. A lock server's lock cannot be inherited:
+// it ends with this wrapper, so there the command ends with the wrapper instead (exec-child.js).
 
+const path = require('node:path')
 const { spawn } = require('node:child_process')
 const native = require('../../native.js')
 const { acquireLock, releaseLock } = require('../../file-lock.js')
@@ -17,6 +19,8 @@ const FORWARDED = ['SIGINT', 'SIGTERM']
 const STOP_GRACE_MS = 5000
 /** Where the command finds the inherited lock descriptor. */
 const LOCK_FD = 3
+/** Runs the command so that it dies with this wrapper (see the file). */
+const EXEC_CHILD = path.join(__dirname, 'exec-child.js')
 
 async function exec(file, [command, ...args], { timeout, priority, quiet }) {
   // Signals are ours to forward while the command runs; the lock goes when it has ended.
@@ -36,7 +40,13 @@ async function exec(file, [command, ...args], { timeout, priority, quiet }) {
   let child
   const forward = (signal) => child?.kill(signal)
   for (const signal of FORWARDED) process.on(signal, forward)
-  child = spawn(command, args, { stdio, env })
+  // A lock server's lock has no descriptor to inherit: it ends with this wrapper (its connection
+  // closes, its lease is no longer renewed), so the command must end with it too, even when the
+  // wrapper is SIGKILLed: it runs with the kernel's parent-death signal (Linux).
+  child =
+    fd === null && process.platform === 'linux'
+      ? spawn(process.execPath, [EXEC_CHILD, String(process.pid), command, ...args], { stdio, env })
+      : spawn(command, args, { stdio, env })
   // A lock server's lease can be lost while the command runs: then it must not go on as if it
   // held the lock. Stop it (SIGTERM, then SIGKILL after a grace period) and exit 75.
   const { signal: lost, stop: stopWatching } = watchHold(lockId)

@@ -186,7 +186,8 @@ impl Queue {
         lease: lease.id,
         ..Default::default()
       }))],
-      failure: vec![],
+      // A retry after a lost answer (the next member) finds the first attempt's put: our key.
+      failure: vec![op_range(key_range(key.as_bytes()))],
     };
     let resp = match self
       .client
@@ -200,12 +201,20 @@ impl Queue {
         return Err(e);
       }
     };
-    if !resp.succeeded {
-      self.give_back(lease);
-      return Ok(None);
-    }
+    let token = if resp.succeeded {
+      resp.header.map_or(0, |h| h.revision)
+    } else {
+      // Our own key, put by an attempt of this Txn whose answer was lost: it was put while the
+      // range was empty, so it holds the lock. Refused otherwise: the lease goes back unused.
+      match txn_kvs(&resp, 0).first().filter(|kv| kv.lease == lease.id) {
+        Some(ours) => ours.create_revision,
+        None => {
+          self.give_back(lease);
+          return Ok(None);
+        }
+      }
+    };
     self.refill();
-    let token = resp.header.map_or(0, |h| h.revision);
     let grant = self.grant(dir, key, lock_id, token, lease);
     if grant.is_err() {
       self.revoke_later(lease.id);

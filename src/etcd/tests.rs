@@ -512,3 +512,74 @@ fn three_members_leader_killed_mid_run() {
     assert!(t1 < t2, "token reused or going back: {t1} then {t2}");
   }
 }
+
+/// A loopback TCP proxy to `target` that always passes the client's bytes on, and the server's
+/// answers only while `answers` is set (else it drops them): a request that arrives and is
+/// applied, whose answer is lost on the way back.
+fn answer_dropping_proxy(target: String) -> (String, Arc<AtomicBool>) {
+  use std::io::{Read, Write};
+  use std::net::{TcpListener, TcpStream};
+  let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+  let addr = listener.local_addr().unwrap().to_string();
+  let answers = Arc::new(AtomicBool::new(true));
+  let passing = Arc::clone(&answers);
+  std::thread::spawn(move || {
+    for client in listener.incoming() {
+      let Ok(client) = client else { return };
+      let Ok(server) = TcpStream::connect(&target) else {
+        continue;
+      };
+      let pipe = |mut from: TcpStream, mut to: TcpStream, gate: Option<Arc<AtomicBool>>| {
+        std::thread::spawn(move || {
+          let mut buf = [0u8; 16 * 1024];
+          loop {
+            let n = match from.read(&mut buf) {
+              Ok(0) | Err(_) => break,
+              Ok(n) => n,
+            };
+            if gate.as_ref().is_none_or(|g| g.load(Ordering::SeqCst))
+              && to.write_all(&buf[..n]).is_err()
+            {
+              break;
+            }
+          }
+          let _ = to.shutdown(std::net::Shutdown::Write);
+        });
+      };
+      pipe(
+        client.try_clone().unwrap(),
+        server.try_clone().unwrap(),
+        None,
+      );
+      pipe(server, client, Some(Arc::clone(&passing)));
+    }
+  });
+  (addr, answers)
+}
+
+/// A single try whose Txn was applied but whose answer was lost is retried (on the next
+/// member): the retry finds the try's own key in the lock's range. That key is the lock, taken
+/// by this try: it must come back as the grant, not be left behind as a holder nobody knows of
+/// (its lease, given back as the spare, would be kept alive by this engine for as long as it
+/// stays the spare, and the lock with it).
+#[test]
+fn a_try_whose_answer_was_lost_is_granted_not_left_behind() {
+  let server = EtcdServer::start();
+  let (proxy, answers) = answer_dropping_proxy(server.endpoint());
+  // The proxy first: the spare lease is granted through it, so it is the member in use.
+  let locks = connect(fast(vec![proxy, server.endpoint()]));
+  let other = connect(fast(vec![server.endpoint()]));
+  answers.store(false, Ordering::SeqCst);
+  let outcome = locks.try_acquire("/ff/lost-answer", &holder("a")).unwrap();
+  let in_etcd = queue_leases(&other, "/ff/lost-answer");
+  let grant = outcome.unwrap_or_else(|| {
+    panic!("the try was refused, and etcd holds the lock for its keys {in_etcd:?}")
+  });
+  assert_eq!(in_etcd, vec![grant.lease_id]);
+  locks.verify(&grant, Duration::ZERO).unwrap();
+  assert!(locks.release(grant).unwrap());
+  assert!(other
+    .try_acquire("/ff/lost-answer", &holder("b"))
+    .unwrap()
+    .is_some());
+}

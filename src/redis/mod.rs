@@ -153,9 +153,10 @@ enum Step {
     token: u64,
     client: u64,
   },
-  /// With the lease the holder has left, when the lock is held, and the CLIENT ID our place in
-  /// the queue is registered under.
-  Blocked(Blocker, Option<Duration>, u64),
+  /// With the lease the holder has left, when the lock is held, the CLIENT ID our place in the
+  /// queue is registered under, and the last token granted so far (a hand-off to us made after
+  /// this refusal carries a higher one).
+  Blocked(Blocker, Option<Duration>, u64, u64),
 }
 
 /// One acquisition: the caller's key, its Redis keys, and what the grant script is given.
@@ -321,7 +322,7 @@ impl RedisLocks {
         Step::Granted { token, client } => {
           return Ok(Some(self.granted(&attempt, token, client, start)))
         }
-        Step::Blocked(blocker, _, _) => {
+        Step::Blocked(blocker, ..) => {
           if self.client_alive(blocker.client(), None)?
             || !self.take_over(&attempt.keys, &blocker, None)?
           {
@@ -445,9 +446,10 @@ impl RedisLocks {
     // holder's lease would run out (a frozen holder's lock expires without any message).
     let mut next_look = Instant::now();
     let mut next_check = Instant::now() + CHECK_EVERY;
-    // When our last refused request was sent, and the connection it registered our place under:
-    // a lock handed to us on a release was granted after that instant, to that connection.
-    let mut queued: Option<(Instant, u64)> = None;
+    // When our last refused request was sent, the connection it registered our place under, and
+    // the last token granted before it: a lock handed to us on a release after that request was
+    // granted after that instant, to that connection, with a higher token.
+    let mut queued: Option<(Instant, u64, u64)> = None;
     loop {
       if !wanted() || deadline.is_some_and(|d| Instant::now() >= d) {
         return Ok(None);
@@ -461,8 +463,8 @@ impl RedisLocks {
           Step::Granted { token, client } => {
             return Ok(Some(self.granted(attempt, token, client, start)))
           }
-          Step::Blocked(blocker, lease_left, client) => {
-            queued = Some((start, client));
+          Step::Blocked(blocker, lease_left, client, last_token) => {
+            queued = Some((start, client, last_token));
             let lease_end = lease_left.map_or(RENEW_EVERY, |d| d + Duration::from_millis(5));
             next_look = start + lease_end.min(RENEW_EVERY);
             look = false;
@@ -515,19 +517,23 @@ impl RedisLocks {
   /// The lock was handed to us by a release (or a takeover, or a waiter that gave up) with
   /// `token`. Our lease is counted from the send of our last refused request (the grant came
   /// after it), unless that leaves less than half a lease, or our connection changed since (the
-  /// grant names the old one): then one compare-and-PEXPIRE confirms it and registers our
-  /// connection, and the lease counts from that. `None`: it is not ours after all (look again).
+  /// grant names the old one), or the token is not above the last one granted before that
+  /// request (the message was sent before it: a hand-off read late, whose lock may have lapsed
+  /// and gone to another holder since): then one compare-and-PEXPIRE confirms it and registers
+  /// our connection, and the lease counts from that. `None`: it is not ours after all (look
+  /// again).
   fn handed(
     &self,
     attempt: &Attempt,
     token: u64,
-    queued: Option<(Instant, u64)>,
+    queued: Option<(Instant, u64, u64)>,
     deadline: Option<Instant>,
   ) -> Result<Option<RedisGrant>> {
     let lease = self.config.ttl - self.config.margin();
-    if let Some((sent, client)) = queued {
+    if let Some((sent, client, last_token)) = queued {
       let fresh = sent + lease >= Instant::now() + lease / 2;
-      if fresh && client == self.shared.client_id.load(Ordering::Relaxed) {
+      let after_it = token > last_token;
+      if fresh && after_it && client == self.shared.client_id.load(Ordering::Relaxed) {
         return Ok(Some(self.granted(attempt, token, client, sent)));
       }
     }
@@ -1049,6 +1055,8 @@ fn step_of(reply: &Reply) -> Step {
   }
   let id = reply.text(2);
   let client = reply.text(3).parse().unwrap_or(0);
+  // Unknown: every hand-off is then confirmed by a round trip.
+  let last_token = reply.text(5).parse().unwrap_or(u64::MAX);
   if reply.text(1) == "holder" {
     let lease_left = u64::try_from(reply.int(4)).ok().map(Duration::from_millis);
     return Step::Blocked(
@@ -1058,9 +1066,15 @@ fn step_of(reply: &Reply) -> Step {
       },
       lease_left,
       reply.client,
+      last_token,
     );
   }
-  Step::Blocked(Blocker::Waiter { id, client }, None, reply.client)
+  Step::Blocked(
+    Blocker::Waiter { id, client },
+    None,
+    reply.client,
+    last_token,
+  )
 }
 
 fn no_answer(config: &RedisConfig, limit: Duration) -> LockError {

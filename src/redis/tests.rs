@@ -730,6 +730,135 @@ fn a_lost_wake_up_is_covered_by_the_timed_recheck() {
   assert_eq!(grant.map(|g| g.token), Some(2));
 }
 
+/// A waiter's thread held up (here in `wanted()`, as by a long GC pause or a loaded box) while
+/// the lock is handed to it: the handed lock's lease runs out, another holder takes the lock,
+/// and only then does the waiter read the hand-off message. That message is stale: the waiter
+/// looks again, finds the lock held, and must not take the old grant as its own.
+#[test]
+fn a_handoff_message_read_after_the_lock_moved_on_is_not_a_grant() {
+  let server = RedisServer::start();
+  let owner = engine(&server);
+  let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let gate = Arc::new(Mutex::new(()));
+  let stopped = Arc::new(AtomicBool::new(false));
+  let waiter = engine(&server);
+  let t = {
+    let (gate, stopped) = (gate.clone(), stopped.clone());
+    thread::spawn(move || {
+      let wanted = || {
+        if gate.try_lock().is_err() {
+          stopped.store(true, Ordering::SeqCst);
+          drop(gate.lock().unwrap());
+        }
+        true
+      };
+      waiter.wait_acquire(KEY, &holder(), 0, None, &wanted)
+    })
+  };
+  wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
+  let held_up = gate.lock().unwrap();
+  wait_until("the waiter's thread to be held up", || {
+    stopped.load(Ordering::SeqCst)
+  });
+  // The release hands the lock to the waiter (token 2) and publishes it.
+  assert!(owner.release(first).unwrap());
+  assert_eq!(owner.inspect(KEY).unwrap().unwrap().token, 2);
+  // Its lease (3 s) runs out unused; another process takes the lock (token 3).
+  let other = engine(&server);
+  let mut taken = None;
+  wait_until("the handed lock to lapse and be taken", || {
+    taken = other.try_acquire(KEY, &holder(), 0).unwrap();
+    taken.is_some()
+  });
+  let taken = taken.unwrap();
+  assert_eq!(taken.token, 3);
+  drop(held_up);
+  // The waiter looks again and queues behind the new holder.
+  wait_until("the waiter to queue again", || waiters(&owner, KEY) == 1);
+  assert!(other.release(taken.clone()).unwrap());
+  let grant = t.join().unwrap().unwrap().expect("granted");
+  assert!(
+    grant.token > taken.token,
+    "the waiter took the stale hand-off (token {}) while token {} was held",
+    grant.token,
+    taken.token
+  );
+  owner_verifies(&server, &grant);
+}
+
+/// A waiter that finds the lock already handed to it ("ours already": the hand-off message was
+/// lost, or read only after the waiter's next look) counts its lease from that look. Redis must
+/// count it from there too: the lease handed over earlier would run out in Redis before the
+/// waiter's own deadline, and the next holder would be granted while the waiter still counts
+/// the lock as its own.
+#[test]
+fn a_lock_found_already_handed_over_is_held_no_longer_than_redis_keeps_it() {
+  let server = RedisServer::start();
+  let owner = engine(&server);
+  let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let gate = Arc::new(Mutex::new(()));
+  let stopped = Arc::new(AtomicBool::new(false));
+  // Kept alive past the wait: its connection closing would hand the lock on at once.
+  let waiter = Arc::new(engine(&server));
+  let t = {
+    let (gate, stopped, waiter) = (gate.clone(), stopped.clone(), waiter.clone());
+    thread::spawn(move || {
+      let wanted = || {
+        if gate.try_lock().is_err() {
+          stopped.store(true, Ordering::SeqCst);
+          drop(gate.lock().unwrap());
+        }
+        true
+      };
+      waiter.wait_acquire(KEY, &holder(), 0, None, &wanted)
+    })
+  };
+  wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
+  // The waiter looks again when the owner's lease would end; the owner releases well before.
+  let ttl_left = || owner.inspect(KEY).unwrap().and_then(|l| l.ttl_left);
+  wait_until("a third of the owner's lease to be gone", || {
+    ttl_left().is_some_and(|left| left <= Duration::from_millis(2000))
+  });
+  let held_up = gate.lock().unwrap();
+  wait_until("the waiter's thread to be held up", || {
+    stopped.load(Ordering::SeqCst)
+  });
+  let owner_left = ttl_left().unwrap();
+  assert!(owner.release(first).unwrap());
+  assert_eq!(owner.inspect(KEY).unwrap().unwrap().token, 2);
+  // Past the end of the owner's lease (the waiter's next look is due), with the handed lease
+  // still running in Redis.
+  let handed_left = Duration::from_millis(3000) - owner_left - Duration::from_millis(100);
+  wait_until("the waiter's next look to be due", || {
+    ttl_left().is_some_and(|left| left <= handed_left)
+  });
+  drop(held_up);
+  let grant = t.join().unwrap().unwrap().expect("granted");
+  assert_eq!(grant.token, 2);
+  // The next holder is granted only once Redis lets the lease go.
+  let other = engine(&server);
+  let mut next = None;
+  wait_until("the lease to run out and the lock to be taken", || {
+    next = other.try_acquire(KEY, &holder(), 0).unwrap();
+    next.is_some()
+  });
+  assert!(
+    Instant::now() >= grant.deadline,
+    "token {} was granted while the holder of token {} still counted the lock as its own",
+    next.unwrap().token,
+    grant.token
+  );
+}
+
+/// `grant` is the lock as Redis holds it now.
+fn owner_verifies(server: &RedisServer, grant: &RedisGrant) {
+  let shown = engine(server).inspect(KEY).unwrap().expect("held");
+  assert_eq!(
+    (shown.lock_id.as_str(), shown.token),
+    (grant.lock_id.as_str(), grant.token)
+  );
+}
+
 #[test]
 fn a_frozen_holder_loses_the_lock_at_its_ttl_and_learns_it() {
   let server = RedisServer::start();
