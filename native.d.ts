@@ -48,15 +48,10 @@ export declare function currentVersion(file: string): FileVersion
 export declare const DEFAULT_TIMEOUT: number
 
 /**
- * `flowforge-lock exec` under a lock server, in the process started to run the command: asks
- * the kernel to SIGKILL this process when its parent (the `exec` wrapper, `parent`) ends, then
- * becomes `command` (`execvp`, so the request stays with it). A lock server's lock ends with
- * the wrapper (its connection closes, or its lease is no longer renewed): no descriptor the
- * command could inherit keeps it, so the command must not outlive the wrapper, even one
- * SIGKILLed. Signal dispositions and the mask go back to their defaults first, as for any child
- * Node spawns, and stdin, stdout and stderr are kept open across the exec. Returns only on
- * failure: the error's `code` is the errno's name (`ENOENT`: command not found), or `ESRCH`
- * when the wrapper had already ended.
+ * `flowforge-lock exec` under a lock server, in the process started to run the command: becomes
+ * `command`, killed by the kernel when the wrapper `parent` ends (see exec_child.rs). Returns
+ * only on failure: the error's `code` is the errno's name (`ENOENT`: command not found), or
+ * `ESRCH` when the wrapper had already ended.
  */
 export declare function execWithParentDeath(parent: number, command: string, args: Array<string>): void
 

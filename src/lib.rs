@@ -18,6 +18,7 @@ pub mod config;
 pub mod deadlines;
 pub mod error;
 pub mod etcd;
+pub mod exec_child;
 pub mod failpoints;
 pub mod fence;
 pub mod file;
@@ -206,15 +207,10 @@ pub fn inheritable_fd(env: Env, file: String, lock_id: String) -> Result<Option<
     .map_err(|e| js_error(&env, e))
 }
 
-/// `flowforge-lock exec` under a lock server, in the process started to run the command: asks
-/// the kernel to SIGKILL this process when its parent (the `exec` wrapper, `parent`) ends, then
-/// becomes `command` (`execvp`, so the request stays with it). A lock server's lock ends with
-/// the wrapper (its connection closes, or its lease is no longer renewed): no descriptor the
-/// command could inherit keeps it, so the command must not outlive the wrapper, even one
-/// SIGKILLed. Signal dispositions and the mask go back to their defaults first, as for any child
-/// Node spawns, and stdin, stdout and stderr are kept open across the exec. Returns only on
-/// failure: the error's `code` is the errno's name (`ENOENT`: command not found), or `ESRCH`
-/// when the wrapper had already ended.
+/// `flowforge-lock exec` under a lock server, in the process started to run the command: becomes
+/// `command`, killed by the kernel when the wrapper `parent` ends (see exec_child.rs). Returns
+/// only on failure: the error's `code` is the errno's name (`ENOENT`: command not found), or
+/// `ESRCH` when the wrapper had already ended.
 #[napi]
 pub fn exec_with_parent_death(
   env: Env,
@@ -222,67 +218,10 @@ pub fn exec_with_parent_death(
   command: String,
   args: Vec<String>,
 ) -> Result<()> {
-  use std::ffi::CString;
-  let fail =
-    |code: &'static str, message: String| Err(js_error(&env, LockError::new(code, message)));
-  let to_c = |text: &str| CString::new(text.as_bytes()).ok();
-  let Some(argv) = std::iter::once(&command)
-    .chain(&args)
-    .map(|a| to_c(a))
-    .collect::<Option<Vec<CString>>>()
-  else {
-    return fail(
-      "ERR_INVALID_ARG_VALUE",
-      format!("Cannot run {command}: an argument holds a NUL byte."),
-    );
-  };
-  #[cfg(target_os = "linux")]
-  // SAFETY: prctl with integer arguments only.
-  unsafe {
-    libc::prctl(
-      libc::PR_SET_PDEATHSIG,
-      libc::SIGKILL as libc::c_ulong,
-      0,
-      0,
-      0,
-    );
-  }
-  // The wrapper may have ended before the request was made: then nothing would signal us.
-  if std::os::unix::process::parent_id() != parent {
-    return fail(
-      "ESRCH",
-      format!("Not running {command}: the flowforge-lock exec that holds its lock has ended."),
-    );
-  }
-  // SAFETY: resetting dispositions and the mask of this thread, right before execvp.
-  unsafe {
-    for signal in 1..libc::SIGRTMAX() {
-      if signal != libc::SIGKILL && signal != libc::SIGSTOP {
-        libc::signal(signal, libc::SIG_DFL);
-      }
-    }
-    let mut none: libc::sigset_t = std::mem::zeroed();
-    libc::sigemptyset(&mut none);
-    libc::pthread_sigmask(libc::SIG_SETMASK, &none, ptr::null_mut());
-    // Node marks every descriptor it inherits close-on-exec at start-up: the command's stdio
-    // (all the wrapper gives it) must stay open.
-    for fd in 0..3 {
-      libc::fcntl(fd, libc::F_SETFD, 0);
-    }
-  }
-  let mut pointers: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-  pointers.push(ptr::null());
-  // SAFETY: NUL-terminated strings and a NULL-terminated array, alive across the call.
-  unsafe { libc::execvp(argv[0].as_ptr(), pointers.as_ptr()) };
-  let err = std::io::Error::last_os_error();
-  fail(
-    match err.raw_os_error() {
-      Some(libc::ENOENT) => "ENOENT",
-      Some(libc::EACCES) => "EACCES",
-      _ => "EEXEC",
-    },
-    format!("{err}"),
-  )
+  Err(js_error(
+    &env,
+    exec_child::become_command(parent, &command, &args),
+  ))
 }
 
 /// Every lock under the project root (`root` or the one found from the cwd).
