@@ -38,6 +38,11 @@ pub struct EtcdConfig {
   pub timeout: Duration,
 }
 
+/// What a holder keeps off its lease against clock drift and a late answer: a tenth of it.
+fn margin_of(ttl: Duration) -> Duration {
+  ttl / 10
+}
+
 impl EtcdConfig {
   /// Settings for these endpoints with the default timings.
   pub fn new(endpoints: Vec<String>) -> EtcdConfig {
@@ -56,7 +61,7 @@ impl EtcdConfig {
       ca_file: None,
       ttl,
       refresh,
-      margin: ttl / 10,
+      margin: margin_of(ttl),
       connect_timeout: per_member,
       request_timeout: per_member,
       timeout: DEFAULT_TIMEOUT,
@@ -108,10 +113,14 @@ impl EtcdConfig {
         ttl.as_millis()
       )));
     }
-    if let Some(r) = refresh.filter(|r| *r >= ttl) {
+    // A holder counts its lease as ttl minus the margin: a refresh any later comes after its own
+    // deadline, and every commit between the two fails with ELOCKLOST.
+    let lease = ttl - margin_of(ttl);
+    if let Some(r) = refresh.filter(|r| *r >= lease) {
       return Err(bad(format!(
-        "refresh={} must be shorter than ttl={}",
+        "refresh={} must be shorter than ttl minus its margin ({}; ttl={})",
         r.as_millis(),
+        lease.as_millis(),
         ttl.as_millis()
       )));
     }
@@ -198,6 +207,11 @@ mod tests {
       ("etcd://a:1?ttl=abc", "positive"),
       ("etcd://a:1?ttl=500", "smallest lease"),
       ("etcd://a:1?ttl=3000&refresh=3000", "shorter than ttl"),
+      // Within the margin: the holder's deadline would pass before each renewal.
+      (
+        "etcd://a:1?ttl=3000&refresh=2800",
+        "shorter than ttl minus its margin (2700;",
+      ),
       ("etcd://a:1?tll=3000", "unknown parameter \"tll\""),
       ("etcd://a:1?ca=/x", "needs etcds"),
       ("etcd://u@a:1", "host[:port]"),

@@ -516,7 +516,8 @@ impl RedisLocks {
 
   /// The lock was handed to us by a release (or a takeover, or a waiter that gave up) with
   /// `token`. Our lease is counted from the send of our last refused request (the grant came
-  /// after it), unless that leaves less than half a lease, or our connection changed since (the
+  /// after it), unless that leaves less than half a lease or less than the time to our first
+  /// refresh (which would find that deadline passed), or our connection changed since (the
   /// grant names the old one), or the token is not above the last one granted before that
   /// request (the message was sent before it: a hand-off read late, whose lock may have lapsed
   /// and gone to another holder since): then one compare-and-PEXPIRE confirms it and registers
@@ -531,7 +532,7 @@ impl RedisLocks {
   ) -> Result<Option<RedisGrant>> {
     let lease = self.config.ttl - self.config.margin();
     if let Some((sent, client, last_token)) = queued {
-      let fresh = sent + lease >= Instant::now() + lease / 2;
+      let fresh = sent + lease >= Instant::now() + (lease / 2).max(self.config.refresh);
       let after_it = token > last_token;
       if fresh && after_it && client == self.shared.client_id.load(Ordering::Relaxed) {
         return Ok(Some(self.granted(attempt, token, client, sent)));

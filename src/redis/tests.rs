@@ -1043,3 +1043,33 @@ fn behind_the_backend_seam_grants_carry_tokens_above_the_fence_file() {
   assert_eq!(waiting.join().unwrap(), Some(Some(token + 1)));
   let _ = std::fs::remove_dir_all(root);
 }
+
+/// A hand-off read a while after the waiter's request is taken on trust only if the lease it
+/// counts from that request outlasts the first refresh: with `refresh` above half the lease (a
+/// valid setting), trusting "half a lease left" handed the holder a deadline its first refresh
+/// came too late for, and the heartbeat reported a lock lost that it held.
+#[test]
+fn a_trusted_handoff_leaves_the_holder_time_for_its_first_refresh() {
+  let server = RedisServer::start();
+  let config = RedisConfig::parse(&format!("{}?ttl=3000&refresh=2000", server.url())).unwrap();
+  let owner = engine(&server);
+  let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
+  let waiter = RedisLocks::connect(config.clone()).unwrap();
+  let t = thread::spawn(move || waiter.wait_acquire(KEY, &holder(), 0, None, &|| true));
+  wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
+  // Handed over 0.8 s after its request (it waits for the message meanwhile: the holder's lease
+  // has 2 s more): more than half of the 2.7 s lease is left, less than the 2 s to the first
+  // refresh. (A slower box reads it later, past half a lease: then it is confirmed anyway.)
+  let queued_by = Instant::now();
+  wait_until("0.8 s since the request", || {
+    queued_by.elapsed() >= Duration::from_millis(800)
+  });
+  assert!(owner.release(first).unwrap());
+  let grant = t.join().unwrap().unwrap().expect("granted");
+  let left = grant.deadline.saturating_duration_since(Instant::now());
+  assert!(
+    left >= config.refresh,
+    "the holder's deadline is {left:?} away, before its first refresh ({:?})",
+    config.refresh
+  );
+}
