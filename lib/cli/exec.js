@@ -4,6 +4,7 @@
 // lives exactly as long as the command: even if this wrapper is SIGKILLed, the command keeps the
 // lock until it ends, and nobody else runs beside it.
 
+const os = require('node:os')
 const { spawn } = require('node:child_process')
 const native = require('../../native.js')
 const { acquireLock, releaseLock } = require('../../file-lock.js')
@@ -63,9 +64,14 @@ async function exec(file, [command, ...args], { timeout, priority, quiet }) {
     return outcome.error.code === 'ENOENT' ? 127 : 126
   }
   if (outcome.signal) {
-    // Die by the same signal, so our caller sees what the command did.
+    // Die by the same signal, so our caller sees what the command did. Node ignores SIGPIPE and
+    // keeps SIGUSR1 for its inspector: a listener added and removed puts the default action back.
+    const reset = () => {}
+    process.on(outcome.signal, reset)
+    process.removeListener(outcome.signal, reset)
     process.kill(process.pid, outcome.signal)
-    return EXIT.SOFTWARE
+    // Still alive (a signal whose default is to be ignored): the shell's status for it.
+    return 128 + (os.constants.signals[outcome.signal] ?? 0)
   }
   return outcome.code
 }
