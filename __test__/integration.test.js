@@ -490,6 +490,43 @@ describe('FileLockManager', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
+  test('an update nested in an updater of the same file is refused (ELOCKDEADLOCK), not written and then overwritten by the outer write', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, JSON.stringify({ tasks: [] }))
+    const { updateWithLockSync } = integration
+    const outcome = (promise) => promise.then(() => 'resolved', (e) => e.code)
+    const nested = {}
+    await updateWithLock(file, async (doc) => {
+      nested.task = await outcome(updateTaskFile({ id: 1, status: 'nested' }, { file }))
+      nested.update = await outcome(updateWithLock(file, (d) => ({ ...d, inner: true })))
+      doc.outer = true
+      return doc
+    })
+    // Inside withLock, an updateWithLock re-enters; an update nested in its updater is refused too.
+    await new FileLockManager().withLock(file, () =>
+      updateWithLock(file, async (doc) => {
+        nested.underWithLock = await outcome(updateTaskFile({ id: 2 }, { file }))
+        return { ...doc, second: true }
+      }),
+    )
+    updateWithLockSync(file, (doc) => {
+      try {
+        updateWithLockSync(file, (d) => ({ ...d, innerSync: true }))
+        nested.sync = 'resolved'
+      } catch (err) {
+        nested.sync = err.code
+      }
+      return { ...doc, third: true }
+    })
+    // Each nested call either is in the file or was refused: never resolved and then lost.
+    expect({ nested, onDisk: read(file) }).toEqual({
+      nested: { task: 'ELOCKDEADLOCK', update: 'ELOCKDEADLOCK', underWithLock: 'ELOCKDEADLOCK', sync: 'ELOCKDEADLOCK' },
+      onDisk: { tasks: [], outer: true, second: true, third: true },
+    })
+    expect(await isLocked(file)).toBe(false)
+  })
+
   test('unrelated concurrent withLock calls on one file still queue (re-entry is per async context)', async () => {
     const root = makeProject()
     const file = tasksPath(root)

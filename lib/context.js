@@ -6,6 +6,7 @@
 // holds a lock is treated as its holder: any other flow of the process queues for it as another
 // process would. One store per process, shared by every copy of this package that is loaded.
 
+const path = require('node:path')
 const { AsyncLocalStorage } = require('node:async_hooks')
 const native = require('../native.js')
 
@@ -33,6 +34,26 @@ function runHolding(filePath, lockId, fn, outer = storage.getStore()) {
   return storage.run(held, fn)
 }
 
+/** In a context's map: the resolved paths of the files whose updater runs in that context. */
+const UPDATING = Symbol('updating')
+
+/**
+ * runHolding for an updater of `filePath`: the context also notes that this file's updater runs,
+ * so an update of the same file nested in it is refused (its write would be overwritten by the
+ * outer one, made from the document the updater was given).
+ */
+function runUpdating(filePath, lockId, fn, outer = storage.getStore()) {
+  const held = new Map(outer)
+  held.set(native.lockKey(filePath), lockId)
+  held.set(UPDATING, new Set(outer?.get(UPDATING)).add(path.resolve(filePath)))
+  return storage.run(held, fn)
+}
+
+/** Whether the current async context runs inside an updater of `filePath`. */
+function updatingInContext(filePath) {
+  return storage.getStore()?.get(UPDATING)?.has(path.resolve(filePath)) === true
+}
+
 /** The lockIds of this process's shared (read) holds: a write lock cannot re-enter one. */
 const SHARED = Symbol.for('flowforge-lock.shared-holds')
 const shared = (globalThis[SHARED] ??= new Set())
@@ -42,4 +63,4 @@ const noteShared = (lockId) => shared.add(lockId)
 const forgetShared = (lockId) => shared.size !== 0 && shared.delete(lockId)
 const isShared = (lockId) => shared.has(lockId)
 
-module.exports = { heldInContext, heldNow, runHolding, noteShared, forgetShared, isShared }
+module.exports = { heldInContext, heldNow, runHolding, runUpdating, updatingInContext, noteShared, forgetShared, isShared }

@@ -9,7 +9,7 @@ const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
 const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
-const { heldInContext, heldNow, runHolding } = require('./context.js')
+const { heldInContext, heldNow, runUpdating, updatingInContext } = require('./context.js')
 const { projectFile } = require('./project.js')
 
 function parseJson(filePath, text) {
@@ -107,10 +107,25 @@ function checkVersionUnder(filePath, ifVersion) {
   if (conflict) throw conflict
 }
 
+/**
+ * An update of `filePath` from inside an updater of the same file: it would write, then the outer
+ * update would write over it the document its updater was given, and the nested change would be
+ * lost although its caller was told it was written. Refused before anything is read or written.
+ */
+function refuseNested(filePath) {
+  if (!updatingInContext(filePath)) return
+  throw codedError(
+    Error,
+    'ELOCKDEADLOCK',
+    `An update of ${filePath} inside the updater of another update of ${filePath}: the outer update writes the document its updater returns when it returns, over this one. Nothing was written; make the change in the outer updater's document instead.`,
+  )
+}
+
 /** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
 async function updateUnder(filePath, lockId, updater, ifVersion) {
+  refuseNested(filePath)
   checkVersionUnder(filePath, ifVersion)
-  const next = await runHolding(filePath, lockId, () => updater(readJson(filePath)))
+  const next = await runUpdating(filePath, lockId, () => updater(readJson(filePath)))
   const text = serialize(filePath, next)
   // A dead-letter replay journals this commit before it happens (at most once: dead-letters.js).
   require('./dead-letters.js').beforeCommit(filePath, text)
@@ -122,8 +137,9 @@ const isThenable = (value) => value !== null && (typeof value === 'object' || ty
 
 /** One synchronous read-modify-write under a hold the caller has. */
 function updateUnderSync(filePath, lockId, updater, ifVersion) {
+  refuseNested(filePath)
   checkVersionUnder(filePath, ifVersion)
-  const next = runHolding(filePath, lockId, () => updater(readJson(filePath)))
+  const next = runUpdating(filePath, lockId, () => updater(readJson(filePath)))
   if (isThenable(next)) {
     throw codedError(TypeError, 'ERR_INVALID_RETURN_VALUE', `The updater for ${filePath} returned a promise, but updateWithLockSync needs the new content right away; nothing was written. Use updateWithLock for an asynchronous updater.`)
   }
@@ -244,7 +260,7 @@ async function applyBatch(filePath, lockId, jobs) {
         text ??= JSON.stringify(current)
         input = JSON.parse(text)
       }
-      const next = await runHolding(filePath, lockId, () => job.updater(input), job.callerHeld)
+      const next = await runUpdating(filePath, lockId, () => job.updater(input), job.callerHeld)
       text = job.inPlace ? undefined : serialize(filePath, next)
       current = next
       done.push({ job, next })
