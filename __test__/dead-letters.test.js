@@ -250,6 +250,37 @@ describe('at most once, with the replay SIGKILLed inside its locked step', () =>
   })
 })
 
+test('a letter kept with a relative file or root names absolute paths: replayed at most once, and from any directory to the same file', async () => {
+  const root = project()
+  const other = project()
+  const relData = path.join(root, '.flowforge', 'data.json')
+  const holders = [await holder(files(root).times), await holder(relData)]
+  const relFile = await rejection(ffl.startTaskTimer('42', { file: path.relative(process.cwd(), files(root).times), timeout: 0 }))
+  const relRoot = await rejection(ffl.startTaskTimer('43', { root: path.relative(process.cwd(), root), timeout: 0 }))
+  const writeJson = require('../lib/dead-letters.js').writeJson
+  const relWrite = await rejection(writeJson(path.relative(process.cwd(), relData), { v: 1 }, { timeout: 0 }))
+  for (const h of holders) await h.end()
+  const letters = ffl.listDeadLetters({ root })
+  expect(letters.map((l) => l.id)).toEqual([relFile.deadLetterId, relRoot.deadLetterId, relWrite.deadLetterId])
+  for (const letter of letters) {
+    expect(path.isAbsolute(letter.file)).toBe(true)
+    const opts = letter.args[letter.args.length - 1]
+    for (const p of [opts.file, opts.root, letter.operation === 'writeJson' ? letter.args[0] : undefined]) if (p !== undefined) expect(path.isAbsolute(p)).toBe(true)
+  }
+  // Killed after the first commit, before its letter went; then the timer is stopped by hand.
+  const { child, exited } = await startFixture('prio-replay', [root], 'PAUSED', { env: { FLOWFORGE_LOCK_TEST_PAUSE: 'dead-letters::after-commit' } })
+  child.kill('SIGKILL')
+  await exited
+  await ffl.stopTaskTimer('42', { root })
+  // Replayed from another directory (another project's root).
+  const again = JSON.parse((await runFixture('prio-replay', [root], { cwd: other })).stdout.replace(/^RESULT /, ''))
+  expect(again.results.map((r) => r.status)).toEqual(['in-doubt', 'skipped', 'replayed'])
+  expect(readJson(files(root).times)['42'].status).toBe('closed')
+  expect(readJson(files(root).times)['43']).toBeUndefined()
+  expect(readJson(relData)).toEqual({ v: 1 })
+  expect(fs.readdirSync(path.join(other, '.flowforge'))).toEqual(['billing', 'sessions'])
+})
+
 test('two replays at once apply each letter once (the letter is read again under the lock)', async () => {
   const root = project()
   const h = await holder(files(root).times)

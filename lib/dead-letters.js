@@ -132,6 +132,9 @@ const KEPT_OPTIONS = ['root', 'file', 'user', 'instanceId', 'status', 'ifVersion
 function keptOptions(options) {
   const kept = {}
   if (isPlainObject(options)) for (const key of KEPT_OPTIONS) if (options[key] !== undefined) kept[key] = options[key]
+  // Paths as this call resolved them (its cwd): a replay runs elsewhere, and its journal is
+  // matched against the letter's absolute `file` (beforeCommit).
+  for (const key of ['root', 'file']) if (typeof kept[key] === 'string') kept[key] = path.resolve(kept[key])
   return kept
 }
 
@@ -420,7 +423,7 @@ async function replayDeadLetters(options) {
 const writeJson = deadLettered(
   'writeJson',
   (file, content, options) => require('./update.js').updateWithLock(file, () => content, options),
-  { fileOf: (args) => args[0] },
+  { fileOf: (args) => args[0], normalize: ([file, content, options]) => [typeof file === 'string' ? path.resolve(file) : file, content, options] },
 )
 
 /** For status/doctor: where the letters are, how many wait, and the project's totals so far. */
