@@ -443,6 +443,18 @@ describe('work sessions', () => {
     expect(doc.custom).toBe(1)
     expect(doc.sessions.map((s) => s.sessionId)).toEqual(['a', 'b'])
   })
+
+  test('sessions registered at once without an id each get their own id: none replaces another', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'sessions', 'active-sessions.json')
+    fs.mkdirSync(path.dirname(file))
+    // Five calls within a few ms: at least three of them fall in one second.
+    const registered = await Promise.all([1, 2, 3, 4, 5].map((n) => registerSession({ taskId: String(n) }, { file })))
+    const ids = registered.map((s) => s.sessionId)
+    for (const id of ids) expect(id).toMatch(/^session-\d+-\d+$/)
+    expect(new Set(ids).size).toBe(5)
+    expect(listSessions({ file }).map((s) => s.taskId).sort()).toEqual(['1', '2', '3', '4', '5'])
+  })
 })
 
 describe('FileLockManager', () => {

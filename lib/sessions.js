@@ -70,6 +70,23 @@ function entries(sessions) {
   return Array.isArray(sessions) ? sessions.filter(isPlainObject) : Object.values(sessions).filter(isPlainObject)
 }
 
+let lastIssued = { seconds: -1, ms: -1 }
+/**
+ * A new session id as FlowForge's START writes it, `session-<epoch s>-<pid>`, unique in this
+ * process: a second one within the same second takes the epoch in ms (SSM's form), one past the
+ * last one issued, instead of repeating the first (which would replace its session).
+ */
+function newSessionId() {
+  const now = Date.now()
+  const seconds = Math.floor(now / 1000)
+  if (seconds !== lastIssued.seconds) {
+    lastIssued = { seconds, ms: lastIssued.ms }
+    return `session-${seconds}-${process.pid}`
+  }
+  lastIssued.ms = Math.max(now, lastIssued.ms + 1)
+  return `session-${lastIssued.ms}-${process.pid}`
+}
+
 function withSessions(options, change) {
   return changeProjectFile('activeSessions', options, newDocument, (doc, file, opts) => {
     const result = change(sessionsOf(doc, file), file, opts)
@@ -85,7 +102,7 @@ function registerSession(session = {}, options) {
   return withSessions(options, (sessions) => {
     const now = new Date().toISOString()
     const stored = {
-      sessionId: `session-${Math.floor(Date.now() / 1000)}-${process.pid}`,
+      sessionId: session.sessionId ?? newSessionId(),
       user: currentUser(),
       instanceId: currentInstanceId(),
       pid: process.pid,
@@ -180,7 +197,7 @@ function listSessions(options) {
 // session's generated fields are pinned at call time, so a replay registers the same session.
 function pinSession(args) {
   const session = { ...(isPlainObject(args[0]) ? args[0] : {}) }
-  session.sessionId ??= `session-${Math.floor(Date.now() / 1000)}-${process.pid}`
+  session.sessionId ??= newSessionId()
   session.user ??= currentUser()
   session.instanceId ??= currentInstanceId()
   session.pid ??= process.pid
