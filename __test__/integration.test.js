@@ -408,6 +408,40 @@ describe('time tracking', () => {
   })
 })
 
+describe('ids that are names of Object.prototype', () => {
+  test("a task or session id '__proto__' or 'constructor' is an entry like any other: stored, found, and nothing else changed", () => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', 'billing'))
+    fs.mkdirSync(path.join(root, '.flowforge', 'sessions'))
+    // In a child process: a polluted Object.prototype would spoil this one.
+    const script = `
+      const f = require(${JSON.stringify(PACKAGE_ROOT)})
+      const root = ${JSON.stringify(root)}
+      const out = (p) => p.then((v) => 'ok', (e) => e.code)
+      ;(async () => {
+        const r = {}
+        r.start = await out(f.startTaskTimer('__proto__', { root }))
+        r.startCtor = await out(f.startTaskTimer('constructor', { root, instanceId: 'other' }))
+        r.pause = await out(f.pauseTaskTimer('__proto__', { root }))
+        r.register = await out(f.registerSession({ sessionId: '__proto__', taskId: '1' }, { root }))
+        r.touch = await out(f.touchSession('__proto__', { note: 'x' }, { root }))
+        r.touchCtor = await out(f.touchSession('constructor', {}, { root }))
+        r.polluted = Object.keys(Object.prototype).concat(['status', 'note', 'current_session', 'sessionId'].filter((k) => k in {}))
+        console.log(JSON.stringify(r))
+      })()`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect(run.stderr).toBe('')
+    expect(JSON.parse(run.stdout)).toEqual({ start: 'ok', startCtor: 'ok', pause: 'ok', register: 'ok', touch: 'ok', touchCtor: 'ESTATE', polluted: [] })
+    const times = read(path.join(root, '.flowforge', 'billing', 'time-tracking.json'))
+    expect(Object.keys(times).sort()).toEqual(['__proto__', 'constructor'])
+    expect(times.__proto__).toMatchObject({ status: 'paused', sessions: [expect.objectContaining({ reason: 'Paused' })] })
+    expect(times.constructor).toMatchObject({ status: 'active' })
+    const sessions = read(path.join(root, '.flowforge', 'sessions', 'active-sessions.json')).sessions
+    expect(Object.keys(sessions)).toEqual(['__proto__'])
+    expect(sessions.__proto__).toMatchObject({ sessionId: '__proto__', taskId: '1', note: 'x' })
+  })
+})
+
 describe('work sessions', () => {
   test('register, touch, end, and cleanup of dead or idle sessions; an array-shaped file stays an array', async () => {
     const root = makeProject()

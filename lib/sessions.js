@@ -6,7 +6,7 @@
 
 const os = require('node:os')
 const { changeProjectFile, readJson } = require('./update.js')
-const { projectFile, currentUser, currentInstanceId, isPlainObject, shapeError, stateError } = require('./project.js')
+const { projectFile, currentUser, currentInstanceId, isPlainObject, getOwn, setOwn, shapeError, stateError } = require('./project.js')
 const { checkObject, checkString, checkMs, checkJson, codedError } = require('./args.js')
 const { deadLettered } = require('./dead-letters.js')
 
@@ -26,12 +26,12 @@ function sessionsOf(doc, file) {
 
 function find(sessions, id) {
   if (Array.isArray(sessions)) return sessions.find((s) => isPlainObject(s) && s.sessionId === id)
-  return sessions[id]
+  return getOwn(sessions, id)
 }
 
 function put(sessions, session) {
   if (!Array.isArray(sessions)) {
-    sessions[session.sessionId] = session
+    setOwn(sessions, session.sessionId, session)
     return
   }
   const index = sessions.findIndex((s) => isPlainObject(s) && s.sessionId === session.sessionId)
@@ -124,7 +124,7 @@ function touchSession(sessionId, fields = {}, options) {
   return withSessions(options, (sessions, file) => {
     const session = find(sessions, sessionId)
     if (!isPlainObject(session)) throw stateError(`No active session ${sessionId} in ${file}.`)
-    Object.assign(session, fields, { lastActivity: new Date().toISOString() })
+    for (const [key, value] of Object.entries({ ...fields, lastActivity: new Date().toISOString() })) setOwn(session, key, value)
     return { ...session }
   })
 }
