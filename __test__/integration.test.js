@@ -606,6 +606,16 @@ describe('FileLockManager', () => {
     expect(manager.getMetrics().acquisitions).toBeGreaterThan(0)
   })
 
+  test('getMetrics has the shape FileLockManager.d.ts declares (LockMetrics, with deadLetters); updateJson rejects bad options instead of throwing', async () => {
+    const manager = new FileLockManager()
+    expect(manager.getMetrics()).toEqual(getLockMetrics())
+    expect(manager.getMetrics().deadLetters).toEqual({ kept: expect.any(Number), replayed: expect.any(Number), dropped: expect.any(Number) })
+    const root = makeProject()
+    let promise
+    expect(() => (promise = manager.updateJson(tasksPath(root), (d) => d, { timeout: -1 }))).not.toThrow()
+    expectError(await promise.catch((e) => e), RangeError, 'ERR_OUT_OF_RANGE')
+  })
+
   test('exit handlers are installed once however many managers and copies of the package exist', () => {
     // In a fresh process: this one's handlers were installed by earlier tests.
     const script = `
