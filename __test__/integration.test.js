@@ -212,6 +212,11 @@ describe('updateTaskFile and batchUpdateTasks', () => {
     expect(doc.metadata).toEqual(original.metadata)
     expect(doc.lastUpdated).not.toBe(original.lastUpdated)
     expect(doc.tasks).toEqual([merged, { id: 'LIN-456', status: 'paused' }, { id: 7, title: 'New' }])
+    // A numeric id beyond 2^53 stays a string: as a number it would be written as another id.
+    const big = await updateTaskFile({ id: '9999999999999999', title: 'Big' }, { file })
+    expect(big.id).toBe('9999999999999999')
+    await updateTaskFile({ id: '9999999999999999', status: 'done' }, { file })
+    expect(read(file).tasks.slice(3)).toEqual([{ id: '9999999999999999', title: 'Big', status: 'done' }])
   })
 
   test('a batch is all or nothing', async () => {
