@@ -283,6 +283,18 @@ describe('coalescing', () => {
     await holder.exited
   })
 
+  test('200,000 concurrent updates of one file in one process: every one applied, no crash', () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const script = `
+      const { updateWithLock } = require(${JSON.stringify(PACKAGE_ROOT)})
+      const calls = Array.from({ length: 200000 }, () => updateWithLock(${JSON.stringify(file)}, (d) => ({ n: (d?.n ?? 0) + 1 })))
+      Promise.all(calls).then(() => console.log('DONE'), (e) => console.log('ERR', e.code, e.message))`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect({ status: run.status, stdout: run.stdout, stderr: run.stderr.split('\n')[0] }).toEqual({ status: 0, stdout: 'DONE\n', stderr: '' })
+    expect(read(file)).toEqual({ n: 200000 })
+  }, 120000)
+
   test('a write failure reaches every caller of the batch and changes nothing', async () => {
     const root = makeProject()
     const file = tasksPath(root)

@@ -208,7 +208,9 @@ async function runBatches(key, filePath, batch) {
     // Higher priorities first within the hold too (a stable sort keeps arrival order among equals);
     // the batch waits with the highest priority among its jobs.
     const jobs = batch.jobs.splice(0).sort((a, b) => b.priority - a.priority)
-    const soonest = Math.min(...jobs.map((job) => job.deadline))
+    // A loop, not Math.min(...): a spread of some 125,000 deadlines overflows the stack.
+    let soonest = Infinity
+    for (const job of jobs) if (job.deadline < soonest) soonest = job.deadline
     let lockId
     try {
       lockId = await acquireLock(filePath, {
