@@ -590,6 +590,28 @@ describe('FileLockManager', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
+  test('concurrent updates re-entering one hold (inside withLock, or with { lockId }) apply one after another: none lost', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, JSON.stringify({ tasks: [] }))
+    const manager = new FileLockManager()
+    const written = await manager.withLock(file, () => Promise.all([1, 2, 3, 4].map((id) => updateTaskFile({ id }, { file }))))
+    expect(written.map((t) => t.id)).toEqual([1, 2, 3, 4])
+    expect(read(file).tasks.map((t) => t.id)).toEqual([1, 2, 3, 4])
+    const lockId = await acquireLock(file)
+    try {
+      const add = (id) => updateWithLock(file, async (doc) => ({ tasks: [...doc.tasks, { id }] }), { lockId })
+      await Promise.all([5, 6, 7].map(add))
+      // A synchronous update cannot wait for the asynchronous ones in flight under the same hold.
+      const inFlight = add(8)
+      expect(() => integration.updateWithLockSync(file, (doc) => doc, { lockId })).toThrow(expect.objectContaining({ code: 'ELOCKDEADLOCK' }))
+      await inFlight
+    } finally {
+      await releaseLock(file, lockId)
+    }
+    expect(read(file).tasks.map((t) => t.id)).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+  })
+
   test('unrelated concurrent withLock calls on one file still queue (re-entry is per async context)', async () => {
     const root = makeProject()
     const file = tasksPath(root)

@@ -121,9 +121,32 @@ function refuseNested(filePath) {
   )
 }
 
+/**
+ * Per hold and file (`lockId\0path`): the last of the updates that re-entered that hold, so that
+ * concurrent ones (a Promise.all inside withLock, or several `{ lockId }` calls) apply one after
+ * another, each reading what the one before wrote, instead of all reading the same content.
+ */
+const underHold = new Map()
+const holdKey = (filePath, lockId) => `${lockId}\0${path.resolve(filePath)}`
+
 /** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
 async function updateUnder(filePath, lockId, updater, ifVersion) {
   refuseNested(filePath)
+  const key = holdKey(filePath, lockId)
+  const before = underHold.get(key)
+  let finished
+  const mine = new Promise((resolve) => (finished = resolve))
+  underHold.set(key, mine)
+  try {
+    if (before !== undefined) await before
+    return await updateUnderNow(filePath, lockId, updater, ifVersion)
+  } finally {
+    finished()
+    if (underHold.get(key) === mine) underHold.delete(key)
+  }
+}
+
+async function updateUnderNow(filePath, lockId, updater, ifVersion) {
   checkVersionUnder(filePath, ifVersion)
   const next = await runUpdating(filePath, lockId, () => updater(readJson(filePath)))
   const text = serialize(filePath, next)
@@ -138,6 +161,13 @@ const isThenable = (value) => value !== null && (typeof value === 'object' || ty
 /** One synchronous read-modify-write under a hold the caller has. */
 function updateUnderSync(filePath, lockId, updater, ifVersion) {
   refuseNested(filePath)
+  if (underHold.has(holdKey(filePath, lockId))) {
+    throw codedError(
+      Error,
+      'ELOCKDEADLOCK',
+      `updateWithLockSync(${filePath}) while an asynchronous update of it under the same hold is in progress: it cannot wait for that one without blocking it, and must not write over it. Nothing was written; await the asynchronous update first.`,
+    )
+  }
   checkVersionUnder(filePath, ifVersion)
   const next = runUpdating(filePath, lockId, () => updater(readJson(filePath)))
   if (isThenable(next)) {
