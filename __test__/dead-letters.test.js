@@ -281,6 +281,47 @@ test('a letter kept with a relative file or root names absolute paths: replayed 
   expect(fs.readdirSync(path.join(other, '.flowforge'))).toEqual(['billing', 'sessions'])
 })
 
+test('a call without options (as FILE_LOCKING.md writes them) is kept whole: its task or batch is in the letter and replays', async () => {
+  const root = project()
+  const lockFile = path.join(root, '.flowforge', '.locks', 'tasks.json.lock')
+  // Each write stops just before its lock check; the test then removes the lock file (ELOCKLOST).
+  const script = `
+    const ffl = require(${JSON.stringify(PACKAGE_ROOT)})
+    const kept = (p) => p.then(() => null, (e) => ({ code: e.code, id: e.deadLetterId }))
+    ;(async () => {
+      const one = await kept(ffl.updateTaskFile({ id: 7, title: 'kept', status: 'ready' }))
+      const batch = await kept(ffl.batchUpdateTasks([{ id: 8, status: 'blocked' }, { id: 9 }]))
+      console.log(JSON.stringify({ one, batch }))
+    })()`
+  const child = require('node:child_process').spawn(process.execPath, ['-e', script], {
+    cwd: root,
+    env: { ...process.env, ...failpointEnv(failpointBinary(), 'store::before_verify=return(stop)') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const exited = new Promise((resolve) => child.on('close', (code) => resolve(code)))
+  let stdout = ''
+  child.stdout.on('data', (c) => (stdout += c))
+  let stops = 0
+  require('node:readline').createInterface({ input: child.stderr }).on('line', (line) => {
+    if (!line.startsWith('FAILPOINT store::before_verify')) return
+    stops++
+    fs.rmSync(lockFile)
+    child.kill('SIGCONT')
+  })
+  expect(await exited).toBe(0)
+  expect(stops).toBe(2)
+  const { one, batch } = JSON.parse(stdout)
+  expect([one.code, batch.code]).toEqual(['ELOCKLOST', 'ELOCKLOST'])
+  const letters = ffl.listDeadLetters({ root })
+  expect(letters.map((l) => [l.operation, l.args[0]])).toEqual([
+    ['updateTaskFile', { id: 7, title: 'kept', status: 'ready' }],
+    ['batchUpdateTasks', [{ id: 8, status: 'blocked' }, { id: 9 }]],
+  ])
+  const replay = await ffl.replayDeadLetters({ root })
+  expect(replay.results.map((r) => r.status)).toEqual(['replayed', 'replayed'])
+  expect(readJson(files(root).tasks).tasks).toEqual([{ id: 7, title: 'kept', status: 'ready' }, { id: 8, status: 'blocked' }, { id: 9 }])
+}, 300000)
+
 test('two replays at once apply each letter once (the letter is read again under the lock)', async () => {
   const root = project()
   const h = await holder(files(root).times)

@@ -169,6 +169,9 @@ function keep(name, spec, raw, err, calledAt, id) {
     args[args.length - 1] = keptOptions(options)
     if (spec.pin) spec.pin(args, calledAt)
     const file = spec.fileOf ? path.resolve(spec.fileOf(args)) : require('./project.js').projectFile(spec.which, args[args.length - 1])
+    // The file as this call found it (from its cwd, FLOWFORGE_ROOT_OVERRIDE): a replay runs from
+    // elsewhere, and would otherwise find another project's file.
+    if (!spec.fileOf) args[args.length - 1].file = path.resolve(file)
     const dir = path.join(rootOf(file), DIR)
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
     const at = new Date().toISOString()

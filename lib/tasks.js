@@ -66,7 +66,10 @@ async function batchUpdateTasks(updates, options) {
 }
 
 // A failure a retry can fix is kept in the dead-letter queue (dead-letters.js).
+// Arguments in a fixed shape whose last one is the options, also when the call gave none (as
+// FILE_LOCKING.md's updateTaskFile(task) does): else the task would be taken for the options.
+const taskAndOptions = ([task, options]) => [task, options]
 module.exports = {
-  updateTaskFile: deadLettered('updateTaskFile', updateTaskFile, { which: 'tasks' }),
-  batchUpdateTasks: deadLettered('batchUpdateTasks', batchUpdateTasks, { which: 'tasks' }),
+  updateTaskFile: deadLettered('updateTaskFile', updateTaskFile, { which: 'tasks', normalize: taskAndOptions }),
+  batchUpdateTasks: deadLettered('batchUpdateTasks', batchUpdateTasks, { which: 'tasks', normalize: taskAndOptions }),
 }
