@@ -54,6 +54,39 @@ function updatingInContext(filePath) {
   return storage.getStore()?.get(UPDATING)?.has(path.resolve(filePath)) === true
 }
 
+/**
+ * lockId -> the writes in flight under that hold (promises that settle when the rename is done or
+ * refused): releaseLock waits for them, so a rename whose lock check has passed cannot land after
+ * the lock was given up (and over another process's commit). One per process, as `storage`.
+ */
+const WRITES = Symbol.for('flowforge-lock.writes-in-flight')
+const writes = (globalThis[WRITES] ??= new Map())
+
+/** Runs `write()` (a promise) as a write in flight under `lockId`. */
+function trackWrite(lockId, write) {
+  const promise = write()
+  const settled = promise.then(
+    () => {},
+    () => {},
+  )
+  if (!writes.has(lockId)) writes.set(lockId, new Set())
+  writes.get(lockId).add(settled)
+  settled.then(() => {
+    const set = writes.get(lockId)
+    set.delete(settled)
+    if (set.size === 0) writes.delete(lockId)
+  })
+  return promise
+}
+
+/** Whether a write is in flight under `lockId` (usually not). */
+const writing = (lockId) => writes.size !== 0 && writes.has(lockId)
+
+/** Settles once no write is in flight under `lockId`. */
+async function writesSettled(lockId) {
+  while (writes.has(lockId)) await Promise.all(writes.get(lockId))
+}
+
 /** The lockIds of this process's shared (read) holds: a write lock cannot re-enter one. */
 const SHARED = Symbol.for('flowforge-lock.shared-holds')
 const shared = (globalThis[SHARED] ??= new Set())
@@ -63,4 +96,4 @@ const noteShared = (lockId) => shared.add(lockId)
 const forgetShared = (lockId) => shared.size !== 0 && shared.delete(lockId)
 const isShared = (lockId) => shared.has(lockId)
 
-module.exports = { heldInContext, heldNow, runHolding, runUpdating, updatingInContext, noteShared, forgetShared, isShared }
+module.exports = { heldInContext, heldNow, runHolding, runUpdating, updatingInContext, trackWrite, writing, writesSettled, noteShared, forgetShared, isShared }

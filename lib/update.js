@@ -9,7 +9,7 @@ const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
 const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
-const { heldInContext, heldNow, runUpdating, updatingInContext } = require('./context.js')
+const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite } = require('./context.js')
 const { projectFile } = require('./project.js')
 
 function parseJson(filePath, text) {
@@ -152,7 +152,7 @@ async function updateUnderNow(filePath, lockId, updater, ifVersion) {
   const text = serialize(filePath, next)
   // A dead-letter replay journals this commit before it happens (at most once: dead-letters.js).
   require('./dead-letters.js').beforeCommit(filePath, text)
-  await native.writeTextAtomic(filePath, lockId, text)
+  await trackWrite(lockId, () => native.writeTextAtomic(filePath, lockId, text))
   return next
 }
 
