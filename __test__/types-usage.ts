@@ -53,6 +53,9 @@ async function main(): Promise<void> {
   const syncId: string = acquireLockSync('sync.json', { timeout: 100 })
   const syncReleased: boolean = releaseLockSync('sync.json', syncId)
   const inside: number = withLockSync('sync.json', () => 7)
+  // 'adaptive' is taken by the synchronous calls as by acquireLock (checkLockOptions, adaptiveOr).
+  releaseLockSync('sync.json', acquireLockSync('sync.json', 'adaptive'))
+  const adaptiveSync: number = withLockSync('sync.json', () => 8, 'adaptive')
   const doc: { n: number } | null = await readJSON<{ n: number }>('sync.json', { maxAgeMs: 0 })
   const docSync: { n: number } | null = readJSONSync<{ n: number }>('sync.json')
   const versioned = await readJSONVersioned<{ n: number }>('sync.json')
