@@ -235,6 +235,23 @@ describe('updateTaskFile and batchUpdateTasks', () => {
     expect((await batchUpdateTasks('x').catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
     expect((await updateWithLock('x.json', 'not a function').catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
     expect((await updateTaskFile({ id: 1 }, { timeout: -5 }).catch((e) => e)).code).toBe('ERR_OUT_OF_RANGE')
+    // Declared to return a promise: bad options reject, they do not throw.
+    let cleanup
+    expect(() => (cleanup = cleanupStaleSessions('x'))).not.toThrow()
+    expect((await cleanup.catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
+    // An updater's result that JSON cannot write (BigInt, a cycle): the documented code, nothing written.
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'x.json')
+    fs.writeFileSync(file, '{"kept":true}')
+    const cyclic = {}
+    cyclic.self = cyclic
+    for (const value of [10n, { n: 1n }, cyclic]) {
+      expectError(await updateWithLock(file, () => value).catch((e) => e), TypeError, 'ERR_INVALID_RETURN_VALUE')
+      const lockId = await acquireLock(file)
+      expectError(await updateWithLock(file, (d) => [d, value], { lockId }).catch((e) => e), TypeError, 'ERR_INVALID_RETURN_VALUE')
+      await releaseLock(file, lockId)
+    }
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"kept":true}')
   })
 })
 

@@ -168,7 +168,7 @@ function staleReason(session, now, maxAgeMs) {
 }
 
 /** Removes stale sessions; resolves to { removed, kept } (removed ones carry their reason). */
-function cleanupStaleSessions(options) {
+async function cleanupStaleSessions(options) {
   const { maxAgeMs } = checkObject('options', options)
   const limit = checkMs('options.maxAgeMs', maxAgeMs, STALE_SESSION_MS, false)
   return withSessions(options, (sessions) => {

@@ -27,7 +27,13 @@ function readJson(filePath) {
 }
 
 function serialize(filePath, value) {
-  const text = JSON.stringify(value, null, 2)
+  let text
+  try {
+    text = JSON.stringify(value, null, 2)
+  } catch (err) {
+    // A BigInt or a cycle: the caller's value, not the file, is at fault.
+    throw codedError(TypeError, 'ERR_INVALID_RETURN_VALUE', `The updater for ${filePath} returned a value JSON cannot write (${err.message}); nothing was written.`)
+  }
   if (text === undefined) {
     throw codedError(
       TypeError,
