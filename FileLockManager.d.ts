@@ -8,13 +8,13 @@ declare class FileLockManager {
   config: { timeout: number | 'adaptive'; staleThreshold: number; priority: number }
   /** lockId -> file of every lock this manager holds. */
   held: Map<string, string>
-  acquire(filePath: string, options?: UpdateOptions | LockOptions): Promise<string>
+  acquire(filePath: string, options?: number | 'adaptive' | LockOptions): Promise<string>
   release(filePath: string, lockId?: string): Promise<boolean>
   /**
    * fn's result; the lock is always released. A nested withLock on the same lock re-enters.
    * `signal` aborts (its reason an ELOCKLOST error) if the lock is lost while fn runs.
    */
-  withLock<T>(filePath: string, fn: (signal: AbortSignal) => T | Promise<T>, options?: UpdateOptions): Promise<T>
+  withLock<T>(filePath: string, fn: (signal: AbortSignal) => T | Promise<T>, options?: number | 'adaptive' | Omit<LockOptions, 'mode'>): Promise<T>
   /**
    * withLock under a shared (read) lock: fn runs beside other readers, never beside a writer, and
    * a waiting writer goes before readers that arrive after it. Inside a withLock of the same lock

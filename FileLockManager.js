@@ -5,7 +5,6 @@
 // re-enters: fn runs at once under the outer lock (AsyncLocalStorage tracks what a context holds).
 // withReadLock(file, fn) is the same under a shared (read) lock: many readers at once, no writer.
 
-const native = require('./native.js')
 const { acquireLock, releaseLock, assertHeld, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('./file-lock.js')
 const { updateWithLock } = require('./lib/update.js')
 const { heldInContext, runHolding, isShared } = require('./lib/context.js')
@@ -98,8 +97,8 @@ class FileLockManager {
     assertHeld(filePath, lockId)
   }
 
-  /** updateWithLock with this manager's timeout. */
-  updateJson(filePath, updater, options) {
+  /** updateWithLock with this manager's timeout (bad options reject, as every call here does). */
+  async updateJson(filePath, updater, options) {
     return updateWithLock(filePath, updater, checkLockOptions(options, this.config))
   }
 
@@ -110,8 +109,9 @@ class FileLockManager {
     return results.filter((r) => r.status === 'fulfilled' && r.value).length
   }
 
+  /** getLockMetrics() of file-lock-integration: this process's locks and dead letters. */
   getMetrics() {
-    return native.getLockMetrics()
+    return require('./file-lock-integration.js').getLockMetrics()
   }
 }
 

@@ -116,14 +116,14 @@ export function releaseLock(filePath: string, lockId: string): Promise<boolean>
  * `timeout` ms, and `ELOCKDEADLOCK` at once when this process already holds the lock or waits
  * for it through the asynchronous API (they need the event loop this call blocks).
  */
-export function acquireLockSync(filePath: string, timeout?: number | LockOptions): string
+export function acquireLockSync(filePath: string, timeout?: number | 'adaptive' | LockOptions): string
 /** true: released; false: nothing to release. Throws `ELOCKMISMATCH` for a wrong lockId. */
 export function releaseLockSync(filePath: string, lockId: string): boolean
 /**
  * Runs the synchronous `fn` under the lock and returns its result; the lock is released when
  * `fn` returns or throws. A `fn` that returns a promise throws `ERR_INVALID_RETURN_VALUE`.
  */
-export function withLockSync<T>(filePath: string, fn: () => T, timeout?: number | LockOptions): T
+export function withLockSync<T>(filePath: string, fn: () => T, timeout?: number | 'adaptive' | LockOptions): T
 export function isLocked(filePath: string, options?: InspectOptions): Promise<boolean>
 export function getLockInfo(filePath: string, options?: InspectOptions): Promise<LockInfo | null>
 export function cleanupStaleLocks(options?: CleanupOptions): Promise<CleanupReport>

@@ -6,7 +6,7 @@
 const native = require('./native.js')
 const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
 const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
-const { heldInContext, runHolding, noteShared, forgetShared } = require('./lib/context.js')
+const { heldInContext, runHolding, noteShared, forgetShared, writing, writesSettled } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
@@ -59,6 +59,8 @@ const nativeMode = (mode) => (mode === 'exclusive' ? undefined : mode)
 async function releaseLock(filePath, lockId) {
   checkString('filePath', filePath)
   checkString('lockId', lockId)
+  // A write under this hold that has passed its lock check renames next: let it land first.
+  if (writing(lockId)) await writesSettled(lockId)
   const released = native.release(filePath, lockId)
   noteReleased(lockId)
   forgetShared(lockId)

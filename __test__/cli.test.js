@@ -66,6 +66,16 @@ describe('exec', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
+  test('a command killed by a signal Node ignores or reserves (SIGPIPE, SIGUSR1): the wrapper dies by the same signal', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    for (const signal of ['SIGPIPE', 'SIGUSR1', 'SIGHUP']) {
+      const run = await cli(['exec', file, '--', 'sh', '-c', `kill -${signal.slice(3)} $$`])
+      expect({ signal, status: run.status, died: run.signal, stderr: run.stderr }).toEqual({ signal, status: null, died: signal, stderr: '' })
+    }
+    expect(await isLocked(file)).toBe(false)
+  })
+
   test('forwards SIGTERM to the command and releases only after it ended', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')

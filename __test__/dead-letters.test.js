@@ -250,6 +250,78 @@ describe('at most once, with the replay SIGKILLed inside its locked step', () =>
   })
 })
 
+test('a letter kept with a relative file or root names absolute paths: replayed at most once, and from any directory to the same file', async () => {
+  const root = project()
+  const other = project()
+  const relData = path.join(root, '.flowforge', 'data.json')
+  const holders = [await holder(files(root).times), await holder(relData)]
+  const relFile = await rejection(ffl.startTaskTimer('42', { file: path.relative(process.cwd(), files(root).times), timeout: 0 }))
+  const relRoot = await rejection(ffl.startTaskTimer('43', { root: path.relative(process.cwd(), root), timeout: 0 }))
+  const writeJson = require('../lib/dead-letters.js').writeJson
+  const relWrite = await rejection(writeJson(path.relative(process.cwd(), relData), { v: 1 }, { timeout: 0 }))
+  for (const h of holders) await h.end()
+  const letters = ffl.listDeadLetters({ root })
+  expect(letters.map((l) => l.id)).toEqual([relFile.deadLetterId, relRoot.deadLetterId, relWrite.deadLetterId])
+  for (const letter of letters) {
+    expect(path.isAbsolute(letter.file)).toBe(true)
+    const opts = letter.args[letter.args.length - 1]
+    for (const p of [opts.file, opts.root, letter.operation === 'writeJson' ? letter.args[0] : undefined]) if (p !== undefined) expect(path.isAbsolute(p)).toBe(true)
+  }
+  // Killed after the first commit, before its letter went; then the timer is stopped by hand.
+  const { child, exited } = await startFixture('prio-replay', [root], 'PAUSED', { env: { FLOWFORGE_LOCK_TEST_PAUSE: 'dead-letters::after-commit' } })
+  child.kill('SIGKILL')
+  await exited
+  await ffl.stopTaskTimer('42', { root })
+  // Replayed from another directory (another project's root).
+  const again = JSON.parse((await runFixture('prio-replay', [root], { cwd: other })).stdout.replace(/^RESULT /, ''))
+  expect(again.results.map((r) => r.status)).toEqual(['in-doubt', 'skipped', 'replayed'])
+  expect(readJson(files(root).times)['42'].status).toBe('closed')
+  expect(readJson(files(root).times)['43']).toBeUndefined()
+  expect(readJson(relData)).toEqual({ v: 1 })
+  expect(fs.readdirSync(path.join(other, '.flowforge'))).toEqual(['billing', 'sessions'])
+})
+
+test('a call without options (as FILE_LOCKING.md writes them) is kept whole: its task or batch is in the letter and replays', async () => {
+  const root = project()
+  const lockFile = path.join(root, '.flowforge', '.locks', 'tasks.json.lock')
+  // Each write stops just before its lock check; the test then removes the lock file (ELOCKLOST).
+  const script = `
+    const ffl = require(${JSON.stringify(PACKAGE_ROOT)})
+    const kept = (p) => p.then(() => null, (e) => ({ code: e.code, id: e.deadLetterId }))
+    ;(async () => {
+      const one = await kept(ffl.updateTaskFile({ id: 7, title: 'kept', status: 'ready' }))
+      const batch = await kept(ffl.batchUpdateTasks([{ id: 8, status: 'blocked' }, { id: 9 }]))
+      console.log(JSON.stringify({ one, batch }))
+    })()`
+  const child = require('node:child_process').spawn(process.execPath, ['-e', script], {
+    cwd: root,
+    env: { ...process.env, ...failpointEnv(failpointBinary(), 'store::before_verify=return(stop)') },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const exited = new Promise((resolve) => child.on('close', (code) => resolve(code)))
+  let stdout = ''
+  child.stdout.on('data', (c) => (stdout += c))
+  let stops = 0
+  require('node:readline').createInterface({ input: child.stderr }).on('line', (line) => {
+    if (!line.startsWith('FAILPOINT store::before_verify')) return
+    stops++
+    fs.rmSync(lockFile)
+    child.kill('SIGCONT')
+  })
+  expect(await exited).toBe(0)
+  expect(stops).toBe(2)
+  const { one, batch } = JSON.parse(stdout)
+  expect([one.code, batch.code]).toEqual(['ELOCKLOST', 'ELOCKLOST'])
+  const letters = ffl.listDeadLetters({ root })
+  expect(letters.map((l) => [l.operation, l.args[0]])).toEqual([
+    ['updateTaskFile', { id: 7, title: 'kept', status: 'ready' }],
+    ['batchUpdateTasks', [{ id: 8, status: 'blocked' }, { id: 9 }]],
+  ])
+  const replay = await ffl.replayDeadLetters({ root })
+  expect(replay.results.map((r) => r.status)).toEqual(['replayed', 'replayed'])
+  expect(readJson(files(root).tasks).tasks).toEqual([{ id: 7, title: 'kept', status: 'ready' }, { id: 8, status: 'blocked' }, { id: 9 }])
+}, 300000)
+
 test('two replays at once apply each letter once (the letter is read again under the lock)', async () => {
   const root = project()
   const h = await holder(files(root).times)

@@ -11,6 +11,7 @@ const { spawn, spawnSync } = require('node:child_process')
 const { acquireLock, releaseLock, isLocked, getLockInfo } = require('../file-lock')
 const { updateWithLock } = require('../file-lock-integration')
 const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+const { untilKernelWaiter } = require('./fixtures/wait-for')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
@@ -91,6 +92,33 @@ describe('crashes at the dangerous instant (item 15)', () => {
     console.log(`crash test: ${killedMidWrite} of 8 kills landed between temp write and rename; ${acknowledged.length} acknowledged updates all present`)
     expect(killedMidWrite).toBe(8)
   }, 120000)
+})
+
+describe('a release while a write under the hold is in flight', () => {
+  test('releaseLock waits for the write: its rename cannot land after another process committed', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    fs.writeFileSync(file, '{"by":"init"}\n')
+    // A's rename is held back (the failpoint widens the instant between the lock check and the
+    // rename); B is already waiting in the kernel when A releases, so it commits within it.
+    const a = spawn(process.execPath, [path.join(FIXTURES, 'fp-release-mid-write.js'), file], {
+      env: { ...process.env, ...failpointEnv(binary, 'store::before_rename=sleep(3000)') },
+      stdio: ['pipe', 'pipe', 'inherit'],
+    })
+    const nextLine = lineReader(a.stdout)
+    expect(await nextLine()).toBe('LOCKED')
+    const bScript = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock-integration.js'))}).updateWithLock(${JSON.stringify(file)}, (saw) => ({ by: 'B', saw })).then((v) => console.log(JSON.stringify(v)), (e) => console.log('ERROR', e.code))`
+    const b = spawn(process.execPath, ['-e', bScript], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const bLine = lineReader(b.stdout)
+    await untilKernelWaiter(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'), b.pid)
+    a.stdin.write('go\n')
+    expect(await nextLine()).toBe('RELEASED')
+    expect(await nextLine()).toBe('WROTE')
+    const bWrote = JSON.parse(await bLine())
+    // B's acknowledged update is the file's content, made from A's.
+    expect(bWrote).toEqual({ by: 'B', saw: { by: 'A' } })
+    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual(bWrote)
+  }, 60000)
 })
 
 describe('exit cleanup (hole 5)', () => {

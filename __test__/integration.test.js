@@ -212,6 +212,11 @@ describe('updateTaskFile and batchUpdateTasks', () => {
     expect(doc.metadata).toEqual(original.metadata)
     expect(doc.lastUpdated).not.toBe(original.lastUpdated)
     expect(doc.tasks).toEqual([merged, { id: 'LIN-456', status: 'paused' }, { id: 7, title: 'New' }])
+    // A numeric id beyond 2^53 stays a string: as a number it would be written as another id.
+    const big = await updateTaskFile({ id: '9999999999999999', title: 'Big' }, { file })
+    expect(big.id).toBe('9999999999999999')
+    await updateTaskFile({ id: '9999999999999999', status: 'done' }, { file })
+    expect(read(file).tasks.slice(3)).toEqual([{ id: '9999999999999999', title: 'Big', status: 'done' }])
   })
 
   test('a batch is all or nothing', async () => {
@@ -230,6 +235,23 @@ describe('updateTaskFile and batchUpdateTasks', () => {
     expect((await batchUpdateTasks('x').catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
     expect((await updateWithLock('x.json', 'not a function').catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
     expect((await updateTaskFile({ id: 1 }, { timeout: -5 }).catch((e) => e)).code).toBe('ERR_OUT_OF_RANGE')
+    // Declared to return a promise: bad options reject, they do not throw.
+    let cleanup
+    expect(() => (cleanup = cleanupStaleSessions('x'))).not.toThrow()
+    expect((await cleanup.catch((e) => e)).code).toBe('ERR_INVALID_ARG_TYPE')
+    // An updater's result that JSON cannot write (BigInt, a cycle): the documented code, nothing written.
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'x.json')
+    fs.writeFileSync(file, '{"kept":true}')
+    const cyclic = {}
+    cyclic.self = cyclic
+    for (const value of [10n, { n: 1n }, cyclic]) {
+      expectError(await updateWithLock(file, () => value).catch((e) => e), TypeError, 'ERR_INVALID_RETURN_VALUE')
+      const lockId = await acquireLock(file)
+      expectError(await updateWithLock(file, (d) => [d, value], { lockId }).catch((e) => e), TypeError, 'ERR_INVALID_RETURN_VALUE')
+      await releaseLock(file, lockId)
+    }
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"kept":true}')
   })
 })
 
@@ -277,6 +299,18 @@ describe('coalescing', () => {
     expect(read(file)).toEqual({ tasks: [], long: true })
     await holder.exited
   })
+
+  test('200,000 concurrent updates of one file in one process: every one applied, no crash', () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const script = `
+      const { updateWithLock } = require(${JSON.stringify(PACKAGE_ROOT)})
+      const calls = Array.from({ length: 200000 }, () => updateWithLock(${JSON.stringify(file)}, (d) => ({ n: (d?.n ?? 0) + 1 })))
+      Promise.all(calls).then(() => console.log('DONE'), (e) => console.log('ERR', e.code, e.message))`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect({ status: run.status, stdout: run.stdout, stderr: run.stderr.split('\n')[0] }).toEqual({ status: 0, stdout: 'DONE\n', stderr: '' })
+    expect(read(file)).toEqual({ n: 200000 })
+  }, 120000)
 
   test('a write failure reaches every caller of the batch and changes nothing', async () => {
     const root = makeProject()
@@ -408,6 +442,40 @@ describe('time tracking', () => {
   })
 })
 
+describe('ids that are names of Object.prototype', () => {
+  test("a task or session id '__proto__' or 'constructor' is an entry like any other: stored, found, and nothing else changed", () => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', 'billing'))
+    fs.mkdirSync(path.join(root, '.flowforge', 'sessions'))
+    // In a child process: a polluted Object.prototype would spoil this one.
+    const script = `
+      const f = require(${JSON.stringify(PACKAGE_ROOT)})
+      const root = ${JSON.stringify(root)}
+      const out = (p) => p.then((v) => 'ok', (e) => e.code)
+      ;(async () => {
+        const r = {}
+        r.start = await out(f.startTaskTimer('__proto__', { root }))
+        r.startCtor = await out(f.startTaskTimer('constructor', { root, instanceId: 'other' }))
+        r.pause = await out(f.pauseTaskTimer('__proto__', { root }))
+        r.register = await out(f.registerSession({ sessionId: '__proto__', taskId: '1' }, { root }))
+        r.touch = await out(f.touchSession('__proto__', { note: 'x' }, { root }))
+        r.touchCtor = await out(f.touchSession('constructor', {}, { root }))
+        r.polluted = Object.keys(Object.prototype).concat(['status', 'note', 'current_session', 'sessionId'].filter((k) => k in {}))
+        console.log(JSON.stringify(r))
+      })()`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect(run.stderr).toBe('')
+    expect(JSON.parse(run.stdout)).toEqual({ start: 'ok', startCtor: 'ok', pause: 'ok', register: 'ok', touch: 'ok', touchCtor: 'ESTATE', polluted: [] })
+    const times = read(path.join(root, '.flowforge', 'billing', 'time-tracking.json'))
+    expect(Object.keys(times).sort()).toEqual(['__proto__', 'constructor'])
+    expect(times.__proto__).toMatchObject({ status: 'paused', sessions: [expect.objectContaining({ reason: 'Paused' })] })
+    expect(times.constructor).toMatchObject({ status: 'active' })
+    const sessions = read(path.join(root, '.flowforge', 'sessions', 'active-sessions.json')).sessions
+    expect(Object.keys(sessions)).toEqual(['__proto__'])
+    expect(sessions.__proto__).toMatchObject({ sessionId: '__proto__', taskId: '1', note: 'x' })
+  })
+})
+
 describe('work sessions', () => {
   test('register, touch, end, and cleanup of dead or idle sessions; an array-shaped file stays an array', async () => {
     const root = makeProject()
@@ -442,6 +510,18 @@ describe('work sessions', () => {
     const doc = read(file)
     expect(doc.custom).toBe(1)
     expect(doc.sessions.map((s) => s.sessionId)).toEqual(['a', 'b'])
+  })
+
+  test('sessions registered at once without an id each get their own id: none replaces another', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'sessions', 'active-sessions.json')
+    fs.mkdirSync(path.dirname(file))
+    // Five calls within a few ms: at least three of them fall in one second.
+    const registered = await Promise.all([1, 2, 3, 4, 5].map((n) => registerSession({ taskId: String(n) }, { file })))
+    const ids = registered.map((s) => s.sessionId)
+    for (const id of ids) expect(id).toMatch(/^session-\d+-\d+$/)
+    expect(new Set(ids).size).toBe(5)
+    expect(listSessions({ file }).map((s) => s.taskId).sort()).toEqual(['1', '2', '3', '4', '5'])
   })
 })
 
@@ -490,6 +570,65 @@ describe('FileLockManager', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
+  test('an update nested in an updater of the same file is refused (ELOCKDEADLOCK), not written and then overwritten by the outer write', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, JSON.stringify({ tasks: [] }))
+    const { updateWithLockSync } = integration
+    const outcome = (promise) => promise.then(() => 'resolved', (e) => e.code)
+    const nested = {}
+    await updateWithLock(file, async (doc) => {
+      nested.task = await outcome(updateTaskFile({ id: 1, status: 'nested' }, { file }))
+      nested.update = await outcome(updateWithLock(file, (d) => ({ ...d, inner: true })))
+      doc.outer = true
+      return doc
+    })
+    // Inside withLock, an updateWithLock re-enters; an update nested in its updater is refused too.
+    await new FileLockManager().withLock(file, () =>
+      updateWithLock(file, async (doc) => {
+        nested.underWithLock = await outcome(updateTaskFile({ id: 2 }, { file }))
+        return { ...doc, second: true }
+      }),
+    )
+    updateWithLockSync(file, (doc) => {
+      try {
+        updateWithLockSync(file, (d) => ({ ...d, innerSync: true }))
+        nested.sync = 'resolved'
+      } catch (err) {
+        nested.sync = err.code
+      }
+      return { ...doc, third: true }
+    })
+    // Each nested call either is in the file or was refused: never resolved and then lost.
+    expect({ nested, onDisk: read(file) }).toEqual({
+      nested: { task: 'ELOCKDEADLOCK', update: 'ELOCKDEADLOCK', underWithLock: 'ELOCKDEADLOCK', sync: 'ELOCKDEADLOCK' },
+      onDisk: { tasks: [], outer: true, second: true, third: true },
+    })
+    expect(await isLocked(file)).toBe(false)
+  })
+
+  test('concurrent updates re-entering one hold (inside withLock, or with { lockId }) apply one after another: none lost', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, JSON.stringify({ tasks: [] }))
+    const manager = new FileLockManager()
+    const written = await manager.withLock(file, () => Promise.all([1, 2, 3, 4].map((id) => updateTaskFile({ id }, { file }))))
+    expect(written.map((t) => t.id)).toEqual([1, 2, 3, 4])
+    expect(read(file).tasks.map((t) => t.id)).toEqual([1, 2, 3, 4])
+    const lockId = await acquireLock(file)
+    try {
+      const add = (id) => updateWithLock(file, async (doc) => ({ tasks: [...doc.tasks, { id }] }), { lockId })
+      await Promise.all([5, 6, 7].map(add))
+      // A synchronous update cannot wait for the asynchronous ones in flight under the same hold.
+      const inFlight = add(8)
+      expect(() => integration.updateWithLockSync(file, (doc) => doc, { lockId })).toThrow(expect.objectContaining({ code: 'ELOCKDEADLOCK' }))
+      await inFlight
+    } finally {
+      await releaseLock(file, lockId)
+    }
+    expect(read(file).tasks.map((t) => t.id)).toEqual([1, 2, 3, 4, 5, 6, 7, 8])
+  })
+
   test('unrelated concurrent withLock calls on one file still queue (re-entry is per async context)', async () => {
     const root = makeProject()
     const file = tasksPath(root)
@@ -521,6 +660,16 @@ describe('FileLockManager', () => {
     expect(await manager.release(tasksPath(root))).toBe(true)
     expect(await releaseLock(tasksPath(root), id)).toBe(false)
     expect(manager.getMetrics().acquisitions).toBeGreaterThan(0)
+  })
+
+  test('getMetrics has the shape FileLockManager.d.ts declares (LockMetrics, with deadLetters); updateJson rejects bad options instead of throwing', async () => {
+    const manager = new FileLockManager()
+    expect(manager.getMetrics()).toEqual(getLockMetrics())
+    expect(manager.getMetrics().deadLetters).toEqual({ kept: expect.any(Number), replayed: expect.any(Number), dropped: expect.any(Number) })
+    const root = makeProject()
+    let promise
+    expect(() => (promise = manager.updateJson(tasksPath(root), (d) => d, { timeout: -1 }))).not.toThrow()
+    expectError(await promise.catch((e) => e), RangeError, 'ERR_OUT_OF_RANGE')
   })
 
   test('exit handlers are installed once however many managers and copies of the package exist', () => {

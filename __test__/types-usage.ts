@@ -53,6 +53,9 @@ async function main(): Promise<void> {
   const syncId: string = acquireLockSync('sync.json', { timeout: 100 })
   const syncReleased: boolean = releaseLockSync('sync.json', syncId)
   const inside: number = withLockSync('sync.json', () => 7)
+  // 'adaptive' is taken by the synchronous calls as by acquireLock (checkLockOptions, adaptiveOr).
+  releaseLockSync('sync.json', acquireLockSync('sync.json', 'adaptive'))
+  const adaptiveSync: number = withLockSync('sync.json', () => 8, 'adaptive')
   const doc: { n: number } | null = await readJSON<{ n: number }>('sync.json', { maxAgeMs: 0 })
   const docSync: { n: number } | null = readJSONSync<{ n: number }>('sync.json')
   const versioned = await readJSONVersioned<{ n: number }>('sync.json')
@@ -101,6 +104,13 @@ async function main(): Promise<void> {
   manager.config.timeout = 10000
   const value: number = await manager.withLock('custom.json', async () => 42)
   const aborted: boolean = await manager.withLock('custom.json', (signal: AbortSignal) => signal.aborted)
+  // withLock takes lock options (a timeout in ms, or { timeout, staleThreshold, priority }), as the code does;
+  // an update's { lockId } or { ifVersion } would be ignored by it, so they are not accepted.
+  await manager.withLock('custom.json', () => 1, 5000)
+  await manager.withLock('custom.json', () => 1, { timeout: 'adaptive', priority: 1 })
+  // @ts-expect-error withLock does not write under a caller's hold
+  await manager.withLock('custom.json', () => 1, { lockId: 'abc' })
+  await manager.release('custom.json', await manager.acquire('custom.json', 100))
   const readers: number = await manager.withReadLock('custom.json', async (signal: AbortSignal) => ((await getLockInfo('custom.json'))?.readers.length ?? 0) + Number(signal.aborted))
   await manager.withReadLock('custom.json', () => 1, { timeout: 100, priority: 1 })
   const mode: LockMode = 'shared'

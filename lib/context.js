@@ -6,6 +6,7 @@
 // holds a lock is treated as its holder: any other flow of the process queues for it as another
 // process would. One store per process, shared by every copy of this package that is loaded.
 
+const path = require('node:path')
 const { AsyncLocalStorage } = require('node:async_hooks')
 const native = require('../native.js')
 
@@ -33,6 +34,59 @@ function runHolding(filePath, lockId, fn, outer = storage.getStore()) {
   return storage.run(held, fn)
 }
 
+/** In a context's map: the resolved paths of the files whose updater runs in that context. */
+const UPDATING = Symbol('updating')
+
+/**
+ * runHolding for an updater of `filePath`: the context also notes that this file's updater runs,
+ * so an update of the same file nested in it is refused (its write would be overwritten by the
+ * outer one, made from the document the updater was given).
+ */
+function runUpdating(filePath, lockId, fn, outer = storage.getStore()) {
+  const held = new Map(outer)
+  held.set(native.lockKey(filePath), lockId)
+  held.set(UPDATING, new Set(outer?.get(UPDATING)).add(path.resolve(filePath)))
+  return storage.run(held, fn)
+}
+
+/** Whether the current async context runs inside an updater of `filePath`. */
+function updatingInContext(filePath) {
+  return storage.getStore()?.get(UPDATING)?.has(path.resolve(filePath)) === true
+}
+
+/**
+ * lockId -> the writes in flight under that hold (promises that settle when the rename is done or
+ * refused): releaseLock waits for them, so a rename whose lock check has passed cannot land after
+ * the lock was given up (and over another process's commit). One per process, as `storage`.
+ */
+const WRITES = Symbol.for('flowforge-lock.writes-in-flight')
+const writes = (globalThis[WRITES] ??= new Map())
+
+/** Runs `write()` (a promise) as a write in flight under `lockId`. */
+function trackWrite(lockId, write) {
+  const promise = write()
+  const settled = promise.then(
+    () => {},
+    () => {},
+  )
+  if (!writes.has(lockId)) writes.set(lockId, new Set())
+  writes.get(lockId).add(settled)
+  settled.then(() => {
+    const set = writes.get(lockId)
+    set.delete(settled)
+    if (set.size === 0) writes.delete(lockId)
+  })
+  return promise
+}
+
+/** Whether a write is in flight under `lockId` (usually not). */
+const writing = (lockId) => writes.size !== 0 && writes.has(lockId)
+
+/** Settles once no write is in flight under `lockId`. */
+async function writesSettled(lockId) {
+  while (writes.has(lockId)) await Promise.all(writes.get(lockId))
+}
+
 /** The lockIds of this process's shared (read) holds: a write lock cannot re-enter one. */
 const SHARED = Symbol.for('flowforge-lock.shared-holds')
 const shared = (globalThis[SHARED] ??= new Set())
@@ -42,4 +96,4 @@ const noteShared = (lockId) => shared.add(lockId)
 const forgetShared = (lockId) => shared.size !== 0 && shared.delete(lockId)
 const isShared = (lockId) => shared.has(lockId)
 
-module.exports = { heldInContext, heldNow, runHolding, noteShared, forgetShared, isShared }
+module.exports = { heldInContext, heldNow, runHolding, runUpdating, updatingInContext, trackWrite, writing, writesSettled, noteShared, forgetShared, isShared }

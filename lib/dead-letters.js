@@ -132,6 +132,9 @@ const KEPT_OPTIONS = ['root', 'file', 'user', 'instanceId', 'status', 'ifVersion
 function keptOptions(options) {
   const kept = {}
   if (isPlainObject(options)) for (const key of KEPT_OPTIONS) if (options[key] !== undefined) kept[key] = options[key]
+  // Paths as this call resolved them (its cwd): a replay runs elsewhere, and its journal is
+  // matched against the letter's absolute `file` (beforeCommit).
+  for (const key of ['root', 'file']) if (typeof kept[key] === 'string') kept[key] = path.resolve(kept[key])
   return kept
 }
 
@@ -166,6 +169,9 @@ function keep(name, spec, raw, err, calledAt, id) {
     args[args.length - 1] = keptOptions(options)
     if (spec.pin) spec.pin(args, calledAt)
     const file = spec.fileOf ? path.resolve(spec.fileOf(args)) : require('./project.js').projectFile(spec.which, args[args.length - 1])
+    // The file as this call found it (from its cwd, FLOWFORGE_ROOT_OVERRIDE): a replay runs from
+    // elsewhere, and would otherwise find another project's file.
+    if (!spec.fileOf) args[args.length - 1].file = path.resolve(file)
     const dir = path.join(rootOf(file), DIR)
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
     const at = new Date().toISOString()
@@ -420,7 +426,7 @@ async function replayDeadLetters(options) {
 const writeJson = deadLettered(
   'writeJson',
   (file, content, options) => require('./update.js').updateWithLock(file, () => content, options),
-  { fileOf: (args) => args[0] },
+  { fileOf: (args) => args[0], normalize: ([file, content, options]) => [typeof file === 'string' ? path.resolve(file) : file, content, options] },
 )
 
 /** For status/doctor: where the letters are, how many wait, and the project's totals so far. */

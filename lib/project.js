@@ -35,6 +35,16 @@ function currentInstanceId() {
   return process.env.CLAUDE_INSTANCE_ID || PROCESS_INSTANCE_ID
 }
 
+/** `obj[key]` if it is obj's own property (never one inherited from Object.prototype, such as `__proto__` or `constructor`). */
+function getOwn(obj, key) {
+  return Object.hasOwn(obj, key) ? obj[key] : undefined
+}
+
+/** `obj[key] = value` as an own property, even for `__proto__` (which would otherwise set the prototype). */
+function setOwn(obj, key, value) {
+  Object.defineProperty(obj, key, { value, writable: true, enumerable: true, configurable: true })
+}
+
 function isPlainObject(value) {
   return typeof value === 'object' && value !== null && !Array.isArray(value)
 }
@@ -53,4 +63,4 @@ function stateError(message) {
   return codedError(Error, 'ESTATE', message)
 }
 
-module.exports = { FILES, projectFile, isoSeconds, currentUser, currentInstanceId, isPlainObject, shapeError, stateError }
+module.exports = { FILES, projectFile, isoSeconds, currentUser, currentInstanceId, isPlainObject, getOwn, setOwn, shapeError, stateError }

@@ -6,7 +6,7 @@
 
 const os = require('node:os')
 const { changeProjectFile, readJson } = require('./update.js')
-const { projectFile, currentUser, currentInstanceId, isPlainObject, shapeError, stateError } = require('./project.js')
+const { projectFile, currentUser, currentInstanceId, isPlainObject, getOwn, setOwn, shapeError, stateError } = require('./project.js')
 const { checkObject, checkString, checkMs, checkJson, codedError } = require('./args.js')
 const { deadLettered } = require('./dead-letters.js')
 
@@ -26,12 +26,12 @@ function sessionsOf(doc, file) {
 
 function find(sessions, id) {
   if (Array.isArray(sessions)) return sessions.find((s) => isPlainObject(s) && s.sessionId === id)
-  return sessions[id]
+  return getOwn(sessions, id)
 }
 
 function put(sessions, session) {
   if (!Array.isArray(sessions)) {
-    sessions[session.sessionId] = session
+    setOwn(sessions, session.sessionId, session)
     return
   }
   const index = sessions.findIndex((s) => isPlainObject(s) && s.sessionId === session.sessionId)
@@ -70,6 +70,23 @@ function entries(sessions) {
   return Array.isArray(sessions) ? sessions.filter(isPlainObject) : Object.values(sessions).filter(isPlainObject)
 }
 
+let lastIssued = { seconds: -1, ms: -1 }
+/**
+ * A new session id as FlowForge's START writes it, `session-<epoch s>-<pid>`, unique in this
+ * process: a second one within the same second takes the epoch in ms (SSM's form), one past the
+ * last one issued, instead of repeating the first (which would replace its session).
+ */
+function newSessionId() {
+  const now = Date.now()
+  const seconds = Math.floor(now / 1000)
+  if (seconds !== lastIssued.seconds) {
+    lastIssued = { seconds, ms: lastIssued.ms }
+    return `session-${seconds}-${process.pid}`
+  }
+  lastIssued.ms = Math.max(now, lastIssued.ms + 1)
+  return `session-${lastIssued.ms}-${process.pid}`
+}
+
 function withSessions(options, change) {
   return changeProjectFile('activeSessions', options, newDocument, (doc, file, opts) => {
     const result = change(sessionsOf(doc, file), file, opts)
@@ -85,7 +102,7 @@ function registerSession(session = {}, options) {
   return withSessions(options, (sessions) => {
     const now = new Date().toISOString()
     const stored = {
-      sessionId: `session-${Math.floor(Date.now() / 1000)}-${process.pid}`,
+      sessionId: session.sessionId ?? newSessionId(),
       user: currentUser(),
       instanceId: currentInstanceId(),
       pid: process.pid,
@@ -107,7 +124,7 @@ function touchSession(sessionId, fields = {}, options) {
   return withSessions(options, (sessions, file) => {
     const session = find(sessions, sessionId)
     if (!isPlainObject(session)) throw stateError(`No active session ${sessionId} in ${file}.`)
-    Object.assign(session, fields, { lastActivity: new Date().toISOString() })
+    for (const [key, value] of Object.entries({ ...fields, lastActivity: new Date().toISOString() })) setOwn(session, key, value)
     return { ...session }
   })
 }
@@ -151,7 +168,7 @@ function staleReason(session, now, maxAgeMs) {
 }
 
 /** Removes stale sessions; resolves to { removed, kept } (removed ones carry their reason). */
-function cleanupStaleSessions(options) {
+async function cleanupStaleSessions(options) {
   const { maxAgeMs } = checkObject('options', options)
   const limit = checkMs('options.maxAgeMs', maxAgeMs, STALE_SESSION_MS, false)
   return withSessions(options, (sessions) => {
@@ -180,7 +197,7 @@ function listSessions(options) {
 // session's generated fields are pinned at call time, so a replay registers the same session.
 function pinSession(args) {
   const session = { ...(isPlainObject(args[0]) ? args[0] : {}) }
-  session.sessionId ??= `session-${Math.floor(Date.now() / 1000)}-${process.pid}`
+  session.sessionId ??= newSessionId()
   session.user ??= currentUser()
   session.instanceId ??= currentInstanceId()
   session.pid ??= process.pid

@@ -21,7 +21,7 @@ function newTasksDocument() {
   return { version: '2.0.0', tasks: [], metadata: { created: new Date().toISOString() } }
 }
 
-/** Ids are compared as strings (FlowForge uses both 142 and "142"); a new numeric id is written as a number. */
+/** Ids are compared as strings (FlowForge uses both 142 and "142"); a new numeric id (up to 2^53 - 1) is written as a number. */
 function upsert(filePath, doc, task) {
   if (!isPlainObject(doc)) throw shapeError(filePath, 'the document is not a JSON object')
   if (doc.tasks === undefined) doc.tasks = []
@@ -31,7 +31,8 @@ function upsert(filePath, doc, task) {
     doc.tasks[index] = { ...doc.tasks[index], ...task, id: doc.tasks[index].id }
     return doc.tasks[index]
   }
-  const id = typeof task.id === 'string' && /^[1-9]\d{0,15}$/.test(task.id) ? Number(task.id) : task.id
+  // Only where the number is the same id: beyond 2^53 a number would be written as another one.
+  const id = typeof task.id === 'string' && /^[1-9]\d{0,15}$/.test(task.id) && Number.isSafeInteger(Number(task.id)) ? Number(task.id) : task.id
   const created = { ...task, id }
   doc.tasks.push(created)
   return created
@@ -65,7 +66,10 @@ async function batchUpdateTasks(updates, options) {
 }
 
 // A failure a retry can fix is kept in the dead-letter queue (dead-letters.js).
+// Arguments in a fixed shape whose last one is the options, also when the call gave none (as
+// FILE_LOCKING.md's updateTaskFile(task) does): else the task would be taken for the options.
+const taskAndOptions = ([task, options]) => [task, options]
 module.exports = {
-  updateTaskFile: deadLettered('updateTaskFile', updateTaskFile, { which: 'tasks' }),
-  batchUpdateTasks: deadLettered('batchUpdateTasks', batchUpdateTasks, { which: 'tasks' }),
+  updateTaskFile: deadLettered('updateTaskFile', updateTaskFile, { which: 'tasks', normalize: taskAndOptions }),
+  batchUpdateTasks: deadLettered('batchUpdateTasks', batchUpdateTasks, { which: 'tasks', normalize: taskAndOptions }),
 }

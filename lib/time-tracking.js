@@ -11,6 +11,8 @@ const {
   currentUser,
   currentInstanceId,
   isPlainObject,
+  getOwn,
+  setOwn,
   shapeError,
   stateError,
 } = require('./project.js')
@@ -44,7 +46,7 @@ function withTimes(options, change) {
 }
 
 function entryOf(data, key, file) {
-  const entry = data[key]
+  const entry = getOwn(data, key)
   if (entry !== undefined && !isPlainObject(entry)) throw shapeError(file, `the entry of task ${key} is not an object`)
   return entry
 }
@@ -71,7 +73,7 @@ function begin(data, key, file, opts, allowed) {
   next.status = 'active'
   next.current_session = { start: now, user, instance_id: instanceId }
   if (!Array.isArray(next.sessions)) next.sessions = []
-  data[key] = next
+  setOwn(data, key, next)
   return { taskId: key, session: next.current_session, autoPaused }
 }
 

@@ -9,7 +9,7 @@ const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
 const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
-const { heldInContext, heldNow, runHolding } = require('./context.js')
+const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite } = require('./context.js')
 const { projectFile } = require('./project.js')
 
 function parseJson(filePath, text) {
@@ -27,7 +27,13 @@ function readJson(filePath) {
 }
 
 function serialize(filePath, value) {
-  const text = JSON.stringify(value, null, 2)
+  let text
+  try {
+    text = JSON.stringify(value, null, 2)
+  } catch (err) {
+    // A BigInt or a cycle: the caller's value, not the file, is at fault.
+    throw codedError(TypeError, 'ERR_INVALID_RETURN_VALUE', `The updater for ${filePath} returned a value JSON cannot write (${err.message}); nothing was written.`)
+  }
   if (text === undefined) {
     throw codedError(
       TypeError,
@@ -107,14 +113,52 @@ function checkVersionUnder(filePath, ifVersion) {
   if (conflict) throw conflict
 }
 
+/**
+ * An update of `filePath` from inside an updater of the same file: it would write, then the outer
+ * update would write over it the document its updater was given, and the nested change would be
+ * lost although its caller was told it was written. Refused before anything is read or written.
+ */
+function refuseNested(filePath) {
+  if (!updatingInContext(filePath)) return
+  throw codedError(
+    Error,
+    'ELOCKDEADLOCK',
+    `An update of ${filePath} inside the updater of another update of ${filePath}: the outer update writes the document its updater returns when it returns, over this one. Nothing was written; make the change in the outer updater's document instead.`,
+  )
+}
+
+/**
+ * Per hold and file (`lockId\0path`): the last of the updates that re-entered that hold, so that
+ * concurrent ones (a Promise.all inside withLock, or several `{ lockId }` calls) apply one after
+ * another, each reading what the one before wrote, instead of all reading the same content.
+ */
+const underHold = new Map()
+const holdKey = (filePath, lockId) => `${lockId}\0${path.resolve(filePath)}`
+
 /** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
 async function updateUnder(filePath, lockId, updater, ifVersion) {
+  refuseNested(filePath)
+  const key = holdKey(filePath, lockId)
+  const before = underHold.get(key)
+  let finished
+  const mine = new Promise((resolve) => (finished = resolve))
+  underHold.set(key, mine)
+  try {
+    if (before !== undefined) await before
+    return await updateUnderNow(filePath, lockId, updater, ifVersion)
+  } finally {
+    finished()
+    if (underHold.get(key) === mine) underHold.delete(key)
+  }
+}
+
+async function updateUnderNow(filePath, lockId, updater, ifVersion) {
   checkVersionUnder(filePath, ifVersion)
-  const next = await runHolding(filePath, lockId, () => updater(readJson(filePath)))
+  const next = await runUpdating(filePath, lockId, () => updater(readJson(filePath)))
   const text = serialize(filePath, next)
   // A dead-letter replay journals this commit before it happens (at most once: dead-letters.js).
   require('./dead-letters.js').beforeCommit(filePath, text)
-  await native.writeTextAtomic(filePath, lockId, text)
+  await trackWrite(lockId, () => native.writeTextAtomic(filePath, lockId, text))
   return next
 }
 
@@ -122,8 +166,16 @@ const isThenable = (value) => value !== null && (typeof value === 'object' || ty
 
 /** One synchronous read-modify-write under a hold the caller has. */
 function updateUnderSync(filePath, lockId, updater, ifVersion) {
+  refuseNested(filePath)
+  if (underHold.has(holdKey(filePath, lockId))) {
+    throw codedError(
+      Error,
+      'ELOCKDEADLOCK',
+      `updateWithLockSync(${filePath}) while an asynchronous update of it under the same hold is in progress: it cannot wait for that one without blocking it, and must not write over it. Nothing was written; await the asynchronous update first.`,
+    )
+  }
   checkVersionUnder(filePath, ifVersion)
-  const next = runHolding(filePath, lockId, () => updater(readJson(filePath)))
+  const next = runUpdating(filePath, lockId, () => updater(readJson(filePath)))
   if (isThenable(next)) {
     throw codedError(TypeError, 'ERR_INVALID_RETURN_VALUE', `The updater for ${filePath} returned a promise, but updateWithLockSync needs the new content right away; nothing was written. Use updateWithLock for an asynchronous updater.`)
   }
@@ -192,7 +244,9 @@ async function runBatches(key, filePath, batch) {
     // Higher priorities first within the hold too (a stable sort keeps arrival order among equals);
     // the batch waits with the highest priority among its jobs.
     const jobs = batch.jobs.splice(0).sort((a, b) => b.priority - a.priority)
-    const soonest = Math.min(...jobs.map((job) => job.deadline))
+    // A loop, not Math.min(...): a spread of some 125,000 deadlines overflows the stack.
+    let soonest = Infinity
+    for (const job of jobs) if (job.deadline < soonest) soonest = job.deadline
     let lockId
     try {
       lockId = await acquireLock(filePath, {
@@ -244,7 +298,7 @@ async function applyBatch(filePath, lockId, jobs) {
         text ??= JSON.stringify(current)
         input = JSON.parse(text)
       }
-      const next = await runHolding(filePath, lockId, () => job.updater(input), job.callerHeld)
+      const next = await runUpdating(filePath, lockId, () => job.updater(input), job.callerHeld)
       text = job.inPlace ? undefined : serialize(filePath, next)
       current = next
       done.push({ job, next })

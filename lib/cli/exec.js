@@ -5,6 +5,7 @@
 // lock until it ends, and nobody else runs beside it. A lock server's lock cannot be inherited:
 // it ends with this wrapper, so there the command ends with the wrapper instead (exec-child.js).
 
+const os = require('node:os')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const native = require('../../native.js')
@@ -73,9 +74,14 @@ async function exec(file, [command, ...args], { timeout, priority, quiet }) {
     return outcome.error.code === 'ENOENT' ? 127 : 126
   }
   if (outcome.signal) {
-    // Die by the same signal, so our caller sees what the command did.
+    // Die by the same signal, so our caller sees what the command did. Node ignores SIGPIPE and
+    // keeps SIGUSR1 for its inspector: a listener added and removed puts the default action back.
+    const reset = () => {}
+    process.on(outcome.signal, reset)
+    process.removeListener(outcome.signal, reset)
     process.kill(process.pid, outcome.signal)
-    return EXIT.SOFTWARE
+    // Still alive (a signal whose default is to be ignored): the shell's status for it.
+    return 128 + (os.constants.signals[outcome.signal] ?? 0)
   }
   return outcome.code
 }
