@@ -95,13 +95,13 @@ describe('crashes at the dangerous instant (item 15)', () => {
 })
 
 describe('a release while a write under the hold is in flight', () => {
-  test('releaseLock waits for the write: its rename cannot land after another process committed', async () => {
+  test.each(['releaseLock', 'releaseLockSync'])('%s waits for the write: its rename cannot land after another process committed', async (release) => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     fs.writeFileSync(file, '{"by":"init"}\n')
     // A's rename is held back (the failpoint widens the instant between the lock check and the
     // rename); B is already waiting in the kernel when A releases, so it commits within it.
-    const a = spawn(process.execPath, [path.join(FIXTURES, 'fp-release-mid-write.js'), file], {
+    const a = spawn(process.execPath, [path.join(FIXTURES, 'fp-release-mid-write.js'), file, release], {
       env: { ...process.env, ...failpointEnv(binary, 'store::before_rename=sleep(3000)') },
       stdio: ['pipe', 'pipe', 'inherit'],
     })

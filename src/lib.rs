@@ -371,6 +371,7 @@ pub fn on_lock_lost(callback: Function<FnArgs<(String, String, String)>, ()>) ->
 pub fn verify_held(env: Env, file: String, lock_id: String) -> Result<()> {
   paths::resolve(&file)
     .and_then(|target| lock_table::verify_held(&target, &lock_id))
+    .map(drop)
     .map_err(|e| js_error(&env, e))
 }
 

@@ -69,6 +69,9 @@ struct Hold {
   grant: Option<Box<dyn Grant>>,
   /// Why the lock was lost while held, if it was: a write under it must fail with `ELOCKLOST`.
   lost: Option<String>,
+  /// Writes under this hold past their check and not yet renamed ([`CommitPass`]): the hold
+  /// does not end before they have landed.
+  commits: usize,
 }
 
 type HoldCell = Arc<Mutex<Hold>>;
@@ -225,6 +228,7 @@ impl Table {
       cell: Arc::new(Mutex::new(Hold {
         grant: Some(grant),
         lost: None,
+        commits: 0,
       })),
       refresh_every,
       next_refresh,
@@ -262,6 +266,8 @@ impl Table {
 }
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
+/// Signalled when a write under a hold has landed (its [`CommitPass`] dropped).
+static COMMITTED: Condvar = Condvar::new();
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
 static CHANGED: Condvar = Condvar::new();
 /// How long a waiting thread with nobody to wait for stays for the next waiter: spawning a
@@ -881,9 +887,16 @@ fn release_hold(lock_id: &str) -> bool {
   true
 }
 
-/// Gives the grant up under its guard, so no refresh or check can run on it afterwards.
+/// Gives the grant up under its guard, so no refresh or check can run on it afterwards; first
+/// waits for the writes under it whose check has passed: each renames next, and must not land
+/// after the lock was given up (over the next holder's commit).
 fn end_hold(held: &Held) {
-  let grant = guard(&held.cell).grant.take();
+  let mut hold = guard(&held.cell);
+  while hold.commits > 0 {
+    hold = COMMITTED.wait(hold).unwrap_or_else(|e| e.into_inner());
+  }
+  let grant = hold.grant.take();
+  drop(hold);
   if let Some(grant) = grant {
     grant.release();
   }
@@ -1009,10 +1022,33 @@ fn cancelled_error(file: &Path, why: &str) -> LockError {
   )
 }
 
+/// A write's pass from its check to its rename (see [`verify_held`]): while it is out, the hold
+/// cannot end, so a release (`releaseLockSync`, a worker ending, the exit cleanup) waits for the
+/// rename instead of letting it land after the lock went to someone else.
+pub struct CommitPass {
+  cell: Option<HoldCell>,
+}
+
+impl std::fmt::Debug for CommitPass {
+  fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+    f.write_str("CommitPass")
+  }
+}
+
+impl Drop for CommitPass {
+  fn drop(&mut self) {
+    if let Some(cell) = &self.cell {
+      guard(cell).commits -= 1;
+      COMMITTED.notify_all();
+    }
+  }
+}
+
 /// Confirms, right before a write, that we still hold the lock (through the backend), under the
 /// hold's guard, and for backends that issue fencing tokens that no newer holder has committed
-/// (recording ours). A lock evicted while its holder stalled must not write.
-pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
+/// (recording ours). A lock evicted while its holder stalled must not write. The pass it returns
+/// keeps the hold from ending until the write has landed: drop it after the rename.
+pub fn verify_held(target: &Target, lock_id: &str) -> Result<CommitPass> {
   let held = table().find(lock_id).map(|(lock_path, h)| {
     (
       h.cell.clone(),
@@ -1056,9 +1092,9 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
   };
   // A test-only switch (failpoint) turns the commit check off, to show what it protects.
   if crate::failpoints::value("commit::skip_check").is_some() {
-    return Ok(());
+    return Ok(CommitPass { cell: None });
   }
-  let hold = guard(&cell);
+  let mut hold = guard(&cell);
   if let Some(why) = &hold.lost {
     return Err(lost(why));
   }
@@ -1066,10 +1102,12 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<()> {
     return Err(lost("it was released"));
   };
   grant.verify()?;
-  match grant.fencing_token() {
-    Some(token) => fence::check_and_record(target, token, grant.lock_id()),
-    None => Ok(()),
+  if let Some(token) = grant.fencing_token() {
+    fence::check_and_record(target, token, grant.lock_id())?;
   }
+  hold.commits += 1;
+  drop(hold);
+  Ok(CommitPass { cell: Some(cell) })
 }
 
 /// The heartbeat's work: refreshes every hold that is due, each under its own guard, and marks

@@ -69,11 +69,13 @@ fn parse_error(path: &Path, what: &str) -> LockError {
 }
 
 /// Replaces `path` with `text` atomically and durably. `still_ours` runs after the new
-/// content is on disk and before it becomes visible: if it fails, nothing changes.
-pub fn write_atomic(
+/// content is on disk and before it becomes visible: if it fails, nothing changes. What it
+/// returns (the lock's pass, which keeps the lock from being given up meanwhile) is kept until
+/// the rename has published the content.
+pub fn write_atomic<Pass>(
   path: &Path,
   text: &str,
-  still_ours: impl FnOnce() -> Result<()>,
+  still_ours: impl FnOnce() -> Result<Pass>,
 ) -> Result<()> {
   let path = follow_symlink(path)?;
   let dir = path.parent().unwrap_or(Path::new("/"));
@@ -107,11 +109,13 @@ pub fn write_atomic(
       failpoint!("store::before_verify");
       still_ours()
     })
-    // The version sidecar names the new inode before the rename publishes it (versions.rs).
-    .and_then(|_| crate::versions::record_commit(&path, &temp, text, existing.as_ref()))
-    .and_then(|_| {
+    .and_then(|pass| {
+      // The version sidecar names the new inode before the rename publishes it (versions.rs).
+      crate::versions::record_commit(&path, &temp, text, existing.as_ref())?;
       failpoint!("store::before_rename");
-      fs::rename(&temp, &path).map_err(|e| LockError::io(&e, "Cannot replace", &path))
+      fs::rename(&temp, &path).map_err(|e| LockError::io(&e, "Cannot replace", &path))?;
+      drop(pass);
+      Ok(())
     });
   if result.is_err() {
     let _ = fs::remove_file(&temp);
@@ -296,7 +300,10 @@ mod tests {
     let dir = temp_dir("store");
     let path = dir.join("tasks.json");
     fs::write(&path, "old").unwrap();
-    let err = write_atomic(&path, "new", || Err(LockError::new("ELOCKLOST", "lost"))).unwrap_err();
+    let err = write_atomic(&path, "new", || {
+      Err::<(), _>(LockError::new("ELOCKLOST", "lost"))
+    })
+    .unwrap_err();
     assert_eq!(err.code, "ELOCKLOST");
     assert_eq!(fs::read_to_string(&path).unwrap(), "old");
     assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
@@ -356,7 +363,7 @@ mod tests {
     };
     assert_eq!(temps(), 1);
     let lost = write_atomic(&path, "loser's", || {
-      Err(LockError::new("ELOCKLOST", "lost"))
+      Err::<(), _>(LockError::new("ELOCKLOST", "lost"))
     });
     assert_eq!(lost.unwrap_err().code, "ELOCKLOST");
     assert_eq!(temps(), 1, "the holder's temp file must survive");
