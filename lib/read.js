@@ -71,10 +71,15 @@ function parse(file, text) {
  * One full read through the core: the document, its key, and its version when the sidecar can
  * give it. A garbled sidecar fails versioned reads (EVERSIONCORRUPT) but not plain ones.
  */
-function readFresh(file, needVersion) {
+/**
+ * One read through one descriptor. `withVersion`: paired with its version (the sidecar read and
+ * the content hashed), which a cached entry keeps for later versioned reads; a read that neither
+ * needs a version nor is cached skips that work, and costs what readFileSync does.
+ */
+function readFresh(file, needVersion, withVersion = needVersion) {
   let raw
   try {
-    raw = native.readVersioned(file, true)
+    raw = native.readVersioned(file, withVersion)
   } catch (err) {
     if (err.code !== 'EVERSIONCORRUPT' || needVersion) throw err
     raw = native.readVersioned(file, false)
@@ -111,7 +116,7 @@ function read(filePath, options, needVersion) {
   // The rule is judged by when the read began: a write in place that kept the identity during a
   // read that ended late (a paused process, a long parse) must not be hidden by a cached copy.
   const readBegan = Date.now()
-  entry = readFresh(file, needVersion)
+  entry = readFresh(file, needVersion, true)
   deepFreeze(entry.data)
   entry.checkedAt = now
   if (trustworthy(entry, readBegan)) {
