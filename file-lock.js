@@ -59,7 +59,9 @@ const nativeMode = (mode) => (mode === 'exclusive' ? undefined : mode)
 async function releaseLock(filePath, lockId) {
   checkString('filePath', filePath)
   checkString('lockId', lockId)
-  // A write under this hold that has passed its lock check renames next: let it land first.
+  // The library's writes under this hold land first. (The core would also make the release wait
+  // for a write past its lock check, but blocking the event loop; and one not yet at its check
+  // would fail with ELOCKLOST instead of landing.)
   if (writing(lockId)) await writesSettled(lockId)
   const released = native.release(filePath, lockId)
   noteReleased(lockId)

@@ -50,8 +50,8 @@ export declare const DEFAULT_TIMEOUT: number
 /**
  * `flowforge-lock exec` under a lock server, in the process started to run the command: becomes
  * `command`, killed by the kernel when the wrapper `parent` ends (see exec_child.rs). Returns
- * only on failure: the error's `code` is the errno's name (`ENOENT`: command not found), or
- * `ESRCH` when the wrapper had already ended.
+ * only on failure, with the code `ENOENT` (command not found), `EACCES`, `EEXEC` (exec failed
+ * otherwise) or `ESRCH` (the wrapper had already ended).
  */
 export declare function execWithParentDeath(parent: number, command: string, args: Array<string>): void
 

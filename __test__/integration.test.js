@@ -577,9 +577,14 @@ describe('FileLockManager', () => {
     const { updateWithLockSync } = integration
     const outcome = (promise) => promise.then(() => 'resolved', (e) => e.code)
     const nested = {}
+    // A second copy of the package (another module registry: a plugin's own node_modules) is
+    // refused too.
+    let secondCopy
+    jest.isolateModules(() => (secondCopy = require('../file-lock-integration')))
     await updateWithLock(file, async (doc) => {
       nested.task = await outcome(updateTaskFile({ id: 1, status: 'nested' }, { file }))
       nested.update = await outcome(updateWithLock(file, (d) => ({ ...d, inner: true })))
+      nested.secondCopy = await outcome(secondCopy.updateWithLock(file, (d) => ({ ...d, copy: true })))
       doc.outer = true
       return doc
     })
@@ -601,7 +606,7 @@ describe('FileLockManager', () => {
     })
     // Each nested call either is in the file or was refused: never resolved and then lost.
     expect({ nested, onDisk: read(file) }).toEqual({
-      nested: { task: 'ELOCKDEADLOCK', update: 'ELOCKDEADLOCK', underWithLock: 'ELOCKDEADLOCK', sync: 'ELOCKDEADLOCK' },
+      nested: { task: 'ELOCKDEADLOCK', update: 'ELOCKDEADLOCK', secondCopy: 'ELOCKDEADLOCK', underWithLock: 'ELOCKDEADLOCK', sync: 'ELOCKDEADLOCK' },
       onDisk: { tasks: [], outer: true, second: true, third: true },
     })
     expect(await isLocked(file)).toBe(false)

@@ -6,7 +6,6 @@
 // holds a lock is treated as its holder: any other flow of the process queues for it as another
 // process would. One store per process, shared by every copy of this package that is loaded.
 
-const path = require('node:path')
 const { AsyncLocalStorage } = require('node:async_hooks')
 const native = require('../native.js')
 
@@ -34,8 +33,11 @@ function runHolding(filePath, lockId, fn, outer = storage.getStore()) {
   return storage.run(held, fn)
 }
 
-/** In a context's map: the resolved paths of the files whose updater runs in that context. */
-const UPDATING = Symbol('updating')
+/**
+ * In a context's map: the lock keys of the files whose updater runs in that context (shared by
+ * every copy of this package, as the store is; a file spelled another way has the same key).
+ */
+const UPDATING = Symbol.for('flowforge-lock.updating')
 
 /**
  * runHolding for an updater of `filePath`: the context also notes that this file's updater runs,
@@ -43,21 +45,24 @@ const UPDATING = Symbol('updating')
  * outer one, made from the document the updater was given).
  */
 function runUpdating(filePath, lockId, fn, outer = storage.getStore()) {
+  const key = native.lockKey(filePath)
   const held = new Map(outer)
-  held.set(native.lockKey(filePath), lockId)
-  held.set(UPDATING, new Set(outer?.get(UPDATING)).add(path.resolve(filePath)))
+  held.set(key, lockId)
+  held.set(UPDATING, new Set(outer?.get(UPDATING)).add(key))
   return storage.run(held, fn)
 }
 
 /** Whether the current async context runs inside an updater of `filePath`. */
 function updatingInContext(filePath) {
-  return storage.getStore()?.get(UPDATING)?.has(path.resolve(filePath)) === true
+  const updating = storage.getStore()?.get(UPDATING)
+  return updating !== undefined && updating.has(native.lockKey(filePath))
 }
 
 /**
  * lockId -> the writes in flight under that hold (promises that settle when the rename is done or
- * refused): releaseLock waits for them, so a rename whose lock check has passed cannot land after
- * the lock was given up (and over another process's commit). One per process, as `storage`.
+ * refused): releaseLock awaits them, so they land before the lock is given up, without blocking
+ * the event loop (the core's own guard, for every other way a hold ends, waits for a write past
+ * its lock check on the releasing thread). One per process, as `storage`.
  */
 const WRITES = Symbol.for('flowforge-lock.writes-in-flight')
 const writes = (globalThis[WRITES] ??= new Map())

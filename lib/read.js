@@ -68,13 +68,11 @@ function parse(file, text) {
 }
 
 /**
- * One full read through the core: the document, its key, and its version when the sidecar can
- * give it. A garbled sidecar fails versioned reads (EVERSIONCORRUPT) but not plain ones.
- */
-/**
- * One read through one descriptor. `withVersion`: paired with its version (the sidecar read and
- * the content hashed), which a cached entry keeps for later versioned reads; a read that neither
- * needs a version nor is cached skips that work, and costs what readFileSync does.
+ * One full read through the core, through one descriptor: the document and its key, and with
+ * `withVersion` its version (the sidecar read and the content hashed), which a cached entry
+ * keeps for later versioned reads; a read that neither needs a version nor is cached skips that
+ * work, and costs what readFileSync does. A garbled sidecar fails versioned reads
+ * (EVERSIONCORRUPT) but not plain ones.
  */
 function readFresh(file, needVersion, withVersion = needVersion) {
   let raw

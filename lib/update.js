@@ -128,12 +128,14 @@ function refuseNested(filePath) {
 }
 
 /**
- * Per hold and file (`lockId\0path`): the last of the updates that re-entered that hold, so that
- * concurrent ones (a Promise.all inside withLock, or several `{ lockId }` calls) apply one after
- * another, each reading what the one before wrote, instead of all reading the same content.
+ * Per hold and file (`lockId\0lock key`): the last of the updates that re-entered that hold, so
+ * that concurrent ones (a Promise.all inside withLock, or several `{ lockId }` calls) apply one
+ * after another, each reading what the one before wrote, instead of all reading the same content.
+ * Shared by every copy of this package, as the context store is.
  */
-const underHold = new Map()
-const holdKey = (filePath, lockId) => `${lockId}\0${path.resolve(filePath)}`
+const UNDER_HOLD = Symbol.for('flowforge-lock.updates-under-hold')
+const underHold = (globalThis[UNDER_HOLD] ??= new Map())
+const holdKey = (filePath, lockId) => `${lockId}\0${native.lockKey(filePath)}`
 
 /** One read-modify-write under a hold the caller already has (re-entry, or `{ lockId }`). */
 async function updateUnder(filePath, lockId, updater, ifVersion) {

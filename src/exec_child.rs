@@ -14,8 +14,8 @@ use crate::error::LockError;
 /// Asks the kernel to SIGKILL this process when its parent (the `exec` wrapper, `parent`) ends,
 /// then becomes `command` with `args`. Signal dispositions and the mask go back to their defaults
 /// first, as for any child Node spawns, and stdin, stdout and stderr stay open across the exec.
-/// Returns only on failure, with the errno's name as the code (`ENOENT`: command not found), or
-/// `ESRCH` when the wrapper had already ended.
+/// Returns only on failure: `ENOENT` (command not found), `EACCES`, `EEXEC` for any other
+/// reason exec failed, or `ESRCH` when the wrapper had already ended.
 pub fn become_command(parent: u32, command: &str, args: &[String]) -> LockError {
   let Some(argv) = std::iter::once(command)
     .chain(args.iter().map(String::as_str))

@@ -74,10 +74,17 @@ struct Hold {
   commits: usize,
 }
 
-type HoldCell = Arc<Mutex<Hold>>;
+/// A hold's state under its guard, and the signal that a write under it has landed (its
+/// [`CommitPass`] dropped), which ending the hold waits for.
+struct HoldState {
+  hold: Mutex<Hold>,
+  landed: Condvar,
+}
+
+type HoldCell = Arc<HoldState>;
 
 fn guard(cell: &HoldCell) -> MutexGuard<'_, Hold> {
-  cell.lock().unwrap_or_else(|e| e.into_inner())
+  cell.hold.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 struct Held {
@@ -225,11 +232,14 @@ impl Table {
       file,
       mode,
       since,
-      cell: Arc::new(Mutex::new(Hold {
-        grant: Some(grant),
-        lost: None,
-        commits: 0,
-      })),
+      cell: Arc::new(HoldState {
+        hold: Mutex::new(Hold {
+          grant: Some(grant),
+          lost: None,
+          commits: 0,
+        }),
+        landed: Condvar::new(),
+      }),
       refresh_every,
       next_refresh,
     });
@@ -266,8 +276,6 @@ impl Table {
 }
 
 static TABLE: LazyLock<Mutex<Table>> = LazyLock::new(Default::default);
-/// Signalled when a write under a hold has landed (its [`CommitPass`] dropped).
-static COMMITTED: Condvar = Condvar::new();
 /// Signalled when a waiter joins a queue or a hold ends, for the waiting threads.
 static CHANGED: Condvar = Condvar::new();
 /// How long a waiting thread with nobody to wait for stays for the next waiter: spawning a
@@ -893,7 +901,11 @@ fn release_hold(lock_id: &str) -> bool {
 fn end_hold(held: &Held) {
   let mut hold = guard(&held.cell);
   while hold.commits > 0 {
-    hold = COMMITTED.wait(hold).unwrap_or_else(|e| e.into_inner());
+    hold = held
+      .cell
+      .landed
+      .wait(hold)
+      .unwrap_or_else(|e| e.into_inner());
   }
   let grant = hold.grant.take();
   drop(hold);
@@ -1039,7 +1051,7 @@ impl Drop for CommitPass {
   fn drop(&mut self) {
     if let Some(cell) = &self.cell {
       guard(cell).commits -= 1;
-      COMMITTED.notify_all();
+      cell.landed.notify_all();
     }
   }
 }

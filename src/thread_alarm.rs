@@ -471,7 +471,9 @@ impl Drop for EndingSignals {
         };
         // One call puts the old handler back and tells what was there: ours, unless someone
         // replaced it meanwhile, whose handler then goes back in a second call. (A query before
-        // the restore would cost every wait a system call after its wake-up.)
+        // the restore would cost every wait a system call after its wake-up. The price, only for
+        // a handler installed during the wait, which only native code on another thread can do:
+        // a signal between the two calls reaches the old handler, libuv's.)
         let mut current: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(ENDING_SIGNALS[index], old, &mut current) == 0
           && current.sa_sigaction != ending_signal_address()

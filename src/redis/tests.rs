@@ -739,22 +739,8 @@ fn a_handoff_message_read_after_the_lock_moved_on_is_not_a_grant() {
   let server = RedisServer::start();
   let owner = engine(&server);
   let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
-  let gate = Arc::new(Mutex::new(()));
-  let stopped = Arc::new(AtomicBool::new(false));
-  let waiter = engine(&server);
-  let t = {
-    let (gate, stopped) = (gate.clone(), stopped.clone());
-    thread::spawn(move || {
-      let wanted = || {
-        if gate.try_lock().is_err() {
-          stopped.store(true, Ordering::SeqCst);
-          drop(gate.lock().unwrap());
-        }
-        true
-      };
-      waiter.wait_acquire(KEY, &holder(), 0, None, &wanted)
-    })
-  };
+  let waiter = HeldUpWaiter::start(Arc::new(engine(&server)));
+  let (t, gate, stopped) = (waiter.thread, waiter.gate, waiter.stopped);
   wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
   let held_up = gate.lock().unwrap();
   wait_until("the waiter's thread to be held up", || {
@@ -786,6 +772,39 @@ fn a_handoff_message_read_after_the_lock_moved_on_is_not_a_grant() {
   owner_verifies(&server, &grant);
 }
 
+/// A thread waiting for `KEY` through `engine` that the test can hold up: while the test holds
+/// `gate`, the waiter's next `wanted()` sets `stopped` and blocks until the gate is let go.
+struct HeldUpWaiter {
+  thread: thread::JoinHandle<Result<Option<RedisGrant>>>,
+  gate: Arc<Mutex<()>>,
+  stopped: Arc<AtomicBool>,
+}
+
+impl HeldUpWaiter {
+  fn start(engine: Arc<RedisLocks>) -> HeldUpWaiter {
+    let gate = Arc::new(Mutex::new(()));
+    let stopped = Arc::new(AtomicBool::new(false));
+    let thread = {
+      let (gate, stopped) = (gate.clone(), stopped.clone());
+      thread::spawn(move || {
+        let wanted = || {
+          if gate.try_lock().is_err() {
+            stopped.store(true, Ordering::SeqCst);
+            drop(gate.lock().unwrap());
+          }
+          true
+        };
+        engine.wait_acquire(KEY, &holder(), 0, None, &wanted)
+      })
+    };
+    HeldUpWaiter {
+      thread,
+      gate,
+      stopped,
+    }
+  }
+}
+
 /// A waiter that finds the lock already handed to it ("ours already": the hand-off message was
 /// lost, or read only after the waiter's next look) counts its lease from that look. Redis must
 /// count it from there too: the lease handed over earlier would run out in Redis before the
@@ -796,23 +815,14 @@ fn a_lock_found_already_handed_over_is_held_no_longer_than_redis_keeps_it() {
   let server = RedisServer::start();
   let owner = engine(&server);
   let first = owner.try_acquire(KEY, &holder(), 0).unwrap().unwrap();
-  let gate = Arc::new(Mutex::new(()));
-  let stopped = Arc::new(AtomicBool::new(false));
   // Kept alive past the wait: its connection closing would hand the lock on at once.
   let waiter = Arc::new(engine(&server));
-  let t = {
-    let (gate, stopped, waiter) = (gate.clone(), stopped.clone(), waiter.clone());
-    thread::spawn(move || {
-      let wanted = || {
-        if gate.try_lock().is_err() {
-          stopped.store(true, Ordering::SeqCst);
-          drop(gate.lock().unwrap());
-        }
-        true
-      };
-      waiter.wait_acquire(KEY, &holder(), 0, None, &wanted)
-    })
-  };
+  let held_up_waiter = HeldUpWaiter::start(waiter.clone());
+  let (t, gate, stopped) = (
+    held_up_waiter.thread,
+    held_up_waiter.gate,
+    held_up_waiter.stopped,
+  );
   wait_until("the waiter to queue", || waiters(&owner, KEY) == 1);
   // The waiter looks again when the owner's lease would end; the owner releases well before.
   let ttl_left = || owner.inspect(KEY).unwrap().and_then(|l| l.ttl_left);
