@@ -49,6 +49,11 @@ function within(ms, promise) {
   return Promise.race([promise, late]).finally(() => clearTimeout(timer))
 }
 
+/** Another process rewrites `file` in place (the same inode) with `text`, as `writeFileSync` does. */
+function rewriteFromAnotherProcess(file, text) {
+  execFileSync(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], process.argv[2])', file, text])
+}
+
 /**
  * Another program rewrites `file` in place with `text` (the same size) and puts its mtime back:
  * what a write within one tick of a coarse mtime clock leaves (same inode, size and mtime). Made
@@ -56,7 +61,7 @@ function within(ms, promise) {
  */
 function rewriteKeepingIdentity(file, text) {
   const before = fs.statSync(file, { bigint: true })
-  execFileSync(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], process.argv[2])', file, text])
+  rewriteFromAnotherProcess(file, text)
   const ns = before.mtimeNs
   execFileSync('touch', ['-m', '-d', `@${ns / 1_000_000_000n}.${String(ns % 1_000_000_000n).padStart(9, '0')}`, file])
   const after = fs.statSync(file, { bigint: true })
@@ -461,7 +466,7 @@ describe('on a file system with coarse timestamps (an ext2 image)', () => {
       // Another process rewrites it in place, the same size: within the same second, ext2 keeps
       // the inode, the size and the mtime.
       const edited = fs.readFileSync(file, 'utf8').replace('"ready"', '"done!"')
-      execFileSync(process.execPath, ['-e', 'require("fs").writeFileSync(process.argv[1], process.argv[2])', file, edited])
+      rewriteFromAnotherProcess(file, edited)
       const written = fs.statSync(file, { bigint: true })
       if (written.mtimeNs === committed.mtimeNs) {
         expect([written.ino, written.size]).toEqual([committed.ino, committed.size])
