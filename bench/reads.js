@@ -1,8 +1,8 @@
 #!/usr/bin/env node
 'use strict'
 // Issue 12's bench: lock-free reads, the read cache and the synchronous API, each beside its
-// baseline in the same run. Prints a table with ratios; `--smoke` is a short run; `--json`
-// also prints the raw figures as one JSON line.
+// baseline in the same run. Prints a table with ratios; `--smoke` is a short run; `--only R3,R4`
+// runs those scenarios alone; `--json` also prints the raw figures as one JSON line.
 //
 //   R1 readJSON (no cache) while another process holds the lock for seconds, vs an unlocked
 //      fs.readFileSync + JSON.parse of the same file (goal: no worse).
@@ -36,6 +36,9 @@ const ROOT = path.resolve(__dirname, '..')
 const FLOCK = path.join(ROOT, 'target', 'release', 'examples', 'flock_limit')
 const FLOCK_ADDON = path.join(ROOT, 'target', 'release', 'examples', 'libflock_node.so')
 const SMOKE = process.argv.includes('--smoke')
+// `--only R3,R4` runs those scenarios alone (the others take most of the run's time).
+const ONLY = process.argv.includes('--only') ? new Set(process.argv[process.argv.indexOf('--only') + 1].split(',')) : null
+const ran = (scenario) => !ONLY || ONLY.has(scenario)
 const N = SMOKE ? { reads: 300, cached: 2000, rounds: 40, cycles: 2000, rwMs: 600 } : { reads: 3000, cached: 20000, rounds: 300, cycles: 20000, rwMs: 4000 }
 
 // CLOCK_MONOTONIC, as flock_limit's: one clock for every process of the host, so one process's
@@ -281,38 +284,51 @@ const ratio = (x) => `${x >= 10 ? Math.round(x) : x.toFixed(2)}x`
 async function main() {
   useRunTmpdirUntilExit('ffl-bench-reads-run-')
   execFileSync('cargo', ['build', '--release', '--quiet', '--example', 'flock_limit', '--example', 'flock_node'], { cwd: ROOT, stdio: 'inherit' })
-  console.log(`flowforge-lock reads bench${SMOKE ? ' (smoke)' : ''}: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, node ${process.version}\n`)
-  const r1 = await r1ReadsUnderALock()
-  const r2 = await r2CachedRead()
-  const r3 = await r3Handoff()
-  const r4 = await r4Cycle()
-  const r5 = await r5ReadersAndAWriter()
-  const r6 = await r6WriterWaitUnderReaders()
+  const only = ONLY ? ` (only ${[...ONLY].join(', ')})` : ''
+  console.log(`flowforge-lock reads bench${SMOKE ? ' (smoke)' : ''}${only}: ${os.cpus()[0]?.model}, ${os.cpus().length} cores, node ${process.version}\n`)
+  const r1 = ran('R1') && (await r1ReadsUnderALock())
+  const r2 = ran('R2') && (await r2CachedRead())
+  const r3 = ran('R3') && (await r3Handoff())
+  const r4 = ran('R4') && (await r4Cycle())
+  const r5 = ran('R5') && (await r5ReadersAndAWriter())
+  const r6 = ran('R6') && (await r6WriterWaitUnderReaders())
   const rows = [
-    [`R1 read ${Math.round(r1.bytes / 1024)} KiB while another process holds the lock`, 'p50 µs', fmt(r1.readJsonP50Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP50Us), ratio(r1.readJsonP50Us / r1.rawP50Us), '<= 1x (no worse)'],
-    ['R1 same, readJSONVersioned (async)', 'p50 µs', fmt(r1.versionedP50Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP50Us), ratio(r1.versionedP50Us / r1.rawP50Us), ''],
-    ['R1 same', 'p99 µs', fmt(r1.readJsonP99Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP99Us), ratio(r1.readJsonP99Us / r1.rawP99Us), ''],
-    [`R2 cached read, unchanged ${(r2.bytes / 2 ** 20).toFixed(2)} MiB tasks.json`, 'p50 µs', fmt(r2.cachedP50Us), 'JSON.parse(readFileSync())', fmt(r2.rawP50Us), `${ratio(r2.rawP50Us / r2.cachedP50Us)} faster`, '>= 20x faster'],
-    ['R2 same, maxAgeMs: 1000 (no stat)', 'p50 µs', fmt(r2.maxAgeP50Us), 'JSON.parse(readFileSync())', fmt(r2.rawP50Us), `${ratio(r2.rawP50Us / r2.maxAgeP50Us)} faster`, ''],
-    [`R3 sync handoff, 2 processes (${r3.handoffs} handoffs)`, 'p50 µs', fmt(r3.syncP50Us), 'raw flock pingpong', fmt(r3.flockP50Us), ratio(r3.syncP50Us / r3.flockP50Us), '<= 2x'],
-    ['R3 same', 'p99 µs', fmt(r3.syncP99Us), 'raw flock pingpong', fmt(r3.flockP99Us), ratio(r3.syncP99Us / r3.flockP99Us), ''],
-    ['R3 same', 'p50 µs', fmt(r3.syncP50Us), 'raw flock pingpong from Node', fmt(r3.nodeFlockP50Us), ratio(r3.syncP50Us / r3.nodeFlockP50Us), '<= 2x'],
-    ['R3 same', 'p99 µs', fmt(r3.syncP99Us), 'raw flock pingpong from Node', fmt(r3.nodeFlockP99Us), ratio(r3.syncP99Us / r3.nodeFlockP99Us), ''],
-    ['R3 same', 'p50 µs', fmt(r3.syncP50Us), 'acquireLock/releaseLock (async API)', fmt(r3.asyncP50Us), ratio(r3.syncP50Us / r3.asyncP50Us), ''],
-    ['R4 uncontended acquireLockSync+releaseLockSync', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock', fmt(r4.flockP50Us), ratio(r4.syncP50Us / r4.flockP50Us), '<= 2x'],
-    ['R4 same', 'p99 µs', fmt(r4.syncP99Us), 'raw flock lock+unlock', fmt(r4.flockP99Us), ratio(r4.syncP99Us / r4.flockP99Us), ''],
-    ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock from Node', fmt(r4.nodeFlockP50Us), ratio(r4.syncP50Us / r4.nodeFlockP50Us), '<= 2x'],
-    ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'acquireLock+releaseLock (async API)', fmt(r4.asyncP50Us), ratio(r4.syncP50Us / r4.asyncP50Us), ''],
-    ['R5 3 reader processes + 1 writer, readers shared', 'reads/s', fmt(r5.shared.readsPerS), 'same readers, exclusive locks', fmt(r5.exclusive.readsPerS), ratio(r5.shared.readsPerS / r5.exclusive.readsPerS), '> 1x'],
-    ['R5 same, the writer', 'writes/s', fmt(r5.shared.writesPerS), 'same readers, exclusive locks', fmt(r5.exclusive.writesPerS), ratio(r5.shared.writesPerS / r5.exclusive.writesPerS), ''],
-    ['R5 same, the writer\'s wait', 'p50 µs', fmt(r5.shared.writerWaitP50Us), 'same readers, exclusive locks', fmt(r5.exclusive.writerWaitP50Us), ratio(r5.shared.writerWaitP50Us / r5.exclusive.writerWaitP50Us), ''],
-    [`R6 writer's wait, 4 readers streaming ${r6.readerHoldMs} ms shared holds`, 'p50 µs', fmt(r6.writerWaitP50Us), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitP50Us / (r6.readerHoldMs * 1000)), 'bounded'],
-    ['R6 same', 'max µs', fmt(r6.writerWaitMaxUs), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitMaxUs / (r6.readerHoldMs * 1000)), ''],
+    ...(ran('R1') ? [
+      [`R1 read ${Math.round(r1.bytes / 1024)} KiB while another process holds the lock`, 'p50 µs', fmt(r1.readJsonP50Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP50Us), ratio(r1.readJsonP50Us / r1.rawP50Us), '<= 1x (no worse)'],
+      ['R1 same, readJSONVersioned (async)', 'p50 µs', fmt(r1.versionedP50Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP50Us), ratio(r1.versionedP50Us / r1.rawP50Us), ''],
+      ['R1 same', 'p99 µs', fmt(r1.readJsonP99Us), 'readFileSync+JSON.parse, unlocked', fmt(r1.rawP99Us), ratio(r1.readJsonP99Us / r1.rawP99Us), ''],
+    ] : []),
+    ...(ran('R2') ? [
+      [`R2 cached read, unchanged ${(r2.bytes / 2 ** 20).toFixed(2)} MiB tasks.json`, 'p50 µs', fmt(r2.cachedP50Us), 'JSON.parse(readFileSync())', fmt(r2.rawP50Us), `${ratio(r2.rawP50Us / r2.cachedP50Us)} faster`, '>= 20x faster'],
+      ['R2 same, maxAgeMs: 1000 (no stat)', 'p50 µs', fmt(r2.maxAgeP50Us), 'JSON.parse(readFileSync())', fmt(r2.rawP50Us), `${ratio(r2.rawP50Us / r2.maxAgeP50Us)} faster`, ''],
+    ] : []),
+    ...(ran('R3') ? [
+      [`R3 sync handoff, 2 processes (${r3.handoffs} handoffs)`, 'p50 µs', fmt(r3.syncP50Us), 'raw flock pingpong', fmt(r3.flockP50Us), ratio(r3.syncP50Us / r3.flockP50Us), '<= 2x'],
+      ['R3 same', 'p99 µs', fmt(r3.syncP99Us), 'raw flock pingpong', fmt(r3.flockP99Us), ratio(r3.syncP99Us / r3.flockP99Us), ''],
+      ['R3 same', 'p50 µs', fmt(r3.syncP50Us), 'raw flock pingpong from Node', fmt(r3.nodeFlockP50Us), ratio(r3.syncP50Us / r3.nodeFlockP50Us), '<= 2x'],
+      ['R3 same', 'p99 µs', fmt(r3.syncP99Us), 'raw flock pingpong from Node', fmt(r3.nodeFlockP99Us), ratio(r3.syncP99Us / r3.nodeFlockP99Us), ''],
+      ['R3 same', 'p50 µs', fmt(r3.syncP50Us), 'acquireLock/releaseLock (async API)', fmt(r3.asyncP50Us), ratio(r3.syncP50Us / r3.asyncP50Us), ''],
+    ] : []),
+    ...(ran('R4') ? [
+      ['R4 uncontended acquireLockSync+releaseLockSync', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock', fmt(r4.flockP50Us), ratio(r4.syncP50Us / r4.flockP50Us), '<= 2x'],
+      ['R4 same', 'p99 µs', fmt(r4.syncP99Us), 'raw flock lock+unlock', fmt(r4.flockP99Us), ratio(r4.syncP99Us / r4.flockP99Us), ''],
+      ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'raw flock lock+unlock from Node', fmt(r4.nodeFlockP50Us), ratio(r4.syncP50Us / r4.nodeFlockP50Us), '<= 2x'],
+      ['R4 same', 'p50 µs', fmt(r4.syncP50Us), 'acquireLock+releaseLock (async API)', fmt(r4.asyncP50Us), ratio(r4.syncP50Us / r4.asyncP50Us), ''],
+    ] : []),
+    ...(ran('R5') ? [
+      ['R5 3 reader processes + 1 writer, readers shared', 'reads/s', fmt(r5.shared.readsPerS), 'same readers, exclusive locks', fmt(r5.exclusive.readsPerS), ratio(r5.shared.readsPerS / r5.exclusive.readsPerS), '> 1x'],
+      ['R5 same, the writer', 'writes/s', fmt(r5.shared.writesPerS), 'same readers, exclusive locks', fmt(r5.exclusive.writesPerS), ratio(r5.shared.writesPerS / r5.exclusive.writesPerS), ''],
+      ['R5 same, the writer\'s wait', 'p50 µs', fmt(r5.shared.writerWaitP50Us), 'same readers, exclusive locks', fmt(r5.exclusive.writerWaitP50Us), ratio(r5.shared.writerWaitP50Us / r5.exclusive.writerWaitP50Us), ''],
+    ] : []),
+    ...(ran('R6') ? [
+      [`R6 writer's wait, 4 readers streaming ${r6.readerHoldMs} ms shared holds`, 'p50 µs', fmt(r6.writerWaitP50Us), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitP50Us / (r6.readerHoldMs * 1000)), 'bounded'],
+      ['R6 same', 'max µs', fmt(r6.writerWaitMaxUs), `one reader's hold`, fmt(r6.readerHoldMs * 1000), ratio(r6.writerWaitMaxUs / (r6.readerHoldMs * 1000)), ''],
+    ] : []),
   ]
   console.log(table(['scenario', 'metric', 'flowforge-lock', 'baseline', 'baseline value', 'ours / baseline', 'goal'], rows))
-  console.log('\nR3/R4: raw flock is the kernel\'s figure; "from Node" adds what any addon pays to call it from JavaScript.\nThe rest is the file backend\'s own work per grant and release (lock record, ticket queue, inode checks), shared with the\nasynchronous API, whose handoff also waits for a waiting thread and the event loop (R3 async row); uncontended, the two\nAPIs run the same path (R4 async row).')
-  console.log(`R1: the holder kept the lock for ${Math.round(r1.lockHeldForMs)} ms while this process read ${2 * N.reads} times without waiting.`)
-  console.log(`R6: ${r6.writes} writes, ${Math.round(r6.readsPerS)} reads/s around them; the lock was never free of readers, yet no write waited more than ${(r6.writerWaitMaxUs / 1000).toFixed(1)} ms (p99 ${(r6.writerWaitP99Us / 1000).toFixed(1)} ms): readers that arrive while a writer waits go after it.`)
+  if (r3 || r4) console.log('\nR3/R4: raw flock is the kernel\'s figure; "from Node" adds what any addon pays to call it from JavaScript.\nThe rest is the file backend\'s own work per grant and release (lock record, ticket queue, inode checks), shared with the\nasynchronous API, whose handoff also waits for a waiting thread and the event loop (R3 async row); uncontended, the two\nAPIs run the same path (R4 async row).')
+  if (r1) console.log(`R1: the holder kept the lock for ${Math.round(r1.lockHeldForMs)} ms while this process read ${2 * N.reads} times without waiting.`)
+  if (r6) console.log(`R6: ${r6.writes} writes, ${Math.round(r6.readsPerS)} reads/s around them; the lock was never free of readers, yet no write waited more than ${(r6.writerWaitMaxUs / 1000).toFixed(1)} ms (p99 ${(r6.writerWaitP99Us / 1000).toFixed(1)} ms): readers that arrive while a writer waits go after it.`)
   if (process.argv.includes('--json')) console.log(JSON.stringify({ r1, r2, r3, r4, r5, r6 }))
 }
 
