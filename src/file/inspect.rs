@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use super::os_lock::{self, LockFile, Probe};
 use super::readers::{self, ReaderView};
 use super::staleness::{self, Verdict};
-use super::ticket_queue::QueueFile;
 use crate::backend::LockMode;
 use crate::error::{LockError, Result};
 use crate::identity::{self, now_ms};
@@ -243,38 +242,46 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
         continue;
       }
     };
-    let contents = lock.read();
-    let verdict = staleness::judge(
-      &contents,
-      false,
-      identity::current(),
-      now,
-      stale_after.as_millis() as u64,
-    );
-    let removed = match verdict {
-      Verdict::Live => {
-        report
-          .kept
-          .push(entry("held", "held: its record is live", Some(&contents)));
-        false
-      }
-      Verdict::Free => {
-        report
-          .removed
-          .push(entry("free", "free: released, nobody uses it", None));
-        true
-      }
-      Verdict::Stale(why) => {
-        report.removed.push(entry("stale", &why, Some(&contents)));
-        true
-      }
-    };
-    if removed && !dry_run {
-      // The queue file first, under the lock (see the file backend's `try_acquire`).
-      if let Some(queue) = QueueFile::existing(&path) {
-        queue.remove_if_unused();
-      }
-      lock.remove();
+    let decided = super::remove_lock_file(lock, stale_after, |contents| {
+      let verdict = staleness::judge(
+        contents,
+        false,
+        identity::current(),
+        now,
+        stale_after.as_millis() as u64,
+      );
+      let removable = match verdict {
+        Verdict::Live => {
+          report
+            .kept
+            .push(entry("held", "held: its record is live", Some(contents)));
+          false
+        }
+        Verdict::Free => {
+          report
+            .removed
+            .push(entry("free", "free: released, nobody uses it", None));
+          true
+        }
+        Verdict::Stale(why) => {
+          report.removed.push(entry("stale", &why, Some(contents)));
+          true
+        }
+      };
+      removable && !dry_run
+    });
+    match decided {
+      Ok(true) => {}
+      Ok(false) => report.kept.push(entry(
+        "held",
+        "held: another host is claiming it (its claim file is taken), or it was just replaced",
+        None,
+      )),
+      Err(e) => report.kept.push(entry(
+        "unsafe",
+        &format!("not inspected: {}", e.message),
+        None,
+      )),
     }
   }
   Ok(report)

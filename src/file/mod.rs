@@ -153,19 +153,51 @@ impl FileBackend {
   /// now, so a project's lock directory does not fill up. Held locks are released first.
   pub fn remove_unused(&self) {
     let slots: Vec<(PathBuf, Slot)> = self.slots().drain().collect();
-    for (path, mut slot) in slots {
+    for (path, slot) in slots {
       readers::remove_idle(&path);
       if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, slot.idle) {
-        if lock.read() == record::Contents::Empty {
-          // The queue first, under the lock: see `try_acquire`'s check after locking.
-          if let Some(queue) = slot.queues.pop().or_else(|| QueueFile::existing(&path)) {
-            queue.remove_if_unused();
-          }
-          lock.remove();
-        }
+        // At exit another host's abandoned claim file is left to the next acquirer to judge.
+        let _ = remove_lock_file(lock, Duration::MAX, |contents| {
+          *contents == record::Contents::Empty
+        });
       }
     }
   }
+}
+
+/// Removes the lock file whose kernel lock `lock` holds, and its queue file, if `decide` says so
+/// of the record in it: the one way lock files go (process exit, `cleanupStaleLocks`). Where
+/// claims are needed (kernel locks that other hosts may not see), the record is read, judged and
+/// the file removed under the lock file's claim, and only while the path still names our file:
+/// a claimer elsewhere looks at the path under that same claim before it writes its record
+/// (`claim`), so it never writes into a file removed from under it. `stale_after`: when another
+/// host's claim file counts as abandoned. `Ok(false)`: somebody is claiming the lock file now, or
+/// it was replaced; it was left alone and `decide` was not asked.
+pub(crate) fn remove_lock_file(
+  lock: LockFile,
+  stale_after: Duration,
+  decide: impl FnOnce(&record::Contents) -> bool,
+) -> Result<bool> {
+  let lock_dir = lock.path().parent().unwrap_or(Path::new("/"));
+  let ticket = match claim::needed(lock_dir) {
+    false => None,
+    true => match claim::take(lock.path(), os_lock::kernel_locks(), stale_after)? {
+      Some(ticket) => Some(ticket),
+      None => return Ok(false),
+    },
+  };
+  let looked = lock.still_at_path();
+  if looked && decide(&lock.read()) {
+    // The queue first, under the lock: see `try_acquire`'s check after locking.
+    if let Some(queue) = QueueFile::existing(lock.path()) {
+      queue.remove_if_unused();
+    }
+    lock.remove();
+  }
+  if let Some(ticket) = ticket {
+    ticket.finish();
+  }
+  Ok(looked)
 }
 
 /// A kernel lock made ours, with our record in it (in the lock file, or for a shared hold in
@@ -197,11 +229,21 @@ fn claim(lock: LockFile, request: &Request) -> Result<Claim> {
   if !claim::needed(lock_dir) {
     return claim_record(lock, request);
   }
+  // The lock file open (and kernel-locked where kernel locks are on), the claim not taken yet.
+  failpoint!("claim::locked");
   let ticket = claim::take(lock.path(), os_lock::kernel_locks(), request.stale_after)?;
   let Some(ticket) = ticket else {
     lock.unlock();
     return Ok(Claim::Respected(lock));
   };
+  // Lock files are removed only under their claim (`remove_lock_file`), so a path that names our
+  // file now keeps naming it until our record is written. One removed before we took the claim
+  // must not get our record, where nobody would see it: the next look opens the file now there.
+  if !lock.still_at_path() {
+    ticket.finish();
+    lock.unlock();
+    return Ok(Claim::Respected(lock));
+  }
   let outcome = claim_record(lock, request);
   let still_ours = ticket.finish();
   match outcome {
