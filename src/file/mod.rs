@@ -171,33 +171,48 @@ impl FileBackend {
 /// the file removed under the lock file's claim, and only while the path still names our file:
 /// a claimer elsewhere looks at the path under that same claim before it writes its record
 /// (`claim`), so it never writes into a file removed from under it. `stale_after`: when another
-/// host's claim file counts as abandoned. `Ok(false)`: somebody is claiming the lock file now, or
-/// it was replaced; it was left alone and `decide` was not asked.
+/// host's claim file counts as abandoned.
 pub(crate) fn remove_lock_file(
   lock: LockFile,
   stale_after: Duration,
   decide: impl FnOnce(&record::Contents) -> bool,
-) -> Result<bool> {
+) -> Result<Removal> {
   let lock_dir = lock.path().parent().unwrap_or(Path::new("/"));
   let ticket = match claim::needed(lock_dir) {
     false => None,
     true => match claim::take(lock.path(), os_lock::kernel_locks(), stale_after)? {
       Some(ticket) => Some(ticket),
-      None => return Ok(false),
+      None => return Ok(Removal::Busy),
     },
   };
-  let looked = lock.still_at_path();
-  if looked && decide(&lock.read()) {
+  let removal = if !lock.still_at_path() {
+    Removal::Busy
+  } else if decide(&lock.read()) {
     // The queue first, under the lock: see `try_acquire`'s check after locking.
     if let Some(queue) = QueueFile::existing(lock.path()) {
       queue.remove_if_unused();
     }
-    lock.remove();
-  }
+    match lock.remove() {
+      Ok(()) => Removal::Done,
+      Err(e) => Removal::Failed(e),
+    }
+  } else {
+    Removal::Done
+  };
   if let Some(ticket) = ticket {
     ticket.finish();
   }
-  Ok(looked)
+  Ok(removal)
+}
+
+/// What [`remove_lock_file`] did.
+pub(crate) enum Removal {
+  /// Somebody is claiming the lock file now, or it was replaced: left alone, not judged.
+  Busy,
+  /// Judged, and removed or kept as `decide` said.
+  Done,
+  /// Judged removable, but still there (another user's, in a sticky directory): why.
+  Failed(LockError),
 }
 
 /// A kernel lock made ours, with our record in it (in the lock file, or for a shared hold in
@@ -334,7 +349,8 @@ fn claim_shared(lock: LockFile, request: &Request) -> Result<Claim> {
 /// Another user's stale lock file that we may lock but not write: replace it with our own.
 fn replace_unwritable(lock: LockFile, request: &Request) -> Result<Claim> {
   let path = lock.path().to_path_buf();
-  lock.remove();
+  // Not removable (another user's, in a sticky directory): the retry below says so.
+  let _ = lock.remove();
   match LockFile::try_acquire(&path, None)? {
     TryLock::Locked(fresh) if fresh.is_writable() => claim_record(fresh, request),
     TryLock::Locked(fresh) | TryLock::Busy(fresh) if !fresh.is_writable() => {

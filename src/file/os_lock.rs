@@ -244,10 +244,29 @@ impl LockFile {
   }
 
   /// Removes the lock file (the caller holds its lock, so nobody can be using it) and closes.
-  pub fn remove(self) {
-    if self.still_at_path() {
-      let _ = fs::remove_file(&self.path);
+  /// An error: the file is still there (another user's, in a sticky directory).
+  pub fn remove(self) -> Result<()> {
+    match self.still_at_path() {
+      true => remove_file(&self.path),
+      false => Ok(()),
     }
+  }
+}
+
+/// Removes a lock, queue or reader file; one already gone is no error. The error says why it is
+/// still there (in a sticky lock directory only the file's owner, or root, may remove it).
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+  match fs::remove_file(path) {
+    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(LockError::new(
+      LockError::io(&e, "", path).code,
+      format!(
+        "Cannot remove {}: {e}. Only its owner (or root) may remove it from this directory: run the cleanup as that user.",
+        path.display()
+      ),
+    )),
+    Err(e) => Err(LockError::io(&e, "Cannot remove", path)),
+    Ok(()) => Ok(()),
   }
 }
 
@@ -467,7 +486,7 @@ mod tests {
       }
     });
     crate::test_support::wait_for_blocked_flock(&path);
-    holder.remove();
+    holder.remove().unwrap();
     let lock = waiter.join().unwrap();
     assert!(lock.still_at_path());
     assert!(path.exists());
@@ -479,7 +498,7 @@ mod tests {
     let cached = locked(&path);
     cached.unlock();
     let remover = locked(&path);
-    remover.remove();
+    remover.remove().unwrap();
     match LockFile::try_acquire(&path, Some(cached)).unwrap() {
       TryLock::Locked(lock) => assert!(lock.still_at_path()),
       TryLock::Busy(_) => panic!("nobody holds it"),
