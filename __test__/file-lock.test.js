@@ -379,6 +379,23 @@ describe('security', () => {
     expect(fs.readFileSync(victim, 'utf8')).toBe('precious')
   })
 
+  test.each([
+    ['a directory', (lockFile) => fs.mkdirSync(lockFile)],
+    ['a FIFO', (lockFile) => require('node:child_process').execFileSync('mkfifo', [lockFile])],
+  ])('a lock path that is %s is refused with ELOCKFILEUNSAFE naming it and saying to remove it; cleanup and status name it too', async (_, plant) => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', '.locks'))
+    const lockFile = lockPathOf(root, 'tasks.json')
+    plant(lockFile)
+    const err = await acquireLock(path.join(root, '.flowforge', 'tasks.json'), 100).catch((e) => e)
+    expect(err.code).toBe('ELOCKFILEUNSAFE')
+    expect(err.message).toContain(lockFile)
+    expect(err.message).toContain('Remove it')
+    const { kept } = await cleanupStaleLocks({ root })
+    expect(kept).toEqual([expect.objectContaining({ lockFile, state: 'unsafe', reason: expect.stringContaining('Remove it') })])
+    expect(listLocks({ root })).toEqual([expect.objectContaining({ lockFile, state: 'unsafe', code: 'ELOCKFILEUNSAFE' })])
+  })
+
   test('a world-writable lock dir without the sticky bit is refused; the lock dir is created without world-write', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')

@@ -342,6 +342,8 @@ fn open_no_follow_with(path: &Path, options: &OpenOptions, flags: libc::c_int) -
           path.display()
         ),
       )
+    } else if e.raw_os_error() == Some(libc::EISDIR) {
+      not_a_plain_file(path)
     } else {
       LockError::io(&e, "Cannot open the lock file", path)
     }
@@ -355,15 +357,20 @@ pub(crate) fn check_plain_file(file: &File, path: &Path) -> Result<fs::Metadata>
     .metadata()
     .map_err(|e| LockError::io(&e, "Cannot stat", path))?;
   if !meta.file_type().is_file() || meta.nlink() > 1 {
-    return Err(LockError::new(
-      "ELOCKFILEUNSAFE",
-      format!(
-        "Refusing the lock file {}: it is not a plain file with a single name. Remove it and retry.",
-        path.display()
-      ),
-    ));
+    return Err(not_a_plain_file(path));
   }
   Ok(meta)
+}
+
+/// A lock path that is a directory, a FIFO, a device or a hard link to some other file.
+fn not_a_plain_file(path: &Path) -> LockError {
+  LockError::new(
+    "ELOCKFILEUNSAFE",
+    format!(
+      "Refusing the lock file {}: it is not a plain file with a single name. Remove it and retry.",
+      path.display()
+    ),
+  )
 }
 
 /// Reads the record until two reads agree, so a reader racing a heartbeat never acts on a
