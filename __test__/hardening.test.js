@@ -295,6 +295,28 @@ describe('lock files removed while a claim is under way, where kernel locks are 
   })
 })
 
+describe('the ticket queue passes a stopped waiter', () => {
+  // Its turn comes when the holder gives up the holder's byte: the waiter blocked on that byte is
+  // granted it, and looks at the queue again before it takes the kernel lock. Stopped in between
+  // (Ctrl-Z, a debugger), it holds the byte with the lock free, as a holder would.
+  test('a waiter stopped at the instant it was granted the holder\'s byte, with the lock free, is passed', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const stopped = untilFailpoint('hold-lock', [file], 'queue::way_granted=1*return(stop)')
+    try {
+      await untilKernelWaiter(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'), stopped.child.pid)
+      holder.child.kill('SIGUSR2')
+      await stopped.stopped
+      await holder.exited
+      expect(JSON.parse((await runFixture('try-lock', [file, 20000])).stdout)).toMatchObject({ ok: true })
+    } finally {
+      stopped.child.kill('SIGKILL')
+      await stopped.exited
+    }
+  }, 60000)
+})
+
 describe('flows in one process (hole 9)', () => {
   test('concurrent unrelated updates of a/tasks.json and b/tasks.json both complete', async () => {
     const root = makeProject()

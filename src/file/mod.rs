@@ -39,7 +39,7 @@ use crate::record::{self, LockRecord};
 use crate::thread_alarm;
 use os_lock::{LockFile, TryLock};
 use staleness::Verdict;
-use ticket_queue::QueueFile;
+use ticket_queue::{Ahead, QueueFile};
 
 /// How often a waiter looks again at a lock that only a record protects (another host's, or a
 /// legacy one): no kernel wake-up comes for those.
@@ -555,13 +555,14 @@ enum Turn {
 /// ahead that do not move, and to give the place up once our waiters are gone. Without a free
 /// signal there are no looks: only the turn (or a synchronous caller's deadline alarm) ends it.
 fn wait_turn(
+  lock_path: &Path,
   turn: &QueueFile,
   place: i64,
   rank: i64,
   mode: LockMode,
   head: &dyn Fn() -> Option<Request>,
 ) -> Turn {
-  let mut stalled: Option<(i64, Instant)> = None;
+  let mut stalled: Option<(Ahead, Instant)> = None;
   loop {
     let waited = {
       let _look = thread_alarm::arm(Instant::now() + STALL_LOOK);
@@ -579,12 +580,14 @@ fn wait_turn(
       }
       Some(_) => {}
     }
-    // The same ticket ahead with the lock free, a look apart: it is not moving. (Any signal ends
-    // the wait, so the looks are timed here rather than counted.)
+    // The same lock in our way, a look apart, with the kernel lock free: it is not moving. (Any
+    // signal ends the wait, so the looks are timed here rather than counted.)
     let ahead = turn.stalled_ahead(place);
     match (stalled, ahead) {
       (Some((key, since)), Some(now_key)) if key == now_key => {
-        if since.elapsed() >= STALL_LOOK {
+        if since.elapsed() >= STALL_LOOK
+          && (now_key != Ahead::Holder || os_lock::kernel_lock_free(lock_path))
+        {
           return Turn::Came;
         }
       }
@@ -689,7 +692,7 @@ impl Backend for FileBackend {
         // No usable queue file (an error of the file system): wait in the kernel's order.
         return self.wait_unqueued(target, head);
       };
-      match wait_turn(&turn, place, rank, mode, head) {
+      match wait_turn(path, &turn, place, rank, mode, head) {
         Turn::Came => {}
         Turn::GaveUp => {
           ticket.leave(place);

@@ -315,6 +315,15 @@ pub fn probe(path: &Path) -> Result<Probe> {
   }
 }
 
+/// Whether nobody holds the kernel lock of `path`, in either mode: taken exclusively for an
+/// instant on a description of its own (flock has no query). No lock file: nobody holds it.
+pub(crate) fn kernel_lock_free(path: &Path) -> bool {
+  match open_no_follow(path, OpenOptions::new().read(true)) {
+    Ok(file) => file.try_lock().is_ok(),
+    Err(e) => e.code == "ENOENT",
+  }
+}
+
 /// The lock file's own handle, kept between holds: opened with `O_NOATIME` where allowed (the
 /// file's owner, or root), since under `relatime` every read of the record after a write would
 /// otherwise update the access time, one more inode write to the journal per acquire and release.
