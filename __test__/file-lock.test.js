@@ -379,6 +379,23 @@ describe('security', () => {
     expect(fs.readFileSync(victim, 'utf8')).toBe('precious')
   })
 
+  test.each([
+    ['a directory', (lockFile) => fs.mkdirSync(lockFile)],
+    ['a FIFO', (lockFile) => require('node:child_process').execFileSync('mkfifo', [lockFile])],
+  ])('a lock path that is %s is refused with ELOCKFILEUNSAFE naming it and saying to remove it; cleanup and status name it too', async (_, plant) => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', '.locks'))
+    const lockFile = lockPathOf(root, 'tasks.json')
+    plant(lockFile)
+    const err = await acquireLock(path.join(root, '.flowforge', 'tasks.json'), 100).catch((e) => e)
+    expect(err.code).toBe('ELOCKFILEUNSAFE')
+    expect(err.message).toContain(lockFile)
+    expect(err.message).toContain('Remove it')
+    const { kept } = await cleanupStaleLocks({ root })
+    expect(kept).toEqual([expect.objectContaining({ lockFile, state: 'unsafe', reason: expect.stringContaining('Remove it') })])
+    expect(listLocks({ root })).toEqual([expect.objectContaining({ lockFile, state: 'unsafe', code: 'ELOCKFILEUNSAFE' })])
+  })
+
   test('a world-writable lock dir without the sticky bit is refused; the lock dir is created without world-write', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
@@ -437,6 +454,32 @@ describe('security', () => {
     // Its owner (root here) takes the stale lock over as usual.
     const lockId = await acquireLock(path.join(root, '.flowforge', 'tasks.json'), 500)
     await releaseLock(path.join(root, '.flowforge', 'tasks.json'), lockId)
+  })
+  testAsNobody("a cleanup that may not remove another user's stale files in a sticky lock dir says so and lists them as kept (run as nobody)", async () => {
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    fs.mkdirSync(locks)
+    fs.chmodSync(locks, 0o1777)
+    writeRecord(root, 'tasks.json', { pid: 999999 })
+    const reader = `${lockPathOf(root, 'tasks.json')}.r-999998-0`
+    fs.writeFileSync(reader, fs.readFileSync(lockPathOf(root, 'tasks.json')))
+    for (const file of [lockPathOf(root, 'tasks.json'), reader]) fs.chmodSync(file, 0o644)
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
+      .cleanupStaleLocks({ root: ${JSON.stringify(root)} })
+      .then((report) => console.log(JSON.stringify({ uid: process.getuid(), ...report })))`
+    const { spawnSync } = require('node:child_process')
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
+    expect(run.stderr).toBe('')
+    const report = JSON.parse(run.stdout)
+    expect(report.uid).toBe(65534)
+    // Both files are still there: the report must not say they were removed.
+    expect(fs.existsSync(lockPathOf(root, 'tasks.json')) && fs.existsSync(reader)).toBe(true)
+    expect(report.removed).toEqual([])
+    expect(report.kept.map((entry) => entry.readerFile ?? entry.lockFile).sort()).toEqual([lockPathOf(root, 'tasks.json'), reader].sort())
+    for (const entry of report.kept) expect(entry.reason).toMatch(/is gone; not removed: EPERM: .*Only its owner \(or root\) may remove it/)
+    // Their owner (root here) removes them.
+    expect((await cleanupStaleLocks({ root })).removed).toHaveLength(2)
+    expect(fs.existsSync(lockPathOf(root, 'tasks.json')) || fs.existsSync(reader)).toBe(false)
   })
 })
 

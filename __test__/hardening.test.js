@@ -10,7 +10,7 @@ const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
 const { acquireLock, releaseLock, isLocked, getLockInfo } = require('../file-lock')
 const { updateWithLock } = require('../file-lock-integration')
-const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+const { makeProject, runFixture, startFixture, lockDrivers, PACKAGE_ROOT } = require('./helpers')
 const { untilKernelWaiter } = require('./fixtures/wait-for')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary')
 
@@ -23,11 +23,14 @@ beforeAll(() => {
   binary = failpointBinary()
 }, 300000)
 
-/** Starts `node <fixture> args` and resolves with its handle once `stderr` shows `FAILPOINT <name>`. */
-function untilFailpoint(fixture, args, failpoints, { cwd } = {}) {
+/**
+ * Starts `node <fixture> args` and resolves with its handle once `stderr` shows `FAILPOINT <name>`;
+ * `nextLine()` reads its stdout.
+ */
+function untilFailpoint(fixture, args, failpoints, { cwd, env } = {}) {
   const child = spawn(process.execPath, [path.join(FIXTURES, `${fixture}.js`), ...args], {
     cwd,
-    env: { ...process.env, ...failpointEnv(binary, failpoints) },
+    env: { ...process.env, ...env, ...failpointEnv(binary, failpoints) },
     stdio: ['ignore', 'pipe', 'pipe'],
   })
   const acks = []
@@ -35,6 +38,7 @@ function untilFailpoint(fixture, args, failpoints, { cwd } = {}) {
     const ack = /^ACK (\d+)$/.exec(line)
     if (ack) acks.push(Number(ack[1]))
   })
+  const nextLine = lineReader(child.stdout)
   // 'close': the process ended and its output was read to the end (every ACK counted).
   const exited = new Promise((resolve) => child.on('close', (code, signal) => resolve({ code, signal })))
   const stopped = new Promise((resolve, reject) => {
@@ -43,7 +47,7 @@ function untilFailpoint(fixture, args, failpoints, { cwd } = {}) {
     })
     exited.then((how) => reject(new Error(`${fixture} ended before its failpoint: ${JSON.stringify(how)}`)))
   })
-  return { child, acks, exited, stopped }
+  return { child, acks, exited, stopped, nextLine }
 }
 
 /** Lines of a child's stdout, as an async queue. */
@@ -241,6 +245,76 @@ describe('claims between hosts without shared kernel locks (hole 8)', () => {
     }
   }, 300000)
   if (!isRoot) console.log('skipped: the host race needs root (unshare --uts)')
+})
+
+describe('lock files removed while a claim is under way, where kernel locks are not shared', () => {
+  const startDriver = lockDrivers()
+  const NO_KERNEL_LOCKS = { FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS: '1' }
+  // Two machines of one hostname (each its own boot id) sharing a lock directory but not its
+  // kernel locks, as over NFS: only records and claim files keep them apart. A cleanup on one
+  // must not remove the lock file that the other is claiming, whether it comes before the
+  // claimer took the claim file or while it holds it.
+  test.each([
+    ['claim::locked', 'its lock file open, its claim not taken yet'],
+    ['claim::judged', 'holding the claim, the record judged free, its own not written yet'],
+  ])('a cleanup while an acquirer is stopped at %s (%s) leaves one holder', async (point) => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const hostA = untilFailpoint('hold-lock', [file], `identity::boot_id=return(host-a);${point}=1*return(stop)`, { env: NO_KERNEL_LOCKS })
+    try {
+      await hostA.stopped
+      const hostB = await startDriver({ ...NO_KERNEL_LOCKS, ...failpointEnv(binary, 'identity::boot_id=return(host-b)') })
+      expect((await hostB.call('cleanup', { root })).ok).toBe(true)
+      hostA.child.kill('SIGCONT')
+      expect(await hostA.nextLine()).toMatch(/^LOCKED /)
+      expect(await hostB.call('acquire', { file, timeout: 300 })).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+    } finally {
+      hostA.child.kill('SIGKILL')
+      await hostA.exited
+    }
+  })
+
+  test('a process of another host that exits while an acquirer is stopped at claim::judged leaves one holder', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const hostA = untilFailpoint('hold-lock', [file], 'identity::boot_id=return(host-a);claim::judged=1*return(stop)', { env: NO_KERNEL_LOCKS })
+    const hostB = { ...NO_KERNEL_LOCKS, ...failpointEnv(binary, 'identity::boot_id=return(host-b)') }
+    const tryLock = async (timeout) => JSON.parse((await runFixture('try-lock', [file, timeout], { env: hostB })).stdout)
+    try {
+      await hostA.stopped
+      // It finds the claim taken and gives up; at its exit it removes the lock files it used that
+      // nobody uses.
+      expect(await tryLock(100)).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+      hostA.child.kill('SIGCONT')
+      expect(await hostA.nextLine()).toMatch(/^LOCKED /)
+      expect(await tryLock(300)).toMatchObject({ ok: false, code: 'ELOCKTIMEOUT' })
+    } finally {
+      hostA.child.kill('SIGKILL')
+      await hostA.exited
+    }
+  })
+})
+
+describe('the ticket queue passes a stopped waiter', () => {
+  // Its turn comes when the holder gives up the holder's byte: the waiter blocked on that byte is
+  // granted it, and looks at the queue again before it takes the kernel lock. Stopped in between
+  // (Ctrl-Z, a debugger), it holds the byte with the lock free, as a holder would.
+  test('a waiter stopped at the instant it was granted the holder\'s byte, with the lock free, is passed', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const stopped = untilFailpoint('hold-lock', [file], 'queue::way_granted=1*return(stop)')
+    try {
+      await untilKernelWaiter(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'), stopped.child.pid)
+      holder.child.kill('SIGUSR2')
+      await stopped.stopped
+      await holder.exited
+      expect(JSON.parse((await runFixture('try-lock', [file, 20000])).stdout)).toMatchObject({ ok: true })
+    } finally {
+      stopped.child.kill('SIGKILL')
+      await stopped.exited
+    }
+  }, 60000)
 })
 
 describe('flows in one process (hole 9)', () => {

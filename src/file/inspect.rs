@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::os_lock::{self, LockFile, Probe};
 use super::readers::{self, ReaderView};
 use super::staleness::{self, Verdict};
-use super::ticket_queue::QueueFile;
+use super::Removal;
 use crate::backend::LockMode;
 use crate::error::{LockError, Result};
 use crate::identity::{self, now_ms};
@@ -198,6 +198,16 @@ fn lock_files(root: &Path) -> Result<Vec<PathBuf>> {
   Ok(files)
 }
 
+/// A cleanup entry's reason, for a file judged removable that is still there.
+pub(super) fn not_removed(reason: &Value, e: &LockError) -> String {
+  format!(
+    "{}; not removed: {}: {}",
+    reason.as_str().unwrap_or(""),
+    e.code,
+    e.message
+  )
+}
+
 #[derive(Serialize, Debug, Default)]
 pub struct CleanupReport {
   pub removed: Vec<Value>,
@@ -243,38 +253,43 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
         continue;
       }
     };
-    let contents = lock.read();
-    let verdict = staleness::judge(
-      &contents,
-      false,
-      identity::current(),
-      now,
-      stale_after.as_millis() as u64,
-    );
-    let removed = match verdict {
-      Verdict::Live => {
-        report
-          .kept
-          .push(entry("held", "held: its record is live", Some(&contents)));
-        false
+    let mut judged = None;
+    let removal = super::remove_lock_file(lock, stale_after, |contents| {
+      let verdict = staleness::judge(
+        contents,
+        false,
+        identity::current(),
+        now,
+        stale_after.as_millis() as u64,
+      );
+      let (entry, removable) = match verdict {
+        Verdict::Live => (
+          entry("held", "held: its record is live", Some(contents)),
+          false,
+        ),
+        Verdict::Free => (entry("free", "free: released, nobody uses it", None), true),
+        Verdict::Stale(why) => (entry("stale", &why, Some(contents)), true),
+      };
+      judged = Some((entry, removable));
+      removable && !dry_run
+    });
+    match (removal, judged) {
+      (Ok(Removal::Done), Some((entry, true))) => report.removed.push(entry),
+      (Ok(Removal::Done), Some((entry, false))) => report.kept.push(entry),
+      (Ok(Removal::Failed(e)), Some((mut entry, _))) => {
+        entry["reason"] = json!(not_removed(&entry["reason"], &e));
+        report.kept.push(entry);
       }
-      Verdict::Free => {
-        report
-          .removed
-          .push(entry("free", "free: released, nobody uses it", None));
-        true
-      }
-      Verdict::Stale(why) => {
-        report.removed.push(entry("stale", &why, Some(&contents)));
-        true
-      }
-    };
-    if removed && !dry_run {
-      // The queue file first, under the lock (see the file backend's `try_acquire`).
-      if let Some(queue) = QueueFile::existing(&path) {
-        queue.remove_if_unused();
-      }
-      lock.remove();
+      (Err(e), _) => report.kept.push(entry(
+        "unsafe",
+        &format!("not inspected: {}", e.message),
+        None,
+      )),
+      _ => report.kept.push(entry(
+        "held",
+        "held: another host is claiming it (its claim file is taken), or it was just replaced",
+        None,
+      )),
     }
   }
   Ok(report)

@@ -39,7 +39,7 @@ use crate::record::{self, LockRecord};
 use crate::thread_alarm;
 use os_lock::{LockFile, TryLock};
 use staleness::Verdict;
-use ticket_queue::QueueFile;
+use ticket_queue::{Ahead, QueueFile};
 
 /// How often a waiter looks again at a lock that only a record protects (another host's, or a
 /// legacy one): no kernel wake-up comes for those.
@@ -153,19 +153,66 @@ impl FileBackend {
   /// now, so a project's lock directory does not fill up. Held locks are released first.
   pub fn remove_unused(&self) {
     let slots: Vec<(PathBuf, Slot)> = self.slots().drain().collect();
-    for (path, mut slot) in slots {
+    for (path, slot) in slots {
       readers::remove_idle(&path);
       if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, slot.idle) {
-        if lock.read() == record::Contents::Empty {
-          // The queue first, under the lock: see `try_acquire`'s check after locking.
-          if let Some(queue) = slot.queues.pop().or_else(|| QueueFile::existing(&path)) {
-            queue.remove_if_unused();
-          }
-          lock.remove();
-        }
+        // At exit another host's abandoned claim file is left to the next acquirer to judge.
+        let _ = remove_lock_file(lock, Duration::MAX, |contents| {
+          *contents == record::Contents::Empty
+        });
       }
     }
   }
+}
+
+/// Removes the lock file whose kernel lock `lock` holds, and its queue file, if `decide` says so
+/// of the record in it: the one way lock files go (process exit, `cleanupStaleLocks`). Where
+/// claims are needed (kernel locks that other hosts may not see), the record is read, judged and
+/// the file removed under the lock file's claim, and only while the path still names our file:
+/// a claimer elsewhere looks at the path under that same claim before it writes its record
+/// (`claim`), so it never writes into a file removed from under it. `stale_after`: when another
+/// host's claim file counts as abandoned.
+pub(crate) fn remove_lock_file(
+  lock: LockFile,
+  stale_after: Duration,
+  decide: impl FnOnce(&record::Contents) -> bool,
+) -> Result<Removal> {
+  let lock_dir = lock.path().parent().unwrap_or(Path::new("/"));
+  let ticket = match claim::needed(lock_dir) {
+    false => None,
+    true => match claim::take(lock.path(), os_lock::kernel_locks(), stale_after)? {
+      Some(ticket) => Some(ticket),
+      None => return Ok(Removal::Busy),
+    },
+  };
+  let removal = if !lock.still_at_path() {
+    Removal::Busy
+  } else if decide(&lock.read()) {
+    // The queue first, under the lock: see `try_acquire`'s check after locking.
+    if let Some(queue) = QueueFile::existing(lock.path()) {
+      queue.remove_if_unused();
+    }
+    match lock.remove() {
+      Ok(()) => Removal::Done,
+      Err(e) => Removal::Failed(e),
+    }
+  } else {
+    Removal::Done
+  };
+  if let Some(ticket) = ticket {
+    ticket.finish();
+  }
+  Ok(removal)
+}
+
+/// What [`remove_lock_file`] did.
+pub(crate) enum Removal {
+  /// Somebody is claiming the lock file now, or it was replaced: left alone, not judged.
+  Busy,
+  /// Judged, and removed or kept as `decide` said.
+  Done,
+  /// Judged removable, but still there (another user's, in a sticky directory): why.
+  Failed(LockError),
 }
 
 /// A kernel lock made ours, with our record in it (in the lock file, or for a shared hold in
@@ -197,11 +244,21 @@ fn claim(lock: LockFile, request: &Request) -> Result<Claim> {
   if !claim::needed(lock_dir) {
     return claim_record(lock, request);
   }
+  // The lock file open (and kernel-locked where kernel locks are on), the claim not taken yet.
+  failpoint!("claim::locked");
   let ticket = claim::take(lock.path(), os_lock::kernel_locks(), request.stale_after)?;
   let Some(ticket) = ticket else {
     lock.unlock();
     return Ok(Claim::Respected(lock));
   };
+  // Lock files are removed only under their claim (`remove_lock_file`), so a path that names our
+  // file now keeps naming it until our record is written. One removed before we took the claim
+  // must not get our record, where nobody would see it: the next look opens the file now there.
+  if !lock.still_at_path() {
+    ticket.finish();
+    lock.unlock();
+    return Ok(Claim::Respected(lock));
+  }
   let outcome = claim_record(lock, request);
   let still_ours = ticket.finish();
   match outcome {
@@ -292,7 +349,8 @@ fn claim_shared(lock: LockFile, request: &Request) -> Result<Claim> {
 /// Another user's stale lock file that we may lock but not write: replace it with our own.
 fn replace_unwritable(lock: LockFile, request: &Request) -> Result<Claim> {
   let path = lock.path().to_path_buf();
-  lock.remove();
+  // Not removable (another user's, in a sticky directory): the retry below says so.
+  let _ = lock.remove();
   match LockFile::try_acquire(&path, None)? {
     TryLock::Locked(fresh) if fresh.is_writable() => claim_record(fresh, request),
     TryLock::Locked(fresh) | TryLock::Busy(fresh) if !fresh.is_writable() => {
@@ -497,13 +555,14 @@ enum Turn {
 /// ahead that do not move, and to give the place up once our waiters are gone. Without a free
 /// signal there are no looks: only the turn (or a synchronous caller's deadline alarm) ends it.
 fn wait_turn(
+  lock_path: &Path,
   turn: &QueueFile,
   place: i64,
   rank: i64,
   mode: LockMode,
   head: &dyn Fn() -> Option<Request>,
 ) -> Turn {
-  let mut stalled: Option<(i64, Instant)> = None;
+  let mut stalled: Option<(Ahead, Instant)> = None;
   loop {
     let waited = {
       let _look = thread_alarm::arm(Instant::now() + STALL_LOOK);
@@ -521,12 +580,14 @@ fn wait_turn(
       }
       Some(_) => {}
     }
-    // The same ticket ahead with the lock free, a look apart: it is not moving. (Any signal ends
-    // the wait, so the looks are timed here rather than counted.)
+    // The same lock in our way, a look apart, with the kernel lock free: it is not moving. (Any
+    // signal ends the wait, so the looks are timed here rather than counted.)
     let ahead = turn.stalled_ahead(place);
     match (stalled, ahead) {
       (Some((key, since)), Some(now_key)) if key == now_key => {
-        if since.elapsed() >= STALL_LOOK {
+        if since.elapsed() >= STALL_LOOK
+          && (now_key != Ahead::Holder || os_lock::kernel_lock_free(lock_path))
+        {
           return Turn::Came;
         }
       }
@@ -631,7 +692,7 @@ impl Backend for FileBackend {
         // No usable queue file (an error of the file system): wait in the kernel's order.
         return self.wait_unqueued(target, head);
       };
-      match wait_turn(&turn, place, rank, mode, head) {
+      match wait_turn(path, &turn, place, rank, mode, head) {
         Turn::Came => {}
         Turn::GaveUp => {
           ticket.leave(place);

@@ -244,10 +244,29 @@ impl LockFile {
   }
 
   /// Removes the lock file (the caller holds its lock, so nobody can be using it) and closes.
-  pub fn remove(self) {
-    if self.still_at_path() {
-      let _ = fs::remove_file(&self.path);
+  /// An error: the file is still there (another user's, in a sticky directory).
+  pub fn remove(self) -> Result<()> {
+    match self.still_at_path() {
+      true => remove_file(&self.path),
+      false => Ok(()),
     }
+  }
+}
+
+/// Removes a lock, queue or reader file; one already gone is no error. The error says why it is
+/// still there (in a sticky lock directory only the file's owner, or root, may remove it).
+pub(crate) fn remove_file(path: &Path) -> Result<()> {
+  match fs::remove_file(path) {
+    Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+    Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(LockError::new(
+      LockError::io(&e, "", path).code,
+      format!(
+        "Cannot remove {}: {e}. Only its owner (or root) may remove it from this directory: run the cleanup as that user.",
+        path.display()
+      ),
+    )),
+    Err(e) => Err(LockError::io(&e, "Cannot remove", path)),
+    Ok(()) => Ok(()),
   }
 }
 
@@ -296,6 +315,15 @@ pub fn probe(path: &Path) -> Result<Probe> {
   }
 }
 
+/// Whether nobody holds the kernel lock of `path`, in either mode: taken exclusively for an
+/// instant on a description of its own (flock has no query). No lock file: nobody holds it.
+pub(crate) fn kernel_lock_free(path: &Path) -> bool {
+  match open_no_follow(path, OpenOptions::new().read(true)) {
+    Ok(file) => file.try_lock().is_ok(),
+    Err(e) => e.code == "ENOENT",
+  }
+}
+
 /// The lock file's own handle, kept between holds: opened with `O_NOATIME` where allowed (the
 /// file's owner, or root), since under `relatime` every read of the record after a write would
 /// otherwise update the access time, one more inode write to the journal per acquire and release.
@@ -323,6 +351,8 @@ fn open_no_follow_with(path: &Path, options: &OpenOptions, flags: libc::c_int) -
           path.display()
         ),
       )
+    } else if e.raw_os_error() == Some(libc::EISDIR) {
+      not_a_plain_file(path)
     } else {
       LockError::io(&e, "Cannot open the lock file", path)
     }
@@ -336,15 +366,20 @@ pub(crate) fn check_plain_file(file: &File, path: &Path) -> Result<fs::Metadata>
     .metadata()
     .map_err(|e| LockError::io(&e, "Cannot stat", path))?;
   if !meta.file_type().is_file() || meta.nlink() > 1 {
-    return Err(LockError::new(
-      "ELOCKFILEUNSAFE",
-      format!(
-        "Refusing the lock file {}: it is not a plain file with a single name. Remove it and retry.",
-        path.display()
-      ),
-    ));
+    return Err(not_a_plain_file(path));
   }
   Ok(meta)
+}
+
+/// A lock path that is a directory, a FIFO, a device or a hard link to some other file.
+fn not_a_plain_file(path: &Path) -> LockError {
+  LockError::new(
+    "ELOCKFILEUNSAFE",
+    format!(
+      "Refusing the lock file {}: it is not a plain file with a single name. Remove it and retry.",
+      path.display()
+    ),
+  )
 }
 
 /// Reads the record until two reads agree, so a reader racing a heartbeat never acts on a
@@ -467,7 +502,7 @@ mod tests {
       }
     });
     crate::test_support::wait_for_blocked_flock(&path);
-    holder.remove();
+    holder.remove().unwrap();
     let lock = waiter.join().unwrap();
     assert!(lock.still_at_path());
     assert!(path.exists());
@@ -479,7 +514,7 @@ mod tests {
     let cached = locked(&path);
     cached.unlock();
     let remover = locked(&path);
-    remover.remove();
+    remover.remove().unwrap();
     match LockFile::try_acquire(&path, Some(cached)).unwrap() {
       TryLock::Locked(lock) => assert!(lock.still_at_path()),
       TryLock::Busy(_) => panic!("nobody holds it"),

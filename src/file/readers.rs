@@ -330,9 +330,18 @@ pub fn cleanup(lock_dir: &Path, stale_after: Duration, dry_run: bool) -> (Vec<Va
       continue;
     }
     entry["reason"] = entry["staleReason"].clone();
-    removed.push(entry);
-    if !dry_run && lock.is_some_and(|ours| names(&path, &ours)) {
-      let _ = fs::remove_file(&path);
+    let removal = match lock {
+      _ if dry_run => Ok(()),
+      Some(ours) if names(&path, &ours) => os_lock::remove_file(&path),
+      // Replaced since we looked at it: somebody else's now.
+      _ => continue,
+    };
+    match removal {
+      Ok(()) => removed.push(entry),
+      Err(e) => {
+        entry["reason"] = json!(super::inspect::not_removed(&entry["reason"], &e));
+        kept.push(entry);
+      }
     }
   }
   (removed, kept)

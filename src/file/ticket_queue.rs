@@ -28,7 +28,8 @@
 //!   with its mode (a holder in the way, a ticket, a waiter passing its turn) and, if so, queues
 //!   behind them instead of barging in.
 //! - **Stopped waiters** (SIGSTOP) keep their tickets; a waiter behind one passes it once it has
-//!   seen the lock free with the same ticket ahead for a while (`stalled_ahead`, file/mod.rs).
+//!   seen the same lock in its way for a while with the kernel lock free (`stalled_ahead`,
+//!   file/mod.rs): a ticket, or the holder's byte of a waiter stopped the instant it was granted it.
 //!
 //! Why a holder's byte rather than the head of the queue blocking on the kernel lock: the head
 //! would be decided when it started blocking, and a better-ranked waiter arriving during the
@@ -250,7 +251,11 @@ impl QueueFile {
         .nearest_ahead(ticket, mode)?
         .unwrap_or((HOLDER_BYTE, 1));
       match self.set(kind(mode), start, len, true) {
-        Ok(()) => waited = Some((start, len)),
+        Ok(()) => {
+          waited = Some((start, len));
+          // Granted the lock in our way (the holder's byte, or a ticket ahead), not yet looked again.
+          crate::failpoint!("queue::way_granted");
+        }
         Err(e) if e.raw_os_error() == Some(libc::EINTR) => return Ok(false),
         Err(e) => return Err(e),
       }
@@ -298,15 +303,20 @@ impl QueueFile {
     Ok(nearest)
   }
 
-  /// A ticket ranked ahead of `ticket` while nobody holds the lock: `Some(its key)`. Seen twice
-  /// over a while with the same key, that waiter is not moving (a stopped process: a dead one
-  /// would have left at once), and the waiter behind it stops waiting for it.
-  pub fn stalled_ahead(&self, ticket: i64) -> Option<i64> {
-    if !matches!(self.conflict(libc::F_WRLCK, HOLDER_BYTE, 1), Ok(None)) {
-      return None;
+  /// The first lock in the way of `ticket`: the holder's byte, else a ticket ranked ahead (by its
+  /// key). Seen twice over a while, the same one is not moving: a stopped process (a dead one
+  /// would have left at once), which the waiter behind stops waiting for. The holder's byte is
+  /// also held, for an instant, by the waiter whose turn is coming (it is granted the byte as the
+  /// holder gives it up, and looks again before taking the kernel lock): the caller tells such a
+  /// waiter, stopped there, from a holder by the kernel lock, which only a holder has.
+  pub fn stalled_ahead(&self, ticket: i64) -> Option<Ahead> {
+    match self.conflict(libc::F_WRLCK, HOLDER_BYTE, 1) {
+      Ok(None) => {}
+      Ok(Some(_)) => return Some(Ahead::Holder),
+      Err(_) => return None,
     }
     let ahead = self.conflict(libc::F_WRLCK, HOLDER_BYTE + 1, ticket - HOLDER_BYTE - 1);
-    ahead.ok().flatten().map(|lock| lock.l_start)
+    ahead.ok().flatten().map(|lock| Ahead::Ticket(lock.l_start))
   }
 
   /// Removes the queue file if nobody holds a lock on it (process exit, cleanup): under an
@@ -337,6 +347,15 @@ impl QueueFile {
     ofd::get(&self.file, &mut probe)?;
     Ok((probe.l_type != libc::F_UNLCK as libc::c_short).then_some(probe))
   }
+}
+
+/// What [`QueueFile::stalled_ahead`] found first in a waiter's way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ahead {
+  /// The holder's byte.
+  Holder,
+  /// A ticket ahead, by its key.
+  Ticket(i64),
 }
 
 /// The byte-range lock type of `mode`.
