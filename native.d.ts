@@ -81,8 +81,8 @@ export declare function listLocks(root?: string | undefined | null, staleMs?: nu
 export declare function lockKey(file: string): string
 
 /**
- * Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
- * not keep the event loop alive.
+ * Registers this JS environment's listener for the locks it took that are lost while held:
+ * `(lockId, file, reason)`. It does not keep the event loop alive.
  */
 export declare function onLockLost(callback: (lockId: string, file: string, reason: string) => void): void
 

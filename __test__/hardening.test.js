@@ -172,6 +172,23 @@ describe('exit cleanup (hole 5)', () => {
     }
   })
 
+  // docs/api.md (FileLockManager): withLock's signal aborts if the lock is lost while fn runs,
+  // whichever thread runs it; a worker's loss must not be told to the main thread's JS, nor the
+  // main thread's be lost to a listener a worker registered later.
+  test("a lock lost in a worker thread aborts the worker's withLock signal, and the main thread's still aborts", async () => {
+    const root = makeProject()
+    const main = path.join(root, '.flowforge', 'tasks.json')
+    const worker = path.join(root, '.flowforge', 'active-sessions.json')
+    const lines = []
+    await runFixture('lost-in-worker', [main, worker], {
+      onLine: (line, child) => {
+        lines.push(line)
+        if (lines.length === 2) child.kill('SIGKILL')
+      },
+    })
+    expect(lines.sort()).toEqual(['main ELOCKLOST', 'worker ELOCKLOST'])
+  }, 30000)
+
   test('a queued acquire settles with ELOCKCANCELLED when its queue is drained, instead of hanging', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')

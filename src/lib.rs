@@ -345,16 +345,20 @@ pub fn set_heartbeat_interval(ms: f64) {
   heartbeat::set_interval(Duration::from_millis(ms as u64));
 }
 
-/// Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
-/// not keep the event loop alive.
+/// Registers this JS environment's listener for the locks it took that are lost while held:
+/// `(lockId, file, reason)`. It does not keep the event loop alive.
 #[napi(ts_args_type = "callback: (lockId: string, file: string, reason: string) => void")]
-pub fn on_lock_lost(callback: Function<FnArgs<(String, String, String)>, ()>) -> Result<()> {
+pub fn on_lock_lost(
+  env: Env,
+  callback: Function<FnArgs<(String, String, String)>, ()>,
+) -> Result<()> {
+  let owner = env_owner(&env)?;
   let listener = callback
     .build_threadsafe_function::<FnArgs<(String, String, String)>>()
     .weak::<true>()
     .callee_handled::<false>()
     .build()?;
-  lock_table::on_lost(move |lock_id, file, why| {
+  lock_table::on_lost(owner, move |lock_id, file, why| {
     let args = (
       lock_id.to_string(),
       file.to_string_lossy().into_owned(),

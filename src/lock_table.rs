@@ -289,13 +289,21 @@ fn table() -> MutexGuard<'static, Table> {
 
 /// Called with (lockId, file, reason) when a held lock is found lost (see [`on_lost`]).
 type LostListener = Arc<dyn Fn(&str, &Path, &str) + Send + Sync>;
-static LOST_LISTENER: RwLock<Option<LostListener>> = RwLock::new(None);
+/// Who hears of the losses of the holds each environment took: a hold's JS (and the
+/// `AbortSignal` it watches) lives in the environment that took it, a worker's or the main
+/// thread's, and only that environment's listener can reach it.
+static LOST_LISTENERS: LazyLock<RwLock<HashMap<Owner, LostListener, FxBuildHasher>>> =
+  LazyLock::new(Default::default);
 
-/// Registers who hears about locks lost while held (the JS layer aborts their `AbortSignal`).
-/// The last registration wins: a JS realm loaded later in the same process (a test runner's
-/// fresh module registry) registers its own listener, and must hear the losses from then on.
-pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
-  *LOST_LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(listener));
+/// Registers who hears about the locks `owner`'s environment took that are lost while held (the
+/// JS layer aborts their `AbortSignal`). The last registration of an environment wins: a JS realm
+/// loaded later in it (a test runner's fresh module registry) registers its own listener, and
+/// must hear the losses from then on.
+pub fn on_lost(owner: Owner, listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
+  LOST_LISTENERS
+    .write()
+    .unwrap_or_else(|e| e.into_inner())
+    .insert(owner, Arc::new(listener));
 }
 
 /// Resolves the caller's path and makes sure its lock directory is usable ([`paths::prepare`]),
@@ -996,6 +1004,10 @@ pub fn end_owner(owner: Owner) -> usize {
     .lock()
     .unwrap_or_else(|e| e.into_inner())
     .insert(owner);
+  LOST_LISTENERS
+    .write()
+    .unwrap_or_else(|e| e.into_inner())
+    .remove(&owner);
   let (holds, waiters) = {
     let mut table = table();
     let Table { locks, lock_of } = &mut *table;
@@ -1127,7 +1139,7 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<CommitPass> {
 /// when it wants to run next.
 fn refresh_due() -> Option<Instant> {
   let now = Instant::now();
-  let due: Vec<(String, PathBuf, HoldCell)> = {
+  let due: Vec<(String, PathBuf, Owner, HoldCell)> = {
     let mut table = table();
     let mut due = Vec::new();
     for entry in table.locks.values_mut() {
@@ -1135,13 +1147,18 @@ fn refresh_due() -> Option<Instant> {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
         if held.next_refresh <= now {
-          due.push((held.lock_id.clone(), held.file.clone(), held.cell.clone()));
+          due.push((
+            held.lock_id.clone(),
+            held.file.clone(),
+            held.owner,
+            held.cell.clone(),
+          ));
         }
       }
     }
     due
   };
-  for (lock_id, file, cell) in due {
+  for (lock_id, file, owner, cell) in due {
     let mut hold = guard(&cell);
     if hold.lost.is_some() {
       continue;
@@ -1160,10 +1177,11 @@ fn refresh_due() -> Option<Instant> {
     if let Some(why) = lost {
       hold.lost = Some(why.clone());
       drop(hold);
-      let listener = LOST_LISTENER
+      let listener = LOST_LISTENERS
         .read()
         .unwrap_or_else(|e| e.into_inner())
-        .clone();
+        .get(&owner)
+        .cloned();
       if let Some(listener) = listener {
         listener(&lock_id, &file, &why);
       }
