@@ -6,7 +6,7 @@
 const native = require('./native.js')
 const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
 const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
-const { heldInContext, runHolding, noteShared, forgetShared, writing, writesSettled } = require('./lib/context.js')
+const { heldInContext, runHolding, callUnderHold, noteShared, forgetShared, writing, writesSettled } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
@@ -104,7 +104,7 @@ function withLockSync(filePath, fn, timeout = DEFAULT_TIMEOUT) {
   const lockId = acquireLockSync(filePath, timeout)
   let result
   try {
-    result = runHolding(filePath, lockId, fn)
+    result = callUnderHold(filePath, lockId, () => runHolding(filePath, lockId, fn))
   } finally {
     releaseLockSync(filePath, lockId)
   }

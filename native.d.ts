@@ -33,6 +33,15 @@ export declare function adaptiveTimeout(file: string, priority?: number | undefi
  */
 export declare function backendHealth(root?: string | undefined | null): any
 
+/**
+ * Calls `callback()`, the work done under the hold `lockId` (withLockSync's and
+ * updateWithLockSync's; it catches what the work throws), and returns its result. If JS stops
+ * while it runs (a `vm` timeout's watchdog), no `finally` of the caller runs and nobody will
+ * ever release the hold, which the heartbeat would keep alive for the rest of the process's
+ * life: it is released here.
+ */
+export declare function callUnderHold(file: string, lockId: string, callback: () => unknown): unknown
+
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
 /**

@@ -839,6 +839,7 @@ module.exports.acquire = nativeBinding.acquire
 module.exports.acquireSync = nativeBinding.acquireSync
 module.exports.adaptiveTimeout = nativeBinding.adaptiveTimeout
 module.exports.backendHealth = nativeBinding.backendHealth
+module.exports.callUnderHold = nativeBinding.callUnderHold
 module.exports.cleanupStaleLocks = nativeBinding.cleanupStaleLocks
 module.exports.configureBackend = nativeBinding.configureBackend
 module.exports.currentVersion = nativeBinding.currentVersion

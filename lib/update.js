@@ -9,7 +9,7 @@ const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
 const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
-const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite } = require('./context.js')
+const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite, callUnderHold } = require('./context.js')
 const { projectFile } = require('./project.js')
 
 function parseJson(filePath, text) {
@@ -200,7 +200,7 @@ function updateWithLockSync(filePath, updater, options) {
   if (outer !== undefined) return updateUnderSync(filePath, outer, updater, ifVersion)
   const lockId = acquireLockSync(filePath, lockOpts)
   try {
-    return updateUnderSync(filePath, lockId, updater, ifVersion)
+    return callUnderHold(filePath, lockId, () => updateUnderSync(filePath, lockId, updater, ifVersion))
   } finally {
     releaseLockSync(filePath, lockId)
   }

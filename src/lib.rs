@@ -459,6 +459,26 @@ pub fn acquire_sync(
     .map_err(|e| js_error(&env, e))
 }
 
+/// Calls `callback()`, the work done under the hold `lockId` (withLockSync's and
+/// updateWithLockSync's; it catches what the work throws), and returns its result. If JS stops
+/// while it runs (a `vm` timeout's watchdog), no `finally` of the caller runs and nobody will
+/// ever release the hold, which the heartbeat would keep alive for the rest of the process's
+/// life: it is released here.
+#[napi]
+pub fn call_under_hold<'env>(
+  env: &'env Env,
+  file: String,
+  lock_id: String,
+  callback: Function<'env, (), Unknown<'env>>,
+) -> Result<Unknown<'env>> {
+  let outcome = callback.call(());
+  if outcome.is_err() && !js_still_runs(env) {
+    // Nobody is left to hear about a failure.
+    let _ = lock_table::release(&file, &lock_id);
+  }
+  outcome
+}
+
 /// Whether JS still runs in this environment, asked after a blocking wait: the JS that called
 /// may have been stopped meanwhile (a `vm` timeout's watchdog terminates execution; a worker is
 /// being terminated), and would never see the lockId. Node-API has no question for that, but
