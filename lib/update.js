@@ -215,14 +215,7 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
   if (outer !== undefined) return updateUnder(filePath, outer, updater, ifVersion)
   const key = path.resolve(filePath)
   return new Promise((resolve, reject) => {
-    let batch = pending.get(key)
-    if (!batch) {
-      batch = { jobs: [] }
-      pending.set(key, batch)
-      // Start on the next microtask, so calls made in the same tick share the first hold.
-      queueMicrotask(() => runBatches(key, filePath, batch))
-    }
-    batch.jobs.push({
+    const job = {
       updater,
       inPlace,
       ifVersion,
@@ -234,13 +227,31 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
       priority: lockOpts.priority,
       // Each updater sees the locks its caller holds, not those of whoever started the batch.
       callerHeld: heldNow(),
-    })
+    }
+    let batch = pending.get(key)
+    if (batch !== undefined && batch.waiting !== undefined && !(job.deadline >= batch.waiting.deadline && job.priority <= batch.waiting.priority)) {
+      // The batch's wait under way ends later than this caller's timeout, or waits with a lower
+      // priority: this caller waits on its own terms, and later callers still join the batch.
+      runBatches(undefined, filePath, { jobs: [job] })
+      return
+    }
+    if (batch === undefined) {
+      batch = { jobs: [] }
+      pending.set(key, batch)
+      // Start on the next microtask, so calls made in the same tick share the first hold.
+      queueMicrotask(() => runBatches(key, filePath, batch))
+    }
+    batch.jobs.push(job)
   })
 }
 
-/** Per resolved file path: the updates waiting for the next hold. */
+/**
+ * Per resolved file path: the updates waiting for the next hold. While the batch waits for the
+ * lock, `waiting` holds the deadline and priority of that wait.
+ */
 const pending = new Map()
 
+/** Serves `batch`'s jobs, hold after hold; `key`: its entry in `pending`, if it has one. */
 async function runBatches(key, filePath, batch) {
   while (batch.jobs.length > 0) {
     // Higher priorities first within the hold too (a stable sort keeps arrival order among equals);
@@ -250,6 +261,7 @@ async function runBatches(key, filePath, batch) {
     let soonest = Infinity
     for (const job of jobs) if (job.deadline < soonest) soonest = job.deadline
     let lockId
+    batch.waiting = { deadline: soonest, priority: jobs[0].priority }
     try {
       lockId = await acquireLock(filePath, {
         timeout: Math.max(0, soonest - performance.now()),
@@ -263,6 +275,8 @@ async function runBatches(key, filePath, batch) {
       for (const job of jobs) if (!again.includes(job)) job.reject(err)
       batch.jobs.unshift(...again)
       continue
+    } finally {
+      batch.waiting = undefined
     }
     try {
       await applyBatch(filePath, lockId, jobs)
@@ -270,7 +284,7 @@ async function runBatches(key, filePath, batch) {
       await releaseLock(filePath, lockId).catch(() => {})
     }
   }
-  pending.delete(key)
+  if (key !== undefined) pending.delete(key)
 }
 
 async function applyBatch(filePath, lockId, jobs) {
