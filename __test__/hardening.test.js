@@ -161,7 +161,8 @@ describe('exit cleanup (hole 5)', () => {
       expect(await nextLine()).toBe('WAITING')
       child.stdin.write('terminate\n')
       expect(await nextLine()).toBe('TERMINATING')
-      // A sync wait ends (and the worker with it) only once the lock comes: let it come.
+      // A sync wait ends (and the worker with it) at its next look at its JS (within 0.5 s), or
+      // when the lock comes: either way no lock may stay held.
       await releaseLock(file, lockId)
       expect(await nextLine()).toBe('TERMINATED')
       // The fixture lives on; the lock must be free all the same (bounded: a leak times out).
@@ -171,6 +172,28 @@ describe('exit cleanup (hole 5)', () => {
       child.kill('SIGKILL')
     }
   })
+
+  // Node's process.exit() joins every worker thread: one blocked in acquireLockSync must give up
+  // its wait (the exit cleanup has released this process's locks), not hold the exit up until it
+  // gets the lock or its timeout passes.
+  test('process.exit() while a worker thread waits in acquireLockSync ends the process at once', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const lockId = await acquireLock(file)
+    const child = spawn(process.execPath, [path.join(FIXTURES, 'worker-terminated-waiting.js'), file, 'acquireLockSync'], { stdio: ['pipe', 'pipe', 'inherit'] })
+    const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
+    try {
+      const nextLine = lineReader(child.stdout)
+      expect(await nextLine()).toBe('WAITING')
+      child.stdin.write('exit\n')
+      expect(await nextLine()).toBe('EXITING')
+      // Before, the exit waited for the worker's 60 s timeout (this test timed out first).
+      expect(await exited).toEqual({ code: 0, signal: null })
+    } finally {
+      child.kill('SIGKILL')
+      await releaseLock(file, lockId)
+    }
+  }, 30000)
 
   // docs/api.md (FileLockManager): withLock's signal aborts if the lock is lost while fn runs,
   // whichever thread runs it; a worker's loss must not be told to the main thread's JS, nor the

@@ -20,6 +20,7 @@
 //! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
 //! has ended, nothing of ours can write to that lock again.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -547,7 +548,8 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
 ///
 /// After a wait, `caller_still_there` says whether the caller can still take the lockId (its JS
 /// may have been stopped meanwhile): if not, the lock goes back at once, since nobody would
-/// ever release it. An uncontended acquire does not ask (it takes microseconds).
+/// ever release it. An uncontended acquire does not ask (it takes microseconds). A wait in the
+/// kernel also asks every [`CALLER_LOOK`], and gives up once the caller has gone.
 pub fn acquire_on_this_thread(
   target: &Target,
   options: AcquireOptions,
@@ -571,15 +573,17 @@ pub fn acquire_on_this_thread(
     return Err(timeout_error(target, Duration::ZERO));
   }
   let deadline = timeout.map(|t| started + t);
-  let alarm = match deadline.map(thread_alarm::arm) {
-    Some(None) => {
-      return hand_over(
-        target,
-        acquire_and_block(target, options),
-        caller_still_there,
-      )
-    }
-    armed => armed.flatten(),
+  // The first look at the caller (below) wakes the wait through an alarm too.
+  let first_look = started + CALLER_LOOK;
+  let (Some(look), Some(alarm)) = (
+    thread_alarm::arm(first_look),
+    deadline.map_or(Some(None), |d| thread_alarm::arm(d).map(Some)),
+  ) else {
+    return hand_over(
+      target,
+      acquire_and_block(target, options),
+      caller_still_there,
+    );
   };
   {
     let mut table = table();
@@ -588,6 +592,7 @@ pub fn acquire_on_this_thread(
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
       drop(alarm);
+      drop(look);
       return hand_over(
         target,
         acquire_and_block(target, options),
@@ -607,13 +612,37 @@ pub fn acquire_on_this_thread(
   // Only now, when the call is about to block: it costs a few system calls.
   let ending = thread_alarm::interruptible_by_ending_signals();
   let signal_arrived = || ending.as_ref().is_some_and(|e| e.arrived());
-  let head =
-    || (deadline.is_none_or(|d| Instant::now() < d) && !signal_arrived()).then(|| request.clone());
+  // The caller's JS may be stopped while it waits here: a worker terminated (also by
+  // `process.exit()`, which then joins the worker's thread), or a `vm` watchdog. Nothing
+  // interrupts a wait for that, so the wait looks now and then.
+  let look = RefCell::new(Some(look));
+  let next_look = Cell::new(first_look);
+  let caller_gone = Cell::new(false);
+  let caller_left = || {
+    if caller_gone.get() || Instant::now() < next_look.get() {
+      return caller_gone.get();
+    }
+    if !caller_still_there() {
+      caller_gone.set(true);
+      return true;
+    }
+    // The expired alarm first: the new one aims the timer at the next look.
+    look.replace(None);
+    let now = Instant::now();
+    next_look.set(now + CALLER_LOOK);
+    look.replace(thread_alarm::arm(now + CALLER_LOOK));
+    false
+  };
+  let head = || {
+    (deadline.is_none_or(|d| Instant::now() < d) && !signal_arrived() && !caller_left())
+      .then(|| request.clone())
+  };
   let outcome = backend.wait_acquire(target, &head);
   let cancelled_by = signal_arrived()
     .then(|| ending.as_ref().map(|e| e.last_name()))
     .flatten();
   drop(ending);
+  drop(look);
   drop(alarm);
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
@@ -643,6 +672,9 @@ pub fn acquire_on_this_thread(
           ),
         ));
       }
+      if caller_gone.get() {
+        return Err(cancelled_error(&target.file, CALLER_STOPPED));
+      }
       metrics::timed_out(&file);
       Err(timeout_error(target, timeout.unwrap_or_default()))
     }
@@ -662,11 +694,13 @@ fn hand_over(
     return Ok(lock_id);
   }
   release_hold(&lock_id);
-  Err(cancelled_error(
-    &target.file,
-    "the JS that called acquireLockSync was stopped while it waited (a vm timeout, a worker terminated), so the lock it got was released at once",
-  ))
+  Err(cancelled_error(&target.file, CALLER_STOPPED))
 }
+
+const CALLER_STOPPED: &str = "the JS that called acquireLockSync was stopped while it waited (a vm timeout, a worker terminated), so its wait was given up and any lock it got was released at once";
+
+/// How often a synchronous wait in the kernel looks whether its caller's JS still runs.
+const CALLER_LOOK: Duration = Duration::from_millis(500);
 
 /// Queues like [`acquire`] and blocks this thread until the answer.
 fn acquire_and_block(target: &Target, options: AcquireOptions) -> Result<String> {
