@@ -90,6 +90,12 @@ export declare function listLocks(root?: string | undefined | null, staleMs?: nu
 export declare function lockKey(file: string): string
 
 /**
+ * Why this process's hold `lockId` was found lost while held (as told to `onLockLost`), or
+ * `null`: a watch begun after the loss was told.
+ */
+export declare function lostReason(lockId: string): string | null
+
+/**
  * Registers this JS environment's listener for the locks it took that are lost while held:
  * `(lockId, file, reason)`. It does not keep the event loop alive.
  */

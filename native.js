@@ -852,6 +852,7 @@ module.exports.inheritableFd = nativeBinding.inheritableFd
 module.exports.isLocked = nativeBinding.isLocked
 module.exports.listLocks = nativeBinding.listLocks
 module.exports.lockKey = nativeBinding.lockKey
+module.exports.lostReason = nativeBinding.lostReason
 module.exports.onLockLost = nativeBinding.onLockLost
 module.exports.projectRoot = nativeBinding.projectRoot
 module.exports.readText = nativeBinding.readText

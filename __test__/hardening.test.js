@@ -8,7 +8,9 @@ const os = require('node:os')
 const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
-const { acquireLock, releaseLock, isLocked, getLockInfo } = require('../file-lock')
+const { acquireLock, releaseLock, isLocked, getLockInfo, HEARTBEAT_INTERVAL } = require('../file-lock')
+const FileLockManager = require('../FileLockManager')
+const native = require('../native')
 const { updateWithLock } = require('../file-lock-integration')
 const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
 const { untilKernelWaiter } = require('./fixtures/wait-for')
@@ -211,6 +213,25 @@ describe('exit cleanup (hole 5)', () => {
     })
     expect(lines.sort()).toEqual(['main ELOCKLOST', 'worker ELOCKLOST'])
   }, 30000)
+
+  // The loss is told once, to the watches of that moment: a withLock that re-enters the hold
+  // afterwards must still see it, not a signal that never aborts.
+  test("a withLock that re-enters a hold already lost gets a signal aborted from the start", async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const manager = new FileLockManager()
+    native.setHeartbeatInterval(20)
+    try {
+      const inner = await manager.withLock(file, async (signal) => {
+        fs.rmSync(native.lockKey(file))
+        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))
+        return manager.withLock(file, async (nested) => nested.reason)
+      })
+      expect(inner).toMatchObject({ code: 'ELOCKLOST', message: expect.stringContaining('removed or replaced') })
+    } finally {
+      native.setHeartbeatInterval(HEARTBEAT_INTERVAL)
+    }
+  })
 
   test('a queued acquire settles with ELOCKCANCELLED when its queue is drained, instead of hanging', async () => {
     const root = makeProject()

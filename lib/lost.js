@@ -30,15 +30,18 @@ function onLost(lockId, file, reason) {
 }
 
 /**
- * An AbortSignal that aborts (with an ELOCKLOST error as its reason) if the hold `lockId`, taken
- * on this thread, is lost; `stop()` ends the watch when the hold ends.
+ * An AbortSignal that aborts (with an ELOCKLOST error as its reason) if the hold `lockId` of
+ * `filePath`, taken on this thread, is lost; already aborted if it was lost before (the core
+ * tells a loss once, to the watches of that moment). `stop()` ends the watch when the hold ends.
  */
-function watchHold(lockId) {
+function watchHold(lockId, filePath) {
   if (!state.listening) {
     native.onLockLost(onLost)
     state.listening = true
   }
   const controller = new AbortController()
+  const lostBefore = native.lostReason(lockId)
+  if (lostBefore !== null) controller.abort(lostError(filePath, lostBefore))
   if (!watchers.has(lockId)) watchers.set(lockId, new Set())
   watchers.get(lockId).add(controller)
   const stop = () => {

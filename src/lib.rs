@@ -369,6 +369,13 @@ pub fn on_lock_lost(
   Ok(())
 }
 
+/// Why this process's hold `lockId` was found lost while held (as told to `onLockLost`), or
+/// `null`: a watch begun after the loss was told.
+#[napi]
+pub fn lost_reason(lock_id: String) -> Option<String> {
+  lock_table::lost_reason(&lock_id)
+}
+
 /// Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the
 /// backend, as before a commit).
 #[napi]

@@ -1168,6 +1168,13 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<CommitPass> {
   Ok(CommitPass { cell: Some(cell) })
 }
 
+/// Why this process's hold `lock_id` was found lost while held, if it was (and is still held).
+pub fn lost_reason(lock_id: &str) -> Option<String> {
+  let cell = table().find(lock_id).map(|(_, h)| h.cell.clone())?;
+  let reason = guard(&cell).lost.clone();
+  reason
+}
+
 /// The heartbeat's work: refreshes every hold that is due, each under its own guard, and marks
 /// lost those the backend says are no longer ours or whose own deadline has passed. Returns
 /// when it wants to run next.
