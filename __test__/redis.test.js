@@ -475,6 +475,41 @@ describe('Redis backend', () => {
       await own.stop()
     }
   }, 60000)
+
+  // A waiter's timeout names the holder, which for a lock server is a question to the server.
+  // Asked on the one thread that expires every waiter of the process, a server that does not
+  // answer held up every other timeout of the process, of any backend, for as long.
+  test("a timeout on a server that stops answering does not hold up this process's other timeouts", async () => {
+    const { acquireLock } = require('../file-lock')
+    const own = await startRedis()
+    const url = `${own.url}?commandTimeout=600000`
+    const served = makeProject()
+    fs.writeFileSync(path.join(served, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
+    const onServer = counterFile(served)
+    const onFile = path.join(makeProject(), '.flowforge', 'tasks.json')
+    const serverHolder = start('etcd-worker', [onServer], backend(url))
+    const fileHolder = start('hold-lock', [onFile])
+    let onServerWait
+    try {
+      await serverHolder.until(/^READY$/)
+      serverHolder.send('acquire 10000')
+      await serverHolder.until(/^ACQUIRED /)
+      await fileHolder.until(/^LOCKED /)
+      // Queued behind the server's holder (the try before it was answered: taken), then the
+      // server stops answering; this wait's deadline comes first.
+      onServerWait = acquireLock(onServer, 1000).catch((e) => e)
+      process.kill(own.pid, 'SIGSTOP')
+      const onFileWait = await acquireLock(onFile, 2000).catch((e) => e)
+      // Before, this wait was answered only once the server answered again (never, here).
+      expect(onFileWait.code).toBe('ELOCKTIMEOUT')
+    } finally {
+      process.kill(own.pid, 'SIGCONT')
+      serverHolder.child.kill('SIGKILL')
+      fileHolder.child.kill('SIGKILL')
+    }
+    expect((await onServerWait).code).toBe('ELOCKTIMEOUT')
+    await own.stop()
+  }, 60000)
 })
 
 describe('Redis backend behind a proxy that delays and drops', () => {

@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
+use std::sync::{mpsc, Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxBuildHasher;
@@ -760,9 +760,44 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
     };
     entry.queue.remove(index)
   };
-  if let Some(waiter) = waiter {
-    metrics::timed_out(&target.file.to_string_lossy());
-    waiter.answer(Err(timeout_error(target, timeout)));
+  let Some(waiter) = waiter else {
+    return;
+  };
+  metrics::timed_out(&target.file.to_string_lossy());
+  // The error names the holder: a lock server is asked who, and may not answer before its
+  // command timeout, while this thread expires every waiter of the process. A backend whose
+  // questions are local system calls (the file backend) is asked right here.
+  let asks_a_server = config::backend_for(target).is_ok_and(|b| !b.tries_locally());
+  let target = target.clone();
+  let answer = move || waiter.answer(Err(timeout_error(&target, timeout)));
+  if asks_a_server {
+    answer_off_the_deadline_thread(Box::new(answer));
+  } else {
+    answer();
+  }
+}
+
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// Runs `answer` on the thread that answers lock servers' timeouts (one, started on first use),
+/// or here if it cannot be started.
+fn answer_off_the_deadline_thread(answer: Answer) {
+  static ANSWERS: OnceLock<Option<mpsc::Sender<Answer>>> = OnceLock::new();
+  let answers = ANSWERS.get_or_init(|| {
+    let (send, receive) = mpsc::channel::<Answer>();
+    std::thread::Builder::new()
+      .name("flowforge-lock-timeouts".into())
+      .spawn(move || receive.into_iter().for_each(|answer| answer()))
+      .ok()
+      .map(|_| send)
+  });
+  match answers {
+    Some(answers) => {
+      if let Err(mpsc::SendError(answer)) = answers.send(answer) {
+        answer();
+      }
+    }
+    None => answer(),
   }
 }
 
