@@ -4,7 +4,7 @@
 // core (native.js); this module checks arguments and shapes the promises.
 
 const native = require('./native.js')
-const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
+const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError, WAITED_SINCE } = require('./lib/args.js')
 const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
 const { heldInContext, runHolding, callUnderHold, noteShared, forgetShared, writing, writesSettled } = require('./lib/context.js')
 
@@ -37,7 +37,9 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, nativeMode(options.mode), bound)
   if (lockId === null) {
     const wait = adaptiveOr(filePath, options)
-    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, nativeMode(options.mode))
+    const since = typeof timeout === 'object' && timeout !== null ? timeout[WAITED_SINCE] : undefined
+    const waited = since === undefined ? undefined : performance.now() - since
+    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, nativeMode(options.mode), waited)
   }
   noteAcquired(filePath, lockId)
   if (options.mode === 'shared') noteShared(lockId)

@@ -11,9 +11,11 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /**
  * Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
- * settled straight from the thread that decided it (no async runtime in between).
+ * settled straight from the thread that decided it (no async runtime in between). `waitedMs`:
+ * how long the caller has waited already, in an earlier wait it asks again after (it keeps its
+ * rank among the waiters: see `lock_table::acquire_since`).
  */
-export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): Promise<string>
+export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null, waitedMs?: number | undefined | null): Promise<string>
 
 /**
  * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes

@@ -343,6 +343,28 @@ describe('coalescing', () => {
     await holder.exited
   })
 
+  test("a batch's wait ended by one caller's timeout keeps the others' place in the queue", async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const order = []
+    const short = updateWithLock(file, (doc) => doc, { timeout: 200 }).catch((e) => order.push(`short ${e.code}`))
+    const patient = updateWithLock(file, (doc) => (order.push('patient'), doc), { timeout: Infinity })
+    // Queued after the batch (whose wait is under way once its microtask has run).
+    await new Promise((resolve) => setImmediate(resolve))
+    const later = acquireLock(file, Infinity).then(async (lockId) => {
+      order.push('later')
+      await releaseLock(file, lockId)
+    })
+    await short
+    holder.child.kill('SIGUSR2')
+    await Promise.all([patient, later])
+    // Before, the patient caller asked again after the short one's timeout, behind 'later'.
+    expect(order).toEqual(['short ELOCKTIMEOUT', 'patient', 'later'])
+    await holder.exited
+  })
+
   test('200,000 concurrent updates of one file in one process: every one applied, no crash', () => {
     const root = makeProject()
     const file = tasksPath(root)

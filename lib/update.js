@@ -8,7 +8,7 @@
 const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
-const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
+const { checkString, checkFunction, checkObject, checkLockOptions, codedError, WAITED_SINCE } = require('./args.js')
 const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite, callUnderHold } = require('./context.js')
 const { projectFile } = require('./project.js')
 
@@ -216,6 +216,7 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
   const key = path.resolve(filePath)
   return new Promise((resolve, reject) => {
     const job = {
+      arrived: performance.now(),
       updater,
       inPlace,
       ifVersion,
@@ -259,7 +260,11 @@ async function runBatches(key, filePath, batch) {
     const jobs = batch.jobs.splice(0).sort((a, b) => b.priority - a.priority)
     // A loop, not Math.min(...): a spread of some 125,000 deadlines overflows the stack.
     let soonest = Infinity
-    for (const job of jobs) if (job.deadline < soonest) soonest = job.deadline
+    let earliest = Infinity
+    for (const job of jobs) {
+      if (job.deadline < soonest) soonest = job.deadline
+      if (job.arrived < earliest) earliest = job.arrived
+    }
     let lockId
     batch.waiting = { deadline: soonest, priority: jobs[0].priority }
     try {
@@ -267,6 +272,9 @@ async function runBatches(key, filePath, batch) {
         timeout: Math.max(0, soonest - performance.now()),
         staleThreshold: jobs[0].staleThreshold,
         priority: jobs[0].priority,
+        // Ranked from the first ask of its earliest caller: asking again after another caller's
+        // timeout ended the wait must not send the others behind those who came after them.
+        [WAITED_SINCE]: earliest,
       })
     } catch (err) {
       // Those whose deadline has come fail with the error; the others try again, first.

@@ -141,7 +141,9 @@ pub fn try_acquire(
 type LockIdResolver = Box<dyn FnOnce(Env) -> Result<String> + Send>;
 
 /// Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
-/// settled straight from the thread that decided it (no async runtime in between).
+/// settled straight from the thread that decided it (no async runtime in between). `waitedMs`:
+/// how long the caller has waited already, in an earlier wait it asks again after (it keeps its
+/// rank among the waiters: see `lock_table::acquire_since`).
 #[napi(ts_return_type = "Promise<string>")]
 pub fn acquire<'env>(
   env: &'env Env,
@@ -150,6 +152,7 @@ pub fn acquire<'env>(
   stale_ms: Option<f64>,
   priority: Option<f64>,
   mode: Option<String>,
+  waited_ms: Option<f64>,
 ) -> Result<Object<'env>> {
   let opts = options(env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
@@ -157,7 +160,12 @@ pub fn acquire<'env>(
   let complete: lock_table::Completion = Box::new(move |outcome| {
     deferred.resolve(Box::new(move |env| outcome.map_err(|e| js_error(&env, e))))
   });
-  lock_table::acquire(target, opts, complete);
+  let now = std::time::Instant::now();
+  let waited = waited_ms
+    .filter(|ms| ms.is_finite() && *ms > 0.0)
+    .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0));
+  let arrival = now.checked_sub(waited).unwrap_or(now);
+  lock_table::acquire_since(arrival, target, opts, complete);
   Ok(promise)
 }
 

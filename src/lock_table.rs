@@ -414,6 +414,19 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 /// again at once cannot barge in ahead of a waiter already queued. A single try (timeout 0),
 /// which must leave no place behind, runs on a thread of its own.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
+  acquire_since(Instant::now(), target, options, complete)
+}
+
+/// [`acquire`] for a caller that asked first at `arrival` and asks again: a coalesced update
+/// whose batch's wait ended at another caller's timeout. It joins the queue ranked as if it had
+/// waited since `arrival` (in this process and in the ticket queue), so asking again does not
+/// send it behind those who came after it; its timeout counts from now.
+pub fn acquire_since(
+  arrival: Instant,
+  target: Target,
+  options: AcquireOptions,
+  complete: Completion,
+) {
   let started = Instant::now();
   let backend = match config::backend_for(&target) {
     Ok(backend) => backend,
@@ -425,10 +438,10 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     }
   }
   if backend.tries_locally() {
-    return acquire_from(backend, started, target, options, complete);
+    return acquire_from(backend, started, arrival, target, options, complete);
   }
   if options.timeout != Some(Duration::ZERO) {
-    return enqueue(started, target, options, complete);
+    return enqueue(started, arrival, target, options, complete);
   }
   // Kept outside the thread's closure, so that a thread that cannot start still settles it.
   let slot = Arc::new(Mutex::new(Some(complete)));
@@ -451,7 +464,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
           }
           outcome => complete(outcome),
         });
-        acquire_from(backend, started, target, options, complete);
+        acquire_from(backend, started, arrival, target, options, complete);
       }
     });
   if let Err(e) = spawned {
@@ -469,6 +482,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
 fn acquire_from(
   backend: &dyn Backend,
   started: Instant,
+  arrival: Instant,
   target: Target,
   options: AcquireOptions,
   complete: Completion,
@@ -482,11 +496,18 @@ fn acquire_from(
     metrics::timed_out(&target.file.to_string_lossy());
     return complete(Err(timeout_error(&target, Duration::ZERO)));
   }
-  enqueue(started, target, options, complete);
+  enqueue(started, arrival, target, options, complete);
 }
 
-/// Joins the lock's queue in this process (starting its waiting thread if needed).
-fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
+/// Joins the lock's queue in this process (starting its waiting thread if needed), ranked by
+/// `arrival`; its timeout counts from `started`.
+fn enqueue(
+  started: Instant,
+  arrival: Instant,
+  target: Target,
+  options: AcquireOptions,
+  complete: Completion,
+) {
   if let Err(why) = options
     .timeout
     .map_or(Ok(()), |_| deadlines::ensure_running())
@@ -527,9 +548,9 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
       stale_after: options.stale_after,
       mode: options.mode,
       priority: options.priority,
-      arrival: started,
+      arrival,
     },
-    enqueued: started,
+    enqueued: arrival,
     priority: options.priority,
     owner: options.owner,
     complete,
