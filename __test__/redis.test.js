@@ -510,6 +510,37 @@ describe('Redis backend', () => {
     expect((await onServerWait).code).toBe('ELOCKTIMEOUT')
     await own.stop()
   }, 60000)
+
+  // Each hold's lease is renewed by this process's heartbeat thread: a renewal that waits on a
+  // server that stopped answering must not keep another server's leases from being renewed.
+  test("a server that stops answering does not cost this process its leases on another server", async () => {
+    const { acquireLock, releaseLock, assertHeld } = require('../file-lock')
+    const [frozen, healthy] = await Promise.all([startRedis(), startRedis()])
+    const projectOn = (url) => {
+      const root = makeProject()
+      fs.writeFileSync(path.join(root, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
+      return counterFile(root)
+    }
+    const onFrozen = projectOn(`${frozen.url}?ttl=3000&refresh=500&commandTimeout=600000`)
+    const healthyUrl = `${healthy.url}?ttl=3000&refresh=500`
+    const onHealthy = projectOn(healthyUrl)
+    const other = start('etcd-worker', [onHealthy], backend(healthyUrl))
+    try {
+      await acquireLock(onFrozen)
+      const held = await acquireLock(onHealthy)
+      await other.until(/^READY$/)
+      process.kill(frozen.pid, 'SIGSTOP')
+      // Over two lease times: the lease on the healthy server must still be ours then.
+      other.send('acquire 7000')
+      expect(await other.until(/^(ACQUIRED|ERR) /)).toMatch(/^ERR ELOCKTIMEOUT /)
+      expect(() => assertHeld(onHealthy, held)).not.toThrow()
+      await releaseLock(onHealthy, held)
+    } finally {
+      process.kill(frozen.pid, 'SIGCONT')
+      other.child.kill('SIGKILL')
+      await Promise.all([frozen.stop(), healthy.stop()])
+    }
+  }, 60000)
 })
 
 describe('Redis backend behind a proxy that delays and drops', () => {

@@ -23,7 +23,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,8 @@ struct Hold {
 struct HoldState {
   hold: Mutex<Hold>,
   landed: Condvar,
+  /// A lease's renewal is under way on a thread of its own (see [`refresh_due`]).
+  renewing: AtomicBool,
 }
 
 type HoldCell = Arc<HoldState>;
@@ -240,6 +242,7 @@ impl Table {
           commits: 0,
         }),
         landed: Condvar::new(),
+        renewing: AtomicBool::new(false),
       }),
       refresh_every,
       next_refresh,
@@ -1236,7 +1239,7 @@ pub fn lost_reason(lock_id: &str) -> Option<String> {
 /// when it wants to run next.
 fn refresh_due() -> Option<Instant> {
   let now = Instant::now();
-  let due: Vec<(String, PathBuf, Owner, HoldCell)> = {
+  let due: Vec<(String, PathBuf, Owner, HoldCell, bool)> = {
     let mut table = table();
     let mut due = Vec::new();
     for entry in table.locks.values_mut() {
@@ -1249,39 +1252,39 @@ fn refresh_due() -> Option<Instant> {
             held.file.clone(),
             held.owner,
             held.cell.clone(),
+            // A grant with a refresh period of its own renews a lease on a lock server.
+            held.refresh_every.is_some(),
           ));
         }
       }
     }
     due
   };
-  for (lock_id, file, owner, cell) in due {
-    let mut hold = guard(&cell);
-    if hold.lost.is_some() {
+  for (lock_id, file, owner, cell, leased) in due {
+    if !leased {
+      refresh_hold(&lock_id, &file, owner, &cell);
       continue;
     }
-    let Some(grant) = hold.grant.as_mut() else {
+    // A lease's renewal asks its server, which may not answer before its command timeout: on a
+    // thread of its own, so that it holds up neither the other servers' renewals (their leases
+    // would run out) nor the file backend's heartbeats. One at a time per hold.
+    if cell.renewing.swap(true, Ordering::SeqCst) {
       continue;
-    };
-    let lost = match grant.refresh() {
-      Refreshed::Held => None,
-      Refreshed::Lost(why) => Some(why),
-      Refreshed::Unknown(why) => grant
-        .deadline()
-        .filter(|deadline| *deadline <= Instant::now())
-        .map(|_| format!("its lease could not be renewed in time ({why})")),
-    };
-    if let Some(why) = lost {
-      hold.lost = Some(why.clone());
-      drop(hold);
-      let listener = LOST_LISTENERS
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(&owner)
-        .cloned();
-      if let Some(listener) = listener {
-        listener(&lock_id, &file, &why);
+    }
+    let renew = {
+      let (lock_id, file, cell) = (lock_id.clone(), file.clone(), cell.clone());
+      move || {
+        refresh_hold(&lock_id, &file, owner, &cell);
+        cell.renewing.store(false, Ordering::SeqCst);
       }
+    };
+    let spawned = std::thread::Builder::new()
+      .name("flowforge-lock-renew".into())
+      .spawn(renew);
+    if spawned.is_err() {
+      // No thread to spare: renewed here, as before.
+      refresh_hold(&lock_id, &file, owner, &cell);
+      cell.renewing.store(false, Ordering::SeqCst);
     }
   }
   let mut table = table();
@@ -1295,6 +1298,39 @@ fn refresh_due() -> Option<Instant> {
     }
   }
   next
+}
+
+/// Refreshes one hold under its guard, and marks it lost (telling its environment's listener)
+/// if the backend says it is no longer ours or its own deadline has passed.
+fn refresh_hold(lock_id: &str, file: &Path, owner: Owner, cell: &HoldCell) {
+  let mut hold = guard(cell);
+  if hold.lost.is_some() {
+    return;
+  }
+  let Some(grant) = hold.grant.as_mut() else {
+    return;
+  };
+  let lost = match grant.refresh() {
+    Refreshed::Held => None,
+    Refreshed::Lost(why) => Some(why),
+    Refreshed::Unknown(why) => grant
+      .deadline()
+      .filter(|deadline| *deadline <= Instant::now())
+      .map(|_| format!("its lease could not be renewed in time ({why})")),
+  };
+  let Some(why) = lost else {
+    return;
+  };
+  hold.lost = Some(why.clone());
+  drop(hold);
+  let listener = LOST_LISTENERS
+    .read()
+    .unwrap_or_else(|e| e.into_inner())
+    .get(&owner)
+    .cloned();
+  if let Some(listener) = listener {
+    listener(lock_id, file, &why);
+  }
 }
 
 /// What this process knows of a lock it may hold: adds `heldByThisProcess` (and the exact hold
