@@ -73,18 +73,18 @@ class FileLockManager {
           `withLock(${filePath}) inside withReadLock of the same lock: a read lock cannot become a write lock (it would wait on itself). Take the write lock (withLock) for the whole work instead.`,
         )
       }
-      return this.#underWatch(outer, (signal) => fn(signal))
+      return this.#underWatch(filePath, outer, (signal) => fn(signal))
     }
     const lockId = await this.acquire(filePath, { ...checkLockOptions(options, this.config), mode })
     try {
-      return await this.#underWatch(lockId, (signal) => runHolding(filePath, lockId, () => fn(signal)))
+      return await this.#underWatch(filePath, lockId, (signal) => runHolding(filePath, lockId, () => fn(signal)))
     } finally {
       await this.release(filePath, lockId)
     }
   }
 
-  async #underWatch(lockId, run) {
-    const { signal, stop } = watchHold(lockId)
+  async #underWatch(filePath, lockId, run) {
+    const { signal, stop } = watchHold(lockId, filePath)
     try {
       return await run(signal)
     } finally {

@@ -4,9 +4,9 @@
 // core (native.js); this module checks arguments and shapes the promises.
 
 const native = require('./native.js')
-const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError } = require('./lib/args.js')
+const { checkString, checkFunction, checkMs, checkObject, checkLockOptions, codedError, WAITED_SINCE } = require('./lib/args.js')
 const { installExitCleanup, noteAcquired, noteReleased } = require('./lib/exit-cleanup.js')
-const { heldInContext, runHolding, noteShared, forgetShared, writing, writesSettled } = require('./lib/context.js')
+const { heldInContext, runHolding, callUnderHold, noteShared, forgetShared, writing, writesSettled } = require('./lib/context.js')
 
 const DEFAULT_TIMEOUT = native.DEFAULT_TIMEOUT
 const HEARTBEAT_INTERVAL = native.HEARTBEAT_INTERVAL
@@ -37,7 +37,9 @@ async function acquireLock(filePath, timeout = DEFAULT_TIMEOUT) {
   let lockId = native.tryAcquire(filePath, options.staleThreshold, options.priority, nativeMode(options.mode), bound)
   if (lockId === null) {
     const wait = adaptiveOr(filePath, options)
-    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, nativeMode(options.mode))
+    const since = typeof timeout === 'object' && timeout !== null ? timeout[WAITED_SINCE] : undefined
+    const waited = since === undefined ? undefined : performance.now() - since
+    lockId = await native.acquire(filePath, wait, options.staleThreshold, options.priority, nativeMode(options.mode), waited)
   }
   noteAcquired(filePath, lockId)
   if (options.mode === 'shared') noteShared(lockId)
@@ -104,7 +106,7 @@ function withLockSync(filePath, fn, timeout = DEFAULT_TIMEOUT) {
   const lockId = acquireLockSync(filePath, timeout)
   let result
   try {
-    result = runHolding(filePath, lockId, fn)
+    result = callUnderHold(filePath, lockId, () => runHolding(filePath, lockId, fn))
   } finally {
     releaseLockSync(filePath, lockId)
   }

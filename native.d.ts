@@ -11,9 +11,11 @@ export declare const __napiBindingTarget: 'native' | 'wasm32-wasi' | 'wasm32-was
 
 /**
  * Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
- * settled straight from the thread that decided it (no async runtime in between).
+ * settled straight from the thread that decided it (no async runtime in between). `waitedMs`:
+ * how long the caller has waited already, in an earlier wait it asks again after (it keeps its
+ * rank among the waiters: see `lock_table::acquire_since`).
  */
-export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): Promise<string>
+export declare function acquire(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null, waitedMs?: number | undefined | null): Promise<string>
 
 /**
  * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
@@ -32,6 +34,15 @@ export declare function adaptiveTimeout(file: string, priority?: number | undefi
  * fresh connection; an unreachable server throws `ELOCKBACKEND`.
  */
 export declare function backendHealth(root?: string | undefined | null): any
+
+/**
+ * Calls `callback()`, the work done under the hold `lockId` (withLockSync's and
+ * updateWithLockSync's; it catches what the work throws), and returns its result. If JS stops
+ * while it runs (a `vm` timeout's watchdog), no `finally` of the caller runs and nobody will
+ * ever release the hold, which the heartbeat would keep alive for the rest of the process's
+ * life: it is released here.
+ */
+export declare function callUnderHold(file: string, lockId: string, callback: () => unknown): unknown
 
 export declare function cleanupStaleLocks(root?: string | undefined | null, staleMs?: number | undefined | null, dryRun?: boolean | undefined | null): { root: string, removed: Array<Record<string, unknown>>, kept: Array<Record<string, unknown>> }
 
@@ -81,8 +92,14 @@ export declare function listLocks(root?: string | undefined | null, staleMs?: nu
 export declare function lockKey(file: string): string
 
 /**
- * Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
- * not keep the event loop alive.
+ * Why this process's hold `lockId` was found lost while held (as told to `onLockLost`), or
+ * `null`: a watch begun after the loss was told.
+ */
+export declare function lostReason(lockId: string): string | null
+
+/**
+ * Registers this JS environment's listener for the locks it took that are lost while held:
+ * `(lockId, file, reason)`. It does not keep the event loop alive.
  */
 export declare function onLockLost(callback: (lockId: string, file: string, reason: string) => void): void
 

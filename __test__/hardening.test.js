@@ -8,7 +8,9 @@ const os = require('node:os')
 const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
-const { acquireLock, releaseLock, isLocked, getLockInfo } = require('../file-lock')
+const { acquireLock, releaseLock, isLocked, getLockInfo, HEARTBEAT_INTERVAL } = require('../file-lock')
+const FileLockManager = require('../FileLockManager')
+const native = require('../native')
 const { updateWithLock } = require('../file-lock-integration')
 const { makeProject, runFixture, startFixture, lockDrivers, PACKAGE_ROOT } = require('./helpers')
 const { untilKernelWaiter } = require('./fixtures/wait-for')
@@ -165,7 +167,8 @@ describe('exit cleanup (hole 5)', () => {
       expect(await nextLine()).toBe('WAITING')
       child.stdin.write('terminate\n')
       expect(await nextLine()).toBe('TERMINATING')
-      // A sync wait ends (and the worker with it) only once the lock comes: let it come.
+      // A sync wait ends (and the worker with it) at its next look at its JS (within 0.5 s), or
+      // when the lock comes: either way no lock may stay held.
       await releaseLock(file, lockId)
       expect(await nextLine()).toBe('TERMINATED')
       // The fixture lives on; the lock must be free all the same (bounded: a leak times out).
@@ -173,6 +176,64 @@ describe('exit cleanup (hole 5)', () => {
       await releaseLock(file, again)
     } finally {
       child.kill('SIGKILL')
+    }
+  })
+
+  // Node's process.exit() joins every worker thread: one blocked in acquireLockSync must give up
+  // its wait (the exit cleanup has released this process's locks), not hold the exit up until it
+  // gets the lock or its timeout passes.
+  test('process.exit() while a worker thread waits in acquireLockSync ends the process at once', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const lockId = await acquireLock(file)
+    const child = spawn(process.execPath, [path.join(FIXTURES, 'worker-terminated-waiting.js'), file, 'acquireLockSync'], { stdio: ['pipe', 'pipe', 'inherit'] })
+    const exited = new Promise((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })))
+    try {
+      const nextLine = lineReader(child.stdout)
+      expect(await nextLine()).toBe('WAITING')
+      child.stdin.write('exit\n')
+      expect(await nextLine()).toBe('EXITING')
+      // Before, the exit waited for the worker's 60 s timeout (this test timed out first).
+      expect(await exited).toEqual({ code: 0, signal: null })
+    } finally {
+      child.kill('SIGKILL')
+      await releaseLock(file, lockId)
+    }
+  }, 30000)
+
+  // docs/api.md (FileLockManager): withLock's signal aborts if the lock is lost while fn runs,
+  // whichever thread runs it; a worker's loss must not be told to the main thread's JS, nor the
+  // main thread's be lost to a listener a worker registered later.
+  test("a lock lost in a worker thread aborts the worker's withLock signal, and the main thread's still aborts", async () => {
+    const root = makeProject()
+    const main = path.join(root, '.flowforge', 'tasks.json')
+    const worker = path.join(root, '.flowforge', 'active-sessions.json')
+    const lines = []
+    await runFixture('lost-in-worker', [main, worker], {
+      onLine: (line, child) => {
+        lines.push(line)
+        if (lines.length === 2) child.kill('SIGKILL')
+      },
+    })
+    expect(lines.sort()).toEqual(['main ELOCKLOST', 'worker ELOCKLOST'])
+  }, 30000)
+
+  // The loss is told once, to the watches of that moment: a withLock that re-enters the hold
+  // afterwards must still see it, not a signal that never aborts.
+  test("a withLock that re-enters a hold already lost gets a signal aborted from the start", async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const manager = new FileLockManager()
+    native.setHeartbeatInterval(20)
+    try {
+      const inner = await manager.withLock(file, async (signal) => {
+        fs.rmSync(native.lockKey(file))
+        await new Promise((resolve) => signal.addEventListener('abort', resolve, { once: true }))
+        return manager.withLock(file, async (nested) => nested.reason)
+      })
+      expect(inner).toMatchObject({ code: 'ELOCKLOST', message: expect.stringContaining('removed or replaced') })
+    } finally {
+      native.setHeartbeatInterval(HEARTBEAT_INTERVAL)
     }
   })
 

@@ -300,6 +300,71 @@ describe('coalescing', () => {
     await holder.exited
   })
 
+  // A caller that arrives while a batch already waits for the lock must not wait on that batch's
+  // terms: a shorter timeout still ends its wait in time, a higher priority still goes first.
+  test('a caller with a shorter timeout than the batch already waiting still gets ELOCKTIMEOUT in time', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const settled = []
+    const long = updateWithLock(file, (doc) => ({ ...doc, long: true }), { timeout: Infinity })
+    long.then(() => settled.push('long'), () => {})
+    // The batch's wait for the lock is under way once its microtask has run.
+    await new Promise((resolve) => setImmediate(resolve))
+    const short = updateWithLock(file, (doc) => ({ ...doc, short: true }), { timeout: 200 })
+    short.catch(() => settled.push('short'))
+    // Released only once the short one gave up: before, it waited on the batch's timeout (here
+    // none), and this test timed out.
+    expect((await short.catch((e) => e)).code).toBe('ELOCKTIMEOUT')
+    expect(settled).toEqual(['short'])
+    holder.child.kill('SIGUSR2')
+    expect(await long).toEqual({ tasks: [], long: true })
+    expect(read(file)).toEqual({ tasks: [], long: true })
+    await holder.exited
+  }, 30000)
+
+  test('a caller with a higher priority than the batch already waiting is served before lower-priority waiters', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const order = []
+    const low = updateWithLock(file, (doc) => (order.push('update 0'), doc), { priority: 0 })
+    await new Promise((resolve) => setImmediate(resolve))
+    const raw = acquireLock(file, { priority: 5 }).then(async (lockId) => {
+      order.push('acquireLock 5')
+      await releaseLock(file, lockId)
+    })
+    const high = updateWithLock(file, (doc) => (order.push('update 10'), doc), { priority: 10 })
+    holder.child.kill('SIGUSR2')
+    await Promise.all([low, raw, high])
+    expect(order).toEqual(['update 10', 'acquireLock 5', 'update 0'])
+    await holder.exited
+  })
+
+  test("a batch's wait ended by one caller's timeout keeps the others' place in the queue", async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const order = []
+    const short = updateWithLock(file, (doc) => doc, { timeout: 200 }).catch((e) => order.push(`short ${e.code}`))
+    const patient = updateWithLock(file, (doc) => (order.push('patient'), doc), { timeout: Infinity })
+    // Queued after the batch (whose wait is under way once its microtask has run).
+    await new Promise((resolve) => setImmediate(resolve))
+    const later = acquireLock(file, Infinity).then(async (lockId) => {
+      order.push('later')
+      await releaseLock(file, lockId)
+    })
+    await short
+    holder.child.kill('SIGUSR2')
+    await Promise.all([patient, later])
+    // Before, the patient caller asked again after the short one's timeout, behind 'later'.
+    expect(order).toEqual(['short ELOCKTIMEOUT', 'patient', 'later'])
+    await holder.exited
+  })
+
   test('200,000 concurrent updates of one file in one process: every one applied, no crash', () => {
     const root = makeProject()
     const file = tasksPath(root)

@@ -578,6 +578,25 @@ describe('the synchronous API (item 5)', () => {
     throw new Error('inconclusive: in 5 attempts the vm timeout never ended the call while it waited')
   })
 
+  // The lockId of withLockSync and updateWithLockSync is the library's own: a vm watchdog that
+  // stops the callback (no finally block runs then) must not leave the lock held, refreshed by
+  // the heartbeat, for the rest of the process's life.
+  test.each([
+    ['withLockSync', (file, loop) => withLockSync(file, loop)],
+    ['updateWithLockSync', (file, loop) => updateWithLockSync(file, () => loop())],
+  ])('%s stopped by a vm timeout while its callback runs holds no lock afterwards', async (_name, call) => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const sandbox = { call, file, running: false }
+    const loop = 'call(file, () => { running = true; for (;;); })'
+    expect(() => require('node:vm').runInNewContext(loop, sandbox, { timeout: 200 })).toThrow(expect.objectContaining({ code: 'ERR_SCRIPT_EXECUTION_TIMEOUT' }))
+    // Stopped inside the callback, under the lock (not in the microseconds of its acquire).
+    expect(sandbox.running).toBe(true)
+    // (Asked without acquiring: Node's AsyncLocalStorage keeps the stopped callback's context,
+    // so this flow still looks as if it held the lock.)
+    expect(await isLocked(file)).toBe(false)
+  })
+
   test('mixing sync and async holds of one lock fails fast with ELOCKDEADLOCK instead of hanging', async () => {
     const dir = makeProject()
     const file = path.join(dir, '.flowforge', 'tasks.json')

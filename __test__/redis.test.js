@@ -475,6 +475,72 @@ describe('Redis backend', () => {
       await own.stop()
     }
   }, 60000)
+
+  // A waiter's timeout names the holder, which for a lock server is a question to the server.
+  // Asked on the one thread that expires every waiter of the process, a server that does not
+  // answer held up every other timeout of the process, of any backend, for as long.
+  test("a timeout on a server that stops answering does not hold up this process's other timeouts", async () => {
+    const { acquireLock } = require('../file-lock')
+    const own = await startRedis()
+    const url = `${own.url}?commandTimeout=600000`
+    const served = makeProject()
+    fs.writeFileSync(path.join(served, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
+    const onServer = counterFile(served)
+    const onFile = path.join(makeProject(), '.flowforge', 'tasks.json')
+    const serverHolder = start('etcd-worker', [onServer], backend(url))
+    const fileHolder = start('hold-lock', [onFile])
+    let onServerWait
+    try {
+      await serverHolder.until(/^READY$/)
+      serverHolder.send('acquire 10000')
+      await serverHolder.until(/^ACQUIRED /)
+      await fileHolder.until(/^LOCKED /)
+      // Queued behind the server's holder (the try before it was answered: taken), then the
+      // server stops answering; this wait's deadline comes first.
+      onServerWait = acquireLock(onServer, 1000).catch((e) => e)
+      process.kill(own.pid, 'SIGSTOP')
+      const onFileWait = await acquireLock(onFile, 2000).catch((e) => e)
+      // Before, this wait was answered only once the server answered again (never, here).
+      expect(onFileWait.code).toBe('ELOCKTIMEOUT')
+    } finally {
+      process.kill(own.pid, 'SIGCONT')
+      serverHolder.child.kill('SIGKILL')
+      fileHolder.child.kill('SIGKILL')
+    }
+    expect((await onServerWait).code).toBe('ELOCKTIMEOUT')
+    await own.stop()
+  }, 60000)
+
+  // Each hold's lease is renewed by this process's heartbeat thread: a renewal that waits on a
+  // server that stopped answering must not keep another server's leases from being renewed.
+  test("a server that stops answering does not cost this process its leases on another server", async () => {
+    const { acquireLock, releaseLock, assertHeld } = require('../file-lock')
+    const [frozen, healthy] = await Promise.all([startRedis(), startRedis()])
+    const projectOn = (url) => {
+      const root = makeProject()
+      fs.writeFileSync(path.join(root, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
+      return counterFile(root)
+    }
+    const onFrozen = projectOn(`${frozen.url}?ttl=3000&refresh=500&commandTimeout=600000`)
+    const healthyUrl = `${healthy.url}?ttl=3000&refresh=500`
+    const onHealthy = projectOn(healthyUrl)
+    const other = start('etcd-worker', [onHealthy], backend(healthyUrl))
+    try {
+      await acquireLock(onFrozen)
+      const held = await acquireLock(onHealthy)
+      await other.until(/^READY$/)
+      process.kill(frozen.pid, 'SIGSTOP')
+      // Over two lease times: the lease on the healthy server must still be ours then.
+      other.send('acquire 7000')
+      expect(await other.until(/^(ACQUIRED|ERR) /)).toMatch(/^ERR ELOCKTIMEOUT /)
+      expect(() => assertHeld(onHealthy, held)).not.toThrow()
+      await releaseLock(onHealthy, held)
+    } finally {
+      process.kill(frozen.pid, 'SIGCONT')
+      other.child.kill('SIGKILL')
+      await Promise.all([frozen.stop(), healthy.stop()])
+    }
+  }, 60000)
 })
 
 describe('Redis backend behind a proxy that delays and drops', () => {

@@ -102,6 +102,13 @@ function checkLockOptions(timeoutOrOptions, defaults) {
   }
 }
 
+/**
+ * An option of acquireLock for this package's own use (never a caller's): the `performance.now()`
+ * at which the caller first asked, when it asks again after an earlier wait ended (a coalesced
+ * update whose batch's wait ended at another caller's timeout). It keeps its rank in the queue.
+ */
+const WAITED_SINCE = Symbol.for('flowforge-lock.waited-since')
+
 /** A value that goes into a JSON file must survive JSON.stringify (no BigInt, no cycles). */
 function checkJson(name, value) {
   try {
@@ -112,4 +119,4 @@ function checkJson(name, value) {
   return value
 }
 
-module.exports = { checkString, checkFunction, checkObject, checkMs, checkPriority, checkLockOptions, checkJson, codedError }
+module.exports = { checkString, checkFunction, checkObject, checkMs, checkPriority, checkLockOptions, checkJson, codedError, WAITED_SINCE }

@@ -92,6 +92,24 @@ async function writesSettled(lockId) {
   while (writes.has(lockId)) await Promise.all(writes.get(lockId))
 }
 
+/**
+ * `fn()`, the synchronous work under the hold `lockId` of withLockSync or updateWithLockSync, run
+ * through the core: if fn's JS is stopped (a vm timeout's watchdog), no `finally` of ours runs,
+ * and the core releases the lock instead. What fn throws is caught here, on the JS side, so that
+ * it reaches the caller as it was thrown (any value, not only an Error).
+ */
+function callUnderHold(filePath, lockId, fn) {
+  const outcome = native.callUnderHold(filePath, lockId, () => {
+    try {
+      return { value: fn() }
+    } catch (error) {
+      return { error, threw: true }
+    }
+  })
+  if (outcome.threw) throw outcome.error
+  return outcome.value
+}
+
 /** The lockIds of this process's shared (read) holds: a write lock cannot re-enter one. */
 const SHARED = Symbol.for('flowforge-lock.shared-holds')
 const shared = (globalThis[SHARED] ??= new Set())
@@ -101,4 +119,4 @@ const noteShared = (lockId) => shared.add(lockId)
 const forgetShared = (lockId) => shared.size !== 0 && shared.delete(lockId)
 const isShared = (lockId) => shared.has(lockId)
 
-module.exports = { heldInContext, heldNow, runHolding, runUpdating, updatingInContext, trackWrite, writing, writesSettled, noteShared, forgetShared, isShared }
+module.exports = { heldInContext, heldNow, runHolding, runUpdating, callUnderHold, updatingInContext, trackWrite, writing, writesSettled, noteShared, forgetShared, isShared }

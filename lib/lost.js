@@ -4,14 +4,14 @@
 // AbortSignal for whoever asked to watch the lock. A loss never throws into the event loop:
 // callers see it through the signal, assertHeld(), or the ELOCKLOST of their next write.
 
-const { isMainThread } = require('node:worker_threads')
 const native = require('../native.js')
 const { codedError } = require('./args.js')
 
 /**
- * lockId -> AbortControllers watching that hold. One per process, shared by every copy of this
- * module that is loaded (a second copy of the package, or a test runner's fresh module registry):
- * the core takes one listener per process, registered by whichever copy came first.
+ * lockId -> AbortControllers watching that hold. One per thread (the main one, each worker),
+ * shared by every copy of this module loaded there (a second copy of the package, or a test
+ * runner's fresh module registry): the core tells each thread's listener, registered by whichever
+ * copy came first, of the losses of the holds that thread took.
  */
 const STATE = Symbol.for('flowforge-lock.lost-watchers')
 const state = (globalThis[STATE] ??= { watchers: new Map(), listening: false })
@@ -30,15 +30,18 @@ function onLost(lockId, file, reason) {
 }
 
 /**
- * An AbortSignal that aborts (with an ELOCKLOST error as its reason) if the hold `lockId` is
- * lost; `stop()` ends the watch when the hold ends. The core reports losses to the main thread.
+ * An AbortSignal that aborts (with an ELOCKLOST error as its reason) if the hold `lockId` of
+ * `filePath`, taken on this thread, is lost; already aborted if it was lost before (the core
+ * tells a loss once, to the watches of that moment). `stop()` ends the watch when the hold ends.
  */
-function watchHold(lockId) {
-  if (!state.listening && isMainThread) {
+function watchHold(lockId, filePath) {
+  if (!state.listening) {
     native.onLockLost(onLost)
     state.listening = true
   }
   const controller = new AbortController()
+  const lostBefore = native.lostReason(lockId)
+  if (lostBefore !== null) controller.abort(lostError(filePath, lostBefore))
   if (!watchers.has(lockId)) watchers.set(lockId, new Set())
   watchers.get(lockId).add(controller)
   const stop = () => {

@@ -8,8 +8,8 @@
 const path = require('node:path')
 const native = require('../native.js')
 const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, DEFAULT_TIMEOUT, STALE_THRESHOLD } = require('../file-lock.js')
-const { checkString, checkFunction, checkObject, checkLockOptions, codedError } = require('./args.js')
-const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite } = require('./context.js')
+const { checkString, checkFunction, checkObject, checkLockOptions, codedError, WAITED_SINCE } = require('./args.js')
+const { heldInContext, heldNow, runUpdating, updatingInContext, trackWrite, callUnderHold } = require('./context.js')
 const { projectFile } = require('./project.js')
 
 function parseJson(filePath, text) {
@@ -200,7 +200,7 @@ function updateWithLockSync(filePath, updater, options) {
   if (outer !== undefined) return updateUnderSync(filePath, outer, updater, ifVersion)
   const lockId = acquireLockSync(filePath, lockOpts)
   try {
-    return updateUnderSync(filePath, lockId, updater, ifVersion)
+    return callUnderHold(filePath, lockId, () => updateUnderSync(filePath, lockId, updater, ifVersion))
   } finally {
     releaseLockSync(filePath, lockId)
   }
@@ -215,14 +215,8 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
   if (outer !== undefined) return updateUnder(filePath, outer, updater, ifVersion)
   const key = path.resolve(filePath)
   return new Promise((resolve, reject) => {
-    let batch = pending.get(key)
-    if (!batch) {
-      batch = { jobs: [] }
-      pending.set(key, batch)
-      // Start on the next microtask, so calls made in the same tick share the first hold.
-      queueMicrotask(() => runBatches(key, filePath, batch))
-    }
-    batch.jobs.push({
+    const job = {
+      arrived: performance.now(),
       updater,
       inPlace,
       ifVersion,
@@ -234,13 +228,31 @@ async function enqueueUpdate(filePath, updater, lockOpts, inPlace, ifVersion) {
       priority: lockOpts.priority,
       // Each updater sees the locks its caller holds, not those of whoever started the batch.
       callerHeld: heldNow(),
-    })
+    }
+    let batch = pending.get(key)
+    if (batch !== undefined && batch.waiting !== undefined && !(job.deadline >= batch.waiting.deadline && job.priority <= batch.waiting.priority)) {
+      // The batch's wait under way ends later than this caller's timeout, or waits with a lower
+      // priority: this caller waits on its own terms, and later callers still join the batch.
+      runBatches(undefined, filePath, { jobs: [job] })
+      return
+    }
+    if (batch === undefined) {
+      batch = { jobs: [] }
+      pending.set(key, batch)
+      // Start on the next microtask, so calls made in the same tick share the first hold.
+      queueMicrotask(() => runBatches(key, filePath, batch))
+    }
+    batch.jobs.push(job)
   })
 }
 
-/** Per resolved file path: the updates waiting for the next hold. */
+/**
+ * Per resolved file path: the updates waiting for the next hold. While the batch waits for the
+ * lock, `waiting` holds the deadline and priority of that wait.
+ */
 const pending = new Map()
 
+/** Serves `batch`'s jobs, hold after hold; `key`: its entry in `pending`, if it has one. */
 async function runBatches(key, filePath, batch) {
   while (batch.jobs.length > 0) {
     // Higher priorities first within the hold too (a stable sort keeps arrival order among equals);
@@ -248,13 +260,21 @@ async function runBatches(key, filePath, batch) {
     const jobs = batch.jobs.splice(0).sort((a, b) => b.priority - a.priority)
     // A loop, not Math.min(...): a spread of some 125,000 deadlines overflows the stack.
     let soonest = Infinity
-    for (const job of jobs) if (job.deadline < soonest) soonest = job.deadline
+    let earliest = Infinity
+    for (const job of jobs) {
+      if (job.deadline < soonest) soonest = job.deadline
+      if (job.arrived < earliest) earliest = job.arrived
+    }
     let lockId
+    batch.waiting = { deadline: soonest, priority: jobs[0].priority }
     try {
       lockId = await acquireLock(filePath, {
         timeout: Math.max(0, soonest - performance.now()),
         staleThreshold: jobs[0].staleThreshold,
         priority: jobs[0].priority,
+        // Ranked from the first ask of its earliest caller: asking again after another caller's
+        // timeout ended the wait must not send the others behind those who came after them.
+        [WAITED_SINCE]: earliest,
       })
     } catch (err) {
       // Those whose deadline has come fail with the error; the others try again, first.
@@ -263,6 +283,8 @@ async function runBatches(key, filePath, batch) {
       for (const job of jobs) if (!again.includes(job)) job.reject(err)
       batch.jobs.unshift(...again)
       continue
+    } finally {
+      batch.waiting = undefined
     }
     try {
       await applyBatch(filePath, lockId, jobs)
@@ -270,7 +292,7 @@ async function runBatches(key, filePath, batch) {
       await releaseLock(filePath, lockId).catch(() => {})
     }
   }
-  pending.delete(key)
+  if (key !== undefined) pending.delete(key)
 }
 
 async function applyBatch(filePath, lockId, jobs) {

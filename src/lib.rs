@@ -141,7 +141,9 @@ pub fn try_acquire(
 type LockIdResolver = Box<dyn FnOnce(Env) -> Result<String> + Send>;
 
 /// Waits for the lock; `timeoutMs` of `null` or `Infinity` waits for ever. The promise is
-/// settled straight from the thread that decided it (no async runtime in between).
+/// settled straight from the thread that decided it (no async runtime in between). `waitedMs`:
+/// how long the caller has waited already, in an earlier wait it asks again after (it keeps its
+/// rank among the waiters: see `lock_table::acquire_since`).
 #[napi(ts_return_type = "Promise<string>")]
 pub fn acquire<'env>(
   env: &'env Env,
@@ -150,6 +152,7 @@ pub fn acquire<'env>(
   stale_ms: Option<f64>,
   priority: Option<f64>,
   mode: Option<String>,
+  waited_ms: Option<f64>,
 ) -> Result<Object<'env>> {
   let opts = options(env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = lock_table::prepare(&file).map_err(|e| js_error(env, e))?;
@@ -157,7 +160,12 @@ pub fn acquire<'env>(
   let complete: lock_table::Completion = Box::new(move |outcome| {
     deferred.resolve(Box::new(move |env| outcome.map_err(|e| js_error(&env, e))))
   });
-  lock_table::acquire(target, opts, complete);
+  let now = std::time::Instant::now();
+  let waited = waited_ms
+    .filter(|ms| ms.is_finite() && *ms > 0.0)
+    .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0));
+  let arrival = now.checked_sub(waited).unwrap_or(now);
+  lock_table::acquire_since(arrival, target, opts, complete);
   Ok(promise)
 }
 
@@ -345,16 +353,20 @@ pub fn set_heartbeat_interval(ms: f64) {
   heartbeat::set_interval(Duration::from_millis(ms as u64));
 }
 
-/// Registers the process's listener for locks lost while held: `(lockId, file, reason)`. It does
-/// not keep the event loop alive.
+/// Registers this JS environment's listener for the locks it took that are lost while held:
+/// `(lockId, file, reason)`. It does not keep the event loop alive.
 #[napi(ts_args_type = "callback: (lockId: string, file: string, reason: string) => void")]
-pub fn on_lock_lost(callback: Function<FnArgs<(String, String, String)>, ()>) -> Result<()> {
+pub fn on_lock_lost(
+  env: Env,
+  callback: Function<FnArgs<(String, String, String)>, ()>,
+) -> Result<()> {
+  let owner = env_owner(&env)?;
   let listener = callback
     .build_threadsafe_function::<FnArgs<(String, String, String)>>()
     .weak::<true>()
     .callee_handled::<false>()
     .build()?;
-  lock_table::on_lost(move |lock_id, file, why| {
+  lock_table::on_lost(owner, move |lock_id, file, why| {
     let args = (
       lock_id.to_string(),
       file.to_string_lossy().into_owned(),
@@ -363,6 +375,13 @@ pub fn on_lock_lost(callback: Function<FnArgs<(String, String, String)>, ()>) ->
     listener.call(args.into(), ThreadsafeFunctionCallMode::NonBlocking);
   });
   Ok(())
+}
+
+/// Why this process's hold `lockId` was found lost while held (as told to `onLockLost`), or
+/// `null`: a watch begun after the loss was told.
+#[napi]
+pub fn lost_reason(lock_id: String) -> Option<String> {
+  lock_table::lost_reason(&lock_id)
 }
 
 /// Throws `ELOCKLOST` unless this process still holds `lockId` on `file` (checked with the
@@ -453,6 +472,26 @@ pub fn acquire_sync(
   }
   lock_table::acquire_on_this_thread(&target, opts, &|| js_still_runs(&env))
     .map_err(|e| js_error(&env, e))
+}
+
+/// Calls `callback()`, the work done under the hold `lockId` (withLockSync's and
+/// updateWithLockSync's; it catches what the work throws), and returns its result. If JS stops
+/// while it runs (a `vm` timeout's watchdog), no `finally` of the caller runs and nobody will
+/// ever release the hold, which the heartbeat would keep alive for the rest of the process's
+/// life: it is released here.
+#[napi]
+pub fn call_under_hold<'env>(
+  env: &'env Env,
+  file: String,
+  lock_id: String,
+  callback: Function<'env, (), Unknown<'env>>,
+) -> Result<Unknown<'env>> {
+  let outcome = callback.call(());
+  if outcome.is_err() && !js_still_runs(env) {
+    // Nobody is left to hear about a failure.
+    let _ = lock_table::release(&file, &lock_id);
+  }
+  outcome
 }
 
 /// Whether JS still runs in this environment, asked after a blocking wait: the JS that called

@@ -20,10 +20,11 @@
 //! guard; the heartbeat's refresh and the store's pre-commit check run under it: once a hold
 //! has ended, nothing of ours can write to that lock again.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxBuildHasher;
@@ -79,6 +80,8 @@ struct Hold {
 struct HoldState {
   hold: Mutex<Hold>,
   landed: Condvar,
+  /// A lease's renewal is under way on a thread of its own (see [`refresh_due`]).
+  renewing: AtomicBool,
 }
 
 type HoldCell = Arc<HoldState>;
@@ -239,6 +242,7 @@ impl Table {
           commits: 0,
         }),
         landed: Condvar::new(),
+        renewing: AtomicBool::new(false),
       }),
       refresh_every,
       next_refresh,
@@ -289,13 +293,21 @@ fn table() -> MutexGuard<'static, Table> {
 
 /// Called with (lockId, file, reason) when a held lock is found lost (see [`on_lost`]).
 type LostListener = Arc<dyn Fn(&str, &Path, &str) + Send + Sync>;
-static LOST_LISTENER: RwLock<Option<LostListener>> = RwLock::new(None);
+/// Who hears of the losses of the holds each environment took: a hold's JS (and the
+/// `AbortSignal` it watches) lives in the environment that took it, a worker's or the main
+/// thread's, and only that environment's listener can reach it.
+static LOST_LISTENERS: LazyLock<RwLock<HashMap<Owner, LostListener, FxBuildHasher>>> =
+  LazyLock::new(Default::default);
 
-/// Registers who hears about locks lost while held (the JS layer aborts their `AbortSignal`).
-/// The last registration wins: a JS realm loaded later in the same process (a test runner's
-/// fresh module registry) registers its own listener, and must hear the losses from then on.
-pub fn on_lost(listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
-  *LOST_LISTENER.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(listener));
+/// Registers who hears about the locks `owner`'s environment took that are lost while held (the
+/// JS layer aborts their `AbortSignal`). The last registration of an environment wins: a JS realm
+/// loaded later in it (a test runner's fresh module registry) registers its own listener, and
+/// must hear the losses from then on.
+pub fn on_lost(owner: Owner, listener: impl Fn(&str, &Path, &str) + Send + Sync + 'static) {
+  LOST_LISTENERS
+    .write()
+    .unwrap_or_else(|e| e.into_inner())
+    .insert(owner, Arc::new(listener));
 }
 
 /// Resolves the caller's path and makes sure its lock directory is usable ([`paths::prepare`]),
@@ -405,6 +417,19 @@ pub type Completion = Box<dyn FnOnce(Result<String>) + Send>;
 /// again at once cannot barge in ahead of a waiter already queued. A single try (timeout 0),
 /// which must leave no place behind, runs on a thread of its own.
 pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
+  acquire_since(Instant::now(), target, options, complete)
+}
+
+/// [`acquire`] for a caller that asked first at `arrival` and asks again: a coalesced update
+/// whose batch's wait ended at another caller's timeout. It joins the queue ranked as if it had
+/// waited since `arrival` (in this process and in the ticket queue), so asking again does not
+/// send it behind those who came after it; its timeout counts from now.
+pub fn acquire_since(
+  arrival: Instant,
+  target: Target,
+  options: AcquireOptions,
+  complete: Completion,
+) {
   let started = Instant::now();
   let backend = match config::backend_for(&target) {
     Ok(backend) => backend,
@@ -416,10 +441,10 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
     }
   }
   if backend.tries_locally() {
-    return acquire_from(backend, started, target, options, complete);
+    return acquire_from(backend, started, arrival, target, options, complete);
   }
   if options.timeout != Some(Duration::ZERO) {
-    return enqueue(started, target, options, complete);
+    return enqueue(started, arrival, target, options, complete);
   }
   // Kept outside the thread's closure, so that a thread that cannot start still settles it.
   let slot = Arc::new(Mutex::new(Some(complete)));
@@ -442,7 +467,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
           }
           outcome => complete(outcome),
         });
-        acquire_from(backend, started, target, options, complete);
+        acquire_from(backend, started, arrival, target, options, complete);
       }
     });
   if let Err(e) = spawned {
@@ -460,6 +485,7 @@ pub fn acquire(target: Target, options: AcquireOptions, complete: Completion) {
 fn acquire_from(
   backend: &dyn Backend,
   started: Instant,
+  arrival: Instant,
   target: Target,
   options: AcquireOptions,
   complete: Completion,
@@ -473,11 +499,18 @@ fn acquire_from(
     metrics::timed_out(&target.file.to_string_lossy());
     return complete(Err(timeout_error(&target, Duration::ZERO)));
   }
-  enqueue(started, target, options, complete);
+  enqueue(started, arrival, target, options, complete);
 }
 
-/// Joins the lock's queue in this process (starting its waiting thread if needed).
-fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: Completion) {
+/// Joins the lock's queue in this process (starting its waiting thread if needed), ranked by
+/// `arrival`; its timeout counts from `started`.
+fn enqueue(
+  started: Instant,
+  arrival: Instant,
+  target: Target,
+  options: AcquireOptions,
+  complete: Completion,
+) {
   if let Err(why) = options
     .timeout
     .map_or(Ok(()), |_| deadlines::ensure_running())
@@ -518,9 +551,9 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
       stale_after: options.stale_after,
       mode: options.mode,
       priority: options.priority,
-      arrival: started,
+      arrival,
     },
-    enqueued: started,
+    enqueued: arrival,
     priority: options.priority,
     owner: options.owner,
     complete,
@@ -539,7 +572,8 @@ fn enqueue(started: Instant, target: Target, options: AcquireOptions, complete: 
 ///
 /// After a wait, `caller_still_there` says whether the caller can still take the lockId (its JS
 /// may have been stopped meanwhile): if not, the lock goes back at once, since nobody would
-/// ever release it. An uncontended acquire does not ask (it takes microseconds).
+/// ever release it. An uncontended acquire does not ask (it takes microseconds). A wait in the
+/// kernel also asks every [`CALLER_LOOK`], and gives up once the caller has gone.
 pub fn acquire_on_this_thread(
   target: &Target,
   options: AcquireOptions,
@@ -563,15 +597,17 @@ pub fn acquire_on_this_thread(
     return Err(timeout_error(target, Duration::ZERO));
   }
   let deadline = timeout.map(|t| started + t);
-  let alarm = match deadline.map(thread_alarm::arm) {
-    Some(None) => {
-      return hand_over(
-        target,
-        acquire_and_block(target, options),
-        caller_still_there,
-      )
-    }
-    armed => armed.flatten(),
+  // The first look at the caller (below) wakes the wait through an alarm too.
+  let first_look = started + CALLER_LOOK;
+  let (Some(look), Some(alarm)) = (
+    thread_alarm::arm(first_look),
+    deadline.map_or(Some(None), |d| thread_alarm::arm(d).map(Some)),
+  ) else {
+    return hand_over(
+      target,
+      acquire_and_block(target, options),
+      caller_still_there,
+    );
   };
   {
     let mut table = table();
@@ -580,6 +616,7 @@ pub fn acquire_on_this_thread(
       // Another thread of this process (a worker) got there first: queue behind it.
       drop(table);
       drop(alarm);
+      drop(look);
       return hand_over(
         target,
         acquire_and_block(target, options),
@@ -599,13 +636,37 @@ pub fn acquire_on_this_thread(
   // Only now, when the call is about to block: it costs a few system calls.
   let ending = thread_alarm::interruptible_by_ending_signals();
   let signal_arrived = || ending.as_ref().is_some_and(|e| e.arrived());
-  let head =
-    || (deadline.is_none_or(|d| Instant::now() < d) && !signal_arrived()).then(|| request.clone());
+  // The caller's JS may be stopped while it waits here: a worker terminated (also by
+  // `process.exit()`, which then joins the worker's thread), or a `vm` watchdog. Nothing
+  // interrupts a wait for that, so the wait looks now and then.
+  let look = RefCell::new(Some(look));
+  let next_look = Cell::new(first_look);
+  let caller_gone = Cell::new(false);
+  let caller_left = || {
+    if caller_gone.get() || Instant::now() < next_look.get() {
+      return caller_gone.get();
+    }
+    if !caller_still_there() {
+      caller_gone.set(true);
+      return true;
+    }
+    // The expired alarm first: the new one aims the timer at the next look.
+    look.replace(None);
+    let now = Instant::now();
+    next_look.set(now + CALLER_LOOK);
+    look.replace(thread_alarm::arm(now + CALLER_LOOK));
+    false
+  };
+  let head = || {
+    (deadline.is_none_or(|d| Instant::now() < d) && !signal_arrived() && !caller_left())
+      .then(|| request.clone())
+  };
   let outcome = backend.wait_acquire(target, &head);
   let cancelled_by = signal_arrived()
     .then(|| ending.as_ref().map(|e| e.last_name()))
     .flatten();
   drop(ending);
+  drop(look);
   drop(alarm);
   // No notify: this path runs only where waiting threads do not wait for this process's own
   // claims (`waits_for_local_holder` is false), so the claim's end concerns none of them.
@@ -635,6 +696,9 @@ pub fn acquire_on_this_thread(
           ),
         ));
       }
+      if caller_gone.get() {
+        return Err(cancelled_error(&target.file, CALLER_STOPPED));
+      }
       metrics::timed_out(&file);
       Err(timeout_error(target, timeout.unwrap_or_default()))
     }
@@ -654,11 +718,13 @@ fn hand_over(
     return Ok(lock_id);
   }
   release_hold(&lock_id);
-  Err(cancelled_error(
-    &target.file,
-    "the JS that called acquireLockSync was stopped while it waited (a vm timeout, a worker terminated), so the lock it got was released at once",
-  ))
+  Err(cancelled_error(&target.file, CALLER_STOPPED))
 }
+
+const CALLER_STOPPED: &str = "the JS that called acquireLockSync was stopped while it waited (a vm timeout, a worker terminated), so its wait was given up and any lock it got was released at once";
+
+/// How often a synchronous wait in the kernel looks whether its caller's JS still runs.
+const CALLER_LOOK: Duration = Duration::from_millis(500);
 
 /// Queues like [`acquire`] and blocks this thread until the answer.
 fn acquire_and_block(target: &Target, options: AcquireOptions) -> Result<String> {
@@ -718,9 +784,44 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
     };
     entry.queue.remove(index)
   };
-  if let Some(waiter) = waiter {
-    metrics::timed_out(&target.file.to_string_lossy());
-    waiter.answer(Err(timeout_error(target, timeout)));
+  let Some(waiter) = waiter else {
+    return;
+  };
+  metrics::timed_out(&target.file.to_string_lossy());
+  // The error names the holder: a lock server is asked who, and may not answer before its
+  // command timeout, while this thread expires every waiter of the process. A backend whose
+  // questions are local system calls (the file backend) is asked right here.
+  let asks_a_server = config::backend_for(target).is_ok_and(|b| !b.tries_locally());
+  let target = target.clone();
+  let answer = move || waiter.answer(Err(timeout_error(&target, timeout)));
+  if asks_a_server {
+    answer_off_the_deadline_thread(Box::new(answer));
+  } else {
+    answer();
+  }
+}
+
+type Answer = Box<dyn FnOnce() + Send>;
+
+/// Runs `answer` on the thread that answers lock servers' timeouts (one, started on first use),
+/// or here if it cannot be started.
+fn answer_off_the_deadline_thread(answer: Answer) {
+  static ANSWERS: OnceLock<Option<mpsc::Sender<Answer>>> = OnceLock::new();
+  let answers = ANSWERS.get_or_init(|| {
+    let (send, receive) = mpsc::channel::<Answer>();
+    std::thread::Builder::new()
+      .name("flowforge-lock-timeouts".into())
+      .spawn(move || receive.into_iter().for_each(|answer| answer()))
+      .ok()
+      .map(|_| send)
+  });
+  match answers {
+    Some(answers) => {
+      if let Err(mpsc::SendError(answer)) = answers.send(answer) {
+        answer();
+      }
+    }
+    None => answer(),
   }
 }
 
@@ -996,6 +1097,10 @@ pub fn end_owner(owner: Owner) -> usize {
     .lock()
     .unwrap_or_else(|e| e.into_inner())
     .insert(owner);
+  LOST_LISTENERS
+    .write()
+    .unwrap_or_else(|e| e.into_inner())
+    .remove(&owner);
   let (holds, waiters) = {
     let mut table = table();
     let Table { locks, lock_of } = &mut *table;
@@ -1122,12 +1227,19 @@ pub fn verify_held(target: &Target, lock_id: &str) -> Result<CommitPass> {
   Ok(CommitPass { cell: Some(cell) })
 }
 
+/// Why this process's hold `lock_id` was found lost while held, if it was (and is still held).
+pub fn lost_reason(lock_id: &str) -> Option<String> {
+  let cell = table().find(lock_id).map(|(_, h)| h.cell.clone())?;
+  let reason = guard(&cell).lost.clone();
+  reason
+}
+
 /// The heartbeat's work: refreshes every hold that is due, each under its own guard, and marks
 /// lost those the backend says are no longer ours or whose own deadline has passed. Returns
 /// when it wants to run next.
 fn refresh_due() -> Option<Instant> {
   let now = Instant::now();
-  let due: Vec<(String, PathBuf, HoldCell)> = {
+  let due: Vec<(String, PathBuf, Owner, HoldCell, bool)> = {
     let mut table = table();
     let mut due = Vec::new();
     for entry in table.locks.values_mut() {
@@ -1135,38 +1247,44 @@ fn refresh_due() -> Option<Instant> {
         // A shortened interval applies now, not after the period planned before it.
         held.next_refresh = held.next_refresh.min(now + held.refresh_every());
         if held.next_refresh <= now {
-          due.push((held.lock_id.clone(), held.file.clone(), held.cell.clone()));
+          due.push((
+            held.lock_id.clone(),
+            held.file.clone(),
+            held.owner,
+            held.cell.clone(),
+            // A grant with a refresh period of its own renews a lease on a lock server.
+            held.refresh_every.is_some(),
+          ));
         }
       }
     }
     due
   };
-  for (lock_id, file, cell) in due {
-    let mut hold = guard(&cell);
-    if hold.lost.is_some() {
+  for (lock_id, file, owner, cell, leased) in due {
+    if !leased {
+      refresh_hold(&lock_id, &file, owner, &cell);
       continue;
     }
-    let Some(grant) = hold.grant.as_mut() else {
+    // A lease's renewal asks its server, which may not answer before its command timeout: on a
+    // thread of its own, so that it holds up neither the other servers' renewals (their leases
+    // would run out) nor the file backend's heartbeats. One at a time per hold.
+    if cell.renewing.swap(true, Ordering::SeqCst) {
       continue;
-    };
-    let lost = match grant.refresh() {
-      Refreshed::Held => None,
-      Refreshed::Lost(why) => Some(why),
-      Refreshed::Unknown(why) => grant
-        .deadline()
-        .filter(|deadline| *deadline <= Instant::now())
-        .map(|_| format!("its lease could not be renewed in time ({why})")),
-    };
-    if let Some(why) = lost {
-      hold.lost = Some(why.clone());
-      drop(hold);
-      let listener = LOST_LISTENER
-        .read()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
-      if let Some(listener) = listener {
-        listener(&lock_id, &file, &why);
+    }
+    let renew = {
+      let (lock_id, file, cell) = (lock_id.clone(), file.clone(), cell.clone());
+      move || {
+        refresh_hold(&lock_id, &file, owner, &cell);
+        cell.renewing.store(false, Ordering::SeqCst);
       }
+    };
+    let spawned = std::thread::Builder::new()
+      .name("flowforge-lock-renew".into())
+      .spawn(renew);
+    if spawned.is_err() {
+      // No thread to spare: renewed here, as before.
+      refresh_hold(&lock_id, &file, owner, &cell);
+      cell.renewing.store(false, Ordering::SeqCst);
     }
   }
   let mut table = table();
@@ -1180,6 +1298,39 @@ fn refresh_due() -> Option<Instant> {
     }
   }
   next
+}
+
+/// Refreshes one hold under its guard, and marks it lost (telling its environment's listener)
+/// if the backend says it is no longer ours or its own deadline has passed.
+fn refresh_hold(lock_id: &str, file: &Path, owner: Owner, cell: &HoldCell) {
+  let mut hold = guard(cell);
+  if hold.lost.is_some() {
+    return;
+  }
+  let Some(grant) = hold.grant.as_mut() else {
+    return;
+  };
+  let lost = match grant.refresh() {
+    Refreshed::Held => None,
+    Refreshed::Lost(why) => Some(why),
+    Refreshed::Unknown(why) => grant
+      .deadline()
+      .filter(|deadline| *deadline <= Instant::now())
+      .map(|_| format!("its lease could not be renewed in time ({why})")),
+  };
+  let Some(why) = lost else {
+    return;
+  };
+  hold.lost = Some(why.clone());
+  drop(hold);
+  let listener = LOST_LISTENERS
+    .read()
+    .unwrap_or_else(|e| e.into_inner())
+    .get(&owner)
+    .cloned();
+  if let Some(listener) = listener {
+    listener(lock_id, file, &why);
+  }
 }
 
 /// What this process knows of a lock it may hold: adds `heldByThisProcess` (and the exact hold

@@ -157,7 +157,7 @@ fn a_lock_lost_while_held_is_reported() {
   let (told, reported) = mpsc::channel();
   let log = heard.clone();
   let told = Mutex::new(told);
-  lock_table::on_lost(move |lock_id, _file, why| {
+  lock_table::on_lost(lock_table::NO_OWNER, move |lock_id, _file, why| {
     log
       .lock()
       .unwrap()

@@ -50,7 +50,7 @@ async function exec(file, [command, ...args], { timeout, priority, quiet }) {
       : spawn(command, args, { stdio, env })
   // A lock server's lease can be lost while the command runs: then it must not go on as if it
   // held the lock. Stop it (SIGTERM, then SIGKILL after a grace period) and exit 75.
-  const { signal: lost, stop: stopWatching } = watchHold(lockId)
+  const { signal: lost, stop: stopWatching } = watchHold(lockId, file)
   let killTimer
   const onLost = () => {
     process.stderr.write(`flowforge-lock: ${lost.reason.message} Stopping ${command}.\n`)
@@ -58,7 +58,9 @@ async function exec(file, [command, ...args], { timeout, priority, quiet }) {
     killTimer = setTimeout(() => child.kill('SIGKILL'), STOP_GRACE_MS)
     killTimer.unref()
   }
-  lost.addEventListener('abort', onLost, { once: true })
+  // Lost already (before the watch began): no abort event comes.
+  if (lost.aborted) onLost()
+  else lost.addEventListener('abort', onLost, { once: true })
   const outcome = await new Promise((resolve) => {
     child.on('error', (error) => resolve({ error }))
     child.on('exit', (code, signal) => resolve({ code, signal }))
