@@ -90,8 +90,14 @@ impl LockFile {
     options.read(true).write(true).create(create).mode(0o666);
     let (file, writable) = match open_lock_file(path, &options) {
       Ok(file) => (file, true),
-      // Another user's lock file we may lock but not write: see `is_writable`.
-      Err(e) if e.code == "EACCES" => (open_no_follow(path, OpenOptions::new().read(true))?, false),
+      // Another user's lock file we may lock but not write: see `is_writable`. With no lock
+      // file there, the EACCES was the directory's (we may not create in it): say that, not
+      // the ENOENT of the read-only retry.
+      Err(e) if e.code == "EACCES" => match open_no_follow(path, OpenOptions::new().read(true)) {
+        Ok(file) => (file, false),
+        Err(retry) if retry.code == "ENOENT" => return Err(e),
+        Err(retry) => return Err(retry),
+      },
       Err(e) => return Err(e),
     };
     LockFile::from_file(file, path, writable)

@@ -86,7 +86,7 @@ fn judge_by_heartbeat(
   let Some(heartbeat) = record.heartbeat else {
     return Verdict::Stale(format!("record of {whose} has no heartbeat"));
   };
-  if heartbeat > now_ms + stale_after_ms {
+  if heartbeat > now_ms.saturating_add(stale_after_ms) {
     return Verdict::Stale(format!(
       "heartbeat of {whose} is {} s in the future",
       (heartbeat - now_ms) / 1000
@@ -166,6 +166,17 @@ mod tests {
       judge(&Contents::Record(twin), false, me, NOW, STALE),
       Verdict::Stale(why) if why.contains("another boot")
     ));
+  }
+
+  /// `staleThreshold` as large as a caller may pass (`1e300` ms saturates to `u64::MAX`): "never
+  /// stale", not a sum that wraps and makes every fresh heartbeat look like one from the future.
+  #[test]
+  fn the_largest_stale_threshold_keeps_a_fresh_foreign_lock_live() {
+    let me = identity::current();
+    assert_eq!(
+      judge(&record(Some("other"), 7, NOW), false, me, NOW, u64::MAX),
+      Verdict::Live
+    );
   }
 
   #[test]
