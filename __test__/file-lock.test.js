@@ -5,7 +5,7 @@ const path = require('node:path')
 const fileLock = require('../file-lock')
 const { acquireLock, releaseLock, isLocked, getLockInfo, cleanupStaleLocks, listLocks } = fileLock
 const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, linkPackage } = require('./helpers')
-const { untilFile, untilKernelWaiter } = require('./fixtures/wait-for')
+const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 const native = require('../native.js')
 
 const lockPathOf = (root, name) => path.join(root, '.flowforge', '.locks', `${name}.lock`)
@@ -376,6 +376,21 @@ describe('security', () => {
     const err = await acquireLock(path.join(root, '.flowforge', 'tasks.json'), 100).catch((e) => e)
     expect(err.code).toBe('ELOCKSYMLINK')
     expect(err.message).toContain('tasks.json.lock')
+    expect(fs.readFileSync(victim, 'utf8')).toBe('precious')
+  })
+
+  test('a FIFO or a hard link at the lock path is refused (ELOCKFILEUNSAFE) at once, and the linked file is never written', async () => {
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    fs.mkdirSync(locks)
+    makeFifo(locks, 'tasks.json.lock')
+    const victim = path.join(root, 'victim.txt')
+    fs.writeFileSync(victim, 'precious')
+    fs.linkSync(victim, lockPathOf(root, 'sessions.json'))
+    for (const name of ['tasks.json', 'sessions.json']) {
+      const err = await acquireLock(path.join(root, '.flowforge', name), 100).catch((e) => e)
+      expect({ name, code: err.code, message: err.message }).toEqual({ name, code: 'ELOCKFILEUNSAFE', message: expect.stringContaining(`${name}.lock`) })
+    }
     expect(fs.readFileSync(victim, 'utf8')).toBe('precious')
   })
 
