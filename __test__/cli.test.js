@@ -57,12 +57,15 @@ describe('exec', () => {
     await holder.exited
   })
 
-  test("exits with the command's status, passes stdin/stdout/stderr, and 127 for a missing command", async () => {
+  test("exits with the command's status, passes stdin/stdout/stderr, 127 for a missing command, 126 for one not runnable", async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const run = await cli(['exec', file, '--', 'sh', '-c', 'cat; echo err >&2; exit 7'], { input: 'piped in\n' })
     expect(run).toMatchObject({ status: 7, stdout: 'piped in\n', stderr: 'err\n' })
     expect((await cli(['exec', file, '--', 'no-such-command-xyz'])).status).toBe(127)
+    const notRunnable = path.join(root, 'not-executable.sh')
+    fs.writeFileSync(notRunnable, '#!/bin/sh\n', { mode: 0o644 })
+    expect((await cli(['exec', file, '--', notRunnable])).status).toBe(126)
     expect(await isLocked(file)).toBe(false)
   })
 
@@ -76,22 +79,23 @@ describe('exec', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
-  test('forwards SIGTERM to the command and releases only after it ended', async () => {
+  test.each(['SIGINT', 'SIGTERM'])('forwards %s to the command and releases only after it ended', async (signal) => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const log = path.join(root, 'log')
     const fifo = makeFifo(root)
     // On TERM the command logs it, then cleans up until the test writes a line to the fifo.
     // (`wait` returns at once when a trapped signal arrives; the idle `sleep` is then killed.)
-    const script = `trap 'echo got TERM >> ${log}; read line < ${fifo}; echo done >> ${log}; kill $idle; exit 0' TERM; sleep 1000 & idle=$!; echo ready >> ${log}; wait $idle`
+    const name = signal.slice(3)
+    const script = `trap 'echo got ${name} >> ${log}; read line < ${fifo}; echo done >> ${log}; kill $idle; exit 0' ${name}; sleep 1000 & idle=$!; echo ready >> ${log}; wait $idle`
     const { child, done } = startCli(['exec', file, '--', 'sh', '-c', script])
     await untilFile(log, (text) => text === 'ready\n')
-    child.kill('SIGTERM')
-    await untilFile(log, (text) => text === 'ready\ngot TERM\n')
+    child.kill(signal)
+    await untilFile(log, (text) => text === `ready\ngot ${name}\n`)
     expect(await isLocked(file)).toBe(true) // the command is still cleaning up
     await fs.promises.writeFile(fifo, 'go\n')
     const result = await done
-    expect(fs.readFileSync(log, 'utf8')).toBe('ready\ngot TERM\ndone\n')
+    expect(fs.readFileSync(log, 'utf8')).toBe(`ready\ngot ${name}\ndone\n`)
     expect(result.status).toBe(0)
     expect(await isLocked(file)).toBe(false)
   })
@@ -189,6 +193,23 @@ describe('status and cleanup', () => {
     expect(bad.status).toBe(78)
     expect(bad.stdout).toMatch(/FIX .*world-writable without the sticky bit/)
     expect(bad.stdout).toContain('chmod o-w')
+  })
+})
+
+describe('exit codes of errors (sysexits)', () => {
+  test('73 cannot write (EISDIR), 78 configuration to fix (ELOCKDIRUNSAFE, ELOCKSYMLINK), each code named on stderr', async () => {
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    fs.mkdirSync(path.join(root, '.flowforge', 'a-directory.json'))
+    const isDir = await cli(['update', path.join(root, '.flowforge', 'a-directory.json')], { input: '{}' })
+    expect({ status: isDir.status, stderr: isDir.stderr }).toEqual({ status: 73, stderr: expect.stringContaining('[EISDIR]') })
+    fs.mkdirSync(locks)
+    fs.symlinkSync(path.join(root, 'victim'), path.join(locks, 'tasks.json.lock'))
+    const symlink = await cli(['exec', path.join(root, '.flowforge', 'tasks.json'), '--', 'true'])
+    expect({ status: symlink.status, stderr: symlink.stderr }).toEqual({ status: 78, stderr: expect.stringContaining('[ELOCKSYMLINK]') })
+    fs.chmodSync(locks, 0o777)
+    const unsafe = await cli(['exec', path.join(root, '.flowforge', 'time.json'), '--', 'true'])
+    expect({ status: unsafe.status, stderr: unsafe.stderr }).toEqual({ status: 78, stderr: expect.stringContaining('[ELOCKDIRUNSAFE]') })
   })
 })
 
