@@ -4,7 +4,7 @@ const os = require('node:os')
 const path = require('node:path')
 const fileLock = require('../file-lock')
 const { acquireLock, releaseLock, isLocked, getLockInfo, cleanupStaleLocks, listLocks } = fileLock
-const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, linkPackage } = require('./helpers')
+const { makeProject, runFixture, startFixture, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage } = require('./helpers')
 const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 const native = require('../native.js')
 
@@ -482,5 +482,20 @@ describe('bad input', () => {
     const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
     expect(run.stdout).toMatch(/^EACCES .*\.flowforge\/\.locks/)
     expect(fs.existsSync(path.join(root, '.flowforge', '.locks'))).toBe(false)
+  })
+
+  // KNOWN HOLE, reported, not fixed here (src/file/os_lock.rs belongs to another helper): LockFile::open_with
+  // retries an EACCES create as a read-only open without O_CREAT, whose ENOENT replaces the EACCES, so
+  // the caller gets ENOENT "No such file or directory" (CLI exit 70, not 77). test.failing passes while
+  // the hole is there; once fixed it fails: make it a plain testAsNobody then.
+  ;(IS_ROOT ? test.failing : test.skip)('a lock dir this user cannot write, with no lock file yet, gives EACCES naming the lock file (run as nobody)', async () => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', '.locks'), { mode: 0o755 })
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
+      .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 100)
+      .then(() => console.log('acquired'), (e) => console.log(e.code + ' ' + e.message))`
+    const { spawnSync } = require('node:child_process')
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
+    expect(run.stdout).toMatch(/^EACCES .*tasks\.json\.lock/)
   })
 })
