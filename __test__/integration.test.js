@@ -677,6 +677,22 @@ describe('FileLockManager', () => {
     expectError(await promise.catch((e) => e), RangeError, 'ERR_OUT_OF_RANGE')
   })
 
+  test('updateJson honours the UpdateOptions it declares: ifVersion refuses a stale write (EVERSION), lockId writes under the hold', async () => {
+    const { readJSONVersioned } = integration
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'doc.json')
+    const manager = new FileLockManager({ timeout: 1000 })
+    await manager.updateJson(file, () => ({ n: 1 }))
+    const { version } = await readJSONVersioned(file)
+    await manager.updateJson(file, () => ({ n: 2 }))
+    expectError(await manager.updateJson(file, () => ({ n: 'stale' }), { ifVersion: version }).catch((e) => e), Error, 'EVERSION')
+    expect(read(file)).toEqual({ n: 2 })
+    const lockId = await manager.acquire(file)
+    expect(await manager.updateJson(file, (d) => ({ n: d.n + 1 }), { lockId, timeout: 0 })).toEqual({ n: 3 })
+    await manager.release(file, lockId)
+    expect(read(file)).toEqual({ n: 3 })
+  })
+
   test('exit handlers are installed once however many managers and copies of the package exist', () => {
     // In a fresh process: this one's handlers were installed by earlier tests.
     const script = `
