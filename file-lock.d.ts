@@ -10,8 +10,9 @@ export interface LockOptions {
   /** ms without heartbeat after which another host's record is stale. Default 30000. */
   staleThreshold?: number
   /**
-   * Higher goes first among this process's waiters for the lock (default 0); equal priorities
-   * keep arrival order; a waiter gains one level per second waited. Not across processes yet.
+   * Higher goes first among the lock's waiters (default 0): this process's, and on the file
+   * backend the other processes' of this host too (not on a network file system); equal
+   * priorities keep arrival order; a waiter gains one level per second waited: docs/priorities.md.
    */
   priority?: number
   /**

@@ -526,11 +526,11 @@ describe('work sessions', () => {
 })
 
 describe('FileLockManager', () => {
-  test('is exported as the module and as .FileLockManager, with config.timeout', async () => {
+  test('is exported as the module and as .FileLockManager, with config as FileLockManager.d.ts declares it', async () => {
     expect(require('../FileLockManager').FileLockManager).toBe(FileLockManager)
     expect(require('flowforge-lock/FileLockManager')).toBe(FileLockManager)
     const manager = new FileLockManager()
-    expect(manager.config.timeout).toBe(30000)
+    expect(manager.config).toEqual({ timeout: 30000, staleThreshold: 30000, priority: 0, mode: 'exclusive' })
     manager.config.timeout = 250
     const root = makeProject()
     const file = tasksPath(root)

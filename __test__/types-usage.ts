@@ -96,6 +96,7 @@ async function main(): Promise<void> {
   await releaseLock('x', await acquireLock('x', { timeout: 'adaptive', priority: 2 }))
   await updateTaskFile({ id: 2 }, { timeout: 'adaptive', priority: -1 })
   const prioritised = new FileLockManager({ priority: 3, timeout: 'adaptive' }).config.priority
+  const managerMode: LockMode = new FileLockManager({ mode: 'shared' }).config.mode
   const replay = await replayDeadLetters({ timeout: 1000 })
   const statuses: string[] = replay.results.map((r) => r.status)
   const dropped: string = (await dropDeadLetter('id')).operation
