@@ -61,7 +61,8 @@ describe('lock files and records', () => {
     expect(onDisk.heartbeat).toBe(onDisk.acquiredAt)
     expect(await isLocked(file)).toBe(true)
     const info = await getLockInfo(file)
-    expect(info).toMatchObject({ lockId, state: 'held', heldByThisProcess: true })
+    expect(info).toMatchObject({ lockId, state: 'held', heldByThisProcess: true, lockFile: lockPathOf(root, 'tasks.json'), mode: 'exclusive', readers: [], staleReason: null })
+    expect([typeof info.heldForMs, typeof info.heartbeatAgeMs]).toEqual(['number', 'number'])
     expect(await releaseLock(file, lockId)).toBe(true)
     // Kept, blanked, for the next acquirer; removed when this process exits (see "process exit").
     expect(fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8')).toMatch(/^ +\n?$/)

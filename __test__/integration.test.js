@@ -512,6 +512,20 @@ describe('work sessions', () => {
     expect(doc.sessions.map((s) => s.sessionId)).toEqual(['a', 'b'])
   })
 
+  test('cleanupStaleSessions reads ISO timestamps too, and maxAgeMs replaces the 24 h', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'sessions', 'active-sessions.json')
+    const hoursAgo = (h) => new Date(Date.now() - h * 3600000).toISOString()
+    for (const [sessionId, hours] of [['idle-25h', 25], ['idle-2h', 2], ['active', 0]]) {
+      await registerSession({ sessionId, pid: 1, hostname: 'elsewhere', lastActivity: hoursAgo(hours) }, { file })
+    }
+    const byDefault = await cleanupStaleSessions({ file })
+    expect(byDefault.removed.map((s) => [s.sessionId, s.staleReason])).toEqual([['idle-25h', 'no activity for 25 h']])
+    const withinAnHour = await cleanupStaleSessions({ file, maxAgeMs: 3600000 })
+    expect(withinAnHour.removed.map((s) => [s.sessionId, s.staleReason])).toEqual([['idle-2h', 'no activity for 2 h']])
+    expect(listSessions({ file }).map((s) => s.sessionId)).toEqual(['active'])
+  })
+
   test('sessions registered at once without an id each get their own id: none replaces another', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'sessions', 'active-sessions.json')
