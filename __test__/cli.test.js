@@ -4,7 +4,7 @@ const fs = require('node:fs')
 const path = require('node:path')
 const { spawn } = require('node:child_process')
 const { acquireLock, isLocked } = require('../file-lock')
-const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+const { makeProject, runFixture, startFixture, runOnTerminal, PACKAGE_ROOT } = require('./helpers')
 const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
@@ -180,6 +180,17 @@ describe('status and cleanup', () => {
     expect(fs.existsSync(path.join(root, '.flowforge', '.locks', 'active-sessions.json.lock'))).toBe(false)
     held.child.kill('SIGKILL')
     await held.exited
+  })
+
+  test('status paints its table on a terminal, and not with NO_COLOR', async () => {
+    const root = makeProject()
+    const { NO_COLOR: _, ...env } = process.env
+    const painted = await runOnTerminal([BIN, 'status', root], undefined, { ...env, TERM: 'xterm' })
+    const plain = await runOnTerminal([BIN, 'status', root], undefined, { ...env, TERM: 'xterm', NO_COLOR: '1' })
+    expect([painted.code, plain.code]).toEqual([0, 0])
+    expect(painted.output).toContain('\x1b[1mFILE')
+    expect(plain.output).toContain('FILE')
+    expect(plain.output).not.toContain('\x1b[')
   })
 
   test('doctor passes on a healthy project and flags a world-writable lock dir (exit 78)', async () => {
