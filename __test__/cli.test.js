@@ -239,7 +239,7 @@ describe('usage', () => {
   })
 
   test('--help for every command and --version', async () => {
-    for (const command of ['exec', 'update', 'status', 'cleanup', 'doctor']) {
+    for (const command of ['exec', 'update', 'status', 'cleanup', 'doctor', 'dead-letters']) {
       const run = await cli([command, '--help'])
       expect(run.status).toBe(0)
       expect(run.stdout).toMatch(new RegExp(`^Usage: flowforge-lock ${command}`))

@@ -189,6 +189,10 @@ test('the CLI: update keeps its write; list, show, replay, drop; status --json a
   expect(cli(['doctor']).stdout).toContain(`2 dead letter(s) in ${dirOf(root)}`)
   expect(cli(['dead-letters', 'drop', listed[1].id]).status).toBe(0)
   expect(cli(['dead-letters', 'show', 'nope']).status).toBe(64)
+  const stillHeld = await holder(data)
+  const blocked = cli(['dead-letters', 'replay', '--timeout', '0'])
+  await stillHeld.end()
+  expect(blocked.status).toBe(75) // a letter is left
   const replay = cli(['dead-letters', 'replay'])
   expect(replay.status).toBe(0)
   expect(replay.stdout).toContain('1 replayed, 0 failed, 0 skipped.')
