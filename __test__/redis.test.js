@@ -682,14 +682,17 @@ describe('CLI with the Redis backend', () => {
     await next.exited
   }, 60000)
 
-  test('exec: a lost Redis lock stops the child and exits 75', async () => {
+  test.each([
+    ['stops on SIGTERM', ''],
+    ['ignores SIGTERM (SIGKILL follows)', "trap '' TERM; "],
+  ])('exec: a lost Redis lock stops the child and exits 75: a child that %s', async (_, ignoreTerm) => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     fs.writeFileSync(file, '{}')
     const proxy = await proxyTo(redis.port)
     try {
-      // The child says its pid, then runs until it is stopped.
-      const run = start('exec', ['exec', file, '--', 'sh', '-c', 'echo "CHILD $$"; exec tail -f /dev/null'], backend(proxy.url('ttl=2000&refresh=500')), { cli: true })
+      // The child says its pid, then runs until it is stopped (an ignored SIGTERM stays ignored across exec).
+      const run = start('exec', ['exec', file, '--', 'sh', '-c', `${ignoreTerm}echo "CHILD $$"; exec tail -f /dev/null`], backend(proxy.url('ttl=2000&refresh=500')), { cli: true })
       const pid = Number((await run.until(/^CHILD /)).split(' ')[1])
       proxy.drop()
       const { code } = await run.exited
