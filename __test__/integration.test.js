@@ -21,7 +21,7 @@ const {
 } = integration
 const FileLockManager = require('../FileLockManager')
 const { acquireLock, releaseLock, isLocked } = require('../file-lock')
-const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, PACKAGE_ROOT } = require('./helpers')
+const { makeProject, runFixture, startFixture, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, PACKAGE_ROOT } = require('./helpers')
 
 const tasksPath = (root) => path.join(root, '.flowforge', 'tasks.json')
 const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
@@ -56,13 +56,17 @@ describe('updateWithLock', () => {
     expect(read(file)).toEqual({ ok: true })
   })
 
-  test("keeps the file's mode", async () => {
+  test("keeps the file's mode, and when root writes, its owner", async () => {
     const root = makeProject()
     const file = tasksPath(root)
     fs.writeFileSync(file, '{"tasks":[]}')
     fs.chmodSync(file, 0o600)
+    if (IS_ROOT) fs.chownSync(file, NOBODY.uid, NOBODY.gid)
     await updateTaskFile({ id: 1 }, { file })
-    expect(fs.statSync(file).mode & 0o777).toBe(0o600)
+    const stat = fs.statSync(file)
+    expect(stat.mode & 0o777).toBe(0o600)
+    if (IS_ROOT) expect([stat.uid, stat.gid]).toEqual([NOBODY.uid, NOBODY.gid])
+    else console.log("keeps the file's owner: not checked, it needs root to give the file to another user")
   })
 
   const unchanged = [
