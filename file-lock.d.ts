@@ -100,8 +100,11 @@ export interface CleanupOptions {
 
 export interface ListedLock extends Partial<Omit<LockInfo, 'state'>> {
   lockFile: string
-  /** `unsafe`: the lock file could not be inspected (a symlink, …); `code` and `staleReason` say why. */
-  state: 'held' | 'stale' | 'unsafe'
+  /**
+   * `free`: a released lock file nobody holds (kept for the next acquire); `unsafe`: the lock file
+   * could not be inspected (a symlink, …), `code` and `staleReason` say why.
+   */
+  state: 'held' | 'free' | 'stale' | 'unsafe'
   code?: string
 }
 

@@ -72,6 +72,7 @@ async function main(): Promise<void> {
   const report = await cleanupStaleLocks({ dryRun: true })
   const reasons: string[] = report.removed.map((r) => r.reason)
   const states = listLocks().map((l) => l.state)
+  const anyFree: boolean = states.includes('free') // a released lock file, as listLocks reports it
   const next = await updateWithLock('x.json', async (current: { n?: number } | null) => ({ n: (current?.n ?? 0) + 1 }))
   const n: number = next.n
   const task = await updateTaskFile({ id: 142, status: 'completed' }, { timeout: 5000 })
