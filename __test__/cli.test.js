@@ -2,16 +2,16 @@
 // The flowforge-lock command, run as a real process against real lock files.
 const fs = require('node:fs')
 const path = require('node:path')
-const { spawn } = require('node:child_process')
+const { spawn, spawnSync } = require('node:child_process')
 const { acquireLock, isLocked } = require('../file-lock')
-const { makeProject, runFixture, startFixture, runOnTerminal, PACKAGE_ROOT } = require('./helpers')
+const { makeProject, runFixture, startFixture, runOnTerminal, IS_ROOT, PACKAGE_ROOT } = require('./helpers')
 const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
 /** Starts the command: { child, done } where done resolves to { status, signal, stdout, stderr }. */
-function startCli(args, { cwd, input } = {}) {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd })
+function startCli(args, { cwd, input, env } = {}) {
+  const child = spawn(process.execPath, [BIN, ...args], { cwd, env: env && { ...process.env, ...env } })
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (c) => (stdout += c))
@@ -193,7 +193,7 @@ describe('status and cleanup', () => {
     expect(plain.output).not.toContain('\x1b[')
   })
 
-  test('doctor passes on a healthy project and flags a world-writable lock dir (exit 78)', async () => {
+  test('doctor passes on a healthy project and flags a world-writable lock dir, a lock dir on another file system and kernel locks no other process sees (exit 78)', async () => {
     const root = makeProject()
     const ok = await cli(['doctor', root])
     expect(ok.status).toBe(0)
@@ -204,6 +204,23 @@ describe('status and cleanup', () => {
     expect(bad.status).toBe(78)
     expect(bad.stdout).toMatch(/FIX .*world-writable without the sticky bit/)
     expect(bad.stdout).toContain('chmod o-w')
+    // Where another process does not see a kernel lock taken here (kernel locks off, as on a
+    // network file system mounted without lock support), doctor says so instead of passing.
+    const blind = await cli(['doctor', makeProject()], { env: { FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS: '1' } })
+    expect(blind.status).toBe(78)
+    expect(blind.stdout).toMatch(/FIX .*kernel locks on this file system .* are NOT seen by other processes/)
+    if (!IS_ROOT) return console.log('doctor: the lock dir on another file system is not checked: mounting a tmpfs needs root')
+    const mounted = makeProject()
+    const mountPoint = path.join(mounted, '.flowforge', '.locks')
+    fs.mkdirSync(mountPoint)
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mountPoint]).status).toBe(0)
+    try {
+      const elsewhere = await cli(['doctor', mounted])
+      expect(elsewhere.status).toBe(78)
+      expect(elsewhere.stdout).toMatch(/FIX .*lock directory and data are not on the same file system/)
+    } finally {
+      spawnSync('umount', [mountPoint])
+    }
   })
 })
 
