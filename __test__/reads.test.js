@@ -546,6 +546,30 @@ describe('the synchronous API (item 5)', () => {
     }
   })
 
+  test('a script that does not catch that ELOCKCANCELLED ends with status 1, and its other locks are released', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const other = path.join(dir, '.flowforge', 'other.json')
+    const lockId = await acquireLock(file)
+    const fileLockModule = JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock'))
+    const script = `const l = require(${fileLockModule}); l.acquireLockSync(${JSON.stringify(other)}); l.acquireLockSync(${JSON.stringify(file)})`
+    const proc = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    proc.stderr.on('data', (chunk) => (stderr += chunk))
+    const closed = new Promise((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })))
+    try {
+      await untilKernelWaiter((await getLockInfo(file)).lockFile, proc.pid)
+      expect(await isLocked(other)).toBe(true)
+      proc.kill('SIGTERM')
+      expect(await closed).toEqual({ code: 1, signal: null })
+      expect(stderr).toContain("code: 'ELOCKCANCELLED'")
+      expect(await isLocked(other)).toBe(false)
+    } finally {
+      proc.kill('SIGKILL')
+      await releaseLock(file, lockId)
+    }
+  })
+
   // A vm watchdog stops the caller's JS while the call waits: the call throws, nobody ever gets
   // the lockId, so the lock it got must not stay held.
   test('acquireLockSync stopped by a vm timeout while it waits holds no lock afterwards', async () => {
