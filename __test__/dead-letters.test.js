@@ -9,6 +9,7 @@ const { spawnSync } = require('node:child_process')
 const ffl = require('../index.js')
 const { makeProject, startFixture, runFixture, PACKAGE_ROOT } = require('./helpers')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary.js')
+const { untilStopped } = require('./fixtures/wait-for')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
@@ -310,7 +311,7 @@ test('a call without options (as FILE_LOCKING.md writes them) is kept whole: its
     if (!line.startsWith('FAILPOINT store::before_verify')) return
     stops++
     fs.rmSync(lockFile)
-    child.kill('SIGCONT')
+    untilStopped(child.pid).then(() => child.kill('SIGCONT'))
   })
   expect(await exited).toBe(0)
   expect(stops).toBe(2)

@@ -11,7 +11,7 @@ const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, withLockSync
 const lib = require('../file-lock-integration')
 const root = require('..')
 const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
-const { untilKernelWaiter } = require('./fixtures/wait-for')
+const { untilKernelWaiter, isStopped, untilStopped } = require('./fixtures/wait-for')
 const { next, fault } = require('./fixtures/reads-doc')
 
 const { readJSON, readJSONVersioned, readJSONSync, updateWithLock, updateWithLockSync, updateTaskFile, batchUpdateTasks } = lib
@@ -78,15 +78,12 @@ function pausingReader(file, args = []) {
   const { failpointBinary, failpointEnv } = require('./failpoint-binary.js')
   const env = { ...process.env, ...failpointEnv(failpointBinary(), 'versions::after_read=return(stop)') }
   const reader = child('reads-sync', ['serve-reads', file, ...args], { env, stderr: 'ignore' })
-  const isStopped = () => fs.readFileSync(`/proc/${reader.proc.pid}/stat`, 'utf8').split(') ')[1][0] === 'T'
-  const stopped = async () => {
-    while (!isStopped()) await new Promise((resolve) => setImmediate(resolve))
-  }
+  const stopped = () => untilStopped(reader.proc.pid)
   const answer = async () => {
     let line
     reader.nextLine().then((l) => (line = l))
     while (line === undefined) {
-      if (isStopped()) process.kill(reader.proc.pid, 'SIGCONT')
+      if (isStopped(reader.proc.pid)) process.kill(reader.proc.pid, 'SIGCONT')
       await new Promise((resolve) => setImmediate(resolve))
     }
     return JSON.parse(line)
