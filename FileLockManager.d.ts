@@ -1,11 +1,12 @@
 // flowforge-lock/FileLockManager: drop-in for FlowForge's scripts/utils/FileLockManager.js.
 import type { LockMetrics } from './file-lock-integration'
 import type { UpdateOptions } from './lib/update'
-import type { LockOptions } from './file-lock'
+import type { LockOptions, LockMode } from './file-lock'
 
 declare class FileLockManager {
-  constructor(options?: { timeout?: number | 'adaptive'; staleThreshold?: number; priority?: number })
-  config: { timeout: number | 'adaptive'; staleThreshold: number; priority: number }
+  /** Defaults of this manager's calls; `mode` is `acquire`'s default (withLock and withReadLock set their own). */
+  constructor(options?: { timeout?: number | 'adaptive'; staleThreshold?: number; priority?: number; mode?: LockMode })
+  config: { timeout: number | 'adaptive'; staleThreshold: number; priority: number; mode: LockMode }
   /** lockId -> file of every lock this manager holds. */
   held: Map<string, string>
   acquire(filePath: string, options?: number | 'adaptive' | LockOptions): Promise<string>

@@ -97,9 +97,14 @@ class FileLockManager {
     assertHeld(filePath, lockId)
   }
 
-  /** updateWithLock with this manager's timeout (bad options reject, as every call here does). */
+  /**
+   * updateWithLock with this manager's lock options as defaults (bad options reject, as every call
+   * here does). The caller's other options (`lockId`, `ifVersion`) go through unchanged: dropped,
+   * an `ifVersion` write would land over a newer version.
+   */
   async updateJson(filePath, updater, options) {
-    return updateWithLock(filePath, updater, checkLockOptions(options, this.config))
+    const own = typeof options === 'object' && options !== null ? options : {}
+    return updateWithLock(filePath, updater, { ...own, ...checkLockOptions(options, this.config) })
   }
 
   async releaseAll() {

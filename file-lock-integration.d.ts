@@ -7,7 +7,7 @@ export interface FileOptions {
   /** Lock wait in ms (default 30000; 0 = one try; Infinity = for ever; 'adaptive': see LockOptions). */
   timeout?: number | 'adaptive'
   staleThreshold?: number
-  /** Higher goes first among this process's waiters for the lock (default 0). */
+  /** Higher goes first among the lock's waiters (default 0; see LockOptions). */
   priority?: number
   /** The file to update instead of the project's default one. */
   file?: string

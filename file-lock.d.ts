@@ -10,8 +10,9 @@ export interface LockOptions {
   /** ms without heartbeat after which another host's record is stale. Default 30000. */
   staleThreshold?: number
   /**
-   * Higher goes first among this process's waiters for the lock (default 0); equal priorities
-   * keep arrival order; a waiter gains one level per second waited. Not across processes yet.
+   * Higher goes first among the lock's waiters (default 0): this process's, and on the file
+   * backend the other processes' of this host too (not on a network file system); equal
+   * priorities keep arrival order; a waiter gains one level per second waited: docs/priorities.md.
    */
   priority?: number
   /**
@@ -99,8 +100,11 @@ export interface CleanupOptions {
 
 export interface ListedLock extends Partial<Omit<LockInfo, 'state'>> {
   lockFile: string
-  /** `unsafe`: the lock file could not be inspected (a symlink, …); `code` and `staleReason` say why. */
-  state: 'held' | 'stale' | 'unsafe'
+  /**
+   * `free`: a released lock file nobody holds (kept for the next acquire); `unsafe`: the lock file
+   * could not be inspected (a symlink, …), `code` and `staleReason` say why.
+   */
+  state: 'held' | 'free' | 'stale' | 'unsafe'
   code?: string
 }
 

@@ -2,16 +2,16 @@
 // The flowforge-lock command, run as a real process against real lock files.
 const fs = require('node:fs')
 const path = require('node:path')
-const { spawn } = require('node:child_process')
+const { spawn, spawnSync } = require('node:child_process')
 const { acquireLock, isLocked } = require('../file-lock')
-const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
+const { makeProject, runFixture, startFixture, runOnTerminal, IS_ROOT, PACKAGE_ROOT } = require('./helpers')
 const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
 /** Starts the command: { child, done } where done resolves to { status, signal, stdout, stderr }. */
-function startCli(args, { cwd, input } = {}) {
-  const child = spawn(process.execPath, [BIN, ...args], { cwd })
+function startCli(args, { cwd, input, env } = {}) {
+  const child = spawn(process.execPath, [BIN, ...args], { cwd, env: env && { ...process.env, ...env } })
   let stdout = ''
   let stderr = ''
   child.stdout.on('data', (c) => (stdout += c))
@@ -57,12 +57,15 @@ describe('exec', () => {
     await holder.exited
   })
 
-  test("exits with the command's status, passes stdin/stdout/stderr, and 127 for a missing command", async () => {
+  test("exits with the command's status, passes stdin/stdout/stderr, 127 for a missing command, 126 for one not runnable", async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const run = await cli(['exec', file, '--', 'sh', '-c', 'cat; echo err >&2; exit 7'], { input: 'piped in\n' })
     expect(run).toMatchObject({ status: 7, stdout: 'piped in\n', stderr: 'err\n' })
     expect((await cli(['exec', file, '--', 'no-such-command-xyz'])).status).toBe(127)
+    const notRunnable = path.join(root, 'not-executable.sh')
+    fs.writeFileSync(notRunnable, '#!/bin/sh\n', { mode: 0o644 })
+    expect((await cli(['exec', file, '--', notRunnable])).status).toBe(126)
     expect(await isLocked(file)).toBe(false)
   })
 
@@ -76,22 +79,23 @@ describe('exec', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
-  test('forwards SIGTERM to the command and releases only after it ended', async () => {
+  test.each(['SIGINT', 'SIGTERM'])('forwards %s to the command and releases only after it ended', async (signal) => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     const log = path.join(root, 'log')
     const fifo = makeFifo(root)
     // On TERM the command logs it, then cleans up until the test writes a line to the fifo.
     // (`wait` returns at once when a trapped signal arrives; the idle `sleep` is then killed.)
-    const script = `trap 'echo got TERM >> ${log}; read line < ${fifo}; echo done >> ${log}; kill $idle; exit 0' TERM; sleep 1000 & idle=$!; echo ready >> ${log}; wait $idle`
+    const name = signal.slice(3)
+    const script = `trap 'echo got ${name} >> ${log}; read line < ${fifo}; echo done >> ${log}; kill $idle; exit 0' ${name}; sleep 1000 & idle=$!; echo ready >> ${log}; wait $idle`
     const { child, done } = startCli(['exec', file, '--', 'sh', '-c', script])
     await untilFile(log, (text) => text === 'ready\n')
-    child.kill('SIGTERM')
-    await untilFile(log, (text) => text === 'ready\ngot TERM\n')
+    child.kill(signal)
+    await untilFile(log, (text) => text === `ready\ngot ${name}\n`)
     expect(await isLocked(file)).toBe(true) // the command is still cleaning up
     await fs.promises.writeFile(fifo, 'go\n')
     const result = await done
-    expect(fs.readFileSync(log, 'utf8')).toBe('ready\ngot TERM\ndone\n')
+    expect(fs.readFileSync(log, 'utf8')).toBe(`ready\ngot ${name}\ndone\n`)
     expect(result.status).toBe(0)
     expect(await isLocked(file)).toBe(false)
   })
@@ -178,7 +182,18 @@ describe('status and cleanup', () => {
     await held.exited
   })
 
-  test('doctor passes on a healthy project and flags a world-writable lock dir (exit 78)', async () => {
+  test('status paints its table on a terminal, and not with NO_COLOR', async () => {
+    const root = makeProject()
+    const { NO_COLOR: _, ...env } = process.env
+    const painted = await runOnTerminal([BIN, 'status', root], undefined, { ...env, TERM: 'xterm' })
+    const plain = await runOnTerminal([BIN, 'status', root], undefined, { ...env, TERM: 'xterm', NO_COLOR: '1' })
+    expect([painted.code, plain.code]).toEqual([0, 0])
+    expect(painted.output).toContain('\x1b[1mFILE')
+    expect(plain.output).toContain('FILE')
+    expect(plain.output).not.toContain('\x1b[')
+  })
+
+  test('doctor passes on a healthy project and flags a world-writable lock dir, a lock dir on another file system and kernel locks no other process sees (exit 78)', async () => {
     const root = makeProject()
     const ok = await cli(['doctor', root])
     expect(ok.status).toBe(0)
@@ -189,6 +204,40 @@ describe('status and cleanup', () => {
     expect(bad.status).toBe(78)
     expect(bad.stdout).toMatch(/FIX .*world-writable without the sticky bit/)
     expect(bad.stdout).toContain('chmod o-w')
+    // Where another process does not see a kernel lock taken here (kernel locks off, as on a
+    // network file system mounted without lock support), doctor says so instead of passing.
+    const blind = await cli(['doctor', makeProject()], { env: { FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS: '1' } })
+    expect(blind.status).toBe(78)
+    expect(blind.stdout).toMatch(/FIX .*kernel locks on this file system .* are NOT seen by other processes/)
+    if (!IS_ROOT) return console.log('doctor: the lock dir on another file system is not checked: mounting a tmpfs needs root')
+    const mounted = makeProject()
+    const mountPoint = path.join(mounted, '.flowforge', '.locks')
+    fs.mkdirSync(mountPoint)
+    expect(spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', mountPoint]).status).toBe(0)
+    try {
+      const elsewhere = await cli(['doctor', mounted])
+      expect(elsewhere.status).toBe(78)
+      expect(elsewhere.stdout).toMatch(/FIX .*lock directory and data are not on the same file system/)
+    } finally {
+      spawnSync('umount', [mountPoint])
+    }
+  })
+})
+
+describe('exit codes of errors (sysexits)', () => {
+  test('73 cannot write (EISDIR), 78 configuration to fix (ELOCKDIRUNSAFE, ELOCKSYMLINK), each code named on stderr', async () => {
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    fs.mkdirSync(path.join(root, '.flowforge', 'a-directory.json'))
+    const isDir = await cli(['update', path.join(root, '.flowforge', 'a-directory.json')], { input: '{}' })
+    expect({ status: isDir.status, stderr: isDir.stderr }).toEqual({ status: 73, stderr: expect.stringContaining('[EISDIR]') })
+    fs.mkdirSync(locks)
+    fs.symlinkSync(path.join(root, 'victim'), path.join(locks, 'tasks.json.lock'))
+    const symlink = await cli(['exec', path.join(root, '.flowforge', 'tasks.json'), '--', 'true'])
+    expect({ status: symlink.status, stderr: symlink.stderr }).toEqual({ status: 78, stderr: expect.stringContaining('[ELOCKSYMLINK]') })
+    fs.chmodSync(locks, 0o777)
+    const unsafe = await cli(['exec', path.join(root, '.flowforge', 'time.json'), '--', 'true'])
+    expect({ status: unsafe.status, stderr: unsafe.stderr }).toEqual({ status: 78, stderr: expect.stringContaining('[ELOCKDIRUNSAFE]') })
   })
 })
 
@@ -207,7 +256,7 @@ describe('usage', () => {
   })
 
   test('--help for every command and --version', async () => {
-    for (const command of ['exec', 'update', 'status', 'cleanup', 'doctor']) {
+    for (const command of ['exec', 'update', 'status', 'cleanup', 'doctor', 'dead-letters']) {
       const run = await cli([command, '--help'])
       expect(run.status).toBe(0)
       expect(run.stdout).toMatch(new RegExp(`^Usage: flowforge-lock ${command}`))

@@ -9,6 +9,7 @@ const { spawnSync } = require('node:child_process')
 const ffl = require('../index.js')
 const { makeProject, startFixture, runFixture, PACKAGE_ROOT } = require('./helpers')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary.js')
+const { untilStopped } = require('./fixtures/wait-for')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
@@ -189,6 +190,10 @@ test('the CLI: update keeps its write; list, show, replay, drop; status --json a
   expect(cli(['doctor']).stdout).toContain(`2 dead letter(s) in ${dirOf(root)}`)
   expect(cli(['dead-letters', 'drop', listed[1].id]).status).toBe(0)
   expect(cli(['dead-letters', 'show', 'nope']).status).toBe(64)
+  const stillHeld = await holder(data)
+  const blocked = cli(['dead-letters', 'replay', '--timeout', '0'])
+  await stillHeld.end()
+  expect(blocked.status).toBe(75) // a letter is left
   const replay = cli(['dead-letters', 'replay'])
   expect(replay.status).toBe(0)
   expect(replay.stdout).toContain('1 replayed, 0 failed, 0 skipped.')
@@ -306,7 +311,7 @@ test('a call without options (as FILE_LOCKING.md writes them) is kept whole: its
     if (!line.startsWith('FAILPOINT store::before_verify')) return
     stops++
     fs.rmSync(lockFile)
-    child.kill('SIGCONT')
+    untilStopped(child.pid).then(() => child.kill('SIGCONT'))
   })
   expect(await exited).toBe(0)
   expect(stops).toBe(2)

@@ -5,7 +5,7 @@ const path = require('node:path')
 const fileLock = require('../file-lock')
 const { acquireLock, releaseLock, isLocked, getLockInfo, cleanupStaleLocks, listLocks } = fileLock
 const { makeProject, runFixture, startFixture, NOBODY, testAsNobody, readablePackage, expectError, linkPackage } = require('./helpers')
-const { untilFile, untilKernelWaiter } = require('./fixtures/wait-for')
+const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
 const native = require('../native.js')
 
 const lockPathOf = (root, name) => path.join(root, '.flowforge', '.locks', `${name}.lock`)
@@ -61,7 +61,8 @@ describe('lock files and records', () => {
     expect(onDisk.heartbeat).toBe(onDisk.acquiredAt)
     expect(await isLocked(file)).toBe(true)
     const info = await getLockInfo(file)
-    expect(info).toMatchObject({ lockId, state: 'held', heldByThisProcess: true })
+    expect(info).toMatchObject({ lockId, state: 'held', heldByThisProcess: true, lockFile: lockPathOf(root, 'tasks.json'), mode: 'exclusive', readers: [], staleReason: null })
+    expect([typeof info.heldForMs, typeof info.heartbeatAgeMs]).toEqual(['number', 'number'])
     expect(await releaseLock(file, lockId)).toBe(true)
     // Kept, blanked, for the next acquirer; removed when this process exits (see "process exit").
     expect(fs.readFileSync(lockPathOf(root, 'tasks.json'), 'utf8')).toMatch(/^ +\n?$/)
@@ -381,7 +382,7 @@ describe('security', () => {
 
   test.each([
     ['a directory', (lockFile) => fs.mkdirSync(lockFile)],
-    ['a FIFO', (lockFile) => require('node:child_process').execFileSync('mkfifo', [lockFile])],
+    ['a FIFO', (lockFile) => makeFifo(path.dirname(lockFile), path.basename(lockFile))],
   ])('a lock path that is %s is refused with ELOCKFILEUNSAFE naming it and saying to remove it; cleanup and status name it too', async (_, plant) => {
     const root = makeProject()
     fs.mkdirSync(path.join(root, '.flowforge', '.locks'))
@@ -394,6 +395,18 @@ describe('security', () => {
     const { kept } = await cleanupStaleLocks({ root })
     expect(kept).toEqual([expect.objectContaining({ lockFile, state: 'unsafe', reason: expect.stringContaining('Remove it') })])
     expect(listLocks({ root })).toEqual([expect.objectContaining({ lockFile, state: 'unsafe', code: 'ELOCKFILEUNSAFE' })])
+  })
+
+  test('a hard link at the lock path is refused (ELOCKFILEUNSAFE) at once, and the linked file is never written', async () => {
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    fs.mkdirSync(locks)
+    const victim = path.join(root, 'victim.txt')
+    fs.writeFileSync(victim, 'precious')
+    fs.linkSync(victim, lockPathOf(root, 'sessions.json'))
+    const err = await acquireLock(path.join(root, '.flowforge', 'sessions.json'), 100).catch((e) => e)
+    expect({ code: err.code, message: err.message }).toEqual({ code: 'ELOCKFILEUNSAFE', message: expect.stringContaining('sessions.json.lock') })
+    expect(fs.readFileSync(victim, 'utf8')).toBe('precious')
   })
 
   test('a world-writable lock dir without the sticky bit is refused; the lock dir is created without world-write', async () => {
@@ -510,5 +523,18 @@ describe('bad input', () => {
     const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
     expect(run.stdout).toMatch(/^EACCES .*\.flowforge\/\.locks/)
     expect(fs.existsSync(path.join(root, '.flowforge', '.locks'))).toBe(false)
+  })
+
+  // The create fails with EACCES (the directory is root's); the read-only retry meant for another user's lock file
+  // then finds none: the caller must see the EACCES (CLI exit 77), not that retry's ENOENT.
+  testAsNobody('a lock dir this user cannot write, with no lock file yet, gives EACCES naming the lock file (run as nobody)', async () => {
+    const root = makeProject()
+    fs.mkdirSync(path.join(root, '.flowforge', '.locks'), { mode: 0o755 })
+    const script = `require(${JSON.stringify(path.join(readablePackage(), 'file-lock'))})
+      .acquireLock(${JSON.stringify(path.join(root, '.flowforge', 'tasks.json'))}, 100)
+      .then(() => console.log('acquired'), (e) => console.log(e.code + ' ' + e.message))`
+    const { spawnSync } = require('node:child_process')
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
+    expect(run.stdout).toMatch(/^EACCES .*tasks\.json\.lock/)
   })
 })

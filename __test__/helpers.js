@@ -183,6 +183,22 @@ function linkPackage(root) {
 }
 
 /**
+ * Runs `node args…` with its stdin, stdout and stderr on a pseudo-terminal (util-linux `script`),
+ * calling `onOutput(all output so far)` as output comes; resolves to `{ code, output }`.
+ */
+function runOnTerminal(args, onOutput = () => {}, env = process.env) {
+  const quote = (s) => `'${String(s).replace(/'/g, "'\\''")}'`
+  const command = [process.execPath, ...args].map(quote).join(' ')
+  const child = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'], env })
+  let output = ''
+  child.stdout.on('data', (chunk) => {
+    output += chunk
+    onOutput(output)
+  })
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, output })))
+}
+
+/**
  * Errors made by the native core belong to Node's main realm, not to jest's sandbox, so
  * `instanceof Error` would be false there: check that it is a real Error of the right kind.
  */
@@ -192,4 +208,4 @@ function expectError(err, Kind, code) {
   if (code !== undefined) expect(err.code).toBe(code)
 }
 
-module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, runFixture, startFixture, lockDrivers, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage }
+module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, runFixture, startFixture, lockDrivers, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage, runOnTerminal }

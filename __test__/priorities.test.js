@@ -145,21 +145,9 @@ describe("timeout: 'adaptive'", () => {
 })
 
 describe('waiting that shows itself (exec and update on a terminal)', () => {
-  const { spawn } = require('node:child_process')
-  const { startFixture } = require('./helpers')
-  const quote = (s) => `'${s.replace(/'/g, "'\\''")}'`
-
-  /** Runs the CLI under a pty (util-linux script), calling `onOutput(all so far)` as output comes. */
-  function onTerminal(args, onOutput) {
-    const command = [process.execPath, BIN, ...args].map(quote).join(' ')
-    const child = spawn('script', ['-qec', command, '/dev/null'], { stdio: ['pipe', 'pipe', 'pipe'] })
-    let output = ''
-    child.stdout.on('data', (chunk) => {
-      output += chunk
-      onOutput(output)
-    })
-    return new Promise((resolve) => child.on('close', (code) => resolve({ code, output })))
-  }
+  const { startFixture, runOnTerminal } = require('./helpers')
+  /** Runs the CLI on a pseudo-terminal (see runOnTerminal). */
+  const onTerminal = (args, onOutput) => runOnTerminal([BIN, ...args], onOutput)
 
   test('exec shows the holder and the time left once the wait passes a second, then erases it', async () => {
     const file = fileIn('shown.json')

@@ -11,7 +11,7 @@ const { acquireLock, releaseLock, acquireLockSync, releaseLockSync, withLockSync
 const lib = require('../file-lock-integration')
 const root = require('..')
 const { makeProject, runFixture, startFixture, PACKAGE_ROOT } = require('./helpers')
-const { untilKernelWaiter } = require('./fixtures/wait-for')
+const { untilKernelWaiter, isStopped, untilStopped } = require('./fixtures/wait-for')
 const { next, fault } = require('./fixtures/reads-doc')
 
 const { readJSON, readJSONVersioned, readJSONSync, updateWithLock, updateWithLockSync, updateTaskFile, batchUpdateTasks } = lib
@@ -78,15 +78,12 @@ function pausingReader(file, args = []) {
   const { failpointBinary, failpointEnv } = require('./failpoint-binary.js')
   const env = { ...process.env, ...failpointEnv(failpointBinary(), 'versions::after_read=return(stop)') }
   const reader = child('reads-sync', ['serve-reads', file, ...args], { env, stderr: 'ignore' })
-  const isStopped = () => fs.readFileSync(`/proc/${reader.proc.pid}/stat`, 'utf8').split(') ')[1][0] === 'T'
-  const stopped = async () => {
-    while (!isStopped()) await new Promise((resolve) => setImmediate(resolve))
-  }
+  const stopped = () => untilStopped(reader.proc.pid)
   const answer = async () => {
     let line
     reader.nextLine().then((l) => (line = l))
     while (line === undefined) {
-      if (isStopped()) process.kill(reader.proc.pid, 'SIGCONT')
+      if (isStopped(reader.proc.pid)) process.kill(reader.proc.pid, 'SIGCONT')
       await new Promise((resolve) => setImmediate(resolve))
     }
     return JSON.parse(line)
@@ -542,6 +539,30 @@ describe('the synchronous API (item 5)', () => {
       expect(await within(10000, waiter.closed)).toEqual({ code: null, signal })
     } finally {
       waiter.proc.kill('SIGKILL')
+      await releaseLock(file, lockId)
+    }
+  })
+
+  test('a script that does not catch that ELOCKCANCELLED ends with status 1, and its other locks are released', async () => {
+    const dir = makeProject()
+    const file = path.join(dir, '.flowforge', 'tasks.json')
+    const other = path.join(dir, '.flowforge', 'other.json')
+    const lockId = await acquireLock(file)
+    const fileLockModule = JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock'))
+    const script = `const l = require(${fileLockModule}); l.acquireLockSync(${JSON.stringify(other)}); l.acquireLockSync(${JSON.stringify(file)})`
+    const proc = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe'] })
+    let stderr = ''
+    proc.stderr.on('data', (chunk) => (stderr += chunk))
+    const closed = new Promise((resolve) => proc.on('close', (code, signal) => resolve({ code, signal })))
+    try {
+      await untilKernelWaiter((await getLockInfo(file)).lockFile, proc.pid)
+      expect(await isLocked(other)).toBe(true)
+      proc.kill('SIGTERM')
+      expect(await closed).toEqual({ code: 1, signal: null })
+      expect(stderr).toContain("code: 'ELOCKCANCELLED'")
+      expect(await isLocked(other)).toBe(false)
+    } finally {
+      proc.kill('SIGKILL')
       await releaseLock(file, lockId)
     }
   })

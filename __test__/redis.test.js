@@ -11,7 +11,7 @@ const fs = require('node:fs')
 const net = require('node:net')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
-const { makeProject } = require('./helpers')
+const { makeProject, startFixture, PACKAGE_ROOT } = require('./helpers')
 const { startRedis, freePort } = require('./redis-server')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary')
 const { childStarter } = require('./children')
@@ -127,6 +127,38 @@ describe('Redis backend', () => {
     redis = await startRedis()
   }, 60000)
   afterAll(() => redis && redis.stop())
+
+  test('the backend is chosen by configure(), then FLOWFORGE_LOCK_BACKEND, then .flowforge/lock-config.json, then file', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    const config = path.join(root, '.flowforge', 'lock-config.json')
+    /** One acquire (one try) in a fresh process: 'ACQUIRED', or the error's code. */
+    const tryLock = (env, configured) => {
+      const lib = JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock'))
+      const script = `const l = require(${lib}); ${configured ? `l.configure({ backend: ${JSON.stringify(configured)} });` : ''}
+        l.acquireLock(${JSON.stringify(file)}, 0).then(() => console.log('ACQUIRED'), (e) => console.log(e.code + ' ' + e.message))`
+      const { FLOWFORGE_LOCK_BACKEND: _, ...inherited } = process.env
+      return spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...inherited, ...env } }).stdout.trim()
+    }
+    // lock-config.json chooses Redis: a holder there excludes every process that reads it, and
+    // no file-backend lock is involved (a process told to use the file backend gets the lock).
+    fs.writeFileSync(config, JSON.stringify({ backend: redis.url }))
+    const holder = await startFixture('hold-lock', [file], 'LOCKED', { env: { FLOWFORGE_LOCK_BACKEND: '' } })
+    try {
+      expect(tryLock({})).toMatch(/^ELOCKTIMEOUT /)
+      expect(tryLock({ FLOWFORGE_LOCK_BACKEND: 'file' })).toBe('ACQUIRED')
+      expect(tryLock({ FLOWFORGE_LOCK_BACKEND: redis.url }, 'file')).toBe('ACQUIRED')
+      expect(tryLock({ FLOWFORGE_LOCK_BACKEND: 'file' }, redis.url)).toMatch(/^ELOCKTIMEOUT /)
+    } finally {
+      holder.child.kill('SIGKILL')
+      await holder.exited
+    }
+    // A lock-config.json that is not valid is an error naming it, never a silent fall back to files.
+    for (const bad of ['{ "backend": ', '{ "backend": 6379 }', '{ "backend": "memcached://h:1" }']) {
+      fs.writeFileSync(config, bad)
+      expect(tryLock({})).toMatch(new RegExp(`^ELOCKCONFIG ${config.replace(/[.]/g, '\\.')} is not a valid lock configuration`))
+    }
+  })
 
   test('4 hosts × N locked read-increment-writes of one file: exact, never two holders', async () => {
     const root = makeProject()
@@ -716,14 +748,17 @@ describe('CLI with the Redis backend', () => {
     await next.exited
   }, 60000)
 
-  test('exec: a lost Redis lock stops the child and exits 75', async () => {
+  test.each([
+    ['stops on SIGTERM', ''],
+    ['ignores SIGTERM (SIGKILL follows)', "trap '' TERM; "],
+  ])('exec: a lost Redis lock stops the child and exits 75: a child that %s', async (_, ignoreTerm) => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     fs.writeFileSync(file, '{}')
     const proxy = await proxyTo(redis.port)
     try {
-      // The child says its pid, then runs until it is stopped.
-      const run = start('exec', ['exec', file, '--', 'sh', '-c', 'echo "CHILD $$"; exec tail -f /dev/null'], backend(proxy.url('ttl=2000&refresh=500')), { cli: true })
+      // The child says its pid, then runs until it is stopped (an ignored SIGTERM stays ignored across exec).
+      const run = start('exec', ['exec', file, '--', 'sh', '-c', `${ignoreTerm}echo "CHILD $$"; exec tail -f /dev/null`], backend(proxy.url('ttl=2000&refresh=500')), { cli: true })
       const pid = Number((await run.until(/^CHILD /)).split(' ')[1])
       proxy.drop()
       const { code } = await run.exited

@@ -11,6 +11,7 @@ const { spawn, spawnSync } = require('node:child_process')
 const { makeProject, PACKAGE_ROOT } = require('./helpers')
 const { untilAnyKernelWaiter } = require('./fixtures/wait-for.js')
 const { startRedis } = require('./redis-server')
+const { startEtcd } = require('./etcd-server')
 const fileLock = require('../file-lock')
 const native = require('../native')
 const FileLockManager = require('../FileLockManager')
@@ -297,17 +298,32 @@ describe('shared locks in one process', () => {
   })
 })
 
+describe('where only exclusive locks exist', () => {
+  test('shared mode with kernel locks off (as on a network file system) is refused with ELOCKUNSUPPORTED, naming the lock directory', () => {
+    const { root, file } = setup()
+    const script = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock'))}).acquireLock(${JSON.stringify(file)}, { mode: 'shared', timeout: 100 })
+      .then(() => console.log('acquired'), (e) => console.log(e.code + ' ' + e.message))`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', env: { ...process.env, FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS: '1' } })
+    expect(run.stdout).toMatch(/^ELOCKUNSUPPORTED /)
+    expect(run.stdout).toContain(path.join(root, '.flowforge', '.locks'))
+  })
+})
+
 describe('lock servers', () => {
-  let redis
+  const servers = []
   afterAll(async () => {
     configure({ backend: null })
-    if (redis) await redis.stop()
+    await Promise.all(servers.map((server) => server.stop()))
   })
 
-  test('shared mode on a Redis backend is refused with ELOCKUNSUPPORTED, naming the backend and what to do', async () => {
-    redis = await startRedis()
+  test.each([
+    ['Redis', startRedis, (server) => server.url],
+    ['etcd', startEtcd, (server) => server.url()],
+  ])('shared mode on the %s backend is refused with ELOCKUNSUPPORTED, naming the backend and what to do', async (_, startServer, urlOf) => {
+    const server = await startServer()
+    servers.push(server)
     const { root, file } = setup()
-    configure({ backend: redis.url })
+    configure({ backend: urlOf(server) })
     try {
       const err = await acquireLock(file, { mode: 'shared' }).catch((e) => e)
       expect(err).toMatchObject({ code: 'ELOCKUNSUPPORTED' })

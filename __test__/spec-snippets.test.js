@@ -110,6 +110,8 @@ test('Pattern 1: updateTaskFile creates tasks.json as FlowForge does and upserts
   expect((await runSnippet('pattern-1', root)).stderr).toBe('')
   const doc = readTasks(root)
   expect(doc.version).toBe('2.0.0')
+  expect(Date.parse(doc.metadata.created)).not.toBeNaN()
+  expect(doc).not.toHaveProperty('lastUpdated') // refreshed only where it exists (docs/api.md)
   expect(doc.tasks).toHaveLength(1)
   expect(doc.tasks[0]).toMatchObject({ id: 142, status: 'completed' })
   expect(Date.parse(doc.tasks[0].completedAt)).not.toBeNaN()

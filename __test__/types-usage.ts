@@ -72,6 +72,7 @@ async function main(): Promise<void> {
   const report = await cleanupStaleLocks({ dryRun: true })
   const reasons: string[] = report.removed.map((r) => r.reason)
   const states = listLocks().map((l) => l.state)
+  const anyFree: boolean = states.includes('free') // a released lock file, as listLocks reports it
   const next = await updateWithLock('x.json', async (current: { n?: number } | null) => ({ n: (current?.n ?? 0) + 1 }))
   const n: number = next.n
   const task = await updateTaskFile({ id: 142, status: 'completed' }, { timeout: 5000 })
@@ -96,6 +97,7 @@ async function main(): Promise<void> {
   await releaseLock('x', await acquireLock('x', { timeout: 'adaptive', priority: 2 }))
   await updateTaskFile({ id: 2 }, { timeout: 'adaptive', priority: -1 })
   const prioritised = new FileLockManager({ priority: 3, timeout: 'adaptive' }).config.priority
+  const managerMode: LockMode = new FileLockManager({ mode: 'shared' }).config.mode
   const replay = await replayDeadLetters({ timeout: 1000 })
   const statuses: string[] = replay.results.map((r) => r.status)
   const dropped: string = (await dropDeadLetter('id')).operation

@@ -20,6 +20,17 @@ test.each([
   expect(types).toEqual(runtime)
 })
 
+test('every member of FileLockManager is declared in FileLockManager.d.ts, and nothing more', () => {
+  const text = fs.readFileSync(path.join(PACKAGE_ROOT, 'FileLockManager.d.ts'), 'utf8')
+  const body = text.slice(text.indexOf('declare class FileLockManager {'), text.indexOf('\n}\n'))
+  const declared = (isStatic) => [...body.matchAll(/^  (static )?(\w+)(?=[(<:])/gm)].filter((m) => Boolean(m[1]) === isStatic).map((m) => m[2]).sort()
+  const FileLockManager = require(path.join(PACKAGE_ROOT, 'FileLockManager'))
+  const manager = new FileLockManager()
+  const members = [...Object.getOwnPropertyNames(FileLockManager.prototype).filter((n) => n !== 'constructor'), ...Object.keys(manager)]
+  expect(declared(false)).toEqual(['constructor', ...members].sort())
+  expect(declared(true)).toEqual(Object.keys(FileLockManager).sort())
+})
+
 test('a use of every public call type-checks with tsc --strict', () => {
   const tsc = path.join(PACKAGE_ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
   const run = spawnSync(

@@ -2,7 +2,7 @@ export interface UpdateOptions {
   /** Lock wait in ms (default 30000), or 'adaptive' (see LockOptions). */
   timeout?: number | 'adaptive'
   staleThreshold?: number
-  /** Higher goes first among this process's waiters (see LockOptions). */
+  /** Higher goes first among the lock's waiters (default 0; see LockOptions). */
   priority?: number
   /**
    * Write under a hold the caller already has (a lockId from acquireLock): no new lock is

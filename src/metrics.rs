@@ -170,10 +170,7 @@ pub fn acquired(file: &str, wait: Duration, contended: bool, priority: f64) {
   counters.contended += u64::from(contended);
   counters.total_wait_us += wait_us;
   counters.max_wait_us = counters.max_wait_us.max(wait_us);
-  if state.recent_waits_us.len() == WAIT_WINDOW {
-    state.recent_waits_us.pop_front();
-  }
-  state.recent_waits_us.push_back(wait_us);
+  push_window(&mut state.recent_waits_us, WAIT_WINDOW, wait_us);
 }
 
 pub fn timed_out(file: &str) {
@@ -337,6 +334,25 @@ mod tests {
     assert_eq!(seven.p99_wait_time, 8.0);
     assert_eq!(seven.max_wait_time, 8.0);
     assert_eq!(after.wait_by_priority["-2.5"].acquisitions, 1);
+  }
+
+  #[test]
+  fn wait_percentiles_cover_the_last_10000_waits_only() {
+    // A priority no other test uses, so that only these waits are in its window.
+    let file = "/metrics-test/window.json";
+    for _ in 0..WAIT_WINDOW {
+      acquired(file, Duration::from_millis(50), true, 913.0);
+    }
+    for _ in 0..WAIT_WINDOW {
+      acquired(file, Duration::from_millis(1), true, 913.0);
+    }
+    let waits = &snapshot().wait_by_priority["913"];
+    assert_eq!(
+      WAIT_WINDOW, 10_000,
+      "docs/api.md says 'over the last 10,000 waits'"
+    );
+    assert_eq!(waits.p99_wait_time, 1.0);
+    assert_eq!(waits.max_wait_time, 50.0);
   }
 
   #[test]

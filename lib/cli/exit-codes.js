@@ -3,8 +3,6 @@
 
 const EXIT = {
   OK: 0,
-  /** doctor found problems */
-  PROBLEMS: 1,
   USAGE: 64,
   DATAERR: 65,
   SOFTWARE: 70,

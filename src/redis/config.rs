@@ -59,7 +59,8 @@ impl RedisConfig {
     let bad = |why: &str| {
       LockError::invalid_value(format!(
         "The lock backend URL {shown} is not valid: {why}. Expected \
-         redis://[user:pass@]host:port[/db][?ttl=MS&refresh=MS] (rediss:// for TLS)."
+         redis://[user:pass@]host:port[/db][?ttl=MS&refresh=MS&connectTimeout=MS&commandTimeout=MS] \
+         (rediss:// for TLS, ca=PATH for a private CA)."
       ))
     };
     let mut parsed = url::Url::parse(url).map_err(|e| bad(&e.to_string()))?;
@@ -97,7 +98,6 @@ impl RedisConfig {
     let mut connect_timeout = DEFAULT_CONNECT_TIMEOUT;
     let mut command_timeout = DEFAULT_COMMAND_TIMEOUT;
     let mut tls_ca = None;
-    let mut kept = Vec::new();
     for (name, value) in parsed.query_pairs() {
       let slot = match name.as_ref() {
         "ca" if tls && !value.is_empty() => {
@@ -110,10 +110,9 @@ impl RedisConfig {
         "connectTimeout" => &mut connect_timeout,
         "commandTimeout" => &mut command_timeout,
         "protocol" => continue,
-        _ => {
-          kept.push((name.into_owned(), value.into_owned()));
-          continue;
-        }
+        // The client reads no other parameter of a redis:// URL: one we do not know would be
+        // ignored in silence (a misspelt ttl leaves the default in force).
+        _ => return Err(bad(&format!("unknown parameter \"{name}\""))),
       };
       let ms = value
         .parse::<u64>()
@@ -129,8 +128,10 @@ impl RedisConfig {
     check_lease(ttl, refresh).map_err(|why| bad(&why))?;
     // The connection speaks RESP3 so that pub/sub wake-ups arrive on the same auto-reconnecting
     // connection as the commands (and are re-subscribed after a reconnect).
-    kept.push(("protocol".to_string(), "resp3".to_string()));
-    parsed.query_pairs_mut().clear().extend_pairs(kept);
+    parsed
+      .query_pairs_mut()
+      .clear()
+      .append_pair("protocol", "resp3");
     let username = Some(parsed.username().to_string()).filter(|u| !u.is_empty());
     let password = parsed.password().map(str::to_string);
     Ok(RedisConfig {
@@ -251,6 +252,25 @@ mod tests {
     assert_eq!(e.code, "ERR_INVALID_ARG_VALUE");
     assert!(e.message.contains("h:1"), "{}", e.message);
     assert!(c.with_lease(ms(100), ms(10)).is_err());
+  }
+
+  #[test]
+  fn an_unknown_parameter_is_refused_not_ignored() {
+    // A misspelt ttl would otherwise leave the 30 s default in force; etcd's `timeout` is not
+    // Redis's (connectTimeout, commandTimeout).
+    for (url, name) in [
+      ("redis://u:secret@h:1?tll=3000", "tll"),
+      ("redis://h:1?ttl=3000&refresh=500&timeout=500", "timeout"),
+    ] {
+      let e = RedisConfig::parse(url).unwrap_err();
+      assert_eq!(e.code, "ERR_INVALID_ARG_VALUE", "{url}");
+      assert!(
+        e.message.contains(&format!("unknown parameter \"{name}\"")),
+        "{}",
+        e.message
+      );
+      assert!(!e.message.contains("secret"), "{}", e.message);
+    }
   }
 
   #[test]
