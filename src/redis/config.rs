@@ -149,20 +149,6 @@ impl RedisConfig {
     })
   }
 
-  /// The same settings with another lease (the `ttl`/`refresh` options given in code rather
-  /// than in the URL), checked like the URL's.
-  pub fn with_lease(mut self, ttl: Duration, refresh: Duration) -> Result<RedisConfig> {
-    check_lease(ttl, refresh).map_err(|why| {
-      LockError::invalid_value(format!(
-        "The Redis lock lease for {} is not valid: {why}.",
-        self.addr
-      ))
-    })?;
-    self.ttl = ttl;
-    self.refresh = refresh;
-    Ok(self)
-  }
-
   /// How long before the lease's end the holder already counts the lock as lost: covers the
   /// rate difference between our monotonic clock and Redis's clock, and a late reply.
   pub fn margin(&self) -> Duration {
@@ -240,18 +226,6 @@ mod tests {
     assert_eq!(c.username.as_deref(), Some("u"));
     assert!(!format!("{c:?}").contains("secret"));
     assert!(!c.client_url().contains("ttl="));
-  }
-
-  #[test]
-  fn a_lease_set_in_code_is_checked_too() {
-    let c = RedisConfig::parse("redis://h:1").unwrap();
-    let ms = Duration::from_millis;
-    let c = c.with_lease(ms(3000), ms(500)).unwrap();
-    assert_eq!((c.ttl, c.refresh), (ms(3000), ms(500)));
-    let e = c.clone().with_lease(ms(3000), ms(2800)).unwrap_err();
-    assert_eq!(e.code, "ERR_INVALID_ARG_VALUE");
-    assert!(e.message.contains("h:1"), "{}", e.message);
-    assert!(c.with_lease(ms(100), ms(10)).is_err());
   }
 
   #[test]
