@@ -284,11 +284,15 @@ describe('coalescing', () => {
     expect(getLockMetrics().acquisitions).toBe(1)
   })
 
-  test('in one batch, each caller keeps its own timeout', async () => {
-    const root = makeProject()
-    const file = tasksPath(root)
+  /** An empty tasks.json of a new project, its lock held by another process until SIGUSR2. */
+  async function tasksHeldUntilSigusr2() {
+    const file = tasksPath(makeProject())
     fs.writeFileSync(file, '{"tasks":[]}')
-    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    return { file, holder: await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED') }
+  }
+
+  test('in one batch, each caller keeps its own timeout', async () => {
+    const { file, holder } = await tasksHeldUntilSigusr2()
     const settled = []
     const short = updateWithLock(file, (doc) => ({ ...doc, short: true }), { timeout: 200 })
     const long = updateWithLock(file, (doc) => ({ ...doc, long: true }), { timeout: 30000 })
@@ -307,10 +311,7 @@ describe('coalescing', () => {
   // A caller that arrives while a batch already waits for the lock must not wait on that batch's
   // terms: a shorter timeout still ends its wait in time, a higher priority still goes first.
   test('a caller with a shorter timeout than the batch already waiting still gets ELOCKTIMEOUT in time', async () => {
-    const root = makeProject()
-    const file = tasksPath(root)
-    fs.writeFileSync(file, '{"tasks":[]}')
-    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const { file, holder } = await tasksHeldUntilSigusr2()
     const settled = []
     const long = updateWithLock(file, (doc) => ({ ...doc, long: true }), { timeout: Infinity })
     long.then(() => settled.push('long'), () => {})
@@ -329,10 +330,7 @@ describe('coalescing', () => {
   }, 30000)
 
   test('a caller with a higher priority than the batch already waiting is served before lower-priority waiters', async () => {
-    const root = makeProject()
-    const file = tasksPath(root)
-    fs.writeFileSync(file, '{"tasks":[]}')
-    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const { file, holder } = await tasksHeldUntilSigusr2()
     const order = []
     const low = updateWithLock(file, (doc) => (order.push('update 0'), doc), { priority: 0 })
     await new Promise((resolve) => setImmediate(resolve))
@@ -348,10 +346,7 @@ describe('coalescing', () => {
   })
 
   test("a batch's wait ended by one caller's timeout keeps the others' place in the queue", async () => {
-    const root = makeProject()
-    const file = tasksPath(root)
-    fs.writeFileSync(file, '{"tasks":[]}')
-    const holder = await startFixture('hold-lock', [file, '--until-sigusr2'], 'LOCKED')
+    const { file, holder } = await tasksHeldUntilSigusr2()
     const order = []
     const short = updateWithLock(file, (doc) => doc, { timeout: 200 }).catch((e) => order.push(`short ${e.code}`))
     const patient = updateWithLock(file, (doc) => (order.push('patient'), doc), { timeout: Infinity })
