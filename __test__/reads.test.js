@@ -618,6 +618,36 @@ describe('the synchronous API (item 5)', () => {
     expect(await isLocked(file)).toBe(false)
   })
 
+  // The callback is called from the core: where the JS stack is full, entering it throws a
+  // RangeError, which must reach the caller as one (a recursion that catches it and goes on).
+  test.each(['withLockSync', 'updateWithLockSync'])('%s with the JS stack full throws its RangeError and leaves the lock free', (name) => {
+    const file = path.join(makeProject(), '.flowforge', 'tasks.json')
+    const script = `
+      const lib = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock.js'))})
+      const { updateWithLockSync } = require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock-integration.js'))})
+      const file = ${JSON.stringify(file)}
+      const call = { withLockSync: () => lib.withLockSync(file, () => 1), updateWithLockSync: () => updateWithLockSync(file, () => ({})) }.${name}
+      const codes = new Set()
+      // Called on the way back up from the deepest frame, where the calls that overflow are;
+      // twice (the second time, optimized code has frames of other sizes).
+      let calls = 0
+      function dive() {
+        try { return dive() } catch (overflow) {
+          if (calls++ < 1000) try { call() } catch (e) { codes.add(e.constructor.name) }
+          throw overflow
+        }
+      }
+      for (const _pass of [1, 2]) {
+        calls = 0
+        try { dive() } catch {}
+      }
+      lib.releaseLockSync(file, lib.acquireLockSync(file, 0))
+      console.log([...codes].join(' '))`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect({ signal: run.signal, status: run.status, stderr: run.stderr }).toEqual({ signal: null, status: 0, stderr: '' })
+    expect(run.stdout.trim()).toBe('RangeError')
+  })
+
   test('mixing sync and async holds of one lock fails fast with ELOCKDEADLOCK instead of hanging', async () => {
     const dir = makeProject()
     const file = path.join(dir, '.flowforge', 'tasks.json')

@@ -29,6 +29,13 @@ function counterFile(root, count = 0) {
   return file
 }
 
+/** A counter file of a project of its own whose lock-config.json names the lock server `url`. */
+function servedBy(url) {
+  const root = makeProject()
+  fs.writeFileSync(path.join(root, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
+  return counterFile(root)
+}
+
 const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
 const count = (file) => read(file).count
 const backend = (url) => ({ FLOWFORGE_LOCK_BACKEND: url })
@@ -510,36 +517,51 @@ describe('Redis backend', () => {
 
   // A waiter's timeout names the holder, which for a lock server is a question to the server.
   // Asked on the one thread that expires every waiter of the process, a server that does not
-  // answer held up every other timeout of the process, of any backend, for as long.
-  test("a timeout on a server that stops answering does not hold up this process's other timeouts", async () => {
+  // answer held up every other timeout of the process, of any backend, for as long; asked on one
+  // thread shared by every lock server, it still held up the timeouts of the other servers.
+  const otherLocks = {
+    'a file lock': async () => {
+      const file = path.join(makeProject(), '.flowforge', 'tasks.json')
+      const holder = start('hold-lock', [file])
+      await holder.until(/^LOCKED /)
+      return { file, holder, stop: async () => {} }
+    },
+    'a lock on another server': async () => {
+      const other = await startRedis()
+      const file = servedBy(other.url)
+      const holder = start('etcd-worker', [file], backend(other.url))
+      await holder.until(/^READY$/)
+      await acquired(holder)
+      return { file, holder, stop: () => other.stop() }
+    },
+  }
+
+  test.each(Object.keys(otherLocks))("a timeout on a server that stops answering does not hold up this process's other timeouts: %s", async (other) => {
     const { acquireLock } = require('../file-lock')
     const own = await startRedis()
     const url = `${own.url}?commandTimeout=600000`
-    const served = makeProject()
-    fs.writeFileSync(path.join(served, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
-    const onServer = counterFile(served)
-    const onFile = path.join(makeProject(), '.flowforge', 'tasks.json')
+    const onServer = servedBy(url)
     const serverHolder = start('etcd-worker', [onServer], backend(url))
-    const fileHolder = start('hold-lock', [onFile])
+    const elsewhere = await otherLocks[other]()
     let onServerWait
     try {
       await serverHolder.until(/^READY$/)
       serverHolder.send('acquire 10000')
       await serverHolder.until(/^ACQUIRED /)
-      await fileHolder.until(/^LOCKED /)
       // Queued behind the server's holder (the try before it was answered: taken), then the
       // server stops answering; this wait's deadline comes first.
       onServerWait = acquireLock(onServer, 1000).catch((e) => e)
       process.kill(own.pid, 'SIGSTOP')
-      const onFileWait = await acquireLock(onFile, 2000).catch((e) => e)
+      const elsewhereWait = await acquireLock(elsewhere.file, 2000).catch((e) => e)
       // Before, this wait was answered only once the server answered again (never, here).
-      expect(onFileWait.code).toBe('ELOCKTIMEOUT')
+      expect(elsewhereWait.code).toBe('ELOCKTIMEOUT')
     } finally {
       process.kill(own.pid, 'SIGCONT')
       serverHolder.child.kill('SIGKILL')
-      fileHolder.child.kill('SIGKILL')
+      elsewhere.holder.child.kill('SIGKILL')
     }
     expect((await onServerWait).code).toBe('ELOCKTIMEOUT')
+    await elsewhere.stop()
     await own.stop()
   }, 60000)
 
@@ -548,14 +570,9 @@ describe('Redis backend', () => {
   test("a server that stops answering does not cost this process its leases on another server", async () => {
     const { acquireLock, releaseLock, assertHeld } = require('../file-lock')
     const [frozen, healthy] = await Promise.all([startRedis(), startRedis()])
-    const projectOn = (url) => {
-      const root = makeProject()
-      fs.writeFileSync(path.join(root, '.flowforge', 'lock-config.json'), JSON.stringify({ backend: url }))
-      return counterFile(root)
-    }
-    const onFrozen = projectOn(`${frozen.url}?ttl=3000&refresh=500&commandTimeout=600000`)
+    const onFrozen = servedBy(`${frozen.url}?ttl=3000&refresh=500&commandTimeout=600000`)
     const healthyUrl = `${healthy.url}?ttl=3000&refresh=500`
-    const onHealthy = projectOn(healthyUrl)
+    const onHealthy = servedBy(healthyUrl)
     const other = start('etcd-worker', [onHealthy], backend(healthyUrl))
     try {
       await acquireLock(onFrozen)

@@ -486,12 +486,38 @@ pub fn call_under_hold<'env>(
   lock_id: String,
   callback: Function<'env, (), Unknown<'env>>,
 ) -> Result<Unknown<'env>> {
-  let outcome = callback.call(());
-  if outcome.is_err() && !js_still_runs(env) {
-    // Nobody is left to hear about a failure.
-    let _ = lock_table::release(&file, &lock_id);
+  let raw = env.raw();
+  // Called through Node-API itself: napi-rs's `Function::call`, given the RangeError of a JS
+  // stack already full at the callback's entry, crashed the process (SIGSEGV in V8).
+  // SAFETY: Node-API calls on this environment's thread, inside its native call, with
+  // out-pointers they fill in.
+  unsafe {
+    let (mut receiver, mut result) = (ptr::null_mut(), ptr::null_mut());
+    if sys::napi_get_undefined(raw, &mut receiver) == sys::Status::napi_ok
+      && sys::napi_call_function(raw, receiver, callback.raw(), 0, ptr::null(), &mut result)
+        == sys::Status::napi_ok
+    {
+      return Ok(Unknown::from_raw_unchecked(raw, result));
+    }
+    // What the call threw, set aside while `js_still_runs` calls JS, then thrown again.
+    let mut pending = false;
+    let mut thrown = ptr::null_mut();
+    if sys::napi_is_exception_pending(raw, &mut pending) == sys::Status::napi_ok && pending {
+      sys::napi_get_and_clear_last_exception(raw, &mut thrown);
+    }
+    if !js_still_runs(env) {
+      // Nobody is left to hear about a failure. (With the JS stack full this is the callback's
+      // own throw, after which its caller only releases: released here a moment sooner.)
+      let _ = lock_table::release(&file, &lock_id);
+    }
+    if !thrown.is_null() {
+      sys::napi_throw(raw, thrown);
+    }
   }
-  outcome
+  Err(Error::new(
+    Status::PendingException,
+    format!("the work under the hold of {file} was stopped"),
+  ))
 }
 
 /// Whether JS still runs in this environment, asked after a blocking wait: the JS that called

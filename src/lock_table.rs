@@ -24,7 +24,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, LazyLock, Mutex, MutexGuard, OnceLock, RwLock};
+use std::sync::{mpsc, Arc, Condvar, LazyLock, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use rustc_hash::FxBuildHasher;
@@ -791,33 +791,43 @@ fn give_up(target: &Target, waiter_id: u64, timeout: Duration) {
   // The error names the holder: a lock server is asked who, and may not answer before its
   // command timeout, while this thread expires every waiter of the process. A backend whose
   // questions are local system calls (the file backend) is asked right here.
-  let asks_a_server = config::backend_for(target).is_ok_and(|b| !b.tries_locally());
+  let server = config::backend_for(target)
+    .ok()
+    .filter(|backend| !backend.tries_locally());
   let target = target.clone();
   let answer = move || waiter.answer(Err(timeout_error(&target, timeout)));
-  if asks_a_server {
-    answer_off_the_deadline_thread(Box::new(answer));
-  } else {
-    answer();
+  match server {
+    Some(server) => answer_off_the_deadline_thread(server, Box::new(answer)),
+    None => answer(),
   }
 }
 
 type Answer = Box<dyn FnOnce() + Send>;
 
-/// Runs `answer` on the thread that answers lock servers' timeouts (one, started on first use),
-/// or here if it cannot be started.
-fn answer_off_the_deadline_thread(answer: Answer) {
-  static ANSWERS: OnceLock<Option<mpsc::Sender<Answer>>> = OnceLock::new();
-  let answers = ANSWERS.get_or_init(|| {
-    let (send, receive) = mpsc::channel::<Answer>();
-    std::thread::Builder::new()
-      .name("flowforge-lock-timeouts".into())
-      .spawn(move || receive.into_iter().for_each(|answer| answer()))
-      .ok()
-      .map(|_| send)
-  });
-  match answers {
-    Some(answers) => {
-      if let Err(mpsc::SendError(answer)) = answers.send(answer) {
+/// Runs `answer` on the thread that answers `server`'s timeouts (one a server, started on its
+/// first timeout, so that a server that does not answer delays no other server's), or here if
+/// it cannot be started.
+fn answer_off_the_deadline_thread(server: &'static dyn Backend, answer: Answer) {
+  type Answerers = HashMap<usize, Option<mpsc::Sender<Answer>>, FxBuildHasher>;
+  static ANSWERERS: LazyLock<Mutex<Answerers>> = LazyLock::new(Default::default);
+  // One backend a server URL, for the process's life (`config::connected`): its address names it.
+  let key = (server as *const dyn Backend).cast::<()>() as usize;
+  let answerer = ANSWERERS
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+    .entry(key)
+    .or_insert_with(|| {
+      let (send, receive) = mpsc::channel::<Answer>();
+      std::thread::Builder::new()
+        .name("flowforge-lock-timeouts".into())
+        .spawn(move || receive.into_iter().for_each(|answer| answer()))
+        .ok()
+        .map(|_| send)
+    })
+    .clone();
+  match answerer {
+    Some(answerer) => {
+      if let Err(mpsc::SendError(answer)) = answerer.send(answer) {
         answer();
       }
     }
