@@ -376,6 +376,22 @@ describe('coalescing', () => {
     expect(read(file)).toEqual({ n: 200000 })
   }, 120000)
 
+  // Our own in-place updaters (updateTaskFile...) edit the document they are given. After a
+  // caller's updater in the same batch, that was the caller's returned value itself, not what
+  // was written for it: a toJSON wrapper dropped the task, and the caller's object was changed.
+  test("an updateTaskFile batched after a caller's updater changes what was written for it, not the caller's object", async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    await Promise.all([updateWithLock(file, () => ({ toJSON: () => ({ tasks: [{ id: 'a' }] }) })), updateTaskFile({ id: 1 }, { file })])
+    expect(read(file).tasks).toEqual([{ id: 'a' }, { id: 1 }])
+    const mine = { tasks: [] }
+    const [kept] = await Promise.all([updateWithLock(file, () => mine), updateTaskFile({ id: 2 }, { file })])
+    expect(read(file).tasks).toEqual([{ id: 2 }])
+    expect(kept).toBe(mine)
+    expect(mine).toEqual({ tasks: [] })
+  })
+
   test('a write failure reaches every caller of the batch and changes nothing', async () => {
     const root = makeProject()
     const file = tasksPath(root)

@@ -306,7 +306,9 @@ async function applyBatch(filePath, lockId, jobs) {
   // A caller's updater gets its own copy (a fresh parse of the state's JSON text), so its
   // half-done changes go nowhere if it throws; serialising its result checks it, and gives
   // the next copy. Our own in-place updaters skip both, which keeps a batch of N updates of a
-  // document close to O(N) instead of O(N x document).
+  // document close to O(N) instead of O(N x document); but after a caller's updater they too
+  // start from a parse of what it returned: that value may serialise as something else (toJSON)
+  // and is the caller's object, resolved to it unchanged.
   let text = current === null ? 'null' : undefined
   const done = []
   let before
@@ -318,7 +320,7 @@ async function applyBatch(filePath, lockId, jobs) {
         if (conflict) throw conflict
       }
       let input = current
-      if (!job.inPlace) {
+      if (!job.inPlace || text !== undefined) {
         text ??= JSON.stringify(current)
         input = JSON.parse(text)
       }
