@@ -136,6 +136,17 @@ describe('update', () => {
     expect(fs.readFileSync(file)).toEqual(original)
   })
 
+  // Decoded leniently, a Latin-1 "é" became U+FFFD and was written: the user's text silently changed.
+  test('stdin that is not UTF-8 exits 65 and leaves the file byte for byte', async () => {
+    const root = makeProject()
+    const file = path.join(root, '.flowforge', 'tasks.json')
+    fs.writeFileSync(file, '{"tasks":[]}')
+    const run = await cli(['update', file], { input: Buffer.from('{"tasks":[{"id":1,"title":"Caf\xe9"}]}', 'latin1') })
+    expect(run.status).toBe(65)
+    expect(run.stderr).toContain('stdin is not UTF-8 text')
+    expect(fs.readFileSync(file, 'utf8')).toBe('{"tasks":[]}')
+  })
+
   test('a corrupt target is not overwritten either (65, EJSONPARSE)', async () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')

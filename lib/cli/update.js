@@ -9,11 +9,20 @@ const { DEFAULT_TIMEOUT } = require('../../file-lock.js')
 async function readStdin() {
   const chunks = []
   for await (const chunk of process.stdin) chunks.push(chunk)
-  return Buffer.concat(chunks).toString('utf8')
+  return Buffer.concat(chunks)
 }
 
 async function update(file, { timeout, quiet }) {
-  const text = await readStdin()
+  const bytes = await readStdin()
+  let text
+  try {
+    // Strictly: a lenient decode turns bytes of another encoding into U+FFFD, and that would be
+    // written as the user's text. (A BOM is kept, and refused by JSON.parse as before.)
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes)
+  } catch {
+    process.stderr.write(`flowforge-lock: stdin is not UTF-8 text; ${file} was not changed. Convert it first (iconv -t UTF-8).\n`)
+    return EXIT.DATAERR
+  }
   let content
   try {
     content = JSON.parse(text)
