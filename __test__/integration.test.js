@@ -187,6 +187,19 @@ describe('updateTaskFile and batchUpdateTasks', () => {
     expect(read(file).tasks.map((t) => t.id).sort((a, b) => a - b)).toEqual(Array.from({ length: 100 }, (_, i) => i))
   })
 
+  // The task was checked at the call and used later, when the batch ran: a caller changing it
+  // meanwhile put a value JSON cannot write into the document, and every update of the batch failed.
+  test("a task changed by its caller after the call is written as it was at the call, and sinks no other caller's update", async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    const task = { id: 1, title: 'as called' }
+    const calls = [updateTaskFile({ id: 2 }, { file }), updateTaskFile(task, { file }), batchUpdateTasks([{ id: 3 }], { file })]
+    task.title = 'changed after'
+    task.estimate = 10n
+    await Promise.all(calls)
+    expect(read(file).tasks).toEqual([{ id: 2 }, { id: 1, title: 'as called' }, { id: 3 }])
+  })
+
   test('4 processes x 100 rounds: the shared counter and every upserted task are exact', async () => {
     const root = makeProject()
     fs.writeFileSync(tasksPath(root), JSON.stringify({ version: '2.0.0', tasks: [{ id: 'counter', hits: 0 }] }))

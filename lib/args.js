@@ -110,13 +110,19 @@ function checkLockOptions(timeoutOrOptions, defaults) {
 const WAITED_SINCE = Symbol.for('flowforge-lock.waited-since')
 
 /** A value that goes into a JSON file must survive JSON.stringify (no BigInt, no cycles). */
+/**
+ * A copy of `value` as it will be written. An update runs later than its call (after the lock
+ * is taken): a caller changing its object meanwhile must change neither what is written nor,
+ * with a value JSON cannot write, the other updates of the same batch.
+ */
 function checkJson(name, value) {
+  let text
   try {
-    JSON.stringify(value)
+    text = JSON.stringify(value)
   } catch (err) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The "${name}" argument cannot be written as JSON: ${err.message}`)
   }
-  return value
+  return text === undefined ? undefined : JSON.parse(text)
 }
 
 module.exports = { checkString, checkFunction, checkObject, checkMs, checkPriority, checkLockOptions, checkJson, codedError, WAITED_SINCE }

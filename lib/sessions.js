@@ -96,9 +96,9 @@ function withSessions(options, change) {
 }
 
 /** Adds (or replaces) a session; fills sessionId, user, pid, hostname, instanceId, status and times when absent. */
-function registerSession(session = {}, options) {
-  if (!isPlainObject(session)) throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'The "session" argument must be an object.')
-  checkJson('session', session)
+function registerSession(given = {}, options) {
+  if (!isPlainObject(given)) throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'The "session" argument must be an object.')
+  const session = checkJson('session', given)
   return withSessions(options, (sessions) => {
     const now = new Date().toISOString()
     const stored = {
@@ -120,11 +120,11 @@ function registerSession(session = {}, options) {
 /** Marks activity on a session (and merges `fields` into it). */
 function touchSession(sessionId, fields = {}, options) {
   checkString('sessionId', sessionId)
-  checkJson('fields', checkObject('fields', fields))
+  const copy = checkJson('fields', checkObject('fields', fields))
   return withSessions(options, (sessions, file) => {
     const session = find(sessions, sessionId)
     if (!isPlainObject(session)) throw stateError(`No active session ${sessionId} in ${file}.`)
-    for (const [key, value] of Object.entries({ ...fields, lastActivity: new Date().toISOString() })) setOwn(session, key, value)
+    for (const [key, value] of Object.entries({ ...copy, lastActivity: new Date().toISOString() })) setOwn(session, key, value)
     return { ...session }
   })
 }

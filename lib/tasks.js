@@ -6,14 +6,16 @@ const { isPlainObject, shapeError } = require('./project.js')
 const { codedError, checkJson } = require('./args.js')
 const { deadLettered } = require('./dead-letters.js')
 
+/** The task as it will be written (a copy: see checkJson). */
 function checkTask(task, name) {
-  if (!isPlainObject(task)) {
+  const copy = isPlainObject(task) ? checkJson(name, task) : undefined
+  if (!isPlainObject(copy)) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', `The "${name}" argument must be a task object with an id.`)
   }
-  if (task.id === undefined || task.id === null || task.id === '') {
+  if (copy.id === undefined || copy.id === null || copy.id === '') {
     throw codedError(TypeError, 'ERR_INVALID_ARG_VALUE', `The "${name}" argument must have an id (a number or a string such as "142" or "LIN-456").`)
   }
-  checkJson(name, task)
+  return copy
 }
 
 /** A new document as FlowForge's recovery stub makes it. */
@@ -44,9 +46,9 @@ function touch(doc) {
 
 /** Upsert one task by id; resolves to the task as written. */
 async function updateTaskFile(task, options) {
-  checkTask(task, 'task')
+  const copy = checkTask(task, 'task')
   return changeProjectFile('tasks', options, newTasksDocument, (doc, file) => {
-    const written = upsert(file, doc, task)
+    const written = upsert(file, doc, copy)
     touch(doc)
     return written
   })
@@ -57,9 +59,9 @@ async function batchUpdateTasks(updates, options) {
   if (!Array.isArray(updates)) {
     throw codedError(TypeError, 'ERR_INVALID_ARG_TYPE', 'The "updates" argument must be an array of task objects.')
   }
-  updates.forEach((task, i) => checkTask(task, `updates[${i}]`))
+  const copies = updates.map((task, i) => checkTask(task, `updates[${i}]`))
   return changeProjectFile('tasks', options, newTasksDocument, (doc, file) => {
-    const written = updates.map((task) => upsert(file, doc, task))
+    const written = copies.map((task) => upsert(file, doc, task))
     touch(doc)
     return written
   })
