@@ -177,6 +177,28 @@ describe('updateWithLock', () => {
     const ok = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', ...NOBODY })
     expect(ok.stdout).toBe('written\n')
   })
+
+  // The replacement is created with the writer's group; only root gave it the file's group back.
+  // A team's file (group-writable, of a group the writer is in) became the writer's own group's,
+  // and the rest of the team could no longer update it (EACCES).
+  testAsNobody("an update by a member of the file's group keeps the file's group", () => {
+    const TEAM = 4242
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, '{"tasks":[]}')
+    for (const p of [root, path.join(root, '.flowforge'), file]) {
+      fs.chownSync(p, 0, TEAM)
+      fs.chmodSync(p, p === file ? 0o664 : 0o775)
+    }
+    const script = `process.setgroups([${TEAM}]); process.setgid(${NOBODY.gid}); process.setuid(${NOBODY.uid})
+      require(${JSON.stringify(path.join(readablePackage(), 'file-lock-integration'))})
+      .updateTaskFile({ id: 1 }, { file: ${JSON.stringify(file)} })
+      .then(() => console.log('written'), (e) => console.log(e.code + ' ' + e.message))`
+    const run = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8' })
+    expect(run.stdout).toBe('written\n')
+    const st = fs.statSync(file)
+    expect({ gid: st.gid, mode: st.mode & 0o777 }).toEqual({ gid: TEAM, mode: 0o664 })
+  })
 })
 
 describe('updateTaskFile and batchUpdateTasks', () => {

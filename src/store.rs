@@ -180,14 +180,15 @@ pub(crate) fn write_temp(temp: &Path, text: &str, existing: Option<&fs::Metadata
     .map_err(|e| LockError::io(&e, "Cannot create a temporary file", temp))?;
   let io_err = |e: io::Error| LockError::io(&e, "Cannot write", temp);
   if let Some(meta) = existing {
+    // The file's owner and group, as far as this user may give them: root keeps the owner, so
+    // the user can still edit it afterwards; anyone keeps the group when a member of it, so the
+    // rest of a team can still write a group-writable file. Failure (a writer outside the group)
+    // is not worth refusing the write. Before the mode: a chown clears set-id bits.
+    let owner = nix::unistd::geteuid().is_root().then(|| meta.uid());
+    let _ = std::os::unix::fs::fchown(&file, owner, Some(meta.gid()));
     file
       .set_permissions(fs::Permissions::from_mode(mode))
       .map_err(io_err)?;
-    if nix::unistd::geteuid().is_root() {
-      // Root keeps the file's owner, so the user can still edit it afterwards; failure to do
-      // so is not worth refusing the write.
-      let _ = std::os::unix::fs::fchown(&file, Some(meta.uid()), Some(meta.gid()));
-    }
   }
   file.write_all(text.as_bytes()).map_err(io_err)?;
   failpoint!("store::before_temp_sync");
