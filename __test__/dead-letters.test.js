@@ -101,6 +101,23 @@ test('caller bugs and deadLetter: false are never kept', async () => {
   expect(fs.existsSync(dirOf(root))).toBe(false)
 })
 
+// Callers coalesced into one batch get one error object; each kept letter wrote its id onto it,
+// so the first caller's error named the second caller's letter (dropping it by that id dropped
+// the other caller's operation, and its own stayed to be replayed).
+test("two calls timed out in one batch each get the id of their own letter", async () => {
+  const root = project()
+  const h = await holder(files(root).tasks)
+  const [a, b] = await Promise.all([
+    rejection(ffl.updateTaskFile({ id: 1 }, { root, timeout: 0 })),
+    rejection(ffl.updateTaskFile({ id: 2 }, { root, timeout: 0 })),
+  ])
+  await h.end()
+  expect([a.code, b.code]).toEqual(['ELOCKTIMEOUT', 'ELOCKTIMEOUT'])
+  const letters = ffl.listDeadLetters({ root })
+  expect([a.deadLetterId, b.deadLetterId]).toEqual(letters.map((l) => l.id))
+  expect(letters.map((l) => l.args[0].id)).toEqual([1, 2])
+})
+
 test('replay applies in call order under the lock; a failure stays with attempts + 1 and holds back later letters of its file', async () => {
   const root = project()
   const { tasks, times } = files(root)

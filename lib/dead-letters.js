@@ -153,12 +153,33 @@ function deadLettered(name, fn, spec) {
       return await fn(...raw)
     } catch (err) {
       if (err !== null && typeof err === 'object' && RETRYABLE.has(err.code) && replaying.getStore() === undefined) {
-        keep(name, spec, raw, err, calledAt, newId(calledAt, seq))
+        const mine = ownError(err)
+        keep(name, spec, raw, mine, calledAt, newId(calledAt, seq))
+        throw mine
       }
       throw err
     }
   }
   return Object.defineProperty(operation, 'name', { value: name })
+}
+
+/**
+ * `err`, or a copy of it when it was kept for another call already: the callers coalesced into
+ * one batch get one error object, and each must name its own letter.
+ */
+function ownError(err) {
+  if (!('deadLetterId' in err) && !('deadLetterError' in err)) return err
+  // A real Error of the same kind (message and stack), with the same own fields (code...).
+  let copy
+  try {
+    copy = Object.assign(structuredClone(err), err)
+  } catch {
+    return err // a cause that cannot be cloned: shared, as before, rather than lost
+  }
+  delete copy.deadLetterId
+  delete copy.deadLetterFile
+  delete copy.deadLetterError
+  return copy
 }
 
 function keep(name, spec, raw, err, calledAt, id) {
