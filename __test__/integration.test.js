@@ -222,6 +222,14 @@ describe('updateTaskFile and batchUpdateTasks', () => {
     expect(read(file).tasks).toEqual([{ id: 2 }, { id: 1, title: 'as called' }, { id: 3 }])
   })
 
+  test('a key of the task whose value is undefined leaves the stored value as it was', async () => {
+    const root = makeProject()
+    const file = tasksPath(root)
+    fs.writeFileSync(file, JSON.stringify({ tasks: [{ id: 1, title: 'keep', status: 'ready' }] }))
+    expect(await updateTaskFile({ id: 1, title: undefined, status: 'done' }, { file })).toEqual({ id: 1, title: 'keep', status: 'done' })
+    expect(read(file).tasks).toEqual([{ id: 1, title: 'keep', status: 'done' }])
+  })
+
   test('4 processes x 100 rounds: the shared counter and every upserted task are exact', async () => {
     const root = makeProject()
     fs.writeFileSync(tasksPath(root), JSON.stringify({ version: '2.0.0', tasks: [{ id: 'counter', hits: 0 }] }))

@@ -109,9 +109,9 @@ function checkLockOptions(timeoutOrOptions, defaults) {
  */
 const WAITED_SINCE = Symbol.for('flowforge-lock.waited-since')
 
-/** A value that goes into a JSON file must survive JSON.stringify (no BigInt, no cycles). */
 /**
- * A copy of `value` as it will be written. An update runs later than its call (after the lock
+ * A value that goes into a JSON file must survive JSON.stringify (no BigInt, no cycles). Returns a
+ * copy of `value` as it will be written. An update runs later than its call (after the lock
  * is taken): a caller changing its object meanwhile must change neither what is written nor,
  * with a value JSON cannot write, the other updates of the same batch.
  */
