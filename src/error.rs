@@ -52,7 +52,8 @@ impl fmt::Display for LockError {
 
 impl std::error::Error for LockError {}
 
-fn errno_name(err: &io::Error) -> &'static str {
+/// The errno's name (`EACCES`, …), the code of an error of the operating system.
+pub(crate) fn errno_name(err: &io::Error) -> &'static str {
   match err.raw_os_error() {
     Some(libc::ENOENT) => "ENOENT",
     Some(libc::EACCES) => "EACCES",

@@ -1281,20 +1281,19 @@ fn refresh_due() -> Option<Instant> {
     if cell.renewing.swap(true, Ordering::SeqCst) {
       continue;
     }
-    let renew = {
-      let (lock_id, file, cell) = (lock_id.clone(), file.clone(), cell.clone());
-      move || {
-        refresh_hold(&lock_id, &file, owner, &cell);
-        cell.renewing.store(false, Ordering::SeqCst);
-      }
+    let renew = move |lock_id: &str, file: &Path, cell: &HoldCell| {
+      refresh_hold(lock_id, file, owner, cell);
+      cell.renewing.store(false, Ordering::SeqCst);
     };
-    let spawned = std::thread::Builder::new()
-      .name("flowforge-lock-renew".into())
-      .spawn(renew);
+    let spawned = {
+      let (lock_id, file, cell) = (lock_id.clone(), file.clone(), cell.clone());
+      std::thread::Builder::new()
+        .name("flowforge-lock-renew".into())
+        .spawn(move || renew(&lock_id, &file, &cell))
+    };
     if spawned.is_err() {
       // No thread to spare: renewed here, as before.
-      refresh_hold(&lock_id, &file, owner, &cell);
-      cell.renewing.store(false, Ordering::SeqCst);
+      renew(&lock_id, &file, &cell);
     }
   }
   let mut table = table();

@@ -265,7 +265,7 @@ pub(crate) fn remove_file(path: &Path) -> Result<()> {
   match fs::remove_file(path) {
     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
     Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Err(LockError::new(
-      LockError::io(&e, "", path).code,
+      crate::error::errno_name(&e),
       format!(
         "Cannot remove {}: {e}. Only its owner (or root) may remove it from this directory: run the cleanup as that user.",
         path.display()
