@@ -100,31 +100,79 @@ describe('crashes at the dangerous instant (item 15)', () => {
   }, 120000)
 })
 
+/** `seen(name)` resolves once a child's `stderr` has shown `FAILPOINT <name>`; other lines are passed on. */
+function failpointsOf(stderr) {
+  const hits = new Map()
+  const hit = (name) => {
+    if (!hits.has(name)) {
+      let resolve
+      hits.set(name, { promise: new Promise((r) => (resolve = r)), resolve })
+    }
+    return hits.get(name)
+  }
+  readline.createInterface({ input: stderr }).on('line', (line) => {
+    const failpoint = /^FAILPOINT (\S+) \d+$/.exec(line)
+    if (failpoint) hit(failpoint[1]).resolve()
+    else process.stderr.write(`${line}\n`)
+  })
+  return (name) => hit(name).promise
+}
+
 describe('a release while a write under the hold is in flight', () => {
   test.each(['releaseLock', 'releaseLockSync', 'exit', 'worker-exit'])('%s waits for the write: its rename cannot land after another process committed', async (release) => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     fs.writeFileSync(file, '{"by":"init"}\n')
-    // A's rename is held back (the failpoint widens the instant between the lock check and the
-    // rename); B is already waiting in the kernel when A releases, so it commits within it.
+    // A's write is held between its lock check and its rename until the test writes to
+    // `renameGo`, and the core says when a release starts waiting for that write. B is already
+    // waiting in the kernel when A releases, so it would commit at once if the release did not wait.
+    const renameGo = path.join(root, 'rename-go.fifo')
+    const failpoints = `store::before_rename=return(wait ${renameGo});release::awaits_write=return(announce)`
     const a = spawn(process.execPath, [path.join(FIXTURES, 'fp-release-mid-write.js'), file, release], {
-      env: { ...process.env, ...failpointEnv(binary, 'store::before_rename=sleep(3000)') },
-      stdio: ['pipe', 'pipe', 'inherit'],
+      env: { ...process.env, ...failpointEnv(binary, failpoints) },
+      stdio: ['pipe', 'pipe', 'pipe'],
     })
     const nextLine = lineReader(a.stdout)
-    expect(await nextLine()).toBe('LOCKED')
-    const bScript = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock-integration.js'))}).updateWithLock(${JSON.stringify(file)}, (saw) => ({ by: 'B', saw })).then((v) => console.log(JSON.stringify(v)), (e) => console.log('ERROR', e.code))`
-    const b = spawn(process.execPath, ['-e', bScript], { stdio: ['ignore', 'pipe', 'inherit'] })
-    const bLine = lineReader(b.stdout)
-    await untilKernelWaiter(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'), b.pid)
-    a.stdin.write('go\n')
-    expect(await nextLine()).toBe('RELEASED')
-    // A process or worker that ended cannot tell its update's outcome; B's result below says it landed first.
-    if (!release.endsWith('exit')) expect(await nextLine()).toBe('WROTE')
-    const bWrote = JSON.parse(await bLine())
-    // B's acknowledged update is the file's content, made from A's.
-    expect(bWrote).toEqual({ by: 'B', saw: { by: 'A' } })
-    expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual(bWrote)
+    const seen = failpointsOf(a.stderr)
+    const aEnded = new Promise((resolve) => a.on('close', (code, signal) => resolve(`A ended (${code ?? signal})`)))
+    let b
+    try {
+      expect(await nextLine()).toBe('LOCKED')
+      const bScript = `require(${JSON.stringify(path.join(PACKAGE_ROOT, 'file-lock-integration.js'))}).updateWithLock(${JSON.stringify(file)}, (saw) => ({ by: 'B', saw })).then((v) => console.log(JSON.stringify(v)), (e) => console.log('ERROR', e.code))`
+      b = spawn(process.execPath, ['-e', bScript], { stdio: ['ignore', 'pipe', 'inherit'] })
+      const bLine = lineReader(b.stdout)
+      await untilKernelWaiter(path.join(root, '.flowforge', '.locks', 'tasks.json.lock'), b.pid)
+      a.stdin.write('go\n')
+      // Where the release waits for the write: releaseLock in JS (its call returns a promise that
+      // waits for the library's writes under the hold), the others in the core (blocking their thread).
+      const waitsInJs = release === 'releaseLock'
+      const coreWaits = seen('release::awaits_write').then(() => 'the core release waits for the write')
+      const releaseWaits = waitsInJs ? nextLine().then((line) => `A printed ${line}`) : coreWaits
+      const released = nextLine()
+      const first = await Promise.race([
+        Promise.all([seen('store::before_rename'), releaseWaits]).then(([, waits]) => waits),
+        // releaseLock without a wait of its own reaches the core's, which blocks A's event loop.
+        ...(waitsInJs ? [coreWaits] : []),
+        released.then((line) => `A printed ${line} while its write was held`),
+        aEnded,
+      ])
+      expect(first).toBe(waitsInJs ? 'A printed RELEASING' : 'the core release waits for the write')
+      // The write is held at its rename and the release has been issued: the lock is still A's,
+      // and neither A's rename nor B's commit has happened.
+      expect(await getLockInfo(file)).toMatchObject({ state: 'held', pid: a.pid })
+      expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual({ by: 'init' })
+      await fs.promises.writeFile(renameGo, 'go\n')
+      expect(await released).toBe('RELEASED')
+      // A process or worker that ended cannot tell its update's outcome; B's result below says it landed first.
+      if (!release.endsWith('exit')) expect(await nextLine()).toBe('WROTE')
+      const bWrote = JSON.parse(await bLine())
+      // B's acknowledged update is the file's content, made from A's.
+      expect(bWrote).toEqual({ by: 'B', saw: { by: 'A' } })
+      expect(JSON.parse(fs.readFileSync(file, 'utf8'))).toEqual(bWrote)
+    } finally {
+      a.kill('SIGKILL')
+      b?.kill('SIGKILL')
+    }
   }, 60000)
 })
 

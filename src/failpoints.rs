@@ -5,9 +5,14 @@
 //!
 //! Set from the environment, in the `fail` crate's syntax: `FAILPOINTS='store::before_rename=return(stop)'`
 //! (several separated by `;`), or in-process by tests with `fail::cfg`/`fail::cfg_callback`.
-//! The action `return(stop)` prints `FAILPOINT <name> <pid>` on stderr and stops the process
-//! with SIGSTOP: the test waits for that line, then SIGKILLs or SIGCONTs it. Other arguments
-//! are values read with [`value`] (for example an injected errno, or a boot id).
+//! Three actions print `FAILPOINT <name> <pid>` on stderr, the event a test waits for:
+//! - `return(stop)` then stops the whole process with SIGSTOP; the test SIGKILLs or SIGCONTs it.
+//! - `return(wait <fifo>)` then blocks only the thread that hit it, until the FIFO `<fifo>` (made
+//!   here if missing) has been opened for writing and closed: the rest of the process goes on,
+//!   so the test can drive it (a release in the same process) while that thread is held.
+//! - `return(announce)` goes straight on: the line only tells the test that the point was reached.
+//!
+//! Other arguments are values read with [`value`] (for example an injected errno, or a boot id).
 
 /// Marks a failpoint: `failpoint!("store::before_rename")`.
 #[macro_export]
@@ -37,14 +42,44 @@ fn setup() {
   });
 }
 
-/// Runs the failpoint's action; `return(stop)` stops this process until SIGCONT.
+/// Runs the failpoint's action (see the module's documentation).
 #[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
+  use std::io::Write;
   setup();
-  if fail::eval(name, |arg| arg).flatten().as_deref() == Some("stop") {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "FAILPOINT {name} {}", std::process::id());
-    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+  let Some(action) = fail::eval(name, |arg| arg).flatten() else {
+    return;
+  };
+  let fifo = action.strip_prefix("wait ").map(std::path::Path::new);
+  if let Some(fifo) = fifo {
+    // Made before the line is printed, so the test can open it as soon as it reads the line.
+    match nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU) {
+      Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+      Err(e) => panic!(
+        "failpoint {name}: cannot make the FIFO {}: {e}",
+        fifo.display()
+      ),
+    }
+  } else if action != "stop" && action != "announce" {
+    return;
+  }
+  // One write, so the line reaches the test whole even when another thread writes to stderr.
+  let line = format!("FAILPOINT {name} {}\n", std::process::id());
+  let _ = std::io::stderr().write_all(line.as_bytes());
+  match fifo {
+    // Opening a FIFO for reading blocks until a writer opens it; the read ends when it closes.
+    Some(fifo) => {
+      if let Err(e) = std::fs::read(fifo) {
+        panic!(
+          "failpoint {name}: cannot wait on the FIFO {}: {e}",
+          fifo.display()
+        );
+      }
+    }
+    None if action == "stop" => {
+      let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
+    None => {}
   }
 }
 

@@ -1012,6 +1012,8 @@ fn release_hold(lock_id: &str) -> bool {
 fn end_hold(held: &Held) {
   let mut hold = guard(&held.cell);
   while hold.commits > 0 {
+    // Tells a test that the release really waits for a write, at the instant it starts to.
+    crate::failpoint!("release::awaits_write");
     hold = held
       .cell
       .landed
