@@ -270,6 +270,24 @@ describe('at most once, with the replay SIGKILLed inside its locked step', () =>
     await ffl.dropDeadLetter(id, { root })
     expect(ffl.listDeadLetters({ root })).toEqual([])
   })
+
+  test('killed after the write, then the file changed back to its bytes before: in doubt, never applied again', async () => {
+    const root = project()
+    const tasks = files(root).tasks
+    await ffl.updateTaskFile({ id: 42, status: 'todo' }, { root })
+    const before = fs.readFileSync(tasks, 'utf8')
+    const h = await holder(tasks)
+    const { deadLetterId: id } = await rejection(ffl.updateTaskFile({ id: 42, status: 'in-progress' }, { root, timeout: 0 }))
+    await h.end()
+    await killedAt(root, 'dead-letters::after-commit')
+    expect(readJson(tasks).tasks).toEqual([{ id: 42, status: 'in-progress' }])
+    // Someone sets the task back: the file has the very bytes it had before the replay's commit.
+    await ffl.updateTaskFile({ id: 42, status: 'todo' }, { root })
+    expect(fs.readFileSync(tasks, 'utf8')).toBe(before)
+    const again = await replayInChild(root)
+    expect(again.results).toEqual([expect.objectContaining({ id, status: 'in-doubt' })])
+    expect(readJson(tasks).tasks).toEqual([{ id: 42, status: 'todo' }])
+  })
 })
 
 test('a letter kept with a relative file or root names absolute paths: replayed at most once, and from any directory to the same file', async () => {

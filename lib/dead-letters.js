@@ -283,7 +283,7 @@ const digest = (text) => (text === null ? 'absent' : crypto.createHash('sha256')
 /**
  * Called by updateWithLock's write under a hold the caller has (lib/update.js), right before the
  * rename: during a replay, notes in the journal the digests of the file before and after this
- * commit, durably, while the lock is held.
+ * commit, and its version before it, durably, while the lock is held.
  */
 function beforeCommit(filePath, newText) {
   const store = replaying.getStore()
@@ -293,6 +293,7 @@ function beforeCommit(filePath, newText) {
     id: store.letter.id,
     file: store.letter.file,
     before: digest(native.readText(filePath)),
+    beforeVersion: native.currentVersion(filePath),
     after: digest(newText),
     at: new Date().toISOString(),
   })
@@ -307,6 +308,16 @@ function pauseForTest(id) {
   fs.writeSync(1, `PAUSED ${id} ${process.pid}\n`)
   const forever = new Int32Array(new SharedArrayBuffer(4))
   Atomics.wait(forever, 0, 0)
+}
+
+/**
+ * Whether the file's version is still the one journalled before the commit. Entries of builds
+ * before versions were journalled have only the digests.
+ */
+function unchangedSince(filePath, mark) {
+  if (mark.beforeVersion === undefined) return true
+  const now = native.currentVersion(filePath)
+  return now.version === mark.beforeVersion.version && now.foreignWrite === mark.beforeVersion.foreignWrite
 }
 
 function readIfThere(file) {
@@ -328,8 +339,10 @@ function readIfThere(file) {
  * - no journal entry: the rename cannot have happened (the entry is written first) -> apply;
  * - an entry, and the file's digest is its `after`: the rename happened -> do not apply, just
  *   remove the letter;
- * - an entry, and the digest is its `before`: killed between the two -> nothing was applied,
- *   apply (a new entry replaces the old one);
+ * - an entry, the digest is its `before` and the version its `beforeVersion`: killed between
+ *   the two -> nothing was applied, apply (a new entry replaces the old one). The digest alone
+ *   cannot say it: a write after the kill that set the file back to its bytes before (a task's
+ *   status set back) leaves the same digest, but every commit moves the version on;
  * - neither (someone wrote the file after the kill released the lock): whether the rename
  *   happened cannot be told, so the letter is not applied and is marked `inDoubt` for a person
  *   to look at (show, then drop or fix). Never applied twice, in every case.
@@ -362,7 +375,7 @@ async function replayOne(dir, listed, lockOptions) {
         noteHistory(dir, 'replayed', letter.id)
         return { id: letter.id, status: 'already-applied' }
       }
-      if (now !== mark.before) {
+      if (now !== mark.before || !unchangedSince(letter.file, mark)) {
         letter.inDoubt = `${letter.file} changed after an interrupted replay of this letter: whether it was applied cannot be told, so it was not applied again. Check the file; then drop the letter (or fix the file and drop it).`
         writeAtomic(file, letter)
         return { id: letter.id, status: 'in-doubt', reason: letter.inDoubt }
