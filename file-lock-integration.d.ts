@@ -139,6 +139,7 @@ export interface DeadLetter {
   /** Sorts in call order. */
   id: string
   operation: 'updateTaskFile' | 'batchUpdateTasks' | 'startTaskTimer' | 'pauseTaskTimer' | 'resumeTaskTimer' | 'stopTaskTimer' | 'registerSession' | 'touchSession' | 'endSession' | 'writeJson'
+  /** The arguments as they were at the call (taken as JSON then), the options last. */
   args: unknown[]
   /** The data file it changes. */
   file: string

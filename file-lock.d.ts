@@ -94,7 +94,7 @@ export interface CleanupOptions {
   /** Project root; default: found from the cwd (or FLOWFORGE_ROOT_OVERRIDE). */
   root?: string
   staleThreshold?: number
-  /** Report what would be removed, remove nothing. */
+  /** Report what would be removed; write nothing (no file removed, no claim file taken). */
   dryRun?: boolean
 }
 

@@ -20,8 +20,8 @@ export declare function acquire(file: string, timeoutMs?: number | undefined | n
 /**
  * Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
  * (`ELOCKTIMEOUT`); the wait happens on this thread (see `acquire_on_this_thread`). Fails at once with
- * `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
- * need the event loop this call blocks.
+ * `ELOCKDEADLOCK` when this process already holds the lock, is taking it (a lock server's single
+ * try) or has waiters queued for it: they need the event loop this call blocks.
  */
 export declare function acquireSync(file: string, timeoutMs?: number | undefined | null, staleMs?: number | undefined | null, priority?: number | undefined | null, mode?: string | undefined | null): string
 

@@ -6,6 +6,7 @@ const { spawn, spawnSync } = require('node:child_process')
 const { acquireLock, isLocked } = require('../file-lock')
 const { makeProject, runFixture, startFixture, runOnTerminal, IS_ROOT, PACKAGE_ROOT } = require('./helpers')
 const { untilFile, untilKernelWaiter, makeFifo } = require('./fixtures/wait-for')
+const { failpointBinary, failpointEnv } = require('./failpoint-binary')
 
 const BIN = path.join(PACKAGE_ROOT, 'bin', 'flowforge-lock.js')
 
@@ -192,6 +193,63 @@ describe('status and cleanup', () => {
     held.child.kill('SIGKILL')
     await held.exited
   })
+
+  test('cleanup --dry-run changes nothing on disk, also where removals need claim files, and reports what cleanup then removes', async () => {
+    // Kernel locks off, as on a network file system: removing a lock file then needs its claim
+    // file (src/file/claim.rs), which a dry run must neither take nor clear away.
+    const env = { FLOWFORGE_LOCK_SIMULATE_NO_KERNEL_LOCKS: '1' }
+    const root = makeProject()
+    const locks = path.join(root, '.flowforge', '.locks')
+    const data = (name) => path.join(root, '.flowforge', name)
+    // Live: held from "another host" (another boot id: judged by its heartbeat, as across NFS),
+    // its holder stopped so that no heartbeat rewrites the record meanwhile.
+    const otherHost = { ...env, ...failpointEnv(failpointBinary(), 'identity::boot_id=return(host-a)') }
+    const live = await startFixture('hold-lock', [data('tasks.json')], 'LOCKED', { env: otherHost })
+    live.child.kill('SIGSTOP')
+    try {
+      await dryRunOver(env, root, locks, data)
+    } finally {
+      live.child.kill('SIGKILL')
+      await live.exited
+    }
+  })
+
+  async function dryRunOver(env, root, locks, data) {
+    for (const name of ['stale.json', 'claimed.json']) {
+      const dead = await startFixture('hold-lock', [data(name)], 'LOCKED', { env })
+      dead.child.kill('SIGKILL')
+      await dead.exited
+    }
+    // stale.json's claim was left by another host long ago (abandoned: a real cleanup clears it
+    // away); claimed.json's is another host's claim under way (nobody may judge that lock now).
+    fs.writeFileSync(path.join(locks, 'stale.json.lock.claim'), 'another-host some-boot 7\n')
+    const longAgo = new Date(Date.now() - 3600 * 1000)
+    fs.utimesSync(path.join(locks, 'stale.json.lock.claim'), longAgo, longAgo)
+    fs.writeFileSync(path.join(locks, 'claimed.json.lock.claim'), 'another-host some-boot 7\n')
+    const snapshot = () => {
+      const dir = fs.statSync(locks, { bigint: true })
+      const entries = fs.readdirSync(locks).sort().map((name) => {
+        const stat = fs.statSync(path.join(locks, name), { bigint: true })
+        return { name, ino: stat.ino, mtimeNs: stat.mtimeNs, ctimeNs: stat.ctimeNs, content: fs.readFileSync(path.join(locks, name)).toString('base64') }
+      })
+      return { dirMtimeNs: dir.mtimeNs, dirCtimeNs: dir.ctimeNs, entries }
+    }
+    const before = snapshot()
+    const run = await cli(['cleanup', '--dry-run', '--json', root], { env })
+    expect({ status: run.status, stderr: run.stderr }).toEqual({ status: 0, stderr: '' })
+    expect(snapshot()).toEqual(before)
+    const dry = JSON.parse(run.stdout)
+    const summary = (entries) => entries.map((e) => `${path.basename(e.lockFile)} ${e.state}: ${e.reason}`).sort()
+    expect(summary(dry.removed)).toEqual([expect.stringMatching(/^stale\.json\.lock stale: process \d+ is gone/)])
+    expect(summary(dry.kept)).toEqual([
+      expect.stringMatching(/^claimed\.json\.lock held: .*another host is claiming it/),
+      'tasks.json.lock held: held: its record is live',
+    ])
+    // What it said is what a cleanup does.
+    const real = JSON.parse((await cli(['cleanup', '--json', root], { env })).stdout)
+    expect({ removed: summary(real.removed), kept: summary(real.kept) }).toEqual({ removed: summary(dry.removed), kept: summary(dry.kept) })
+    expect(fs.readdirSync(locks).filter((name) => name.startsWith('stale.json'))).toEqual([])
+  }
 
   test('status paints its table on a terminal, and not with NO_COLOR', async () => {
     const root = makeProject()

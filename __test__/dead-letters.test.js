@@ -290,6 +290,56 @@ describe('at most once, with the replay SIGKILLed inside its locked step', () =>
   })
 })
 
+// A letter was written from the caller's objects as they were when the operation failed, so a
+// caller that reused or changed them after the call got a letter that replays what it never
+// asked for (and a changed options.root put the letter, and its replay, in another project).
+test('a letter keeps the arguments as they were at the call, not as the caller changed them afterwards', async () => {
+  const root = project()
+  const elsewhere = project()
+  const holders = [await holder(files(root).tasks), await holder(files(root).times), await holder(files(root).sessions)]
+  const calls = [
+    ['updateTaskFile', [{ id: 1, title: 'asked' }, { root, timeout: 0, status: 'asked' }]],
+    ['batchUpdateTasks', [[{ id: 2, title: 'asked' }], { root, timeout: 0 }]],
+    ['startTaskTimer', ['3', { root, timeout: 0, user: 'asked', instanceId: 'asked' }]],
+    ['pauseTaskTimer', ['3', 'asked', { root, timeout: 0 }]],
+    ['resumeTaskTimer', ['3', { root, timeout: 0, user: 'asked' }]],
+    ['stopTaskTimer', ['3', 'asked', { root, timeout: 0 }]],
+    ['registerSession', [{ sessionId: 's-1', task: 'asked' }, { root, timeout: 0 }]],
+    ['touchSession', ['s-1', { task: 'asked' }, { root, timeout: 0 }]],
+    ['endSession', ['s-1', { root, timeout: 0 }]],
+  ]
+  /** What a caller does with its objects once the call returned: reuses them for something else. */
+  const change = (value) => {
+    if (Array.isArray(value)) value.forEach(change)
+    else if (value !== null && typeof value === 'object') {
+      for (const [key, v] of Object.entries(value)) {
+        if (v === 'asked') value[key] = 'changed'
+        else if (key === 'root') value[key] = elsewhere
+        else change(v)
+      }
+      if (!('root' in value) && 'id' in value) value.extra = 'changed'
+    }
+  }
+  const errors = await Promise.all(
+    calls.map(([name, args]) => {
+      const failed = rejection(ffl[name](...args))
+      change(args)
+      return failed
+    }),
+  )
+  for (const h of holders) await h.end()
+  expect(errors.map((e) => e.code)).toEqual(calls.map(() => 'ELOCKTIMEOUT'))
+  expect(ffl.listDeadLetters({ root: elsewhere })).toEqual([])
+  const letters = ffl.listDeadLetters({ root })
+  expect(letters.map((l) => l.id)).toEqual(errors.map((e) => e.deadLetterId))
+  expect(letters.map((l) => [l.operation, JSON.stringify(l.args).includes('changed'), l.args.at(-1).root])).toEqual(
+    calls.map(([name]) => [name, false, root]),
+  )
+  expect(letters[0].args[0]).toEqual({ id: 1, title: 'asked' })
+  expect(letters[1].args[0]).toEqual([{ id: 2, title: 'asked' }])
+  expect(letters[6].args[0]).toMatchObject({ sessionId: 's-1', task: 'asked' })
+})
+
 test('a letter kept with a relative file or root names absolute paths: replayed at most once, and from any directory to the same file', async () => {
   const root = project()
   const other = project()

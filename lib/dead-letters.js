@@ -149,12 +149,13 @@ function deadLettered(name, fn, spec) {
   const operation = async (...raw) => {
     const calledAt = Date.now()
     const seq = sequence++
+    const taken = replaying.getStore() === undefined ? takeArgs(spec, raw) : null
     try {
       return await fn(...raw)
     } catch (err) {
-      if (err !== null && typeof err === 'object' && RETRYABLE.has(err.code) && replaying.getStore() === undefined) {
+      if (err !== null && typeof err === 'object' && RETRYABLE.has(err.code) && taken !== null) {
         const mine = ownError(err)
-        keep(name, spec, raw, mine, calledAt, newId(calledAt, seq))
+        keep(name, spec, taken, mine, calledAt, newId(calledAt, seq))
         throw mine
       }
       throw err
@@ -182,17 +183,35 @@ function ownError(err) {
   return copy
 }
 
-function keep(name, spec, raw, err, calledAt, id) {
+/**
+ * The letter's arguments and file, taken when the operation is called: the operation works on
+ * what it was given then (its objects taken as JSON, its paths resolved from the cwd of then),
+ * and a caller may change its objects, or chdir, before the failure. `{ text, file }` (the
+ * arguments as the letter's JSON), `{ error }` when they cannot be taken, `null` with
+ * `deadLetter: false`.
+ */
+function takeArgs(spec, raw) {
   try {
     const args = spec.normalize ? spec.normalize(raw) : [...raw]
     const options = args[args.length - 1]
-    if (isPlainObject(options) && options.deadLetter === false) return
+    if (isPlainObject(options) && options.deadLetter === false) return null
     args[args.length - 1] = keptOptions(options)
-    if (spec.pin) spec.pin(args, calledAt)
-    const file = spec.fileOf ? path.resolve(spec.fileOf(args)) : require('./project.js').projectFile(spec.which, args[args.length - 1])
+    const file = spec.fileOf ? path.resolve(spec.fileOf(args)) : path.resolve(require('./project.js').projectFile(spec.which, args[args.length - 1]))
     // The file as this call found it (from its cwd, FLOWFORGE_ROOT_OVERRIDE): a replay runs from
     // elsewhere, and would otherwise find another project's file.
-    if (!spec.fileOf) args[args.length - 1].file = path.resolve(file)
+    if (!spec.fileOf) args[args.length - 1].file = file
+    return { text: JSON.stringify(args), file }
+  } catch (error) {
+    return { error }
+  }
+}
+
+function keep(name, spec, taken, err, calledAt, id) {
+  try {
+    if (taken.error) throw taken.error
+    const { file } = taken
+    const args = JSON.parse(taken.text)
+    if (spec.pin) spec.pin(args, calledAt)
     const dir = path.join(rootOf(file), DIR)
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 })
     const at = new Date().toISOString()

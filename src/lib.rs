@@ -445,8 +445,8 @@ pub fn current_version(env: Env, file: String) -> Result<FileVersion> {
 
 /// Blocks the calling thread until the lock is ours (the lockId) or the timeout passes
 /// (`ELOCKTIMEOUT`); the wait happens on this thread (see `acquire_on_this_thread`). Fails at once with
-/// `ELOCKDEADLOCK` when this process already holds the lock or has waiters queued for it: they
-/// need the event loop this call blocks.
+/// `ELOCKDEADLOCK` when this process already holds the lock, is taking it (a lock server's single
+/// try) or has waiters queued for it: they need the event loop this call blocks.
 #[napi]
 pub fn acquire_sync(
   env: Env,
@@ -458,18 +458,6 @@ pub fn acquire_sync(
 ) -> Result<String> {
   let opts = options(&env, timeout_ms, stale_ms, priority, mode.as_deref())?;
   let target = paths::prepare(&file).map_err(|e| js_error(&env, e))?;
-  if lock_table::busy_here(&target) {
-    return Err(js_error(
-      &env,
-      LockError::new(
-        "ELOCKDEADLOCK",
-        format!(
-          "acquireLockSync({}) would block this thread on a lock that this process holds or is already waiting for (through the asynchronous API); it could never be released. Release it first, or use acquireLock/withLock.",
-          target.file.display()
-        ),
-      ),
-    ));
-  }
   lock_table::acquire_on_this_thread(&target, opts, &|| js_still_runs(&env))
     .map_err(|e| js_error(&env, e))
 }

@@ -34,6 +34,7 @@ use crate::backend::{Backend, Grant, LockMode, Refreshed, Request, AGING_STEP};
 use crate::config;
 use crate::deadlines;
 use crate::error::{LockError, Result};
+use crate::failpoint;
 use crate::fence;
 use crate::heartbeat;
 use crate::identity;
@@ -180,6 +181,9 @@ struct Entry {
   held: Vec<Held>,
   /// The uncontended path is asking the backend right now (outside the table's mutex).
   claiming: bool,
+  /// Single tries (timeout 0) asking a lock server from a thread of their own, counted from
+  /// their call until their outcome is decided (a grant is installed in `held` first).
+  trying: usize,
   queue: VecDeque<Waiter>,
   waiting_thread: bool,
 }
@@ -198,7 +202,11 @@ impl Entry {
   }
 
   fn unused(&self) -> bool {
-    self.held.is_empty() && !self.claiming && self.queue.is_empty() && !self.waiting_thread
+    self.held.is_empty()
+      && !self.claiming
+      && self.trying == 0
+      && self.queue.is_empty()
+      && !self.waiting_thread
   }
 }
 
@@ -380,6 +388,8 @@ fn claim(
     arrival,
   };
   let outcome = try_once(&request);
+  // The backend answered; its grant is not this process's hold yet.
+  failpoint!("lock_table::claim_answered");
   let mut table = table();
   table.locks.entry(&target.lock_path).claiming = false;
   let lock_id = match outcome {
@@ -446,6 +456,11 @@ pub fn acquire_since(
   if options.timeout != Some(Duration::ZERO) {
     return enqueue(started, arrival, target, options, complete);
   }
+  // Counted from the call on, not from when the thread claims: a synchronous acquire made right
+  // after this call (on the same event loop turn) must see it (`busy_here`), or it would queue
+  // behind a grant whose caller's event loop it blocks.
+  table().locks.entry(&target.lock_path).trying += 1;
+  let end_try = |lock_path: &Path| table().locks.entry(lock_path).trying -= 1;
   // Kept outside the thread's closure, so that a thread that cannot start still settles it.
   let slot = Arc::new(Mutex::new(Some(complete)));
   let in_thread = slot.clone();
@@ -453,6 +468,7 @@ pub fn acquire_since(
   let spawned = std::thread::Builder::new()
     .name("flowforge-lock-try".into())
     .spawn(move || {
+      let lock_path = target.lock_path.clone();
       let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
       if let Some(complete) = taken {
         let owner = options.owner;
@@ -469,8 +485,10 @@ pub fn acquire_since(
         });
         acquire_from(backend, started, arrival, target, options, complete);
       }
+      end_try(&lock_path);
     });
   if let Err(e) = spawned {
+    end_try(&lock_path);
     let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(complete) = taken {
       complete(Err(LockError::io(
@@ -574,11 +592,23 @@ fn enqueue(
 /// may have been stopped meanwhile): if not, the lock goes back at once, since nobody would
 /// ever release it. An uncontended acquire does not ask (it takes microseconds). A wait in the
 /// kernel also asks every [`CALLER_LOOK`], and gives up once the caller has gone.
+///
+/// Fails at once with `ELOCKDEADLOCK` when this process holds the lock, is taking it or has
+/// waiters queued for it ([`busy_here`]).
 pub fn acquire_on_this_thread(
   target: &Target,
   options: AcquireOptions,
   caller_still_there: &dyn Fn() -> bool,
 ) -> Result<String> {
+  if busy_here(target) {
+    return Err(LockError::new(
+      "ELOCKDEADLOCK",
+      format!(
+        "acquireLockSync({}) would block this thread on a lock that this process holds, is taking or is already waiting for (through the asynchronous API); it could never be released. Release it first, or use acquireLock/withLock.",
+        target.file.display()
+      ),
+    ));
+  }
   let started = Instant::now();
   let backend = config::backend_for(target)?;
   if !backend.tries_locally() || backend.waits_for_local_holder() {
@@ -744,14 +774,14 @@ fn acquire_and_block(target: &Target, options: AcquireOptions) -> Result<String>
   })
 }
 
-/// Whether this process holds `target`'s lock or has waiters queued for it: a caller that
-/// blocks its thread until it gets the lock (the synchronous API) would then wait on holders
-/// or waiters whose event loop it is blocking.
-pub fn busy_here(target: &Target) -> bool {
+/// Whether this process holds `target`'s lock, has a single try asking a lock server for it or
+/// has waiters queued for it: a caller that blocks its thread until it gets the lock (the
+/// synchronous API) would then wait on holders or waiters whose event loop it is blocking.
+fn busy_here(target: &Target) -> bool {
   table()
     .locks
     .get(&target.lock_path)
-    .is_some_and(|e| !e.held.is_empty() || !e.queue.is_empty())
+    .is_some_and(|e| !e.held.is_empty() || e.trying > 0 || !e.queue.is_empty())
 }
 
 /// How many holds a caller of `priority` arriving now would wait for: the current one (or the
@@ -1063,7 +1093,14 @@ pub fn release_all() -> usize {
   let entries: Vec<Entry> = {
     let mut table = table();
     table.lock_of.clear();
-    table.locks.drain().map(|(_, entry)| entry).collect()
+    let entries: Vec<(PathBuf, Entry)> = table.locks.drain().collect();
+    // A single try still asking a lock server ends on its entry's count (`acquire_since`).
+    for (lock_path, entry) in &entries {
+      if entry.trying > 0 {
+        table.locks.entry(lock_path).trying = entry.trying;
+      }
+    }
+    entries.into_iter().map(|(_, entry)| entry).collect()
   };
   let mut released = 0;
   for entry in entries {
@@ -1898,6 +1935,48 @@ mod tests {
       let lock_id = acquire_on_this_thread(target, options(Some(WAIT)), &|| true).unwrap();
       assert!(release(target, &lock_id).unwrap());
     });
+  }
+
+  /// A lock server's single try (timeout 0) asks from a thread of its own. While its claim was
+  /// on its way, a synchronous acquire of the same lock (made on the same event loop turn)
+  /// found nothing of it in the table and queued behind the grant it brought back: it waited its
+  /// whole timeout (for ever without one) for a hold whose caller's event loop it blocked. The
+  /// try is counted from its call on now, and the synchronous acquire fails fast.
+  #[cfg(feature = "failpoints")]
+  #[test]
+  fn a_sync_acquire_fails_fast_while_a_single_try_asks_a_lock_server() {
+    let server = crate::redis::test_server::RedisServer::start();
+    let target = project_file("try-in-flight.json");
+    std::fs::write(
+      paths::data_dir_of(&target.root).join("lock-config.json"),
+      format!(r#"{{ "backend": "{}" }}"#, server.url()),
+    )
+    .unwrap();
+    let (answered, at_answer) = mpsc::channel();
+    let (go, wait_for_go) = mpsc::channel::<()>();
+    let (answered, wait_for_go) = (Mutex::new(answered), Mutex::new(wait_for_go));
+    fail::cfg_callback("lock_table::claim_answered", move || {
+      // Only a single try's own thread stops: the other claims of this test binary go on.
+      if std::thread::current().name() == Some("flowforge-lock-try") {
+        let _ = answered.lock().unwrap().send(());
+        let _ = wait_for_go.lock().unwrap().recv();
+      }
+    })
+    .unwrap();
+    let (done, outcome) = mpsc::channel();
+    acquire(
+      target.clone(),
+      options(Some(Duration::ZERO)),
+      Box::new(move |o| done.send(o).unwrap()),
+    );
+    // Redis granted the try; the grant is on its way back to the table.
+    at_answer.recv_timeout(WAIT).unwrap();
+    let sync = acquire_on_this_thread(&target, options(Some(Duration::from_secs(2))), &|| true);
+    drop(go);
+    let lock_id = outcome.recv_timeout(WAIT).unwrap().unwrap();
+    fail::remove("lock_table::claim_answered");
+    assert_eq!(sync.map_err(|e| e.code), Err("ELOCKDEADLOCK"));
+    assert!(release(&target, &lock_id).unwrap());
   }
 
   /// The synchronous caller's deadline also ends a wait for its turn in the ticket queue (not

@@ -132,12 +132,45 @@ pub fn take(
 
 /// Removes a claim file whose maker is gone; false when it may still be claiming.
 fn remove_if_abandoned(path: &Path, kernel_locked: bool, stale_after: Duration) -> bool {
-  let Ok(file) = File::open(path) else {
+  match look(path, kernel_locked, stale_after) {
+    Found::Claiming => false,
     // Removed meanwhile: try again.
-    return true;
+    Found::Gone => true,
+    Found::Abandoned(ino) => {
+      if still_names(path, ino) {
+        let _ = fs::remove_file(path);
+      }
+      true
+    }
+  }
+}
+
+/// Whether a claimer may be at work on `lock_path` now: its claim file is there and not
+/// abandoned, so [`take`] would not get the claim. Only looks (for a dry run, which must write
+/// nothing, not even a claim file).
+pub fn under_way(lock_path: &Path, kernel_locked: bool, stale_after: Duration) -> bool {
+  matches!(
+    look(&claim_path(lock_path), kernel_locked, stale_after),
+    Found::Claiming
+  )
+}
+
+/// What a look at a claim file found.
+enum Found {
+  Gone,
+  /// Its maker is gone: the claim file's inode.
+  Abandoned(u64),
+  /// Its maker may still be claiming.
+  Claiming,
+}
+
+/// Looks at the claim file at `path` and judges its maker, changing nothing.
+fn look(path: &Path, kernel_locked: bool, stale_after: Duration) -> Found {
+  let Ok(file) = File::open(path) else {
+    return Found::Gone;
   };
   let Ok(meta) = file.metadata() else {
-    return false;
+    return Found::Claiming;
   };
   let mut text = String::new();
   let _ = file.take(256).read_to_string(&mut text);
@@ -159,10 +192,11 @@ fn remove_if_abandoned(path: &Path, kernel_locked: bool, stale_after: Duration) 
     // Half-written or another host's: only an old one is abandoned.
     age.is_some_and(|age| age > stale_after)
   };
-  if abandoned && still_names(path, meta.ino()) {
-    let _ = fs::remove_file(path);
+  if abandoned {
+    Found::Abandoned(meta.ino())
+  } else {
+    Found::Claiming
   }
-  abandoned
 }
 
 fn still_names(path: &Path, ino: u64) -> bool {

@@ -254,7 +254,7 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
       }
     };
     let mut judged = None;
-    let removal = super::remove_lock_file(lock, stale_after, |contents| {
+    let removal = super::remove_lock_file(lock, stale_after, dry_run, |contents| {
       let verdict = staleness::judge(
         contents,
         false,
@@ -271,7 +271,7 @@ pub fn cleanup(root: &Path, stale_after: Duration, dry_run: bool) -> Result<Clea
         Verdict::Stale(why) => (entry("stale", &why, Some(contents)), true),
       };
       judged = Some((entry, removable));
-      removable && !dry_run
+      removable
     });
     match (removal, judged) {
       (Ok(Removal::Done), Some((entry, true))) => report.removed.push(entry),

@@ -157,7 +157,7 @@ impl FileBackend {
       readers::remove_idle(&path);
       if let Ok(TryLock::Locked(lock)) = LockFile::try_acquire(&path, slot.idle) {
         // At exit another host's abandoned claim file is left to the next acquirer to judge.
-        let _ = remove_lock_file(lock, Duration::MAX, |contents| {
+        let _ = remove_lock_file(lock, Duration::MAX, false, |contents| {
           *contents == record::Contents::Empty
         });
       }
@@ -171,23 +171,34 @@ impl FileBackend {
 /// the file removed under the lock file's claim, and only while the path still names our file:
 /// a claimer elsewhere looks at the path under that same claim before it writes its record
 /// (`claim`), so it never writes into a file removed from under it. `stale_after`: when another
-/// host's claim file counts as abandoned.
+/// host's claim file counts as abandoned. With `dry_run` nothing is written: the record is judged
+/// as it would be, but no claim is taken (nor an abandoned one cleared away) and nothing removed.
 pub(crate) fn remove_lock_file(
   lock: LockFile,
   stale_after: Duration,
+  dry_run: bool,
   decide: impl FnOnce(&record::Contents) -> bool,
 ) -> Result<Removal> {
   let lock_dir = lock.path().parent().unwrap_or(Path::new("/"));
+  let kernel_locked = os_lock::kernel_locks();
   let ticket = match claim::needed(lock_dir) {
     false => None,
-    true => match claim::take(lock.path(), os_lock::kernel_locks(), stale_after)? {
+    // Busy exactly where the claim could not be taken; a claim that `take` would clear away as
+    // abandoned is no obstacle.
+    true if dry_run => {
+      if claim::under_way(lock.path(), kernel_locked, stale_after) {
+        return Ok(Removal::Busy);
+      }
+      None
+    }
+    true => match claim::take(lock.path(), kernel_locked, stale_after)? {
       Some(ticket) => Some(ticket),
       None => return Ok(Removal::Busy),
     },
   };
   let removal = if !lock.still_at_path() {
     Removal::Busy
-  } else if decide(&lock.read()) {
+  } else if decide(&lock.read()) && !dry_run {
     // The queue first, under the lock: see `try_acquire`'s check after locking.
     if let Some(queue) = QueueFile::existing(lock.path()) {
       queue.remove_if_unused();

@@ -15,7 +15,7 @@ mod backend;
 mod config;
 mod scripts;
 #[cfg(test)]
-mod test_server;
+pub(crate) mod test_server;
 #[cfg(test)]
 mod tests;
 
