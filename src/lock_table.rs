@@ -182,7 +182,7 @@ struct Entry {
   /// The uncontended path is asking the backend right now (outside the table's mutex).
   claiming: bool,
   /// Single tries (timeout 0) asking a lock server from a thread of their own, counted from
-  /// their call until their outcome is decided (a grant is installed in `held` first).
+  /// their call until their caller is told the outcome (a grant is installed in `held` first).
   trying: usize,
   queue: VecDeque<Waiter>,
   waiting_thread: bool,
@@ -460,7 +460,13 @@ pub fn acquire_since(
   // after this call (on the same event loop turn) must see it (`busy_here`), or it would queue
   // behind a grant whose caller's event loop it blocks.
   table().locks.entry(&target.lock_path).trying += 1;
-  let end_try = |lock_path: &Path| table().locks.entry(lock_path).trying -= 1;
+  let counted = target.lock_path.clone();
+  // The count ends before the caller is told (its grant is installed by then): told, it may
+  // release and take the lock synchronously at once, while this thread has not gone on yet.
+  let complete: Completion = Box::new(move |outcome| {
+    table().locks.entry(&counted).trying -= 1;
+    complete(outcome)
+  });
   // Kept outside the thread's closure, so that a thread that cannot start still settles it.
   let slot = Arc::new(Mutex::new(Some(complete)));
   let in_thread = slot.clone();
@@ -468,7 +474,6 @@ pub fn acquire_since(
   let spawned = std::thread::Builder::new()
     .name("flowforge-lock-try".into())
     .spawn(move || {
-      let lock_path = target.lock_path.clone();
       let taken = in_thread.lock().unwrap_or_else(|e| e.into_inner()).take();
       if let Some(complete) = taken {
         let owner = options.owner;
@@ -485,10 +490,8 @@ pub fn acquire_since(
         });
         acquire_from(backend, started, arrival, target, options, complete);
       }
-      end_try(&lock_path);
     });
   if let Err(e) = spawned {
-    end_try(&lock_path);
     let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(complete) = taken {
       complete(Err(LockError::io(
@@ -1474,6 +1477,17 @@ mod tests {
     prepare(dir.join(".flowforge").join(name).to_str().unwrap()).unwrap()
   }
 
+  /// `name` in a project whose locks are kept by the Redis `server`.
+  fn redis_project_file(server: &crate::redis::test_server::RedisServer, name: &str) -> Target {
+    let target = project_file(name);
+    std::fs::write(
+      paths::data_dir_of(&target.root).join("lock-config.json"),
+      format!(r#"{{ "backend": "{}" }}"#, server.url()),
+    )
+    .unwrap();
+    target
+  }
+
   /// [`super::release`] of a hold of `target`, named by its file.
   fn release(target: &Target, lock_id: &str) -> Result<bool> {
     super::release(target.file.to_str().unwrap(), lock_id)
@@ -1946,12 +1960,7 @@ mod tests {
   #[test]
   fn a_sync_acquire_fails_fast_while_a_single_try_asks_a_lock_server() {
     let server = crate::redis::test_server::RedisServer::start();
-    let target = project_file("try-in-flight.json");
-    std::fs::write(
-      paths::data_dir_of(&target.root).join("lock-config.json"),
-      format!(r#"{{ "backend": "{}" }}"#, server.url()),
-    )
-    .unwrap();
+    let target = redis_project_file(&server, "try-in-flight.json");
     let (answered, at_answer) = mpsc::channel();
     let (go, wait_for_go) = mpsc::channel::<()>();
     let (answered, wait_for_go) = (Mutex::new(answered), Mutex::new(wait_for_go));
@@ -1976,6 +1985,32 @@ mod tests {
     let lock_id = outcome.recv_timeout(WAIT).unwrap().unwrap();
     fail::remove("lock_table::claim_answered");
     assert_eq!(sync.map_err(|e| e.code), Err("ELOCKDEADLOCK"));
+    assert!(release(&target, &lock_id).unwrap());
+  }
+
+  /// A single try's count ended only after its caller had been told the outcome. A caller
+  /// that, told it, released the lock and took it synchronously (JS runs a settled promise's
+  /// reaction while the try's thread may not have gone on yet) was refused with ELOCKDEADLOCK,
+  /// though the process neither held the lock nor asked for it any more. Done here inside the
+  /// completion, the instant the count used to still be up.
+  #[test]
+  fn a_sync_acquire_right_after_a_single_try_settled_is_not_refused() {
+    let server = crate::redis::test_server::RedisServer::start();
+    let target = redis_project_file(&server, "try-settled.json");
+    let (done, outcome) = mpsc::channel();
+    let told = target.clone();
+    acquire(
+      target.clone(),
+      options(Some(Duration::ZERO)),
+      Box::new(move |granted| {
+        let released = granted.and_then(|lock_id| release(&told, &lock_id));
+        let again = acquire_on_this_thread(&told, options(Some(Duration::ZERO)), &|| true);
+        done.send((released, again)).unwrap();
+      }),
+    );
+    let (released, again) = outcome.recv_timeout(WAIT).unwrap();
+    assert!(released.unwrap());
+    let lock_id = again.map_err(|e| e.code).unwrap();
     assert!(release(&target, &lock_id).unwrap());
   }
 
