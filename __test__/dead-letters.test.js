@@ -288,6 +288,29 @@ describe('at most once, with the replay SIGKILLed inside its locked step', () =>
     expect(again.results).toEqual([expect.objectContaining({ id, status: 'in-doubt' })])
     expect(readJson(tasks).tasks).toEqual([{ id: 42, status: 'todo' }])
   })
+
+  // The check of the file's version after an interrupted replay threw out of the whole replay
+  // when the version could not be read (a corrupt sidecar): no letter of any file was replayed.
+  test('killed after journalling, then the version sidecar corrupt: that letter fails and stays, the others are replayed', async () => {
+    const { root, id } = await oneLetter()
+    const h = await holder(files(root).tasks)
+    const { deadLetterId: other } = await rejection(ffl.updateTaskFile({ id: 1, title: 'other file' }, { root, timeout: 0 }))
+    await h.end()
+    await killedAt(root, 'dead-letters::after-journal')
+    const sidecar = path.join(path.dirname(files(root).times), '.time-tracking.json.flowforge-version')
+    fs.writeFileSync(sidecar, 'not a sidecar')
+    const again = await replayInChild(root)
+    expect(again.results).toEqual([
+      { id, status: 'failed', error: expect.objectContaining({ code: 'EVERSIONCORRUPT' }) },
+      expect.objectContaining({ id: other, status: 'replayed' }),
+    ])
+    expect(ffl.listDeadLetters({ root })).toEqual([expect.objectContaining({ id, attempts: 2, error: expect.objectContaining({ code: 'EVERSIONCORRUPT' }) })])
+    expect(fs.existsSync(files(root).times)).toBe(false)
+    // Repaired as the error says (the sidecar deleted), the letter is applied, once.
+    fs.unlinkSync(sidecar)
+    expect((await replayInChild(root)).results).toEqual([expect.objectContaining({ id, status: 'replayed' })])
+    expect(readJson(files(root).times)['42'].status).toBe('active')
+  })
 })
 
 // A letter was written from the caller's objects as they were when the operation failed, so a

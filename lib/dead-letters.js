@@ -386,7 +386,15 @@ async function replayOne(dir, listed, lockOptions) {
     if (op === undefined) return failed(file, letter, codedError(Error, 'ERR_UNKNOWN_OPERATION', `Unknown operation ${letter.operation}`))
     const mark = readIfThere(journalFile)
     if (mark !== null) {
-      const now = digest(native.readText(letter.file))
+      let now, unchanged
+      try {
+        now = digest(native.readText(letter.file))
+        unchanged = now === mark.before && unchangedSince(letter.file, mark)
+      } catch (err) {
+        // The file or its version cannot be judged now (EVERSIONCORRUPT, EACCES): this letter
+        // fails and stays, as its operation would have; the letters of other files go on.
+        return failed(file, letter, err)
+      }
       if (now === mark.after) {
         removeDurably(file)
         removeDurably(journalFile)
@@ -394,7 +402,7 @@ async function replayOne(dir, listed, lockOptions) {
         noteHistory(dir, 'replayed', letter.id)
         return { id: letter.id, status: 'already-applied' }
       }
-      if (now !== mark.before || !unchangedSince(letter.file, mark)) {
+      if (!unchanged) {
         letter.inDoubt = `${letter.file} changed after an interrupted replay of this letter: whether it was applied cannot be told, so it was not applied again. Check the file; then drop the letter (or fix the file and drop it).`
         writeAtomic(file, letter)
         return { id: letter.id, status: 'in-doubt', reason: letter.inDoubt }
