@@ -101,6 +101,27 @@ test('caller bugs and deadLetter: false are never kept', async () => {
   expect(fs.existsSync(dirOf(root))).toBe(false)
 })
 
+// Kept options that JSON cannot hold (a BigInt, a cycle; tasks, sessions and fields are refused
+// at the call) cannot be kept: the caller got its own error with a bare `deadLetterError` ("Do
+// not know how to serialize a BigInt"), no code, not saying that its call was not kept.
+test('kept options JSON cannot hold: the caller gets its error, and a coded deadLetterError saying the call was not kept', async () => {
+  const root = project()
+  const holders = [await holder(files(root).tasks), await holder(files(root).times)]
+  const cyclic = {}
+  cyclic.self = cyclic
+  const errors = [
+    await rejection(ffl.updateTaskFile({ id: 1 }, { root, timeout: 0, status: 10n })),
+    await rejection(ffl.startTaskTimer('1', { root, timeout: 0, user: cyclic })),
+  ]
+  for (const h of holders) await h.end()
+  for (const err of errors) {
+    expect(err.code).toBe('ELOCKTIMEOUT')
+    expect(err.deadLetterId).toBeUndefined()
+    expect(err.deadLetterError).toMatch(/^ERR_DEAD_LETTER_NOT_JSON .*not kept/s)
+  }
+  expect(ffl.listDeadLetters({ root })).toEqual([])
+})
+
 // Callers coalesced into one batch get one error object; each kept letter wrote its id onto it,
 // so the first caller's error named the second caller's letter (dropping it by that id dropped
 // the other caller's operation, and its own stayed to be replayed).

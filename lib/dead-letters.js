@@ -200,9 +200,18 @@ function takeArgs(spec, raw) {
     // The file as this call found it (from its cwd, FLOWFORGE_ROOT_OVERRIDE): a replay runs from
     // elsewhere, and would otherwise find another project's file.
     if (!spec.fileOf) args[args.length - 1].file = file
-    return { text: JSON.stringify(args), file }
+    return { text: asJson(args), file }
   } catch (error) {
     return { error }
+  }
+}
+
+/** The letter's arguments as JSON; a value JSON cannot hold (a BigInt, a cycle) is named as such. */
+function asJson(args) {
+  try {
+    return JSON.stringify(args)
+  } catch (cause) {
+    throw codedError(TypeError, 'ERR_DEAD_LETTER_NOT_JSON', `The call's arguments cannot be kept as JSON (${cause.message}): it was not kept as a dead letter.`)
   }
 }
 
