@@ -117,8 +117,9 @@ export function acquireLock(filePath: string, timeout?: number | 'adaptive' | Lo
 export function releaseLock(filePath: string, lockId: string): Promise<boolean>
 /**
  * Blocks this thread until the lock is ours; returns the lockId. Throws `ELOCKTIMEOUT` after
- * `timeout` ms, and `ELOCKDEADLOCK` at once when this process already holds the lock or waits
- * for it through the asynchronous API (they need the event loop this call blocks).
+ * `timeout` ms, and `ELOCKDEADLOCK` at once when this process already holds the lock, or is
+ * taking (an `acquireLock` with timeout 0 still asking a lock server) or waiting for it through
+ * the asynchronous API (they need the event loop this call blocks).
  */
 export function acquireLockSync(filePath: string, timeout?: number | 'adaptive' | LockOptions): string
 /** true: released; false: nothing to release. Throws `ELOCKMISMATCH` for a wrong lockId. */
