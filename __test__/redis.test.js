@@ -639,17 +639,19 @@ describe('Redis backend behind a proxy that delays and drops', () => {
       let finished = false
       // The fault schedule: a drop lasts 1.5 TTLs, so a holder behind it is past its own
       // deadline, and its lease past Redis's TTL, before its dead connection is closed (a reset
-      // within the TTL would hand the lock over at once, which is the SIGKILL case above).
+      // within the TTL would hand the lock over at once, which is the SIGKILL case above). The
+      // first drop cuts off the first worker to hold as soon as it says so (not after a fixed
+      // delay, which a slow box could outlast with no fault at all); later ones every 700 ms.
+      const firstHolder = Promise.race(workers.map((w, i) => w.until(/^TOKEN /).then(() => i)))
       const chaos = (async () => {
-        let i = 0
+        let i = await firstHolder
         while (!finished) {
-          await new Promise((resolve) => setTimeout(resolve, 700))
-          if (finished) break
           const p = proxies[i++ % proxies.length]
           p.drop()
           drops++
           await new Promise((resolve) => setTimeout(resolve, ttl * 1.5))
           p.heal()
+          await new Promise((resolve) => setTimeout(resolve, 700))
         }
       })()
       await runCounters(workers)
@@ -657,6 +659,7 @@ describe('Redis backend behind a proxy that delays and drops', () => {
       await chaos
       const errors = linesOf(workers, 'ERR ')
       console.log(`redis: behind proxies, ${drops} drops; ${errors.length} failed attempts retried (${codesOf(errors).join(', ') || 'none'})`)
+      expect(drops).toBeGreaterThan(0)
       expect(linesOf(workers, 'OVERLAP')).toEqual([])
       for (const line of errors) expect(line).toMatch(/^ERR (ELOCKLOST|ELOCKBACKEND|ELOCKTIMEOUT) /)
       expectExactHistory(file, 3 * updates, workers)
