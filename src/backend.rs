@@ -2,15 +2,18 @@
 //! is decided: a lock file with a kernel lock (the file backend), or a lock server (Redis, etcd).
 //! A backend takes locks (one try, or a wait on behalf of this process's queue), and hands out
 //! [`Grant`]s: one held lock each, which the table refreshes, checks before a commit, and
-//! releases. Everything else (the queue, deadlines, metrics, the atomic store) is shared.
+//! releases. Everything else (the queue, deadlines, metrics, the atomic store) is shared. The
+//! two lock servers (Redis, etcd) also share from here what they make alike: a request's holder
+//! record ([`Request::holder`]) and a lock's view ([`server_view`]).
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use crate::error::{LockError, Result};
+use crate::identity::{self, now_ms};
 use crate::paths::Target;
-use crate::record::LockRecord;
+use crate::record::{new_lock_id, LockRecord};
 
 /// How a lock is held: alone (a writer), or beside other shared holders (readers).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,18 +59,46 @@ pub struct Request {
   pub arrival: Instant,
 }
 
+impl Request {
+  /// A new holder's record for this request: this process, a lock id of its own, the request's
+  /// file, taken now. A lock server stores it as the value of its key (the file backend writes
+  /// its own, beside the kernel lock).
+  pub fn holder(&self) -> LockRecord {
+    LockRecord::new_for(
+      identity::current(),
+      &new_lock_id(),
+      &self.file.to_string_lossy(),
+      now_ms(),
+    )
+  }
+}
+
+/// A lock server's view of one of its locks (`getLockInfo`, `listLocks`, `status`): the holder's
+/// record, when the server's value is one, with the server's own `fields` laid over it.
+pub fn server_view(holder: Option<&LockRecord>, fields: Value) -> Value {
+  let mut out = holder.map_or_else(|| json!({}), LockRecord::to_json);
+  if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
+    out.extend(fields);
+  }
+  out
+}
+
 /// Aging: a waiter's effective priority rises by one level per this much waiting. Shared by this
 /// process's queue (lock_table.rs) and the file backend's queue between processes, which must
 /// rank alike.
 pub const AGING_STEP: Duration = Duration::from_secs(1);
 
-/// The outcome of a refresh (heartbeat, lease renewal).
-#[derive(Debug)]
+/// The outcome of a refresh (heartbeat, lease renewal), as every backend and both lock-server
+/// engines report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refreshed {
+  /// Still ours: a lock server's lease was renewed and the grant's deadline moved on.
   Held,
-  /// The lock is no longer ours: taken over, expired, or its lock file replaced.
+  /// The lock is no longer ours, for sure: taken over, expired, its key deleted or its lock
+  /// file replaced; the reason says which.
   Lost(String),
-  /// We could not tell (a network error): not a success, so no deadline moves.
+  /// We could not tell (a network error, the server did not answer): not a success, so no
+  /// deadline moves; the lock table decides when to give up.
   Unknown(String),
 }
 

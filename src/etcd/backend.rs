@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use super::{EtcdConfig, EtcdGrant, EtcdLocks, RemoteLock};
-use crate::backend::{Backend, Grant, Refreshed, Request};
+use crate::backend::{server_view, Backend, Grant, Refreshed, Request};
 use crate::error::{LockError, Result};
 use crate::fence;
-use crate::identity::{self, now_ms};
+use crate::identity::now_ms;
 use crate::paths::Target;
 use crate::project;
-use crate::record::{new_lock_id, LockRecord};
+use crate::record::LockRecord;
 
 /// Every key of this backend starts here; `v1` names the key layout, so a future layout can
 /// live beside this one.
@@ -35,15 +35,6 @@ impl EtcdBackend {
     Ok(EtcdBackend {
       locks: Arc::new(locks),
     })
-  }
-
-  fn holder(&self, request: &Request) -> LockRecord {
-    LockRecord::new_for(
-      identity::current(),
-      &new_lock_id(),
-      &request.file.to_string_lossy(),
-      now_ms(),
-    )
   }
 
   /// A grant becomes a hold only if its token is above every token that ever committed beside
@@ -112,10 +103,6 @@ fn escape(name: &str) -> String {
 /// `heartbeatAgeMs` is null (`ttlLeftMs` tells how long the lease has left).
 fn view(lock: &RemoteLock) -> Value {
   let now = now_ms();
-  let mut out = lock
-    .holder
-    .as_ref()
-    .map_or_else(|| json!({}), LockRecord::to_json);
   let acquired_at = lock.holder.as_ref().and_then(|r| r.acquired_at);
   let fields = json!({
     "lockFile": lock.prefix,
@@ -129,16 +116,13 @@ fn view(lock: &RemoteLock) -> Value {
     "queueLength": lock.waiters,
     "backend": "etcd",
   });
-  if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
-    out.extend(fields);
-  }
-  out
+  server_view(lock.holder.as_ref(), fields)
 }
 
 impl Backend for EtcdBackend {
   fn try_acquire(&self, target: &Target, request: &Request) -> Result<Option<Box<dyn Grant>>> {
     let prefix = lock_prefix(target)?;
-    let record = self.holder(request);
+    let record = request.holder();
     match self.locks.try_acquire(&prefix, &record)? {
       Some(grant) => self.hold(target, grant, record).map(Some),
       None => Ok(None),
@@ -156,7 +140,7 @@ impl Backend for EtcdBackend {
       return Ok(None);
     };
     let prefix = lock_prefix(target)?;
-    let queued = self.holder(&first);
+    let queued = first.holder();
     let wanted = || head().is_some();
     let Some(grant) = self.locks.wait_acquire(&prefix, &queued, None, &wanted)? else {
       return Ok(None);
@@ -166,7 +150,7 @@ impl Backend for EtcdBackend {
     let record = match head() {
       Some(request) if request.file != first.file => LockRecord {
         lock_id: queued.lock_id.clone(),
-        ..self.holder(&request)
+        ..request.holder()
       },
       _ => queued,
     };
@@ -237,11 +221,7 @@ impl Grant for EtcdHold {
   }
 
   fn refresh(&mut self) -> Refreshed {
-    match self.locks.refresh(&mut self.grant) {
-      super::Refreshed::Held => Refreshed::Held,
-      super::Refreshed::Lost(why) => Refreshed::Lost(why),
-      super::Refreshed::Unknown(e) => Refreshed::Unknown(e.message),
-    }
+    self.locks.refresh(&mut self.grant)
   }
 
   fn deadline(&self) -> Option<Instant> {

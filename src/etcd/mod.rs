@@ -32,6 +32,7 @@ pub use backend::EtcdBackend;
 pub use config::EtcdConfig;
 use recipe::{lock_dir, Queue};
 
+use crate::backend::Refreshed;
 use crate::error::{LockError, Result};
 use crate::record::{new_lock_id, LockRecord};
 
@@ -49,17 +50,6 @@ pub struct EtcdGrant {
   /// The holder's own deadline (monotonic): past it, the lock must be treated as lost.
   pub deadline: Instant,
   pub lease_id: i64,
-}
-
-/// What a refresh learned.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refreshed {
-  /// The lease was renewed and the key is still ours: the deadline moved on.
-  Held,
-  /// The lease or the key is gone: the lock is lost, for sure.
-  Lost(String),
-  /// etcd did not answer: the deadline did not move; the caller decides when to give up.
-  Unknown(LockError),
 }
 
 /// A lock as others see it (`status`, `listLocks`).
@@ -229,7 +219,7 @@ impl EtcdLocks {
     let queue = Arc::clone(&self.queue);
     let current = grant.clone();
     match self.run(async move { queue.refresh(&current).await }) {
-      Err(e) => Refreshed::Unknown(e),
+      Err(e) => Refreshed::Unknown(e.message),
       Ok((outcome, new_deadline)) => {
         if let Some(d) = new_deadline {
           grant.deadline = grant.deadline.max(d);

@@ -21,7 +21,8 @@ use super::client::{
 };
 use super::generated::etcdserverpb::{request_op, DeleteRangeRequest, PutRequest, TxnRequest};
 use super::generated::mvccpb::{event::EventType, KeyValue};
-use super::{EtcdGrant, Refreshed, RemoteLock};
+use super::{EtcdGrant, RemoteLock};
+use crate::backend::Refreshed;
 use crate::error::{LockError, Result};
 use crate::record::{self, Contents};
 
@@ -385,7 +386,7 @@ impl Queue {
       )
     );
     match (alive, mine) {
-      (Err(e), _) | (_, Err(e)) => (Refreshed::Unknown(e), None),
+      (Err(e), _) | (_, Err(e)) => (Refreshed::Unknown(e.message), None),
       (Ok(None), _) => (
         Refreshed::Lost(format!(
           "the etcd lease of {} (token {}) expired or was revoked",

@@ -11,13 +11,13 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{guard, RedisConfig, RedisGrant, RedisLocks, Refreshed as RedisRefreshed, RemoteLock};
-use crate::backend::{Backend, Grant, Refreshed, Request};
+use super::{guard, RedisConfig, RedisGrant, RedisLocks, RemoteLock};
+use crate::backend::{server_view, Backend, Grant, Refreshed, Request};
 use crate::error::{LockError, Result};
 use crate::fence;
-use crate::identity::{self, now_ms};
+use crate::identity::now_ms;
 use crate::paths::Target;
-use crate::record::{self, LockRecord};
+use crate::record::LockRecord;
 
 const KEY_PREFIX: &str = "flowforge-lock";
 
@@ -76,27 +76,14 @@ impl RedisBackend {
     try_once: impl FnOnce(&RedisLocks, &str, &LockRecord, u64) -> Result<Option<RedisGrant>>,
   ) -> Result<Option<Box<dyn Grant>>> {
     let key = self.key(target)?;
-    let record = holder_for(request);
+    let record = request.holder();
     let floor = fence::floor(target)?;
     Ok(try_once(&self.locks, &key, &record, floor)?.map(|grant| self.held(grant, record)))
   }
 }
 
-fn holder_for(request: &Request) -> LockRecord {
-  LockRecord::new_for(
-    identity::current(),
-    &record::new_lock_id(),
-    &request.file.to_string_lossy(),
-    now_ms(),
-  )
-}
-
 /// `getLockInfo`/`status`: the holder's record plus what Redis knows.
 fn remote_json(lock: &RemoteLock) -> Value {
-  let mut out = lock
-    .holder
-    .as_ref()
-    .map_or_else(|| json!({}), LockRecord::to_json);
   let now = now_ms();
   let fields = json!({
     "backend": "redis",
@@ -116,10 +103,7 @@ fn remote_json(lock: &RemoteLock) -> Value {
     "holderConnected": lock.holder_connected,
     "heldForMs": lock.holder.as_ref().and_then(|r| r.acquired_at).map(|t| now.saturating_sub(t)),
   });
-  if let (Value::Object(out), Value::Object(fields)) = (&mut out, fields) {
-    out.extend(fields);
-  }
-  out
+  server_view(lock.holder.as_ref(), fields)
 }
 
 impl Backend for RedisBackend {
@@ -154,13 +138,13 @@ impl Backend for RedisBackend {
     let wanted = || head().is_some();
     let Some(grant) = self
       .locks
-      .wait_acquire(&key, &holder_for(&first), floor, None, &wanted)?
+      .wait_acquire(&key, &first.holder(), floor, None, &wanted)?
     else {
       return Ok(None);
     };
     match head() {
       Some(request) => {
-        let mut record = holder_for(&request);
+        let mut record = request.holder();
         record.lock_id = Some(grant.lock_id.clone());
         Ok(Some(self.held(grant, record)))
       }
@@ -225,11 +209,7 @@ impl Grant for RedisHeld {
     let Some(grant) = self.grant.as_mut() else {
       return Refreshed::Lost("it was released".into());
     };
-    match self.locks.refresh(grant) {
-      RedisRefreshed::Held => Refreshed::Held,
-      RedisRefreshed::Lost(why) => Refreshed::Lost(why),
-      RedisRefreshed::Unknown(e) => Refreshed::Unknown(e.message),
-    }
+    self.locks.refresh(grant)
   }
 
   fn deadline(&self) -> Option<std::time::Instant> {

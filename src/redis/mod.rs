@@ -33,6 +33,7 @@ pub use backend::RedisBackend;
 pub use config::{redact, RedisConfig, DEFAULT_REFRESH, DEFAULT_TTL};
 use scripts::{Keys, Reply, Script};
 
+use crate::backend::Refreshed;
 use crate::error::{LockError, Result};
 use crate::record::{self, LockRecord};
 
@@ -70,17 +71,6 @@ pub struct RedisGrant {
   pub deadline: Instant,
   /// The CLIENT ID of the connection registered as the holder.
   pub client_id: u64,
-}
-
-/// The outcome of a refresh.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refreshed {
-  /// Still ours; the deadline moved forward.
-  Held,
-  /// Redis says it is not ours any more (expired, or another holder); the reason says which.
-  Lost(String),
-  /// The network failed: we do not know. The deadline did not move.
-  Unknown(LockError),
 }
 
 /// A lock as Redis shows it, for `status` and `getLockInfo`.
@@ -588,7 +578,7 @@ impl RedisLocks {
         self.forget(grant);
         Refreshed::Lost(reason)
       }
-      Err(e) => Refreshed::Unknown(e),
+      Err(e) => Refreshed::Unknown(e.message),
     }
   }
 
