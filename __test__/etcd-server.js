@@ -6,9 +6,9 @@
 const fs = require('node:fs')
 const os = require('node:os')
 const path = require('node:path')
-const net = require('node:net')
 const http = require('node:http')
 const { spawn } = require('node:child_process')
+const { freePort } = require('./helpers')
 
 const ETCD = process.env.FLOWFORGE_ETCD_BIN || '/usr/bin/etcd'
 const START_LIMIT_MS = 60_000
@@ -22,18 +22,6 @@ process.on('exit', () => {
     } catch {}
   }
 })
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const server = net.createServer()
-    server.unref()
-    server.on('error', reject)
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address()
-      server.close(() => resolve(port))
-    })
-  })
-}
 
 function request(port, method, urlPath, body) {
   return new Promise((resolve) => {

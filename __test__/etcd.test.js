@@ -4,13 +4,13 @@
 // prints (READ, ACQUIRED, TOKEN …), never a sleep. Small counts by default; FFL_ETCD_FULL=1
 // runs the issue's full counts (4 hosts × 200 updates, 5 frozen-holder rounds).
 const fs = require('node:fs')
-const net = require('node:net')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
-const { makeProject } = require('./helpers')
+const { makeProject, freePort } = require('./helpers')
 const { startEtcd, startEtcdCluster } = require('./etcd-server')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary')
-const { childStarter } = require('./children')
+const { childStarter, backend, runCounters, killHolderBeforeWaiter, askUnreachable, frozenRounds, cutOffHolder } = require('./children')
+const { proxyTo } = require('./tcp-proxy')
 
 const FULL = process.env.FFL_ETCD_FULL === '1'
 const HOST_UPDATES = FULL ? 200 : 30
@@ -27,16 +27,6 @@ function counterFile(root, count = 0) {
 
 const count = (file) => JSON.parse(fs.readFileSync(file, 'utf8')).count
 const tokensOf = (worker) => worker.lines.filter((l) => l.startsWith('TOKEN ')).map((l) => Number(l.split(' ')[1]))
-const backend = (url) => ({ FLOWFORGE_LOCK_BACKEND: url })
-
-/** Runs counter workers to the end: every one prints DONE. */
-async function runCounters(workers) {
-  await Promise.all(workers.map((w) => w.until(/^READY$/)))
-  for (const w of workers) w.send('go')
-  await Promise.all(workers.map((w) => w.until(/^DONE /)))
-  for (const w of workers) w.child.stdin.end()
-  await Promise.all(workers.map((w) => w.exited))
-}
 
 function expectNoOverlapAndFreshTokens(workers) {
   for (const w of workers) expect(w.lines.filter((l) => l.startsWith('OVERLAP'))).toEqual([])
@@ -84,18 +74,7 @@ describe('etcd backend, one member', () => {
     const url = etcd.url('ttl=2000&refresh=500')
     const holder = start('etcd-worker', [file], backend(url))
     const next = start('etcd-worker', [file], backend(url))
-    await Promise.all([holder.until(/^READY$/), next.until(/^READY$/)])
-    holder.send('acquire 5000')
-    const first = Number((await holder.until(/^ACQUIRED /)).split(' ')[2])
-    next.send('acquire 30000')
-    // The waiter is queued in etcd (the lock's queue shows it) before the kill.
-    for (;;) {
-      holder.send('info')
-      if (JSON.parse((await holder.until(/^INFO /)).slice(5)).queueLength >= 1) break
-    }
-    const killedAt = Date.now()
-    holder.child.kill('SIGKILL')
-    expect(await holder.exited).toEqual({ code: null, signal: 'SIGKILL' })
+    const { first, killedAt } = await killHolderBeforeWaiter(holder, next)
     const second = Number((await next.until(/^ACQUIRED /)).split(' ')[2])
     console.log(`etcd: SIGKILLed holder replaced after ${Date.now() - killedAt} ms (ttl 2000 ms)`)
     expect(next.lines.filter((l) => l.startsWith('ACQUIRED'))).toHaveLength(1)
@@ -106,45 +85,16 @@ describe('etcd backend, one member', () => {
     await next.exited
   }, 60000)
 
-  /**
-   * Rounds of: A takes the lock and reads; A is frozen (SIGSTOP) past its lease; B, waiting,
-   * gets the lock and commits an increment; A resumes and writes its increment of the old
-   * value. Lost updates = increments reported done − the final count.
-   */
-  async function frozenRounds(env, rounds) {
-    const root = makeProject()
-    const file = counterFile(root)
+  /** The frozen-holder rounds (children.js) on a lease of 1 s, `env` added to both workers'. */
+  function frozenHolder(env, rounds) {
+    const file = counterFile(makeProject())
     const url = etcd.url('ttl=1000&refresh=300')
-    const a = start('etcd-worker', [file], { ...backend(url), ...env })
-    const b = start('etcd-worker', [file], { ...backend(url), ...env })
-    await Promise.all([a.until(/^READY$/), b.until(/^READY$/)])
-    let done = 0
-    const late = []
-    for (let round = 0; round < rounds; round++) {
-      a.send('acquire 30000')
-      await a.until(/^ACQUIRED /)
-      a.send('read')
-      const seen = Number((await a.until(/^READ /)).split(' ')[1])
-      a.child.kill('SIGSTOP')
-      b.send('inc 30000')
-      await b.until(/^(INC|ERR) /)
-      done += 1
-      a.child.kill('SIGCONT')
-      a.send(`write ${seen + 1}`)
-      const outcome = await a.until(/^(WROTE|ERR) /)
-      late.push(outcome.startsWith('WROTE') ? 'WROTE' : outcome.split(' ').slice(0, 2).join(' '))
-      if (outcome.startsWith('WROTE')) done += 1
-      a.send('release')
-      await a.until(/^RELEASED /)
-    }
-    for (const w of [a, b]) w.child.stdin.end()
-    await Promise.all([a.exited, b.exited])
-    expect(b.lines.filter((l) => l.startsWith('INC'))).toHaveLength(rounds)
-    return { lost: done - count(file), late, a }
+    const [a, b] = [1, 2].map(() => start('etcd-worker', [file], { ...backend(url), ...env }))
+    return frozenRounds(a, b, file, rounds)
   }
 
   test('a frozen holder’s late write is refused (ELOCKLOST): lost-update checker reads 0', async () => {
-    const { lost, late } = await frozenRounds({}, FROZEN_ROUNDS)
+    const { lost, late } = await frozenHolder({}, FROZEN_ROUNDS)
     console.log(`etcd: frozen holder, fencing on: ${FROZEN_ROUNDS} rounds, lost updates ${lost}, late writes: ${late.join(', ')}`)
     expect(late).toEqual(Array(FROZEN_ROUNDS).fill('ERR ELOCKLOST'))
     expect(lost).toBe(0)
@@ -152,7 +102,7 @@ describe('etcd backend, one member', () => {
 
   test('with the commit check off (failpoint commit::skip_check) the same rounds lose updates', async () => {
     const binary = failpointBinary()
-    const { lost, late } = await frozenRounds(failpointEnv(binary, 'commit::skip_check=return(on)'), FROZEN_ROUNDS)
+    const { lost, late } = await frozenHolder(failpointEnv(binary, 'commit::skip_check=return(on)'), FROZEN_ROUNDS)
     console.log(`etcd: frozen holder, fencing off: ${FROZEN_ROUNDS} rounds, lost updates ${lost}, late writes: ${late.join(', ')}`)
     expect(late).toEqual(Array(FROZEN_ROUNDS).fill('WROTE'))
     expect(lost).toBeGreaterThan(0)
@@ -162,57 +112,13 @@ describe('etcd backend, one member', () => {
     const root = makeProject()
     const file = counterFile(root)
     // A port nobody listens on: bound, then closed.
-    const port = await new Promise((resolve) => {
-      const server = net.createServer().listen(0, '127.0.0.1', () => {
-        const { port } = server.address()
-        server.close(() => resolve(port))
-      })
-    })
+    const port = await freePort()
     const worker = start('etcd-worker', [file], backend(`etcd://127.0.0.1:${port}?ttl=2000&timeout=1500`))
-    await worker.until(/^READY$/)
-    const asked = Date.now()
-    worker.send('acquire 10000')
-    const line = await worker.until(/^(ACQUIRED|ERR) /)
-    console.log(`etcd: unreachable endpoint answered ELOCKBACKEND after ${Date.now() - asked} ms (caller timeout 10000 ms)`)
-    expect(line).toMatch(/^ERR ELOCKBACKEND /)
-    expect(line).toContain(`127.0.0.1:${port}`)
-    worker.child.stdin.end()
-    await worker.exited
+    await askUnreachable(worker, `127.0.0.1:${port}`, (line, ms) =>
+      console.log(`etcd: unreachable endpoint answered ELOCKBACKEND after ${ms} ms (caller timeout 10000 ms)`),
+    )
   }, 60000)
 })
-
-/**
- * A TCP proxy in front of one member: `cut()` stops forwarding both ways and answers no new
- * connection (a partition, not a reset: the client only sees silence).
- */
-async function proxyTo(target) {
-  const [host, port] = target.split(':')
-  const sockets = new Set()
-  let cut = false
-  const server = net.createServer((client) => {
-    if (cut) return sockets.add(client)
-    const upstream = net.connect(Number(port), host)
-    for (const s of [client, upstream]) {
-      sockets.add(s)
-      s.on('error', () => {})
-    }
-    client.on('data', (d) => !cut && upstream.write(d))
-    upstream.on('data', (d) => !cut && client.write(d))
-    client.on('close', () => upstream.destroy())
-    upstream.on('close', () => client.destroy())
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    endpoint: `127.0.0.1:${server.address().port}`,
-    cut() {
-      cut = true
-    },
-    close() {
-      for (const s of sockets) s.destroy()
-      server.close()
-    },
-  }
-}
 
 describe('etcd backend, three-member cluster', () => {
   let cluster
@@ -228,21 +134,10 @@ describe('etcd backend, three-member cluster', () => {
     try {
       const cutOff = start('etcd-worker', [file], backend(`etcd://${proxy.endpoint}?ttl=2000&refresh=500&timeout=1000`))
       const other = start('etcd-worker', [file], backend(`etcd://${cluster.endpoints[1]}?ttl=2000&refresh=500`))
-      await Promise.all([cutOff.until(/^READY$/), other.until(/^READY$/)])
-      cutOff.send('hold 5000')
-      const first = Number((await cutOff.until(/^HOLDING /)).split(' ')[2])
-      other.send('acquire 30000')
-      proxy.cut()
-      // The holder's AbortSignal aborts with ELOCKLOST; the check a write would make refuses.
-      const lost = await cutOff.until(/^LOST /)
-      console.log(`etcd: cut-off client says: ${lost}`)
-      expect(lost).toMatch(/^LOST ELOCKLOST .*(could not be renewed in time|expired)/)
-      expect(await cutOff.until(/^(HELD|ERR) /)).toMatch(/^ERR ELOCKLOST /)
-      const second = Number((await other.until(/^ACQUIRED /)).split(' ')[2])
-      expect(second).toBeGreaterThan(first)
-      cutOff.child.kill('SIGKILL')
-      other.child.stdin.end()
-      await Promise.all([cutOff.exited, other.exited])
+      await cutOffHolder(cutOff, other, proxy, (lost) => {
+        console.log(`etcd: cut-off client says: ${lost}`)
+        expect(lost).toMatch(/^LOST ELOCKLOST .*(could not be renewed in time|expired)/)
+      })
     } finally {
       proxy.close()
     }
@@ -255,20 +150,19 @@ describe('etcd backend, three-member cluster', () => {
     const updates = FULL ? 100 : 20
     const url = cluster.url('ttl=3000&refresh=1000')
     const workers = [1, 2, 3].map(() => start('etcd-counter', [file, updates, marker], backend(url)))
-    await Promise.all(workers.map((w) => w.until(/^READY$/)))
-    for (const w of workers) w.send('go')
-    // Mid-run: once every worker has done a quarter of its updates.
-    await Promise.all(
-      workers.map(async (w) => {
-        for (let i = 0; i < updates / 4; i++) await w.until(/^TOKEN /)
-      }),
-    )
-    const leader = await cluster.leader()
-    const before = workers.map((w) => tokensOf(w).length)
-    await leader.kill()
-    await Promise.all(workers.map((w) => w.until(/^DONE /)))
-    for (const w of workers) w.child.stdin.end()
-    await Promise.all(workers.map((w) => w.exited))
+    let leader
+    let before
+    await runCounters(workers, async () => {
+      // Mid-run: once every worker has done a quarter of its updates.
+      await Promise.all(
+        workers.map(async (w) => {
+          for (let i = 0; i < updates / 4; i++) await w.until(/^TOKEN /)
+        }),
+      )
+      leader = await cluster.leader()
+      before = workers.map((w) => tokensOf(w).length)
+      await leader.kill()
+    })
     const after = workers.reduce((n, w, i) => n + tokensOf(w).length - before[i], 0)
     const errors = workers.flatMap((w) => w.lines.filter((l) => l.startsWith('ERR ')))
     console.log(`etcd: leader ${leader.name} killed after ${before.reduce((a, b) => a + b)} holds; ${after} holds after; ${errors.length} retried errors ${[...new Set(errors.map((e) => e.split(' ')[1]))].join(',')}`)

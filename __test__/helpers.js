@@ -1,6 +1,8 @@
 'use strict'
-// Shared by the jest suites: temp FlowForge projects and real child processes.
+// Shared by the jest suites: temp FlowForge projects, free loopback ports and real child
+// processes.
 const fs = require('node:fs')
+const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
 const readline = require('node:readline')
@@ -42,6 +44,19 @@ function makeProject(prefix = 'ffl-test-') {
   fs.chmodSync(dir, 0o755)
   fs.mkdirSync(path.join(dir, '.flowforge'))
   return dir
+}
+
+/** A loopback port that was free a moment ago (for a server to start on, or a client to find
+ * nobody listening on). */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer()
+    probe.once('error', reject)
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address()
+      probe.close(() => resolve(port))
+    })
+  })
 }
 
 /**
@@ -208,4 +223,4 @@ function expectError(err, Kind, code) {
   if (code !== undefined) expect(err.code).toBe(code)
 }
 
-module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, runFixture, startFixture, lockDrivers, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage, runOnTerminal }
+module.exports = { PACKAGE_ROOT, useRunTmpdir, useRunTmpdirUntilExit, makeProject, freePort, runFixture, startFixture, lockDrivers, NOBODY, IS_ROOT, testAsNobody, readablePackage, expectError, linkPackage, runOnTerminal }

@@ -6,6 +6,7 @@
 // persistence). command() sends one command in RESP and resolves to the parsed reply.
 const net = require('node:net')
 const { spawn } = require('node:child_process')
+const { freePort } = require('./helpers')
 
 const REDIS_SERVER = process.env.REDIS_SERVER || '/usr/bin/redis-server'
 const running = new Set()
@@ -14,18 +15,6 @@ const running = new Set()
 process.on('exit', () => {
   for (const child of running) child.kill('SIGKILL')
 })
-
-/** A loopback port that was free a moment ago. */
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer()
-    probe.once('error', reject)
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address()
-      probe.close(() => resolve(port))
-    })
-  })
-}
 
 /** RESP encoding of one command. */
 function encode(args) {
@@ -190,4 +179,4 @@ async function startRedis({ extraArgs = [] } = {}) {
   return server.start()
 }
 
-module.exports = { startRedis, RedisServer, command, freePort }
+module.exports = { startRedis, RedisServer, command }

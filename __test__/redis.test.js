@@ -8,13 +8,13 @@
 // an O_EXCL overlap detector and the token history in the file) and fixtures/etcd-worker.js (a
 // holder driven line by line; it only speaks the public API, so it serves every lock server).
 const fs = require('node:fs')
-const net = require('node:net')
 const path = require('node:path')
 const { spawnSync } = require('node:child_process')
-const { makeProject, startFixture, PACKAGE_ROOT } = require('./helpers')
-const { startRedis, freePort } = require('./redis-server')
+const { makeProject, startFixture, freePort, PACKAGE_ROOT } = require('./helpers')
+const { startRedis } = require('./redis-server')
 const { failpointBinary, failpointEnv } = require('./failpoint-binary')
-const { childStarter } = require('./children')
+const { childStarter, backend, runCounters, acquired, infoOf, untilQueued, killHolderBeforeWaiter, askUnreachable, frozenRounds, cutOffHolder } = require('./children')
+const { proxyTo } = require('./tcp-proxy')
 
 const FULL = process.env.FFL_REDIS_FULL === '1'
 const HOST_UPDATES = FULL ? 200 : 25
@@ -37,26 +37,8 @@ function servedBy(url) {
 }
 
 const read = (file) => JSON.parse(fs.readFileSync(file, 'utf8'))
-const count = (file) => read(file).count
-const backend = (url) => ({ FLOWFORGE_LOCK_BACKEND: url })
-
-/** Has `worker` take the lock (waiting up to 5 s); resolves with its fencing token. */
-async function acquired(worker) {
-  worker.send('acquire 5000')
-  return Number((await worker.until(/^ACQUIRED /)).split(' ')[2])
-}
 const linesOf = (workers, prefix) => workers.flatMap((w) => w.lines.filter((l) => l.startsWith(prefix)))
 const codesOf = (lines) => [...new Set(lines.map((l) => l.split(' ')[1]))]
-
-/** Runs counter workers to the end: every one prints DONE. */
-async function runCounters(workers, midRun) {
-  await Promise.all(workers.map((w) => w.until(/^READY$/)))
-  for (const w of workers) w.send('go')
-  if (midRun) await midRun()
-  await Promise.all(workers.map((w) => w.until(/^DONE /)))
-  for (const w of workers) w.child.stdin.end()
-  await Promise.all(workers.map((w) => w.exited))
-}
 
 /** The file is whole and exact, and its history is the fencing invariant: one token per
  * commit, strictly rising in commit order (no token reused, none going backwards). */
@@ -72,60 +54,11 @@ function expectExactHistory(file, total, workers) {
   expect(linesOf(workers, 'COMMIT ').map((l) => Number(l.split(' ')[1])).sort((a, b) => a - b)).toEqual(data.tokens)
 }
 
-/**
- * A TCP proxy written here, between clients and the server. `delay(ms)` holds every chunk up to
- * `ms` (random, order kept); `drop()` forwards nothing any more, either way, and answers new
- * connections with silence (a partition: the client sees no reset, only no replies);
- * `heal()` then drops the dead connections (as TCP eventually would) and forwards again.
- */
-async function proxyTo(port) {
-  const pairs = new Set()
-  let dropping = false
-  let maxDelay = 0
-  const server = net.createServer((client) => {
-    const upstream = net.connect(port, '127.0.0.1')
-    const pair = [client, upstream]
-    pairs.add(pair)
-    for (const s of pair) {
-      s.on('error', () => {})
-      s.on('close', () => {
-        pairs.delete(pair)
-        for (const other of pair) other.destroy()
-      })
-    }
-    const forward = (from, to) => {
-      let chain = Promise.resolve()
-      from.on('data', (chunk) => {
-        if (dropping || pair.dead) return
-        const wait = maxDelay ? Math.random() * maxDelay : 0
-        // A delayed line must stay a delay: the order of the bytes is kept.
-        chain = chain
-          .then(() => wait && new Promise((resolve) => setTimeout(resolve, wait)))
-          .then(() => !dropping && !pair.dead && !to.destroyed && to.write(chunk))
-      })
-    }
-    forward(client, upstream)
-    forward(upstream, client)
-  })
-  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
-  return {
-    url: (query) => `redis://127.0.0.1:${server.address().port}?${query}`,
-    delay(ms) {
-      maxDelay = ms
-    },
-    drop() {
-      dropping = true
-      for (const pair of pairs) pair.dead = true
-    },
-    heal() {
-      for (const pair of [...pairs]) if (pair.dead) for (const s of pair) s.destroy()
-      dropping = false
-    },
-    close() {
-      for (const pair of pairs) for (const s of pair) s.destroy()
-      server.close()
-    },
-  }
+/** A proxy (tcp-proxy.js) in front of the Redis server on loopback `port`; `url(query)` is the
+ * backend URL that goes through it. */
+async function redisProxy(port) {
+  const proxy = await proxyTo(`127.0.0.1:${port}`)
+  return { ...proxy, url: (query) => `redis://${proxy.endpoint}?${query}` }
 }
 
 describe('Redis backend', () => {
@@ -195,16 +128,7 @@ describe('Redis backend', () => {
     const url = `${redis.url}?ttl=120000&refresh=20000`
     const holder = start('etcd-worker', [file], backend(url))
     const next = start('etcd-worker', [file], backend(url))
-    await Promise.all([holder.until(/^READY$/), next.until(/^READY$/)])
-    const first = await acquired(holder)
-    next.send('acquire 30000')
-    for (;;) {
-      holder.send('info')
-      if (JSON.parse((await holder.until(/^INFO /)).slice(5)).queueLength >= 1) break
-    }
-    const killedAt = Date.now()
-    holder.child.kill('SIGKILL')
-    expect(await holder.exited).toEqual({ code: null, signal: 'SIGKILL' })
+    const { first, killedAt } = await killHolderBeforeWaiter(holder, next)
     const line = await next.until(/^(ACQUIRED|ERR) /)
     console.log(`redis: SIGKILLed holder replaced after ${Date.now() - killedAt} ms (ttl 120000 ms, waiter timeout 30000 ms)`)
     expect(line).toMatch(/^ACQUIRED /)
@@ -214,12 +138,6 @@ describe('Redis backend', () => {
     next.child.stdin.end()
     await next.exited
   }, 60000)
-
-  /** The holder's view of the lock (getLockInfo through its `info` command). */
-  async function infoOf(worker) {
-    worker.send('info')
-    return JSON.parse((await worker.until(/^INFO /)).slice(5))
-  }
 
   /** Resolves once Redis's queue for `key` (the zset `<key>:q`) holds `n` waiters: asked of the
    * server itself, one round trip per look, so a waiter counts once its place is taken. */
@@ -386,45 +304,17 @@ describe('Redis backend', () => {
     await Promise.all([holder.exited, next.exited])
   }, 60000)
 
-  /**
-   * Rounds of: A takes the lock and reads; A is frozen (SIGSTOP) with its connection open, so
-   * only the TTL can free the lock; B, waiting, gets it and commits an increment; A resumes and
-   * writes its increment of the old value. Lost updates = increments reported done − the count.
-   */
-  async function frozenRounds(env, rounds) {
-    const root = makeProject()
-    const file = counterFile(root)
+  /** The frozen-holder rounds (children.js) on a TTL of 1 s, `env` added to both workers'. A
+   * frozen holder's connection stays open, so only the TTL can free its lock. */
+  function frozenHolder(env, rounds) {
+    const file = counterFile(makeProject())
     const url = `${redis.url}?ttl=1000&refresh=300`
-    const a = start('etcd-worker', [file], { ...backend(url), ...env })
-    const b = start('etcd-worker', [file], { ...backend(url), ...env })
-    await Promise.all([a.until(/^READY$/), b.until(/^READY$/)])
-    let done = 0
-    const late = []
-    for (let round = 0; round < rounds; round++) {
-      a.send('acquire 30000')
-      await a.until(/^ACQUIRED /)
-      a.send('read')
-      const seen = Number((await a.until(/^READ /)).split(' ')[1])
-      a.child.kill('SIGSTOP')
-      b.send('inc 30000')
-      const inc = await b.until(/^(INC|ERR) /)
-      if (inc.startsWith('INC')) done += 1
-      a.child.kill('SIGCONT')
-      a.send(`write ${seen + 1}`)
-      const outcome = await a.until(/^(WROTE|ERR) /)
-      late.push(outcome.startsWith('WROTE') ? 'WROTE' : outcome.split(' ').slice(0, 2).join(' '))
-      if (outcome.startsWith('WROTE')) done += 1
-      a.send('release')
-      await a.until(/^RELEASED /)
-    }
-    for (const w of [a, b]) w.child.stdin.end()
-    await Promise.all([a.exited, b.exited])
-    expect(b.lines.filter((l) => l.startsWith('INC'))).toHaveLength(rounds)
-    return { lost: done - count(file), late }
+    const [a, b] = [1, 2].map(() => start('etcd-worker', [file], { ...backend(url), ...env }))
+    return frozenRounds(a, b, file, rounds)
   }
 
   test('a holder frozen past its TTL while another host commits: its late write is refused (ELOCKLOST), lost updates 0', async () => {
-    const { lost, late } = await frozenRounds({}, FROZEN_ROUNDS)
+    const { lost, late } = await frozenHolder({}, FROZEN_ROUNDS)
     console.log(`redis: frozen holder, fencing on: ${FROZEN_ROUNDS} rounds, lost updates ${lost}, late writes: ${[...new Set(late)].join(', ')}`)
     expect(late).toEqual(Array(FROZEN_ROUNDS).fill('ERR ELOCKLOST'))
     expect(lost).toBe(0)
@@ -432,7 +322,7 @@ describe('Redis backend', () => {
 
   test('with the commit check off (failpoint commit::skip_check) the same rounds lose updates', async () => {
     const binary = failpointBinary()
-    const { lost, late } = await frozenRounds(failpointEnv(binary, 'commit::skip_check=return(on)'), FROZEN_ROUNDS)
+    const { lost, late } = await frozenHolder(failpointEnv(binary, 'commit::skip_check=return(on)'), FROZEN_ROUNDS)
     console.log(`redis: frozen holder, fencing off: ${FROZEN_ROUNDS} rounds, lost updates ${lost}`)
     expect(late).toEqual(Array(FROZEN_ROUNDS).fill('WROTE'))
     expect(lost).toBeGreaterThan(0)
@@ -479,15 +369,10 @@ describe('Redis backend', () => {
     const file = counterFile(root)
     const port = await freePort()
     const worker = start('etcd-worker', [file], backend(`redis://127.0.0.1:${port}?ttl=2000&refresh=500`))
-    await worker.until(/^READY$/)
-    const asked = Date.now()
-    worker.send('acquire 10000')
-    const line = await worker.until(/^(ACQUIRED|ERR) /)
-    console.log(`redis: unreachable server answered after ${Date.now() - asked} ms (caller timeout 10000 ms): ${line}`)
-    expect(line).toMatch(/^ERR ELOCKBACKEND /)
-    expect(line).toContain(`127.0.0.1:${port}`)
-    worker.child.stdin.end()
-    expect(await worker.exited).toEqual({ code: 0, signal: null })
+    const exited = await askUnreachable(worker, `127.0.0.1:${port}`, (line, ms) =>
+      console.log(`redis: unreachable server answered after ${ms} ms (caller timeout 10000 ms): ${line}`),
+    )
+    expect(exited).toEqual({ code: 0, signal: null })
   }, 60000)
 
   test('a server that stops answering holds the caller no longer than its timeout, even on the uncontended path', async () => {
@@ -602,24 +487,14 @@ describe('Redis backend behind a proxy that delays and drops', () => {
   test('a holder cut off by the proxy learns it lost the lease (AbortSignal, then ELOCKLOST); another takes it', async () => {
     const root = makeProject()
     const file = counterFile(root)
-    const proxy = await proxyTo(redis.port)
+    const proxy = await redisProxy(redis.port)
     try {
       const cutOff = start('etcd-worker', [file], backend(proxy.url('ttl=2000&refresh=500')))
       const other = start('etcd-worker', [file], backend(`${redis.url}?ttl=2000&refresh=500`))
-      await Promise.all([cutOff.until(/^READY$/), other.until(/^READY$/)])
-      cutOff.send('hold 5000')
-      const first = Number((await cutOff.until(/^HOLDING /)).split(' ')[2])
-      other.send('acquire 30000')
-      proxy.drop()
-      const lost = await cutOff.until(/^LOST /)
-      console.log(`redis: cut-off holder says: ${lost}`)
-      expect(lost).toMatch(/^LOST ELOCKLOST /)
-      expect(await cutOff.until(/^(HELD|ERR) /)).toMatch(/^ERR ELOCKLOST /)
-      const second = Number((await other.until(/^ACQUIRED /)).split(' ')[2])
-      expect(second).toBeGreaterThan(first)
-      cutOff.child.kill('SIGKILL')
-      other.child.stdin.end()
-      await Promise.all([cutOff.exited, other.exited])
+      await cutOffHolder(cutOff, other, proxy, (lost) => {
+        console.log(`redis: cut-off holder says: ${lost}`)
+        expect(lost).toMatch(/^LOST ELOCKLOST /)
+      })
     } finally {
       proxy.close()
     }
@@ -631,7 +506,7 @@ describe('Redis backend behind a proxy that delays and drops', () => {
     const marker = path.join(root, 'holder.marker')
     const updates = FULL ? 60 : 15
     const ttl = 2000
-    const proxies = await Promise.all([1, 2, 3].map(() => proxyTo(redis.port)))
+    const proxies = await Promise.all([1, 2, 3].map(() => redisProxy(redis.port)))
     try {
       for (const p of proxies) p.delay(20)
       const workers = proxies.map((p) => start('redis-counter', [file, updates, marker, 60000], backend(p.url(`ttl=${ttl}&refresh=500`))))
@@ -686,10 +561,7 @@ describe('CLI with the Redis backend', () => {
     await Promise.all([holder.until(/^READY$/), waiter.until(/^READY$/)])
     const token = await acquired(holder)
     waiter.send('acquire 30000')
-    for (;;) {
-      holder.send('info')
-      if (JSON.parse((await holder.until(/^INFO /)).slice(5)).queueLength >= 1) break
-    }
+    await untilQueued(holder)
     const json = start('status', ['status', '--json', root], env, { cli: true })
     const { code } = await json.exited
     expect(code).toBe(0)
@@ -775,7 +647,7 @@ describe('CLI with the Redis backend', () => {
     const root = makeProject()
     const file = path.join(root, '.flowforge', 'tasks.json')
     fs.writeFileSync(file, '{}')
-    const proxy = await proxyTo(redis.port)
+    const proxy = await redisProxy(redis.port)
     try {
       // The child says its pid, then runs until it is stopped (an ignored SIGTERM stays ignored across exec).
       const run = start('exec', ['exec', file, '--', 'sh', '-c', `${ignoreTerm}echo "CHILD $$"; exec tail -f /dev/null`], backend(proxy.url('ttl=2000&refresh=500')), { cli: true })
