@@ -21,6 +21,7 @@ const os = require('node:os')
 const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
+const { counterProject, timeTogether } = require('./scenario')
 
 const ETCDCTL = process.env.FLOWFORGE_ETCDCTL_BIN || '/usr/bin/etcdctl'
 const CLIENTS = ['flowforge-lock', 'etcd3', 'etcdctl lock']
@@ -141,16 +142,9 @@ function startWorker(args, cwd) {
 /** Runs `procs` workers of `client` in `mode`, n rounds each; resolves with rounds/s and the share of holds that
  * went to another process than the one before. */
 async function scenario(endpoint, client, mode, procs, n) {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ffl-etcd-bench-'))
-  fs.mkdirSync(path.join(root, '.flowforge'))
-  const file = path.join(root, `counter-${mode}-${procs}.json`)
-  fs.writeFileSync(file, JSON.stringify({ count: 0 }))
+  const { root, file } = counterProject('ffl-etcd-bench-', mode, procs)
   const workers = Array.from({ length: procs }, () => startWorker([client, endpoint, file, mode, n], root))
-  await Promise.all(workers.map((w) => w.ready))
-  const started = process.hrtime.bigint()
-  for (const w of workers) w.child.stdin.write('go\n')
-  await Promise.all(workers.map((w) => w.done))
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9
+  const seconds = await timeTogether(workers)
   const holds = (await Promise.all(workers.map((w, i) => w.held.then((ends) => ends.map((end) => [end, i]))))).flat().sort((a, b) => a[0] - b[0])
   const changed = holds.filter((hold, i) => i > 0 && hold[1] !== holds[i - 1][1]).length / Math.max(1, holds.length - 1)
   for (const w of workers) w.child.stdin.end()

@@ -28,6 +28,7 @@ const os = require('node:os')
 const path = require('node:path')
 const readline = require('node:readline')
 const { spawn, spawnSync } = require('node:child_process')
+const { counterProject, timeTogether } = require('./scenario')
 
 const CLIENTS = ['flowforge-lock', 'redis-semaphore', 'redlock']
 const SMOKE = process.argv.includes('--smoke')
@@ -159,16 +160,9 @@ const p50 = (values) => {
 
 /** Runs `procs` workers of `client` in `mode`, n rounds each. */
 async function scenario(url, client, mode, procs, n) {
-  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'ffl-redis-bench-'))
-  fs.mkdirSync(path.join(root, '.flowforge'))
-  const file = path.join(root, `counter-${mode}-${procs}.json`)
-  fs.writeFileSync(file, JSON.stringify({ count: 0 }))
+  const { root, file } = counterProject('ffl-redis-bench-', mode, procs)
   const workers = Array.from({ length: procs }, () => startWorker([client, url, file, mode, n], root))
-  await Promise.all(workers.map((w) => w.ready))
-  const started = process.hrtime.bigint()
-  for (const w of workers) w.child.stdin.write('go\n')
-  await Promise.all(workers.map((w) => w.done))
-  const seconds = Number(process.hrtime.bigint() - started) / 1e9
+  const seconds = await timeTogether(workers)
   for (const w of workers) w.child.stdin.end()
   const exact = mode === 'cycle' || JSON.parse(fs.readFileSync(file, 'utf8')).count === procs * n
   fs.rmSync(root, { recursive: true, force: true })
