@@ -42,6 +42,14 @@ fn setup() {
   });
 }
 
+/// What a hit does once it has printed its line.
+#[cfg(feature = "failpoints")]
+enum Then<'a> {
+  Stop,
+  Wait(&'a std::path::Path),
+  GoOn,
+}
+
 /// Runs the failpoint's action (see the module's documentation).
 #[cfg(feature = "failpoints")]
 pub fn hit(name: &str) {
@@ -50,8 +58,16 @@ pub fn hit(name: &str) {
   let Some(action) = fail::eval(name, |arg| arg).flatten() else {
     return;
   };
-  let fifo = action.strip_prefix("wait ").map(std::path::Path::new);
-  if let Some(fifo) = fifo {
+  let then = match action.as_str() {
+    "stop" => Then::Stop,
+    "announce" => Then::GoOn,
+    other => match other.strip_prefix("wait ") {
+      Some(fifo) => Then::Wait(std::path::Path::new(fifo)),
+      // A value read with `value`, not an action.
+      None => return,
+    },
+  };
+  if let Then::Wait(fifo) = then {
     // Made before the line is printed, so the test can open it as soon as it reads the line.
     match nix::unistd::mkfifo(fifo, nix::sys::stat::Mode::S_IRWXU) {
       Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
@@ -60,15 +76,16 @@ pub fn hit(name: &str) {
         fifo.display()
       ),
     }
-  } else if action != "stop" && action != "announce" {
-    return;
   }
   // One write, so the line reaches the test whole even when another thread writes to stderr.
   let line = format!("FAILPOINT {name} {}\n", std::process::id());
   let _ = std::io::stderr().write_all(line.as_bytes());
-  match fifo {
+  match then {
+    Then::Stop => {
+      let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
     // Opening a FIFO for reading blocks until a writer opens it; the read ends when it closes.
-    Some(fifo) => {
+    Then::Wait(fifo) => {
       if let Err(e) = std::fs::read(fifo) {
         panic!(
           "failpoint {name}: cannot wait on the FIFO {}: {e}",
@@ -76,10 +93,7 @@ pub fn hit(name: &str) {
         );
       }
     }
-    None if action == "stop" => {
-      let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
-    }
-    None => {}
+    Then::GoOn => {}
   }
 }
 
